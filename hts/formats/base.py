@@ -103,3 +103,43 @@ class PlateReader(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.source)!r})"
+
+
+def fingerprint(files: list[Path], *, root: Path, sample: int = 65536) -> str:
+    """A quick identity of an acquisition: names (relative to ``root``), sizes and sampled bytes.
+
+    Reads at most ``2 * sample`` bytes per file (head and tail), so re-ingesting a
+    multi-GB plate is recognised in milliseconds; :func:`checksum` is the full hash.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(files):
+        rel = p.name if p == root else str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+        size = p.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(p, "rb") as fh:
+            h.update(fh.read(sample))
+            if size > sample:
+                fh.seek(max(sample, size - sample))
+                h.update(fh.read(sample))
+    return h.hexdigest()
+
+
+def checksum(files: list[Path], *, block: int = 1 << 22) -> str:
+    """sha256 of a single file, or of the sorted ``name:sha256`` list of several files."""
+    import hashlib
+
+    def one(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while chunk := fh.read(block):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if len(files) == 1:
+        return one(files[0])
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(f"{p.name}:{one(p)}\n".encode())
+    return h.hexdigest()

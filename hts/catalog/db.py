@@ -1,0 +1,279 @@
+"""The DuckDB catalog: connections, migrations, and the plate tables.
+
+The DDL lives in ``schemas/catalog/NNN_name.sql``; each file is one migration,
+applied in order inside a transaction and recorded in ``schema_migrations``.
+A catalog written by a newer hts (a migration this version does not know) is
+refused rather than touched.
+
+Connections are short-lived: a writer opens the file, writes a batch and closes
+it, so another process (``hts info`` during an ingest) can read in between.
+DuckDB allows one writing process per file; opening retries while another
+process holds the lock, then fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from hts.errors import CatalogError
+from hts.resources import data_dir
+
+__all__ = ["Catalog", "PlateRecord", "migrations"]
+
+_LOCK_WAIT_S = 30.0
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every shipped migration, in order."""
+    out = []
+    for p in sorted((data_dir("schemas") / "catalog").glob("*.sql")):
+        m = re.match(r"(\d+)_(.+)\.sql$", p.name)
+        if m:
+            out.append((int(m[1]), m[2], p.read_text()))
+    versions = [v for v, _, _ in out]
+    if versions != list(range(1, len(versions) + 1)):
+        raise CatalogError(f"shipped migrations are not numbered 1..N: {versions}")
+    return out
+
+
+@dataclass(frozen=True)
+class PlateRecord:
+    """One row of ``plates``."""
+
+    plate_id: str
+    name: str
+    store_uri: str
+    plate_type: int
+    status: str
+    source_format: str
+    source_uri: str
+    source_fingerprint: str
+    shape: tuple[int, int, int, int, int]
+    dtype: str
+    pixel_size_um: tuple[float | None, float | None, float | None]
+    max_projected: bool
+    tile_size: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> PlateRecord:
+        return cls(
+            plate_id=row["plate_id"],
+            name=row["name"],
+            store_uri=row["store_uri"],
+            plate_type=row["plate_type"],
+            status=row["status"],
+            source_format=row["source_format"],
+            source_uri=row["source_uri"],
+            source_fingerprint=row["source_fingerprint"],
+            shape=(row["size_t"], row["size_c"], row["size_z"], row["size_y"], row["size_x"]),
+            dtype=row["dtype"],
+            pixel_size_um=(row["pixel_size_x_um"], row["pixel_size_y_um"], row["pixel_size_z_um"]),
+            max_projected=row["max_projected"],
+            tile_size=row["tile_size"],
+        )
+
+
+def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+class Catalog:
+    """A DuckDB catalog file (``hts.duckdb``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.path)!r})"
+
+    # -- connections ----------------------------------------------------------
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; the writer's is migrated to the current schema first."""
+        if read_only and not self.path.exists():
+            raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" in str(e).lower() and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+            except duckdb.Error as e:
+                raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
+        try:
+            self._check_version(con, migrate=not read_only)
+            yield con
+        finally:
+            con.close()
+
+    def _check_version(self, con: duckdb.DuckDBPyConnection, *, migrate: bool) -> None:
+        known = migrations()
+        has_table = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        ).fetchone()[0]
+        applied = (
+            {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} if has_table else set()
+        )
+        newest = max((v for v, _, _ in known), default=0)
+        if applied and max(applied) > newest:
+            raise CatalogError(
+                f"{self.path}: catalog schema v{max(applied)} is newer than this hts knows (v{newest}); upgrade hts"
+            )
+        todo = [m for m in known if m[0] not in applied]
+        if not todo:
+            return
+        if not migrate:
+            if not has_table:
+                raise CatalogError(f"{self.path}: not an hts catalog")
+            return  # a reader of an older catalog sees the tables it has
+        con.execute("BEGIN")
+        try:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+            )
+            for version, name, sql in todo:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute("COMMIT")
+        except duckdb.Error as e:
+            con.execute("ROLLBACK")
+            raise CatalogError(f"{self.path}: migration failed ({str(e).splitlines()[0]})") from None
+
+    def schema_version(self) -> int:
+        with self.connect(read_only=True) as con:
+            return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+
+    # -- plates -----------------------------------------------------------------
+    def plates(self) -> list[PlateRecord]:
+        if not self.path.exists():
+            return []
+        with self.connect(read_only=True) as con:
+            return [PlateRecord.from_row(r) for r in _rows(con.execute("SELECT * FROM plates ORDER BY name"))]
+
+    def plate_by_store(self, store_uri: str) -> PlateRecord | None:
+        if not self.path.exists():
+            return None
+        with self.connect(read_only=True) as con:
+            rows = _rows(con.execute("SELECT * FROM plates WHERE store_uri = ?", [store_uri]))
+        return PlateRecord.from_row(rows[0]) if rows else None
+
+    def find_plate(self, ref: str) -> PlateRecord:
+        """A plate by name, id, id prefix or store path. Raises CatalogError naming the choices."""
+        plates = self.plates()
+        if not plates:
+            raise CatalogError(f"{self.path}: no plates in the catalog (run `hts ingest SOURCE` first)")
+        ref_path = str(Path(ref).expanduser().resolve()) if ref else ""
+        hits = [p for p in plates if ref in (p.name, p.plate_id) or p.store_uri == ref_path]
+        if not hits:
+            hits = [p for p in plates if len(ref) >= 6 and p.plate_id.startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+        names = ", ".join(sorted(p.name for p in plates))
+        if not hits:
+            raise CatalogError(f"no plate {ref!r} in {self.path}; plates: {names}")
+        raise CatalogError(
+            f"{ref!r} names {len(hits)} plates in {self.path}; use the plate id or store path "
+            f"({', '.join(p.plate_id[:8] + ' ' + p.store_uri for p in hits)})"
+        )
+
+    def insert_plate(self, tables: dict[str, pa.Table]) -> None:
+        """Insert one plate's rows into each named table, in one transaction (Arrow bulk load)."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            try:
+                for table, data in tables.items():
+                    _insert_arrow(con, table, data)
+                con.execute("COMMIT")
+            except duckdb.Error as e:
+                con.execute("ROLLBACK")
+                raise CatalogError(f"{self.path}: could not register plate ({str(e).splitlines()[0]})") from None
+
+    def delete_plate(self, plate_id: str) -> None:
+        with self.connect() as con:
+            con.execute("BEGIN")
+            for table in ("field_channel_stats", "fields", "wells", "channels", "acquisitions", "platemap", "plates"):
+                con.execute(f"DELETE FROM {table} WHERE plate_id = ?", [plate_id])
+            con.execute("COMMIT")
+
+    def pending_fields(self, plate_id: str) -> set[tuple[str, int]]:
+        with self.connect(read_only=True) as con:
+            rows = con.execute(
+                "SELECT well, field_index FROM fields WHERE plate_id = ? AND status = 'pending'", [plate_id]
+            ).fetchall()
+        return {(w, i) for w, i in rows}
+
+    def complete_fields(self, plate_id: str, fields: pa.Table, stats: pa.Table) -> None:
+        """Mark fields complete with their checksum and timing, and store their channel stats (bulk)."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            con.register("_done", fields)
+            con.execute(
+                """
+                UPDATE fields SET status = 'complete', checksum = d.checksum,
+                       written_at = current_timestamp, write_seconds = d.write_seconds
+                FROM _done d
+                WHERE fields.plate_id = ? AND fields.well = d.well AND fields.field_index = d.field_index
+                """,
+                [plate_id],
+            )
+            con.register("_stats", stats)
+            con.execute(
+                "DELETE FROM field_channel_stats USING _stats s WHERE field_channel_stats.plate_id = ? "
+                "AND field_channel_stats.well = s.well AND field_channel_stats.field_index = s.field_index",
+                [plate_id],
+            )
+            con.execute(
+                "INSERT INTO field_channel_stats SELECT ? AS plate_id, s.* FROM _stats s", [plate_id]
+            )
+            con.execute("COMMIT")
+
+    def finish_plate(self, plate_id: str, *, checksum: str | None) -> None:
+        with self.connect() as con:
+            con.execute("BEGIN")
+            con.execute(
+                "UPDATE plates SET status = 'complete', completed_at = current_timestamp WHERE plate_id = ?",
+                [plate_id],
+            )
+            con.execute("UPDATE acquisitions SET checksum = ? WHERE plate_id = ?", [checksum, plate_id])
+            con.execute("COMMIT")
+
+    # -- queries used by commands ---------------------------------------------
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read-only query and return rows as dicts."""
+        with self.connect(read_only=True) as con:
+            try:
+                return _rows(con.execute(sql, params or []))
+            except duckdb.Error as e:
+                raise CatalogError(str(e).splitlines()[0]) from None
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    con.register("_incoming", data)
+    cols = ", ".join(f'"{c}"' for c in data.column_names)
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+    con.unregister("_incoming")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)

@@ -1,0 +1,274 @@
+"""The ``hts`` command line: a thin shell over the library.
+
+Each command parses options, calls one library function and prints its result
+(a rich table, or JSON with ``--json``). Errors from bad input are printed as a
+single line ``error: ...`` with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hts import __version__
+from hts.errors import HtsError
+
+app = typer.Typer(
+    name="hts",
+    help=(
+        "High-throughput-screening plate analyzer.\n\n"
+        "Typical session:\n\n"
+        "  hts ingest plate.nd2            # the plate into ./plates/<name>.zarr, catalog ./hts.duckdb\n\n"
+        "  hts info PLATE                  # wells, fields, channels, metadata\n\n"
+        "  hts annotate PLATE --platemap layout.csv\n\n"
+        "The workspace (catalog and plates folder) comes from --db, HTS_DB / HTS_PLATES_DIR, "
+        "./hts.toml, or the defaults ./hts.duckdb and ./plates/."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler",
+        help="Where to run: 'local' (default, a process per core), 'threads', 'sync', or a Dask scheduler address tcp://host:port.",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hts {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    pass
+
+
+@contextmanager
+def _errors():
+    """Turn library errors into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except HtsError as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: completed work is saved; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress(label: str, enabled: bool):
+    """A rich progress bar on stderr; yields a ``progress(done, total, message)`` callback."""
+    if not enabled or not err.is_terminal and not _force_progress():
+        yield None
+        return
+    with Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=message)
+
+        yield update
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("HTS_PROGRESS") == "1"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- ingest
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="An .nd2 file or a folder of TIFFs (ImageXpress, Opera/Operetta, Cellomics, or --pattern).", show_default=False)],
+    out_: Annotated[Optional[Path], typer.Option("--out", help="Plate store (default: <plates dir>/<plate name>.zarr).", show_default=False)] = None,
+    db: DbOpt = None,
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="File naming for other TIFF layouts, e.g. '{well}_s{field}_{channel}.tif' (placeholders: plate well row col field channel z t; * wildcard).", show_default=False)] = None,
+    format_: Annotated[Optional[str], typer.Option("--format", help="Force a reader: nd2, imagexpress, opera, cellomics.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Plate name (default: from the file or folder).", show_default=False)] = None,
+    plate_type: Annotated[Optional[int], typer.Option("--plate-type", help="96, 384 or 1536: the plate to fit wells on when positions carry no well names.", show_default=False)] = None,
+    channel_names: Annotated[Optional[str], typer.Option("--channel-names", help="Comma-separated channel names for TIFF plates whose files only number them (e.g. 'DAPI,GFP').", show_default=False)] = None,
+    max_project: Annotated[bool, typer.Option("--max-project", help="Store the maximum projection over Z instead of the stack.")] = False,
+    tile: Annotated[int, typer.Option("--tile", help="Chunk size in y and x, pixels.")] = 1024,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing plate at the output.")] = False,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a plate (ND2 or TIFF folder) into OME-Zarr HCS and the catalog. Resumable."""
+    from hts.tasks.ingest import ingest as run
+
+    opts: dict[str, Any] = {}
+    if plate_type:
+        opts["plate_wells"] = plate_type
+    if channel_names:
+        opts["channel_names"] = [c.strip() for c in channel_names.split(",") if c.strip()]
+    with _errors(), _progress("ingest", not as_json) as progress:
+        report = run(
+            source,
+            out=out_,
+            db=db,
+            overwrite=overwrite,
+            max_project=max_project,
+            tile=tile,
+            format=format_,
+            pattern=pattern,
+            name=name,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+            **opts,
+        )
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    verb = {"ingested": "Ingested", "resumed": "Resumed and finished", "unchanged": "Already ingested (use --overwrite to redo)"}[report.status]
+    out.print(
+        f"{verb}: plate [bold]{report.name}[/] — {report.wells} wells, {report.fields_total} fields, "
+        f"channels {', '.join(report.channels)}\n"
+        f"  store   {report.store}\n  catalog {report.catalog}\n"
+        f"  wrote {report.fields_written} fields ({report.megabytes_written:.1f} MB) in {report.seconds:.1f} s"
+    )
+
+
+# --------------------------------------------------------------------------- info / plates
+@app.command()
+def plates(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the plates in the catalog."""
+    from hts.tasks.info import list_plates
+
+    with _errors():
+        rows = list_plates(db=db)
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    t = Table("plate", "id", "wells", "fields", "channels", "status", "store")
+    for r in rows:
+        t.add_row(r["name"], r["plate_id"][:8], str(r["wells"]), str(r["fields"]), r["channels"], r["status"], r["store_uri"])
+    out.print(t if rows else "no plates yet: run `hts ingest SOURCE`")
+
+
+@app.command()
+def info(
+    plate: Annotated[Optional[str], typer.Argument(help="Plate name, id or store path (default: the only plate).", show_default=False)] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a plate as a grid of wells (fields per well), its channels and metadata."""
+    from hts.tasks.info import plate_info
+
+    with _errors():
+        data = plate_info(plate, db=db)
+    if as_json:
+        _print_json(data)
+        return
+    from hts.cli.render import render_info
+
+    render_info(out, data)
+
+
+@app.command()
+def annotate(
+    plate: Annotated[str, typer.Argument(help="Plate name, id or store path.", show_default=False)],
+    platemap: Annotated[Path, typer.Option("--platemap", help="CSV with columns well, role (sample / negative_control / positive_control / empty), and optional compound, concentration, unit, plus any free columns.", show_default=False)],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Attach per-well treatments (compound, concentration, control role) from a platemap CSV."""
+    from hts.catalog import annotate as run
+    from hts.config import load_workspace
+
+    with _errors():
+        ws = load_workspace(db=db)
+        catalog = ws.catalog
+        record = catalog.find_plate(plate)
+        n = run(catalog, record, platemap)
+    if as_json:
+        _print_json({"plate": record.name, "plate_id": record.plate_id, "wells_annotated": n})
+        return
+    out.print(f"Annotated {n} wells of plate [bold]{record.name}[/] from {platemap}")
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo plate into.")] = Path("demo"),
+    format_: Annotated[str, typer.Option("--format", help="nd2, imagexpress, opera or cellomics.")] = "nd2",
+    plate_type: Annotated[int, typer.Option("--plate-type", help="96, 384 or 1536.")] = 96,
+    wells: Annotated[Optional[str], typer.Option("--wells", help="Wells to image, e.g. 'A01:H12' (default: the whole plate).", show_default=False)] = None,
+    fields: Annotated[int, typer.Option("--fields", min=1, help="Fields per well.")] = 2,
+    size: Annotated[int, typer.Option("--size", min=64, help="Field size in pixels (square).")] = 512,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write ground-truth nucleus and cell masks.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a synthetic demo plate (nuclei, cytoplasm, brightfield; dose-response; platemap CSV)."""
+    from hts.synth import make_plate
+
+    with _errors():
+        plate = make_plate(
+            out_dir, format=format_, plate_type=plate_type, wells=wells, fields=fields, shape=(size, size), seed=seed, masks=masks
+        )
+    data = {
+        "source": str(plate.source),
+        "platemap": str(plate.platemap),
+        "truth": str(plate.truth_dir) if plate.truth_dir else None,
+        "wells": len(plate.wells),
+        "fields_per_well": plate.fields,
+        "channels": list(plate.channels),
+    }
+    if as_json:
+        _print_json(data)
+        return
+    out.print(
+        f"Demo plate: {data['wells']} wells × {plate.fields} fields, channels {', '.join(data['channels'])}\n"
+        f"  source   {data['source']}\n  platemap {data['platemap']}\n"
+        f"Next: hts ingest {data['source']}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,65 @@
+"""Rich renderings of library results for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hts.wells import PLATE_TYPES, row_name
+
+_ROLE_STYLE = {"negative_control": "bold blue", "positive_control": "bold red", "empty": "dim", "sample": "green"}
+
+
+def render_info(console: Console, data: dict[str, Any]) -> None:
+    """Print a plate: header, well grid (fields per well), channels, acquisition metadata."""
+    p = data["plate"]
+    pt = PLATE_TYPES[p["plate_type"]]
+    px = p["pixel_size_x_um"]
+    console.print(
+        f"[bold]{p['name']}[/]  ({p['plate_id']})  {p['plate_type']}-well, {p['status']}  "
+        f"fields {data['fields_complete']}/{data['fields_total']} written\n"
+        f"store {p['store_uri']}\nsource {p['source_uri']} ({p['source_format']})\n"
+        f"field t×c×z×y×x = {p['size_t']}×{p['size_c']}×{p['size_z']}×{p['size_y']}×{p['size_x']} {p['dtype']}"
+        + (f", pixel {px:.4g} µm" if px else ", pixel size unknown")
+        + (" (Z max-projected)" if p["max_projected"] else "")
+    )
+    by_pos = {(w["row_index"], w["column_index"]): w for w in data["wells"]}
+    grid = Table(title="fields per well" + (" (colour: platemap role)" if data["annotated_wells"] else ""), box=None, pad_edge=False)
+    grid.add_column("", style="bold")
+    for c in range(pt.columns):
+        grid.add_column(f"{c + 1:02d}", justify="right")
+    for r in range(pt.rows):
+        cells = []
+        for c in range(pt.columns):
+            w = by_pos.get((r, c))
+            if w is None:
+                cells.append("[dim]·[/]")
+                continue
+            text = str(w["n_fields"]) if w["fields_complete"] == w["n_fields"] else f"{w['fields_complete']}/{w['n_fields']}"
+            style = _ROLE_STYLE.get(w["role"] or "", "")
+            cells.append(f"[{style}]{text}[/]" if style else text)
+        grid.add_row(row_name(r), *cells)
+    console.print(grid)
+    ch = Table("#", "channel", "emission nm", "excitation nm", "colour", title="channels")
+    for c in data["channels"]:
+        ch.add_row(
+            str(c["channel_index"]), c["name"], _num(c["emission_nm"]), _num(c["excitation_nm"]), c["color"] or ""
+        )
+    console.print(ch)
+    for a in data["acquisitions"]:
+        meta = Table(show_header=False, box=None, title=f"acquisition {a['acquisition_id']}")
+        meta.add_row("files", f"{a['n_files']} ({a['size_bytes'] / 1e6:.1f} MB)")
+        meta.add_row("sha256", a["checksum"] or "(pending)")
+        for k in ("objective", "magnification", "numerical_aperture"):
+            if a.get(k) is not None:
+                meta.add_row(k, str(a[k]))
+        for k, v in a["instrument"].items():
+            if k not in ("objective", "magnification", "numerical_aperture") and not str(k).startswith("text_"):
+                meta.add_row(k, str(v))
+        console.print(meta)
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else f"{v:g}"

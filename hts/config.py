@@ -1,0 +1,80 @@
+"""The workspace: where the catalog and the plate stores live.
+
+Resolution, first match wins:
+
+1. explicit arguments (``--db``, ``--plates-dir`` / ``--out``);
+2. environment variables ``HTS_DB``, ``HTS_PLATES_DIR``, ``HTS_SCHEDULER``;
+3. ``hts.toml`` in the current folder (or ``HTS_CONFIG``), e.g.::
+
+       [workspace]
+       db = "screens/hts.duckdb"
+       plates_dir = "/data/plates"
+       scheduler = "tcp://10.0.0.5:8786"
+
+   relative paths there are relative to the file;
+4. defaults: ``./hts.duckdb`` and ``./plates/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from hts.errors import ConfigError
+
+__all__ = ["Workspace", "load_workspace"]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    db: Path
+    plates_dir: Path
+    scheduler: str | None = None
+
+    @property
+    def catalog(self):
+        from hts.catalog import Catalog
+
+        return Catalog(self.db)
+
+
+def _config_file() -> tuple[dict, Path | None]:
+    path = Path(os.environ.get("HTS_CONFIG", "hts.toml"))
+    if not path.is_file():
+        if "HTS_CONFIG" in os.environ:
+            raise ConfigError(f"HTS_CONFIG points to {path}, which does not exist")
+        return {}, None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: invalid config file ({e})") from None
+    ws = data.get("workspace", {})
+    unknown = set(ws) - {"db", "plates_dir", "scheduler"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [workspace] keys {sorted(unknown)} (known: db, plates_dir, scheduler)")
+    return ws, path.parent
+
+
+def load_workspace(
+    *, db: str | Path | None = None, plates_dir: str | Path | None = None, scheduler: str | None = None
+) -> Workspace:
+    """Resolve the workspace from arguments, environment, ``hts.toml`` and defaults."""
+    conf, base = _config_file()
+
+    def pick(arg, env, key, default):
+        if arg is not None:
+            return Path(arg).expanduser()
+        if os.environ.get(env):
+            return Path(os.environ[env]).expanduser()
+        if key in conf:
+            p = Path(conf[key]).expanduser()
+            return p if p.is_absolute() or base is None else base / p
+        return Path(default)
+
+    return Workspace(
+        db=pick(db, "HTS_DB", "db", "hts.duckdb").resolve(),
+        plates_dir=pick(plates_dir, "HTS_PLATES_DIR", "plates_dir", "plates").resolve(),
+        scheduler=scheduler or os.environ.get("HTS_SCHEDULER") or conf.get("scheduler"),
+    )

@@ -1,0 +1,247 @@
+"""Nikon ND2 plates, read with the `nd2` library.
+
+One ND2 file is one plate acquisition: its XY positions are the fields. Wells
+come from the position names ("A01", "A1", "Well A01", "B12#2"); when no
+position is named, from the stage XY positions snapped onto a standard plate
+grid (:func:`hts.wells.snap_to_wells`). Z and T loops are kept.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hts.errors import SourceError
+from hts.formats.base import Channel, PlateDescription, PlateReader, SourceField
+from hts.wells import WellRef, parse_well, plate_type_for, snap_to_wells, well_field_suffix
+
+__all__ = ["ND2Reader"]
+
+_MAGIC = (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x00")  # modern chunk magic; legacy JPEG2000 box
+
+# One open handle per file per worker process: opening parses the chunk map and
+# metadata, which we do not want to repeat for every field of a large plate.
+_handles: dict[tuple[str, float], Any] = {}
+_handles_lock = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    with _handles_lock:
+        for f in _handles.values():
+            try:
+                f.close()
+            except Exception:
+                pass
+        _handles.clear()
+
+
+def _open(path: Path):
+    import nd2
+
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
+    with _handles_lock:
+        f = _handles.get(key)
+        if f is None or f.closed:
+            try:
+                f = nd2.ND2File(path)
+                f.sizes  # noqa: B018 - force metadata parsing now, to fail early
+            except Exception as e:  # nd2 raises many types on corrupt input
+                raise SourceError(f"{path}: not a readable ND2 file ({_reason(e)})") from None
+            _handles[key] = f
+        return f
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _rgb_hex(color: Any) -> str | None:
+    try:
+        return f"{int(color.r):02X}{int(color.g):02X}{int(color.b):02X}"
+    except AttributeError:
+        return None
+
+
+class ND2Reader(PlateReader):
+    """Reader for ``.nd2`` files.
+
+    Options: ``plate_wells`` (96/384/1536 hint for stage-position snapping),
+    ``name`` (plate name; default the file stem).
+    """
+
+    format = "nd2"
+
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        if path.suffix.lower() == ".nd2":
+            return True
+        with open(path, "rb") as fh:
+            return fh.read(4) == _MAGIC[0]
+
+    # -- metadata ---------------------------------------------------------
+    def describe(self) -> PlateDescription:
+        path = self.source
+        f = _open(path)
+        try:
+            return self._describe(f)
+        except SourceError:
+            raise
+        except Exception as e:
+            raise SourceError(f"{path}: unreadable ND2 metadata ({_reason(e)})") from None
+
+    def _describe(self, f) -> PlateDescription:
+        path = self.source
+        sizes = dict(f.sizes)
+        if "S" in sizes and sizes["S"] > 1:
+            raise SourceError(f"{path}: RGB ND2 files are not supported (sizes {sizes})")
+        unknown = set(sizes) - {"P", "T", "Z", "C", "Y", "X", "S"}
+        if unknown:
+            raise SourceError(f"{path}: unsupported ND2 loop(s) {sorted(unknown)} (sizes {sizes})")
+        n_t, n_z, n_c = sizes.get("T", 1), sizes.get("Z", 1), sizes.get("C", 1)
+        ny, nx = sizes["Y"], sizes["X"]
+
+        names, xy = self._positions(f)
+        wells, plate_type, how = self._wells(names, xy)
+        index_in_well: dict[WellRef, int] = defaultdict(int)
+        order = sorted(
+            range(len(wells)),
+            key=lambda p: (wells[p], well_field_suffix(names[p] or "") or 0, p),
+        )
+        fields = []
+        for p in order:
+            w = wells[p]
+            fields.append(
+                SourceField(
+                    well=w,
+                    index=index_in_well[w],
+                    key=p,
+                    stage_xy_um=(float(xy[p][0]), float(xy[p][1])) if xy is not None else None,
+                    name=names[p],
+                )
+            )
+            index_in_well[w] += 1
+
+        channels = []
+        meta = f.metadata
+        for ch in (meta.channels or [])[:n_c]:
+            c = ch.channel
+            channels.append(
+                Channel(
+                    name=c.name or f"C{c.index}",
+                    emission_nm=c.emissionLambdaNm,
+                    excitation_nm=c.excitationLambdaNm,
+                    color=_rgb_hex(c.color),
+                )
+            )
+        while len(channels) < n_c:
+            channels.append(Channel(name=f"C{len(channels)}"))
+        if len({c.name for c in channels}) != len(channels):
+            raise SourceError(f"{path}: duplicate channel names {[c.name for c in channels]}")
+
+        vs = f.voxel_size()
+        instrument: dict[str, Any] = {"well_assignment": how, "nd2_version": ".".join(map(str, f.version))}
+        if meta.channels:
+            mic = meta.channels[0].microscope
+            instrument.update(
+                objective=mic.objectiveName,
+                magnification=mic.objectiveMagnification,
+                numerical_aperture=mic.objectiveNumericalAperture,
+            )
+        info = f.text_info or {}
+        for k in ("date", "optics", "capturing"):
+            if info.get(k):
+                instrument[f"text_{k}"] = str(info[k])[:2000]
+        interval = None
+        for loop in f.experiment or []:
+            if loop.type == "TimeLoop":
+                period = getattr(loop.parameters, "periodMs", None)
+                interval = float(period) / 1000.0 if period else None
+
+        return PlateDescription(
+            name=str(self.options.get("name") or path.stem),
+            format=self.format,
+            plate_type=plate_type,
+            channels=channels,
+            shape=(n_t, n_c, n_z, ny, nx),
+            dtype=np.dtype(f.dtype).name,
+            fields=fields,
+            files=[path],
+            pixel_size_um=(vs.x, vs.y, vs.z if n_z > 1 else None),
+            time_interval_s=interval,
+            instrument=instrument,
+        )
+
+    def _positions(self, f) -> tuple[list[str | None], np.ndarray | None]:
+        n_p = f.sizes.get("P", 1)
+        for loop in f.experiment or []:
+            if loop.type == "XYPosLoop":
+                pts = loop.parameters.points
+                if len(pts) != n_p:
+                    raise SourceError(
+                        f"{self.source}: XY loop lists {len(pts)} points but the file holds {n_p} positions"
+                    )
+                names = [(p.name or None) for p in pts]
+                xy = np.array([[p.stagePositionUm.x, p.stagePositionUm.y] for p in pts], float)
+                return names, xy
+        # No XY loop: a single position; take its name and stage XY from frame metadata.
+        try:
+            pos = f.frame_metadata(0).channels[0].position
+            return [pos.name or None], np.array([[pos.stagePositionUm.x, pos.stagePositionUm.y]])
+        except Exception:
+            return [None] * n_p, None
+
+    def _wells(self, names, xy) -> tuple[list[WellRef], Any, str]:
+        hint = self.options.get("plate_wells")
+        parsed: list[WellRef | None] = []
+        for n in names:
+            try:
+                parsed.append(parse_well(n) if n else None)
+            except ValueError:
+                parsed.append(None)
+        if all(p is not None for p in parsed):
+            wells = [p for p in parsed if p is not None]
+            return wells, plate_type_for(wells, hint=hint), "position names"
+        named_bad = [n for n, p in zip(names, parsed) if n and p is None]
+        if any(p is not None for p in parsed):
+            bad = named_bad[0] if named_bad else "an unnamed position"
+            raise SourceError(
+                f"{self.source}: some positions are named by well and some are not (e.g. {bad!r}); "
+                "name every position by well or none"
+            )
+        if len(names) == 1:
+            wells = [WellRef(0, 0)]
+            return wells, plate_type_for(wells, hint=hint), "single position"
+        if xy is None:
+            raise SourceError(f"{self.source}: positions have neither well names nor stage coordinates")
+        wells, pt = snap_to_wells(xy, plate_wells=hint)
+        return wells, pt, "stage positions"
+
+    # -- pixels -------------------------------------------------------------
+    def read_field(self, field: SourceField, description: PlateDescription) -> np.ndarray:
+        f = _open(self.source)
+        n_t, n_c, n_z, ny, nx = description.shape
+        out = np.empty((n_t, n_c, n_z, ny, nx), dtype=description.dtype)
+        p = int(field.key)
+        try:
+            for seq, idx in enumerate(f.loop_indices):
+                if idx.get("P", 0) != p:
+                    continue
+                frame = np.asarray(f.read_frame(seq))
+                out[idx.get("T", 0), :, idx.get("Z", 0)] = frame.reshape(n_c, ny, nx)
+        except Exception as e:
+            raise SourceError(
+                f"{self.source}: cannot read position {p} ({field.well.name}) — file truncated or corrupt ({_reason(e)})"
+            ) from None
+        return out

@@ -1,0 +1,285 @@
+"""OME-Zarr (NGFF 0.5, Zarr v3) HCS plate store.
+
+Layout::
+
+    PLATE.zarr/                 plate group: ome.plate + hts (plate id, source fingerprint)
+      B/03/                     well group:  ome.well (its fields)
+        0/                      field group: ome.multiscales + ome.omero
+          0, 1, 2 ...           pyramid levels, (t, c, z, y, x), chunked (1, 1, 1, tile, tile)
+
+The plate skeleton — every group, every array and all NGFF metadata — is written
+once by the client (:meth:`PlateStore.create`). Workers then only fill chunks of
+the fields they are given (:meth:`PlateStore.write_field`), so concurrent
+writers never touch the same file and an interrupted write is repaired by
+writing the field again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from hts import __version__
+from hts.errors import StoreError
+from hts.formats.base import Channel, PlateDescription
+from hts.wells import WellRef
+
+__all__ = ["PlateStore", "NGFF_VERSION", "pyramid_levels", "downsample2"]
+
+NGFF_VERSION = "0.5"
+AXES = ("t", "c", "z", "y", "x")
+_DEFAULT_COLORS = ["0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FFFFFF"]
+
+
+def pyramid_levels(shape_yx: tuple[int, int], *, min_size: int = 256) -> int:
+    """Number of levels (halving y and x each time) until the larger side is at most ``min_size``."""
+    n, size = 1, max(shape_yx)
+    while size > min_size:
+        size = (size + 1) // 2
+        n += 1
+    return n
+
+
+def downsample2(a: np.ndarray) -> np.ndarray:
+    """Halve the last two axes by 2×2 block means (odd edges padded by replication), keeping dtype."""
+    ny, nx = a.shape[-2:]
+    if ny % 2 or nx % 2:
+        pad = [(0, 0)] * (a.ndim - 2) + [(0, ny % 2), (0, nx % 2)]
+        a = np.pad(a, pad, mode="edge")
+    ny, nx = a.shape[-2:]
+    blocks = a.reshape(*a.shape[:-2], ny // 2, 2, nx // 2, 2).astype(np.float32)
+    mean = blocks.mean(axis=(-3, -1))
+    if np.issubdtype(a.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(a.dtype)
+
+
+@dataclass(frozen=True)
+class FieldWriteResult:
+    """What a worker reports after writing one field (small: travels to the client)."""
+
+    well: str
+    index: int
+    checksum: str  # sha256 of level-0 bytes
+    channel_stats: list[dict[str, float]]  # per channel: min, max, mean, p01, p999, saturated_fraction
+
+
+class PlateStore:
+    """An NGFF HCS plate on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- opening ------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.path / "zarr.json").exists()
+
+    def group(self, mode: str = "r") -> zarr.Group:
+        try:
+            return zarr.open_group(self.path, mode=mode, zarr_format=3)
+        except Exception as e:
+            raise StoreError(f"{self.path}: not a readable Zarr v3 plate ({type(e).__name__}: {e})") from None
+
+    @property
+    def hts_attrs(self) -> dict[str, Any]:
+        """hts's own attributes of the plate (plate id, source fingerprint...), {} if none."""
+        if not self.exists():
+            return {}
+        try:
+            return dict(self.group().attrs.get("hts", {}))
+        except StoreError:
+            return {}
+
+    # -- creating -----------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        description: PlateDescription,
+        *,
+        plate_id: str,
+        fingerprint: str,
+        tile: int = 1024,
+        max_project: bool = False,
+        overwrite: bool = False,
+    ) -> PlateStore:
+        """Write the plate skeleton: plate, well and field groups, empty level arrays, NGFF metadata."""
+        self = cls(path)
+        if self.path.exists():
+            if not overwrite:
+                raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
+            self.remove()
+        shape = field_shape(description, max_project=max_project)
+        levels = pyramid_levels(shape[-2:])
+        wells = description.wells
+        per_well = description.fields_per_well
+        root = zarr.open_group(self.path, mode="w-", zarr_format=3)
+        rows = description.plate_type.row_names
+        cols = description.plate_type.column_names
+        root.attrs.update(
+            {
+                "ome": {
+                    "version": NGFF_VERSION,
+                    "plate": {
+                        "version": NGFF_VERSION,
+                        "name": description.name,
+                        "rows": [{"name": r} for r in rows],
+                        "columns": [{"name": c} for c in cols],
+                        "wells": [
+                            {"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells
+                        ],
+                        "field_count": max(per_well.values()),
+                        "acquisitions": [{"id": 0, "name": description.name}],
+                    },
+                },
+                "hts": {
+                    "plate_id": plate_id,
+                    "name": description.name,
+                    "fingerprint": fingerprint,
+                    "source_format": description.format,
+                    "shape": list(shape),
+                    "dtype": description.dtype,
+                    "tile": tile,
+                    "levels": levels,
+                    "hts_version": __version__,
+                },
+            }
+        )
+        compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
+        multiscales = _multiscales(description, shape, levels)
+        omero = _omero(description.channels, description.dtype)
+        for w in wells:
+            wg = root.require_group(w.path)
+            n = per_well[w]
+            wg.attrs.update(
+                {"ome": {"version": NGFF_VERSION, "well": {"images": [{"path": str(i), "acquisition": 0} for i in range(n)]}}}
+            )
+            for i in range(n):
+                fg = wg.create_group(str(i))
+                fg.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}})
+                for level in range(levels):
+                    lshape = shape[:3] + _level_yx(shape[-2:], level)
+                    fg.create_array(
+                        str(level),
+                        shape=lshape,
+                        chunks=(1, 1, 1, min(tile, lshape[3]), min(tile, lshape[4])),
+                        dtype=description.dtype,
+                        compressors=compressor,
+                        fill_value=0,
+                        dimension_names=AXES,
+                        config={"write_empty_chunks": True},
+                    )
+        return self
+
+    def remove(self) -> None:
+        """Delete the store from disk."""
+        if self.path.is_dir():
+            shutil.rmtree(self.path)
+        elif self.path.exists():
+            self.path.unlink()
+
+    # -- fields -------------------------------------------------------------
+    def field_path(self, well: WellRef | str, index: int) -> str:
+        path = well.path if isinstance(well, WellRef) else well
+        return f"{path}/{index}"
+
+    def write_field(self, well: WellRef, index: int, data: np.ndarray) -> None:
+        """Write a field's level 0 and its pyramid. ``data`` is (t, c, z, y, x)."""
+        fg = zarr.open_group(self.path / self.field_path(well, index), mode="r+", zarr_format=3)
+        level = data
+        n_levels = len([k for k in fg.array_keys()])
+        for i in range(n_levels):
+            arr = fg[str(i)]
+            if arr.shape != level.shape:
+                raise StoreError(
+                    f"{self.path}/{self.field_path(well, index)}/{i}: expects shape {arr.shape}, got {level.shape}"
+                )
+            arr[...] = level
+            if i + 1 < n_levels:
+                level = downsample2(level)
+
+    def read_field(self, well: WellRef | str, index: int, level: int = 0) -> zarr.Array:
+        """The (t, c, z, y, x) array of one field at a pyramid level (lazy; slice it)."""
+        return zarr.open_array(self.path / self.field_path(well, index) / str(level), mode="r", zarr_format=3)
+
+    def set_channel_windows(self, windows: list[tuple[float, float]], fields: list[str]) -> None:
+        """Set omero display windows (start, end) per channel on the given field paths."""
+        for fp in fields:
+            fg = zarr.open_group(self.path / fp, mode="r+", zarr_format=3)
+            ome = dict(fg.attrs["ome"])
+            omero = dict(ome["omero"])
+            chans = []
+            for ch, (lo, hi) in zip(omero["channels"], windows):
+                ch = dict(ch)
+                ch["window"] = dict(ch["window"], start=float(lo), end=float(hi))
+                chans.append(ch)
+            omero["channels"] = chans
+            ome["omero"] = omero
+            fg.attrs["ome"] = ome
+
+
+def field_shape(description: PlateDescription, *, max_project: bool) -> tuple[int, int, int, int, int]:
+    t, c, z, y, x = description.shape
+    return (t, c, 1 if max_project else z, y, x)
+
+
+def _level_yx(yx: tuple[int, ...], level: int) -> tuple[int, int]:
+    y, x = yx
+    for _ in range(level):
+        y, x = (y + 1) // 2, (x + 1) // 2
+    return (y, x)
+
+
+def _multiscales(description: PlateDescription, shape, levels: int) -> list[dict[str, Any]]:
+    px, py, pz = description.pixel_size_um
+    space_unit = {"unit": "micrometer"} if px else {}
+    axes = [
+        {"name": "t", "type": "time", **({"unit": "second"} if description.time_interval_s else {})},
+        {"name": "c", "type": "channel"},
+        {"name": "z", "type": "space", **space_unit},
+        {"name": "y", "type": "space", **space_unit},
+        {"name": "x", "type": "space", **space_unit},
+    ]
+    datasets = []
+    for level in range(levels):
+        f = 2.0**level
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {
+                        "type": "scale",
+                        "scale": [
+                            float(description.time_interval_s or 1.0),
+                            1.0,
+                            float(pz or 1.0),
+                            float(py or 1.0) * f,
+                            float(px or 1.0) * f,
+                        ],
+                    }
+                ],
+            }
+        )
+    return [{"name": "image", "axes": axes, "datasets": datasets, "type": "mean"}]
+
+
+def _omero(channels: list[Channel], dtype: str) -> dict[str, Any]:
+    info = np.iinfo(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.finfo(dtype)
+    out = []
+    for i, ch in enumerate(channels):
+        color = ch.color if ch.color and ch.color != "000000" else _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
+        out.append(
+            {
+                "label": ch.name,
+                "color": color,
+                "active": True,
+                "window": {"min": float(info.min), "max": float(info.max), "start": float(info.min), "end": float(info.max)},
+            }
+        )
+    return {"channels": out, "rdefs": {"model": "color"}}

@@ -1,0 +1,78 @@
+"""What the catalog knows about plates: listings and one plate in detail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hts.catalog import Catalog
+from hts.config import load_workspace
+from hts.errors import CatalogError
+
+__all__ = ["list_plates", "plate_info"]
+
+
+def _catalog(db: str | Path | None) -> Catalog:
+    return Catalog(db) if db else load_workspace().catalog
+
+
+def list_plates(*, db: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per plate: name, id, wells, fields (complete/total), channels, status, store."""
+    catalog = _catalog(db)
+    if not catalog.path.exists():
+        return []
+    return catalog.query(
+        """
+        SELECT p.name, p.plate_id, p.plate_type, p.status, p.store_uri,
+               (SELECT count(*) FROM wells w WHERE w.plate_id = p.plate_id) AS wells,
+               (SELECT count(*) FROM fields f WHERE f.plate_id = p.plate_id) AS fields,
+               (SELECT count(*) FROM fields f WHERE f.plate_id = p.plate_id AND f.status = 'complete') AS fields_complete,
+               (SELECT string_agg(name, ', ' ORDER BY channel_index) FROM channels c WHERE c.plate_id = p.plate_id) AS channels
+        FROM plates p ORDER BY p.name
+        """
+    )
+
+
+def plate_info(plate: str | None = None, *, db: str | Path | None = None) -> dict[str, Any]:
+    """Everything about one plate (by name, id or store path; the only plate when None)."""
+    catalog = _catalog(db)
+    if plate is None:
+        plates = catalog.plates() if catalog.path.exists() else []
+        if len(plates) != 1:
+            names = ", ".join(p.name for p in plates) or "none"
+            raise CatalogError(f"name a plate: {catalog.path} holds {len(plates)} plates ({names})")
+        record = plates[0]
+    else:
+        record = catalog.find_plate(plate)
+    pid = [record.plate_id]
+    plate_row = catalog.query("SELECT * FROM plates WHERE plate_id = ?", pid)[0]
+    acq = catalog.query("SELECT * FROM acquisitions WHERE plate_id = ? ORDER BY acquisition_id", pid)
+    for a in acq:
+        a["instrument"] = json.loads(a["instrument"]) if a.get("instrument") else {}
+    wells = catalog.query(
+        """
+        SELECT w.well, w.row_index, w.column_index, w.n_fields,
+               count(*) FILTER (WHERE f.status = 'complete') AS fields_complete,
+               pm.compound, pm.concentration, pm.unit, pm.role
+        FROM wells w
+        JOIN fields f USING (plate_id, well)
+        LEFT JOIN platemap pm USING (plate_id, well)
+        WHERE w.plate_id = ?
+        GROUP BY ALL ORDER BY w.row_index, w.column_index
+        """,
+        pid,
+    )
+    channels = catalog.query(
+        "SELECT channel_index, name, emission_nm, excitation_nm, color FROM channels WHERE plate_id = ? ORDER BY channel_index",
+        pid,
+    )
+    return {
+        "plate": plate_row,
+        "acquisitions": acq,
+        "channels": channels,
+        "wells": wells,
+        "fields_total": sum(w["n_fields"] for w in wells),
+        "fields_complete": sum(w["fields_complete"] for w in wells),
+        "annotated_wells": sum(1 for w in wells if w["role"] is not None),
+    }

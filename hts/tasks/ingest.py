@@ -1,0 +1,393 @@
+"""Ingest: an acquisition (ND2 file, TIFF folder) into an OME-Zarr HCS plate plus catalog rows.
+
+Plan once on the client, then one task per field:
+
+1. ``describe()`` the source (metadata only): every naming, channel, shape and
+   dtype problem is raised here, before anything is written.
+2. Decide what the target holds: a new plate; the same source half-ingested
+   (resume: only fields not marked complete are written); the same source
+   complete (nothing to do); or a different plate (error unless ``overwrite``).
+3. Write the plate skeleton and register the plate with every field ``pending``.
+4. Fan out one task per pending field over Dask: the worker reads the field from
+   the source, writes it and its pyramid into the store, and returns a checksum
+   and per-channel statistics. The client marks fields ``complete`` in batches,
+   only after their data is written, so an interrupted run loses at most the
+   fields in flight, and re-running writes exactly those again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from hts import __version__
+from hts.catalog import Catalog
+from hts.config import Workspace, load_workspace
+from hts.errors import StoreError
+from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
+from hts.formats.base import checksum, fingerprint
+from hts.orchestrate.dask import dask_client, map_fields
+from hts.store import PlateStore, pyramid_levels
+from hts.store.ngff import field_shape
+
+__all__ = ["IngestReport", "ingest", "ingest_field"]
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did."""
+
+    plate_id: str
+    name: str
+    store: str
+    catalog: str
+    status: str  # "ingested", "resumed", "unchanged"
+    wells: int
+    fields_total: int
+    fields_written: int
+    channels: list[str]
+    seconds: float
+    megabytes_written: float  # uncompressed level-0 pixel data
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _safe_name(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return keep or "plate"
+
+
+def ingest(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    db: str | Path | None = None,
+    workspace: Workspace | None = None,
+    overwrite: bool = False,
+    max_project: bool = False,
+    tile: int = 1024,
+    format: str | None = None,
+    pattern: str | None = None,
+    name: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    **reader_options: Any,
+) -> IngestReport:
+    """Ingest ``source`` into an OME-Zarr HCS plate registered in the catalog.
+
+    Parameters
+    ----------
+    source : path
+        An ``.nd2`` file or a folder of TIFFs (ImageXpress, Opera/Operetta,
+        Cellomics, or any naming given by ``pattern``).
+    out : path, optional
+        The plate store; default ``<plates_dir>/<plate name>.zarr`` of the workspace.
+    db : path, optional
+        The catalog; default the workspace's (``./hts.duckdb``).
+    overwrite : bool
+        Replace a store that holds a different plate, or re-ingest a complete one.
+    max_project : bool
+        Store the maximum-intensity projection over Z instead of the stack.
+    tile : int
+        Chunk size in y and x (pixels).
+    scheduler, workers
+        Where to run (see :mod:`hts.orchestrate.dask`).
+    progress : callable, optional
+        ``progress(done, total, message)`` after each field.
+
+    Returns
+    -------
+    IngestReport
+    """
+    t0 = time.perf_counter()
+    if tile < 64 or tile > 16384:
+        raise StoreError(f"tile size {tile} is out of range (64..16384)")
+    ws = workspace or load_workspace(db=db, scheduler=scheduler)
+    catalog = Catalog(db) if db else ws.catalog
+    if name:
+        reader_options["name"] = name
+    reader = open_plate(source, format=format, pattern=pattern, **reader_options)
+    desc = reader.describe()
+    store_path = Path(out).expanduser().resolve() if out else ws.plates_dir / f"{_safe_name(desc.name)}.zarr"
+    files = sorted(desc.files)
+    root = Path(source).expanduser().resolve()
+    fp = fingerprint([f.resolve() for f in files], root=root)
+
+    record = catalog.plate_by_store(str(store_path))
+    store = PlateStore(store_path)
+    status = "ingested"
+    if record is not None:
+        same = record.source_fingerprint == fp and record.max_projected == max_project and record.tile_size == tile
+        if not same and not overwrite:
+            raise StoreError(
+                f"{store_path} already holds plate {record.name!r} from {record.source_uri}; "
+                "pass --overwrite to replace it or --out to choose another store"
+            )
+        if same and record.status == "complete" and not overwrite:
+            return _report(record.plate_id, desc, store_path, catalog, "unchanged", 0, t0, max_project)
+        if same and not overwrite and store.exists() and store.hts_attrs.get("plate_id") == record.plate_id:
+            plate_id = record.plate_id
+            status = "resumed"
+        else:
+            catalog.delete_plate(record.plate_id)
+            store.remove()
+            record = None
+    elif store.exists():
+        attrs = store.hts_attrs
+        if not overwrite:
+            what = f"plate {attrs['name']!r}" if attrs.get("name") else "data that is not an hts plate"
+            raise StoreError(
+                f"{store_path} already exists and holds {what} not in catalog {catalog.path}; "
+                "pass --overwrite to replace it or --out to choose another store"
+            )
+        store.remove()
+
+    if record is None:
+        plate_id = str(uuid.uuid4())
+        store = PlateStore.create(
+            store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project
+        )
+        catalog.insert_plate(
+            _plate_tables(plate_id, desc, store_path, Path(source).expanduser().resolve(), fp, tile, max_project)
+        )
+
+    pending = catalog.pending_fields(plate_id)
+    todo = [f for f in desc.fields if (f.well.name, f.index) in pending]
+    total = len(desc.fields)
+    done = total - len(todo)
+    if progress:
+        progress(done, total, "resuming" if done else "starting")
+
+    light = dataclasses.replace(desc, fields=[], files=[])
+    batch_fields: list[dict] = []
+    batch_stats: list[dict] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if batch_fields:
+            catalog.complete_fields(plate_id, pa.Table.from_pylist(batch_fields), pa.Table.from_pylist(batch_stats))
+            batch_fields.clear()
+            batch_stats.clear()
+        last_flush = time.monotonic()
+
+    with dask_client(scheduler or ws.scheduler, workers=workers) as client:
+        acq_future = client.submit(checksum, files, pure=False) if client is not None else None
+        try:
+            for field, res in map_fields(
+                ingest_field, todo, client=client, args=(reader, light, str(store_path), max_project)
+            ):
+                batch_fields.append(
+                    {"well": field.well.name, "field_index": field.index, "checksum": res["checksum"], "write_seconds": res["seconds"]}
+                )
+                for c, st in enumerate(res["stats"]):
+                    batch_stats.append({"well": field.well.name, "field_index": field.index, "channel_index": c, **st})
+                done += 1
+                if progress:
+                    progress(done, total, field.well.name)
+                if len(batch_fields) >= 256 or time.monotonic() - last_flush > 2.0:
+                    flush()
+        finally:
+            flush()  # whatever completed is recorded, also when interrupted
+        acq_checksum = acq_future.result() if acq_future is not None else checksum(files)
+
+    _set_display_windows(catalog, plate_id, store, desc)
+    catalog.finish_plate(plate_id, checksum=acq_checksum)
+    return _report(plate_id, desc, store_path, catalog, status, len(todo), t0, max_project)
+
+
+def ingest_field(
+    field: SourceField, reader: PlateReader, description: PlateDescription, store_path: str, max_project: bool
+) -> dict[str, Any]:
+    """Worker task: read one field from the source and write it (with its pyramid) into the store."""
+    t0 = time.perf_counter()
+    data = reader.read_field(field, description)
+    if max_project and data.shape[2] > 1:
+        data = data.max(axis=2, keepdims=True)
+    data = np.ascontiguousarray(data)
+    PlateStore(store_path).write_field(field.well, field.index, data)
+    return {
+        "checksum": hashlib.sha256(data.tobytes()).hexdigest(),
+        "stats": channel_stats(data),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def channel_stats(data: np.ndarray) -> list[dict[str, float]]:
+    """Per-channel min, max, mean, 1st/99.9th percentile (on a 1-in-4 subsample) and saturated fraction."""
+    top = np.iinfo(data.dtype).max if np.issubdtype(data.dtype, np.integer) else np.inf
+    out = []
+    for c in range(data.shape[1]):
+        ch = data[:, c]
+        sub = ch[..., ::2, ::2].ravel()
+        p01, p999 = np.percentile(sub, [1.0, 99.9])
+        out.append(
+            {
+                "min": float(ch.min()),
+                "max": float(ch.max()),
+                "mean": float(ch.mean(dtype=np.float64)),
+                "p01": float(p01),
+                "p999": float(p999),
+                "saturated_fraction": float(np.count_nonzero(ch == top) / ch.size),
+            }
+        )
+    return out
+
+
+def _set_display_windows(catalog: Catalog, plate_id: str, store: PlateStore, desc: PlateDescription) -> None:
+    """Set every field's omero window to the plate's median 1st..99.9th percentile per channel."""
+    rows = catalog.query(
+        "SELECT channel_index, median(p01) AS lo, median(p999) AS hi FROM field_channel_stats "
+        "WHERE plate_id = ? GROUP BY channel_index ORDER BY channel_index",
+        [plate_id],
+    )
+    if len(rows) != len(desc.channels):
+        return
+    windows = [(r["lo"], max(r["hi"], r["lo"] + 1)) for r in rows]
+    paths = [r["path"] for r in catalog.query("SELECT path FROM fields WHERE plate_id = ?", [plate_id])]
+    store.set_channel_windows(windows, paths)
+
+
+def _plate_tables(
+    plate_id: str, desc: PlateDescription, store_path: Path, source: Path, fp: str, tile: int, max_project: bool
+) -> dict[str, pa.Table]:
+    t, c, z, y, x = field_shape(desc, max_project=max_project)
+    px, py, pz = desc.pixel_size_um
+    inst = desc.instrument
+    plates = pa.Table.from_pylist(
+        [
+            {
+                "plate_id": plate_id,
+                "name": desc.name,
+                "store_uri": str(store_path),
+                "plate_type": desc.plate_type.wells,
+                "n_rows": desc.plate_type.rows,
+                "n_columns": desc.plate_type.columns,
+                "source_format": desc.format,
+                "source_uri": str(source),
+                "source_fingerprint": fp,
+                "size_t": t,
+                "size_c": c,
+                "size_z": z,
+                "size_y": y,
+                "size_x": x,
+                "source_size_z": desc.shape[2],
+                "dtype": desc.dtype,
+                "pixel_size_x_um": px,
+                "pixel_size_y_um": py,
+                "pixel_size_z_um": pz,
+                "time_interval_s": desc.time_interval_s,
+                "max_projected": max_project,
+                "tile_size": tile,
+                "pyramid_levels": pyramid_levels((y, x)),
+                "status": "ingesting",
+                "hts_version": __version__,
+            }
+        ]
+    )
+    acquisitions = pa.Table.from_pylist(
+        [
+            {
+                "plate_id": plate_id,
+                "acquisition_id": 0,
+                "source_uri": str(source),
+                "source_format": desc.format,
+                "n_files": len(desc.files),
+                "size_bytes": sum(f.stat().st_size for f in desc.files),
+                "objective": inst.get("objective"),
+                "magnification": inst.get("magnification"),
+                "numerical_aperture": inst.get("numerical_aperture"),
+                "instrument": json.dumps(inst, default=str),
+            }
+        ]
+    )
+    channels = pa.Table.from_pylist(
+        [
+            {
+                "plate_id": plate_id,
+                "channel_index": i,
+                "name": ch.name,
+                "emission_nm": ch.emission_nm,
+                "excitation_nm": ch.excitation_nm,
+                "color": ch.color,
+            }
+            for i, ch in enumerate(desc.channels)
+        ]
+    )
+    per_well = desc.fields_per_well
+    wells = pa.Table.from_pylist(
+        [
+            {
+                "plate_id": plate_id,
+                "well": w.name,
+                "row_index": w.row,
+                "column_index": w.column,
+                "row_name": w.row_name,
+                "column_name": w.column_name,
+                "n_fields": per_well[w],
+            }
+            for w in desc.wells
+        ]
+    )
+    fields = pa.Table.from_pylist(
+        [
+            {
+                "plate_id": plate_id,
+                "well": f.well.name,
+                "field_index": f.index,
+                "path": f"{f.well.path}/{f.index}",
+                "source_key": json.dumps(f.key) if not isinstance(f.key, int) else str(f.key),
+                "source_name": f.name,
+                "stage_x_um": f.stage_xy_um[0] if f.stage_xy_um else None,
+                "stage_y_um": f.stage_xy_um[1] if f.stage_xy_um else None,
+                "status": "pending",
+            }
+            for f in desc.fields
+        ],
+        schema=pa.schema(
+            [
+                ("plate_id", pa.string()),
+                ("well", pa.string()),
+                ("field_index", pa.int32()),
+                ("path", pa.string()),
+                ("source_key", pa.string()),
+                ("source_name", pa.string()),
+                ("stage_x_um", pa.float64()),
+                ("stage_y_um", pa.float64()),
+                ("status", pa.string()),
+            ]
+        ),
+    )
+    return {"plates": plates, "acquisitions": acquisitions, "channels": channels, "wells": wells, "fields": fields}
+
+
+def _report(plate_id, desc, store_path, catalog, status, written, t0, max_project) -> IngestReport:
+    t, c, z, y, x = field_shape(desc, max_project=max_project)
+    itemsize = np.dtype(desc.dtype).itemsize
+    return IngestReport(
+        plate_id=plate_id,
+        name=desc.name,
+        store=str(store_path),
+        catalog=str(catalog.path),
+        status=status,
+        wells=len(desc.wells),
+        fields_total=len(desc.fields),
+        fields_written=written,
+        channels=[ch.name for ch in desc.channels],
+        seconds=round(time.perf_counter() - t0, 3),
+        megabytes_written=round(written * t * c * z * y * x * itemsize / 1e6, 3),
+    )
