@@ -51,10 +51,13 @@ def _open(path: Path):
     with _handles_lock:
         f = _handles.get(key)
         if f is None or f.closed:
+            f = None
             try:
                 f = nd2.ND2File(path)
                 f.sizes  # noqa: B018 - force metadata parsing now, to fail early
             except Exception as e:  # nd2 raises many types on corrupt input
+                if f is not None:
+                    f.close()
                 raise SourceError(f"{path}: not a readable ND2 file ({_reason(e)})") from None
             _handles[key] = f
         return f

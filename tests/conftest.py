@@ -1,0 +1,64 @@
+"""Shared fixtures: a fresh workspace per test, paths of the real test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+ND2_MULTI = DATA / "nd2" / "example-multichannel.nd2"
+ND2_YEAST = DATA / "nd2" / "example-cerevisiae.nd2"
+ND2_PBMC = DATA / "nd2" / "example-pbmc.nd2"
+CELLOMICS = DATA / "cellomics_cp_example"
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run every test in an empty folder with no workspace settings leaking in.
+
+    Tasks run in-process ('sync') unless a test asks for Dask explicitly.
+    """
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.chdir(ws)
+    for var in ("HTS_DB", "HTS_PLATES_DIR", "HTS_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTS_SCHEDULER", "sync")
+    return ws
+
+
+def frame_values(t: int, p: int, z: int, n_c: int, shape: tuple[int, int], dtype="uint16"):
+    """Deterministic, position-unique test pixels for ND2 plates written by the test writer."""
+    import numpy as np
+
+    rng = np.random.default_rng(1_000_003 * t + 1009 * p + z)
+    return rng.integers(0, 4000, size=(n_c, *shape)).astype(dtype)
+
+
+@pytest.fixture
+def nd2_plate(tmp_path: Path):
+    """Factory: write a small multi-position ND2 plate with the hts ND2 writer; returns its path."""
+    from hts.formats.base import Channel
+    from hts.formats.nd2_writer import Position, write_nd2
+    from hts.wells import PLATE_TYPES, parse_well_range
+
+    def make(
+        name="plate.nd2", wells="A01:B03", fields=2, named=True, plate_wells=96, n_z=1, n_time=1,
+        shape=(64, 48), channels=("DAPI", "GFP"),
+    ):
+        pt = PLATE_TYPES[plate_wells]
+        positions = []
+        for w in parse_well_range(wells, pt):
+            for f in range(fields):
+                label = (w.name if f == 0 else f"{w.name}#{f + 1}") if named else None
+                positions.append(Position(label, 14_380.0 + w.column * pt.pitch_um + 300 * f, 11_240.0 + w.row * pt.pitch_um))
+        chans = [Channel(c, emission_nm=450.0 + 60 * i) for i, c in enumerate(channels)]
+        path = tmp_path / name
+        write_nd2(
+            path, lambda t, p, z: frame_values(t, p, z, len(chans), shape), positions=positions, channels=chans,
+            shape_yx=shape, n_time=n_time, n_z=n_z, pixel_size_um=0.325, z_step_um=2.0,
+        )
+        return path
+
+    return make

@@ -1,0 +1,87 @@
+"""The NGFF plate store: structure validated by ome-zarr-models, pixel and pyramid values."""
+
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr_models.v05 import HCS, Image, Well
+from skimage.transform import downscale_local_mean
+
+from hts.errors import StoreError
+from hts.formats.base import Channel, PlateDescription, SourceField
+from hts.store import PlateStore, downsample2, pyramid_levels
+from hts.wells import PLATE_TYPES, parse_well
+
+
+def _desc(wells=("A01", "B03"), fields=2, shape=(1, 2, 1, 600, 520), pixel=0.5):
+    fl = [SourceField(well=parse_well(w), index=i, key=k) for k, (w, i) in enumerate((w, i) for w in wells for i in range(fields))]
+    return PlateDescription(
+        name="P1", format="nd2", plate_type=PLATE_TYPES[96], channels=[Channel("DAPI", 461.0), Channel("GFP", 510.0, color="00FF00")],
+        shape=shape, dtype="uint16", fields=fl, files=[], pixel_size_um=(pixel, pixel, None),
+    )
+
+
+def test_pyramid_levels():
+    assert pyramid_levels((256, 256)) == 1
+    assert pyramid_levels((257, 100)) == 2
+    assert pyramid_levels((2048, 2048)) == 4
+    assert pyramid_levels((600, 520)) == 3
+
+
+def test_downsample2_matches_skimage_block_mean():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4000, size=(1, 2, 1, 64, 48)).astype(np.uint16)
+    ref = np.rint(downscale_local_mean(a.astype(float), (1, 1, 1, 2, 2))).astype(np.uint16)
+    np.testing.assert_array_equal(downsample2(a), ref)
+    odd = rng.integers(0, 255, size=(5, 7)).astype(np.uint8)
+    assert downsample2(odd).shape == (3, 4)
+
+
+def test_create_validates_against_ngff_05(tmp_path):
+    desc = _desc()
+    store = PlateStore.create(tmp_path / "p.zarr", desc, plate_id="pid", fingerprint="fp", tile=256)
+    root = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent fix-ups by the validator
+        hcs = HCS.from_zarr(root)
+    plate = hcs.attributes.ome.plate
+    assert [w.path for w in plate.wells] == ["A/01", "B/03"]
+    assert [r.name for r in plate.rows] == list("ABCDEFGH") and len(plate.columns) == 12
+    assert plate.field_count == 2
+    well = Well.from_zarr(root["B/03"])
+    assert [im.path for im in well.attributes.ome.well.images] == ["0", "1"]
+    img = Image.from_zarr(root["B/03/1"])
+    ms = img.attributes.ome.multiscales[0]
+    assert [a.name for a in ms.axes] == ["t", "c", "z", "y", "x"]
+    scales = [d.coordinateTransformations[0].scale for d in ms.datasets]
+    assert scales == [[1.0, 1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 2.0, 2.0]]
+    arr = root["B/03/1/0"]
+    assert arr.shape == (1, 2, 1, 600, 520) and arr.chunks == (1, 1, 1, 256, 256)
+    assert arr.metadata.dimension_names == ("t", "c", "z", "y", "x")
+    assert root["B/03/1/2"].shape == (1, 2, 1, 150, 130)
+    omero = root["B/03/1"].attrs["ome"]["omero"]
+    assert [c["label"] for c in omero["channels"]] == ["DAPI", "GFP"]
+    assert store.hts_attrs["plate_id"] == "pid"
+
+
+def test_write_and_read_field_with_pyramid(tmp_path):
+    desc = _desc()
+    store = PlateStore.create(tmp_path / "p.zarr", desc, plate_id="pid", fingerprint="fp", tile=256)
+    data = np.random.default_rng(1).integers(0, 65535, size=desc.shape, dtype=np.uint16)
+    store.write_field(parse_well("B03"), 1, data)
+    np.testing.assert_array_equal(store.read_field("B/03", 1)[:], data)
+    np.testing.assert_array_equal(store.read_field("B/03", 1, level=1)[:], downsample2(data))
+    np.testing.assert_array_equal(store.read_field("B/03", 1, level=2)[:], downsample2(downsample2(data)))
+    # other fields untouched
+    assert not store.read_field("A/01", 0)[:].any()
+    with pytest.raises(StoreError, match="expects shape"):
+        store.write_field(parse_well("A01"), 0, data[..., :100])
+
+
+def test_create_refuses_existing(tmp_path):
+    PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="a", fingerprint="fp")
+    with pytest.raises(StoreError, match="--overwrite"):
+        PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="b", fingerprint="fp")
+    PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="b", fingerprint="fp", overwrite=True)
+    assert PlateStore(tmp_path / "p.zarr").hts_attrs["plate_id"] == "b"
