@@ -25,9 +25,10 @@ app = typer.Typer(
     help=(
         "High-throughput-screening plate analyzer.\n\n"
         "Typical session:\n\n"
-        "  hts ingest plate.nd2            # the plate into ./plates/<name>.zarr, catalog ./hts.duckdb\n\n"
-        "  hts info PLATE                  # wells, fields, channels, metadata\n\n"
+        "  hts ingest plate.nd2    [dim]# into ./plates/<name>.zarr + ./hts.duckdb[/]\n\n"
+        "  hts info PLATE          [dim]# wells, fields, channels, metadata[/]\n\n"
         "  hts annotate PLATE --platemap layout.csv\n\n"
+        "No data at hand? [bold]hts demo[/] writes a synthetic plate.\n\n"
         "The workspace (catalog and plates folder) comes from --db, HTS_DB / HTS_PLATES_DIR, "
         "./hts.toml, or the defaults ./hts.duckdb and ./plates/."
     ),

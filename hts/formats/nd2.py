@@ -39,6 +39,7 @@ def _close_all() -> None:
             except Exception:
                 pass
         _handles.clear()
+        _frame_index.clear()
 
 
 def _open(path: Path):
@@ -61,6 +62,21 @@ def _open(path: Path):
                 raise SourceError(f"{path}: not a readable ND2 file ({_reason(e)})") from None
             _handles[key] = f
         return f
+
+
+_frame_index: dict[int, dict[int, list[tuple[int, int, int]]]] = {}
+
+
+def _frames_by_position(f) -> dict[int, list[tuple[int, int, int]]]:
+    """Sequence index, t and z of every frame, grouped by position (computed once per open file)."""
+    with _handles_lock:
+        index = _frame_index.get(id(f))
+        if index is None:
+            index = {}
+            for seq, idx in enumerate(f.loop_indices):
+                index.setdefault(idx.get("P", 0), []).append((seq, idx.get("T", 0), idx.get("Z", 0)))
+            _frame_index[id(f)] = index
+        return index
 
 
 def _reason(e: BaseException) -> str:
@@ -238,11 +254,9 @@ class ND2Reader(PlateReader):
         out = np.empty((n_t, n_c, n_z, ny, nx), dtype=description.dtype)
         p = int(field.key)
         try:
-            for seq, idx in enumerate(f.loop_indices):
-                if idx.get("P", 0) != p:
-                    continue
+            for seq, t, z in _frames_by_position(f).get(p, []):
                 frame = np.asarray(f.read_frame(seq))
-                out[idx.get("T", 0), :, idx.get("Z", 0)] = frame.reshape(n_c, ny, nx)
+                out[t, :, z] = frame.reshape(n_c, ny, nx)
         except Exception as e:
             raise SourceError(
                 f"{self.source}: cannot read position {p} ({field.well.name}) — file truncated or corrupt ({_reason(e)})"
