@@ -1,0 +1,34 @@
+# hts — the two set-up commands of the README:
+#   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest it, annotate it, show it
+#   make test   create .venv and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := workspace
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/hts: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/hts
+
+demo: setup
+	mkdir -p $(DEMO)
+	cd $(DEMO) && ../$(BIN)/hts demo demo-data --format nd2 --plate-type 96 --fields 2 --size 512
+	cd $(DEMO) && ../$(BIN)/hts ingest demo-data/DEMO-PLATE.nd2
+	cd $(DEMO) && ../$(BIN)/hts annotate DEMO-PLATE --platemap demo-data/platemap.csv
+	cd $(DEMO) && ../$(BIN)/hts info DEMO-PLATE
+
+# pytest exits 5 when no test was collected; that is a failure of the suite, not a pass.
+test: setup
+	$(BIN)/python -m pytest -q --timeout 900
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache
