@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: setup
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks ingest
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -94,17 +94,17 @@ def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str
         except ValueError:
             raise PlatemapError(f"{where}: concentration {conc!r} is not a number") from None
         extra = {cols[i]: values[i].strip() for i, k in enumerate(lower) if k not in _KNOWN}
-        errors = sorted(_validator().iter_errors({**row, **{k: v for k, v in extra.items()}}), key=str)
+        try:
+            well = parse_well(row["well"])
+        except ValueError:
+            raise PlatemapError(f"{where}: {row['well']!r} is not a well name (like A01 or B3)") from None
+        if well.row >= plate.rows or well.column >= plate.columns:
+            raise PlatemapError(f"{where}: well {well.name} is not on a {plate.wells}-well plate")
+        errors = sorted(_validator().iter_errors({**row, **extra}), key=str)
         if errors:
             e = errors[0]
             field = e.path[0] if e.path else ""
             raise PlatemapError(f"{where}: {field} {e.message}".replace("  ", " "))
-        try:
-            well = parse_well(row["well"])
-        except ValueError:
-            raise PlatemapError(f"{where}: {row['well']!r} is not a well name") from None
-        if well.row >= plate.rows or well.column >= plate.columns:
-            raise PlatemapError(f"{where}: well {well.name} is not on a {plate.wells}-well plate")
         if well.name in seen:
             raise PlatemapError(f"{where}: well {well.name} is already described on line {seen[well.name]}")
         seen[well.name] = line_no

@@ -133,6 +133,15 @@ class ND2Reader(PlateReader):
 
         names, xy = self._positions(f)
         wells, plate_type, how = self._wells(names, xy)
+        first: dict[tuple[WellRef, int], int] = {}
+        for p, (w, n) in enumerate(zip(wells, names)):
+            suffix = well_field_suffix(n) if n else None
+            if suffix is not None:
+                if (w, suffix) in first:
+                    raise SourceError(
+                        f"{path}: positions {first[(w, suffix)]} and {p} are both named {n!r} (duplicate field of well {w.name})"
+                    )
+                first[(w, suffix)] = p
         index_in_well: dict[WellRef, int] = defaultdict(int)
         order = sorted(
             range(len(wells)),

@@ -257,3 +257,15 @@ def test_failure_midway_keeps_completed_fields_and_other_plates(nd2_plate, monke
     assert all(np.array_equal(before[k], after[k]) for k in before)
     rows = _catalog().query("SELECT name, status FROM plates ORDER BY name")
     assert rows == [{"name": "good", "status": "complete"}, {"name": "second", "status": "ingesting"}]
+
+
+def test_duplicate_field_names_in_nd2(tmp_path):
+    from hts.formats.base import Channel
+    from hts.formats.nd2_writer import Position, write_nd2
+
+    path = tmp_path / "dup.nd2"
+    pos = [Position("A01", 0, 0), Position("B12#2", 9000, 0), Position("B12#2", 9000, 300)]
+    write_nd2(path, np.zeros((1, 3, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16))
+    with pytest.raises(SourceError, match=r"positions 1 and 2 are both named 'B12#2'"):
+        ingest(path)
+    _nothing_stored()

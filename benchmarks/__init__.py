@@ -1,0 +1,1 @@
+"""hts benchmarks (not tests): ``python -m benchmarks --help``."""
