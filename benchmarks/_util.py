@@ -9,32 +9,53 @@ from contextlib import contextmanager
 import psutil
 
 
+def _anon_rss(pid: int) -> int:
+    """Anonymous resident memory (heap, arrays) of a process, excluding file-backed mapped pages."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PeakRSS:
-    """Samples the resident memory of this process and all its children (Dask workers) every ``interval`` s."""
+    """Samples the resident memory of this process and all its children (Dask workers) every ``interval`` s.
+
+    ``peak`` is total RSS, which also counts pages of memory-mapped input files
+    (the ``nd2`` reader maps the file); ``peak_anon`` counts only anonymous memory
+    (what the processes allocate themselves).
+    """
 
     def __init__(self, interval: float = 0.05):
         self.interval = interval
         self.peak = 0
+        self.peak_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = me.memory_info().rss
+        total, anon = me.memory_info().rss, _anon_rss(me.pid)
         for child in me.children(recursive=True):
             try:
                 total += child.memory_info().rss
+                anon += _anon_rss(child.pid)
             except psutil.Error:
                 pass
-        return total
+        return total, anon
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            total, anon = self._sample()
+            self.peak = max(self.peak, total)
+            self.peak_anon = max(self.peak_anon, anon)
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
-        self.baseline = self._sample()
+        self.baseline = self._sample()[0]
         self._thread.start()
         return self
 

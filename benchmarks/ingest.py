@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict:
                     "fields_per_s": round(rep.fields_total / t["s"], 1),
                     "ingest_vs_read_compress": round(t["s"] / t_rc, 2),
                     "peak_rss_MB": mb(rss.peak),
+                    "peak_anon_rss_MB": mb(rss.peak_anon),
                     "baseline_rss_MB": mb(rss.baseline),
                 }
             )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +26,56 @@ __all__ = ["ND2Reader"]
 
 _MAGIC = (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x00")  # modern chunk magic; legacy JPEG2000 box
 
-# One open handle per file per worker process: opening parses the chunk map and
-# metadata, which we do not want to repeat for every field of a large plate.
-_handles: dict[tuple[str, float], Any] = {}
+# Open files are shared by the tasks of a worker process: opening parses the chunk
+# map and metadata, which we do not want to repeat for every field of a large
+# plate. The nd2 library memory-maps the file, and every page read stays resident
+# (and counted in RSS) while the map is open, so a handle is retired after
+# _READS_PER_HANDLE field reads and closed by its last user: resident mapped pages
+# stay bounded however large the plate is.
+_READS_PER_HANDLE = 8
+
+
+class _Handle:
+    __slots__ = ("file", "users", "reads")
+
+    def __init__(self, file: Any):
+        self.file, self.users, self.reads = file, 0, 0
+
+
+_handles: dict[tuple[str, float], _Handle] = {}
 _handles_lock = threading.Lock()
+# Frames of each position, by file identity: (sequence index, t, z). Computed once.
+_frame_index: dict[tuple[str, float], dict[int, list[tuple[int, int, int]]]] = {}
 
 
 @atexit.register
 def _close_all() -> None:
     with _handles_lock:
-        for f in _handles.values():
+        for h in _handles.values():
             try:
-                f.close()
+                h.file.close()
             except Exception:
                 pass
         _handles.clear()
         _frame_index.clear()
 
 
-def _open(path: Path):
-    import nd2
-
+def _key(path: Path) -> tuple[str, float]:
     try:
-        key = (str(path), path.stat().st_mtime)
+        return (str(path), path.stat().st_mtime)
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+@contextmanager
+def _borrow(path: Path, *, reading: bool = False) -> Iterator[Any]:
+    """An open ``nd2.ND2File`` for ``path``, shared between the threads of this process."""
+    import nd2
+
+    key = _key(path)
     with _handles_lock:
-        f = _handles.get(key)
-        if f is None or f.closed:
+        h = _handles.get(key)
+        if h is None:
             f = None
             try:
                 f = nd2.ND2File(path)
@@ -60,23 +84,31 @@ def _open(path: Path):
                 if f is not None:
                     f.close()
                 raise SourceError(f"{path}: not a readable ND2 file ({_reason(e)})") from None
-            _handles[key] = f
-        return f
+            h = _handles[key] = _Handle(f)
+        h.users += 1
+    try:
+        yield h.file
+    finally:
+        with _handles_lock:
+            h.users -= 1
+            h.reads += reading
+            if h.reads >= _READS_PER_HANDLE:
+                if _handles.get(key) is h:
+                    del _handles[key]  # new borrowers open a fresh handle
+                if h.users == 0:
+                    h.file.close()
 
 
-_frame_index: dict[int, dict[int, list[tuple[int, int, int]]]] = {}
-
-
-def _frames_by_position(f) -> dict[int, list[tuple[int, int, int]]]:
-    """Sequence index, t and z of every frame, grouped by position (computed once per open file)."""
+def _frames_by_position(f, key: tuple[str, float]) -> dict[int, list[tuple[int, int, int]]]:
     with _handles_lock:
-        index = _frame_index.get(id(f))
-        if index is None:
-            index = {}
-            for seq, idx in enumerate(f.loop_indices):
-                index.setdefault(idx.get("P", 0), []).append((seq, idx.get("T", 0), idx.get("Z", 0)))
-            _frame_index[id(f)] = index
-        return index
+        index = _frame_index.get(key)
+    if index is None:
+        index = {}
+        for seq, idx in enumerate(f.loop_indices):
+            index.setdefault(idx.get("P", 0), []).append((seq, idx.get("T", 0), idx.get("Z", 0)))
+        with _handles_lock:
+            _frame_index[key] = index
+    return index
 
 
 def _reason(e: BaseException) -> str:
@@ -112,13 +144,13 @@ class ND2Reader(PlateReader):
     # -- metadata ---------------------------------------------------------
     def describe(self) -> PlateDescription:
         path = self.source
-        f = _open(path)
-        try:
-            return self._describe(f)
-        except SourceError:
-            raise
-        except Exception as e:
-            raise SourceError(f"{path}: unreadable ND2 metadata ({_reason(e)})") from None
+        with _borrow(path) as f:
+            try:
+                return self._describe(f)
+            except SourceError:
+                raise
+            except Exception as e:
+                raise SourceError(f"{path}: unreadable ND2 metadata ({_reason(e)})") from None
 
     def _describe(self, f) -> PlateDescription:
         path = self.source
@@ -258,14 +290,18 @@ class ND2Reader(PlateReader):
 
     # -- pixels -------------------------------------------------------------
     def read_field(self, field: SourceField, description: PlateDescription) -> np.ndarray:
-        f = _open(self.source)
         n_t, n_c, n_z, ny, nx = description.shape
         out = np.empty((n_t, n_c, n_z, ny, nx), dtype=description.dtype)
         p = int(field.key)
         try:
-            for seq, t, z in _frames_by_position(f).get(p, []):
-                frame = np.asarray(f.read_frame(seq))
-                out[t, :, z] = frame.reshape(n_c, ny, nx)
+            with _borrow(self.source, reading=True) as f:
+                frames = _frames_by_position(f, _key(self.source)).get(p, [])
+                if len(frames) != n_t * n_z:
+                    raise SourceError(f"{self.source}: position {p} ({field.well.name}) has {len(frames)} frames, expected {n_t * n_z}")
+                for seq, t, z in frames:
+                    out[t, :, z] = np.asarray(f.read_frame(seq)).reshape(n_c, ny, nx)
+        except SourceError:
+            raise
         except Exception as e:
             raise SourceError(
                 f"{self.source}: cannot read position {p} ({field.well.name}) — file truncated or corrupt ({_reason(e)})"
