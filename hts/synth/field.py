@@ -10,7 +10,7 @@ The model, in order:
 1. **Placement.** Cells sit partly in clusters (a Thomas process) and partly
    alone; a nucleus never lies closer to another than about the sum of their
    radii, so nuclei touch but do not pile up. Centres are drawn anywhere in the
-   field, so cells near the edges are cut by it.
+   field (and a little beyond), so cells near the edges are cut by it.
 2. **Shapes.** Each nucleus is an ellipse with a few low harmonics on its
    outline; each cell a larger, more irregular outline around its nucleus
    (off-centre, with protrusions). Pixels go to the object whose outline they
@@ -26,9 +26,11 @@ The model, in order:
    bright rim outside, dark rim inside), granular cytoplasm, faint nuclei.
    Rounded mitotic cells are small, bright and high-contrast.
 4. **Optics and camera.** Point-spread blur, a smooth vignetting/gradient of
-   amplitude ``illumination``, rare bright debris, shot noise with variance
-   equal to the signal plus Gaussian read noise, a camera offset of ~100
-   counts (uint16), rounding and clipping to the dtype.
+   amplitude ``illumination`` on every channel, rare bright debris (the only
+   pixels that may saturate), Poisson shot noise (drawn in its normal
+   approximation: variance equal to the signal, exact enough at the signal
+   levels involved and four times faster) plus Gaussian read noise, a camera
+   offset of ~100 counts (uint16), rounding and clipping to the dtype.
 
 Everything is vectorised; the only Python loops run over cells and touch a
 small crop each. The geometry and textures depend on ``seed`` alone, so the
@@ -109,6 +111,8 @@ class SynthField:
         Channel names, one per image plane.
     dose : float
         The normalised dose the field was rendered at.
+    kinds : tuple of str
+        What each channel shows: ``"nuclear"``, ``"cytoplasm"`` or ``"brightfield"``.
     """
 
     image: np.ndarray
@@ -520,8 +524,14 @@ class _Scene:
     frame: int
 
 
+def _seed_words(seed: int) -> list[int]:
+    """A seed of any size or sign as two 32-bit words (SeedSequence takes non-negative entropy)."""
+    s = int(seed) % 2**64
+    return [s & 0xFFFFFFFF, s >> 32]
+
+
 def _channel_seed(seed: int, name: str, salt: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), salt])
+    return np.random.SeedSequence([*_seed_words(seed), zlib.crc32(name.encode()), salt])
 
 
 def _scene(
@@ -541,14 +551,13 @@ def _scene(
     h, w = shape
     names = tuple(str(c) for c in channels)
     kinds = tuple(channel_kind(c) for c in names)
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, 0x5EED])
+    ss = np.random.SeedSequence([*_seed_words(seed), 0x5EED])
     g_geom, g_tex, g_light, g_debris = (np.random.default_rng(s) for s in ss.spawn(4))
 
     pop = _population(g_geom, shape, n_cells, nucleus_radius_px, cell_radius_px, dose, density)
     n = len(pop.cy)
     raster = _rasterize(pop, shape, frame)
     nuclei, cells = _compact(raster, n)
-    effect = dose_effect(dose)
     bleach = 0.985**frame
 
     # pixel subsets, with texture coordinates that travel with their cell
@@ -604,11 +613,11 @@ def _scene(
     signal: list[np.ndarray] = []
     halo: list[np.ndarray | None] = []
     background: list[float] = []
-    for ci, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+    for name, kind in zip(names, kinds, strict=True):
         g = np.random.default_rng(_channel_seed(seed, name, 1))
         flat = np.zeros(size, np.float32)
-        # each channel reads the shared texture at its own offset, so textures differ between channels
-        t = tex[(tex_idx + ci * (size // 3 + 7)) % size]
+        # each channel reads the shared texture at its own offset (from its name), so textures differ
+        t = tex[(tex_idx + zlib.crc32(name.encode()) % size) % size]
         if kind == "nuclear":
             level = (pop.dna * g.lognormal(0.0, 0.05, n)).astype(np.float32)
             chrom = pop.chromatin.astype(np.float32)
@@ -744,7 +753,8 @@ def synth_field(
         ``(Y, X)`` size in pixels.
     seed : int
         Seed of everything random. The cells, their shapes and textures depend
-        on it alone (not on ``channels``, ``frame`` or ``defocus``).
+        on it and on the geometry arguments (``shape``, ``n_cells``, radii,
+        ``density``, ``dose``), not on ``channels``, ``frame`` or ``defocus``.
     channels : sequence of str
         Channel names; what each shows follows :func:`channel_kind` (nuclear,
         cytoplasm, brightfield). Any subset, in any order.

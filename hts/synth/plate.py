@@ -1,0 +1,636 @@
+"""Whole synthetic plates on disk, in the acquisition formats hts reads.
+
+:func:`make_plate` renders every field of every well with
+:func:`hts.synth.synth_field` (the well's treatment from a dose-response
+platemap) and writes it as
+
+``"nd2"``
+    one Nikon ``<out>/<name>.nd2`` file (via :mod:`hts.formats.nd2_writer`), XY
+    positions named ``A01``, ``A01#2``... (or unnamed) at SBS stage coordinates,
+    Z and time loops when asked;
+``"imagexpress"``
+    ``<out>/[TimePoint_<t>/][ZStep_<z>/]<name>_<well>_s<field+1>_w<c+1>.tif`` and a
+    MetaXpress ``<out>/<name>.HTD`` naming the channels (``"WaveName1", "DAPI"``);
+    pixel size in each TIFF's MetaMorph description;
+``"opera"``
+    ``<out>/r<row>c<col>f<field+1>p<z+1>-ch<c+1>sk<t+1>fk1fl1.tiff`` (two-digit
+    row, column, field and plane) and a Harmony ``<out>/Index.idx.xml`` with
+    channel names, pixel size and positions;
+``"cellomics"``
+    ``<out>/<name>_<well>f<field:02d>d<c>.tif`` (no Z or time in this naming).
+
+Beside the images: ``<out>/platemap.csv`` and, with ``masks=True``, the
+ground truth ``<out>/truth/<well>_f<field>_nuclei.tif`` and ``..._cells.tif``
+(field 0-based; for time series the later time points as
+``<well>_f<field>_t<t>_nuclei.tif``).
+
+Frames are rendered one field at a time and written at once, so memory stays
+flat whatever the plate size. Every random choice derives from ``seed``, the
+well, the field, the time point and the plane, so the same call writes
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from hts.formats.base import Channel
+from hts.synth.field import _expose, _scene, _Scene, channel_kind
+from hts.synth.platemap import dose_of, dose_response_layout, write_platemap_csv
+from hts.wells import PLATE_TYPES, PlateType, WellRef, parse_well, parse_well_range
+
+__all__ = ["FORMATS", "SynthPlate", "make_plate", "stage_position_um"]
+
+FORMATS = ("nd2", "imagexpress", "opera", "cellomics")
+
+#: Stage coordinates of well A01's centre on an SBS plate (µm).
+A01_XY_UM = (14_380.0, 11_240.0)
+_DEPTH_OF_FIELD_UM = 2.0  # one unit of synth_field's ``defocus``
+_FOCUS_Z_UM = 4_200.0
+
+# excitation nm, emission nm, display colour, by channel-name prefix (lower case)
+_CHANNEL_INFO: tuple[tuple[str, float | None, float | None, str], ...] = (
+    ("dapi", 358.0, 461.0, "0000FF"),
+    ("hoechst", 350.0, 461.0, "0000FF"),
+    ("gfp", 488.0, 510.0, "00FF00"),
+    ("fitc", 495.0, 519.0, "00FF00"),
+    ("cy3", 550.0, 570.0, "FFA500"),
+    ("tritc", 557.0, 576.0, "FF0000"),
+    ("actin", 557.0, 576.0, "FF0000"),
+    ("cy5", 649.0, 670.0, "FF00FF"),
+    ("cyto", 488.0, 510.0, "00FF00"),
+)
+
+
+@dataclass(frozen=True)
+class SynthPlate:
+    """What :func:`make_plate` wrote.
+
+    Attributes
+    ----------
+    source : pathlib.Path
+        What a reader opens: the ``.nd2`` file, or the folder of TIFF files.
+    platemap : pathlib.Path
+        The platemap CSV.
+    truth_dir : pathlib.Path or None
+        Folder of ground-truth masks, when written.
+    wells : list of WellRef
+        The wells, in order.
+    fields : int
+        Fields per well.
+    channels : tuple of str
+        Channel names, in order.
+    shape : tuple of int
+        ``(Y, X)`` of a field.
+    pixel_size_um : float
+        Pixel size in µm.
+    format : str
+        One of :data:`FORMATS`.
+    n_z, n_time : int
+        Planes and time points per field.
+    name : str
+        The plate name.
+    plate_type : int
+        Wells on the plate (96, 384, ...).
+    rows : list of dict
+        The platemap rows (see :func:`hts.synth.dose_response_layout`).
+    """
+
+    source: Path
+    platemap: Path
+    truth_dir: Path | None
+    wells: list[WellRef]
+    fields: int
+    channels: tuple[str, ...]
+    shape: tuple[int, int]
+    pixel_size_um: float
+    format: str = "nd2"
+    n_z: int = 1
+    n_time: int = 1
+    name: str = "DEMO-PLATE"
+    plate_type: int = 96
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def dose(self, well: WellRef | str) -> float:
+        """The normalised dose the well was rendered at."""
+        name = (well if isinstance(well, WellRef) else parse_well(well)).name
+        return next(dose_of(r) for r in self.rows if r["well"] == name)
+
+    def truth(self, well: WellRef | str, field: int, t: int = 0) -> tuple[Path, Path]:
+        """Paths of the (nuclei, cells) ground-truth masks of one field."""
+        if self.truth_dir is None:
+            raise ValueError("the plate was made without masks (masks=False)")
+        name = (well if isinstance(well, WellRef) else parse_well(well)).name
+        stem = f"{name}_f{field}" + (f"_t{t}" if t else "")
+        return self.truth_dir / f"{stem}_nuclei.tif", self.truth_dir / f"{stem}_cells.tif"
+
+
+def channel_metadata(name: str) -> Channel:
+    """A :class:`~hts.formats.base.Channel` with typical wavelengths and colour for a channel name."""
+    low = name.strip().lower()
+    if channel_kind(name) == "brightfield":
+        return Channel(name, color="FFFFFF")
+    for prefix, ex, em, color in _CHANNEL_INFO:
+        if low.startswith(prefix):
+            return Channel(name, emission_nm=em, excitation_nm=ex, color=color)
+    return Channel(name, color="FFFFFF")
+
+
+def _grid(fields: int) -> tuple[int, int]:
+    nx = math.ceil(math.sqrt(fields))
+    return nx, math.ceil(fields / nx)
+
+
+def stage_position_um(
+    well: WellRef,
+    field: int,
+    *,
+    fields: int,
+    plate: PlateType,
+    fov_um: float,
+) -> tuple[float, float]:
+    """Stage XY (µm) of a field's centre: SBS well centre plus the field's place in a grid inside the well.
+
+    Fields lie on a near-square grid, row by row, spaced by 1.15 field widths
+    (at least 300 µm), but never farther than a quarter pitch from the well centre.
+    """
+    nx, ny = _grid(fields)
+    spacing = max(1.15 * fov_um, 300.0)
+    if max(nx, ny) > 1:
+        spacing = min(spacing, 0.5 * plate.pitch_um / (max(nx, ny) - 1))
+    ix, iy = field % nx, field // nx
+    x = A01_XY_UM[0] + well.column * plate.pitch_um + (ix - (nx - 1) / 2) * spacing
+    y = A01_XY_UM[1] + well.row * plate.pitch_um + (iy - (ny - 1) / 2) * spacing
+    return round(x, 3), round(y, 3)
+
+
+def _derive(seed: int, *parts: int) -> int:
+    """A 63-bit seed from ``seed`` and integer parts (stable across runs and platforms)."""
+    ss = np.random.SeedSequence([int(seed) % 2**64, *(int(p) for p in parts)])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _Renderer:
+    """Renders frames of one plate, keeping the last field's scene for its other planes."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        shape: tuple[int, int],
+        channels: tuple[str, ...],
+        doses: Mapping[WellRef, float],
+        dtype: str,
+        n_z: int,
+        z_step_um: float,
+        options: Mapping[str, Any],
+    ) -> None:
+        self.seed = seed
+        self.shape = shape
+        self.channels = channels
+        self.doses = doses
+        self.dtype = dtype
+        self.n_z = n_z
+        self.z_step_um = z_step_um
+        self.options = dict(options)
+        self._key: tuple[WellRef, int, int] | None = None
+        self._scene: _Scene | None = None
+
+    def scene(self, well: WellRef, field: int, t: int) -> _Scene:
+        key = (well, field, t)
+        if key != self._key or self._scene is None:
+            opts = {
+                "n_cells": None,
+                "nucleus_radius_px": 9.0,
+                "cell_radius_px": 22.0,
+                "illumination": 0.15,
+                "density": 0.5,
+                **{k: v for k, v in self.options.items() if k not in ("noise",)},
+            }
+            self._scene = _scene(
+                shape=self.shape,
+                seed=_derive(self.seed, well.row, well.column, field, 1),
+                channels=self.channels,
+                dose=self.doses[well],
+                frame=t,
+                **opts,
+            )
+            self._key = key
+        return self._scene
+
+    def frame(self, well: WellRef, field: int, t: int, z: int) -> np.ndarray:
+        """One ``(C, Y, X)`` frame."""
+        scene = self.scene(well, field, t)
+        defocus = (z - (self.n_z - 1) / 2) * self.z_step_um / _DEPTH_OF_FIELD_UM
+        return _expose(
+            scene,
+            noise_seed=_derive(self.seed, well.row, well.column, field, t, z, 2),
+            noise=float(self.options.get("noise", 1.0)),
+            dtype=self.dtype,
+            defocus=defocus,
+        )
+
+
+def _write_tiff(path: Path, plane: np.ndarray, pixel_size_um: float, description: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res = 1e4 / pixel_size_um  # pixels per cm
+    tifffile.imwrite(
+        path,
+        plane,
+        photometric="minisblack",
+        resolution=(res, res),
+        resolutionunit="CENTIMETER",
+        description=description,
+        metadata=None,
+        software="hts.synth",
+    )
+
+
+def _write_mask(path: Path, labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dt = np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.int32
+    tifffile.imwrite(path, labels.astype(dt), photometric="minisblack", metadata=None, software="hts.synth")
+
+
+def _metamorph_description(
+    channel: str, c: int, pixel_size_um: float, xy: tuple[float, float], z_um: float, magnification: float
+) -> str:
+    props = [
+        ("Description", "string", "hts synthetic plate"),
+        ("spatial-calibration-state", "bool", "on"),
+        ("spatial-calibration-x", "float", f"{pixel_size_um:g}"),
+        ("spatial-calibration-y", "float", f"{pixel_size_um:g}"),
+        ("spatial-calibration-units", "string", "um"),
+        ("image-name", "string", f"w{c + 1}"),
+        ("_IllumSetting_", "string", channel),
+        ("_MagSetting_", "string", f"{magnification:g}X Plan Apo"),
+        ("stage-position-x", "float", f"{xy[0]:.3f}"),
+        ("stage-position-y", "float", f"{xy[1]:.3f}"),
+        ("z-position", "float", f"{z_um:.3f}"),
+    ]
+    lines = [f'<prop id="{k}" type="{t}" value="{v}"/>' for k, t, v in props]
+    return "<MetaData>\n" + "\n".join(lines) + "\n</MetaData>"
+
+
+def _htd_text(
+    name: str, plate: PlateType, wells: Sequence[WellRef], fields: int, channels: Sequence[str], n_z: int, n_time: int
+) -> str:
+    """A MetaXpress plate description (``.HTD``)."""
+    q = lambda s: f'"{s}"'  # noqa: E731
+    tf = lambda b: "TRUE" if b else "FALSE"  # noqa: E731
+    selected = set(wells)
+    nx, ny = _grid(fields)
+    lines = [
+        '"HTSInfoFile", Version 1.0',
+        f'"Description", {q("hts synthetic plate " + name)}',
+        '"PlateType", 6',
+        f'"TimePoints", {n_time}',
+        f'"ZSeries", {tf(n_z > 1)}',
+        f'"ZSteps", {n_z}',
+        '"ZProjection", FALSE',
+        f'"XWells", {plate.columns}',
+        f'"YWells", {plate.rows}',
+    ]
+    for r in range(plate.rows):
+        cells = ", ".join(tf(WellRef(r, c) in selected) for c in range(plate.columns))
+        lines.append(f'"WellsSelection{r + 1}", {cells}')
+    lines += [f'"Sites", {tf(fields > 1)}', f'"XSites", {nx}', f'"YSites", {ny}']
+    for iy in range(ny):
+        cells = ", ".join(tf(iy * nx + ix < fields) for ix in range(nx))
+        lines.append(f'"SiteSelection{iy + 1}", {cells}')
+    lines += ['"Waves", TRUE', f'"NWavelengths", {len(channels)}']
+    for c, ch in enumerate(channels):
+        lines += [f'"WaveName{c + 1}", {q(ch)}', f'"WaveCollect{c + 1}", 1']
+    lines += [f'"UniquePlateIdentifier", {q(name)}', '"EndFile"']
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _harmony_index(
+    name: str,
+    plate: PlateType,
+    channels: Sequence[str],
+    pixel_size_um: float,
+    images: Sequence[dict[str, Any]],
+    magnification: float,
+    na: float,
+) -> bytes:
+    """A minimal Harmony ``Index.idx.xml`` (channel map, plate, one entry per image)."""
+    ns = "http://www.perkinelmer.com/PEHH/HarmonyV5"
+    ET.register_namespace("", ns)
+
+    def sub(parent: ET.Element, tag: str, text: Any = None, **attrs: str) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{ns}}}{tag}", attrs)
+        if text is not None:
+            el.text = str(text)
+        return el
+
+    root = ET.Element(f"{{{ns}}}EvaluationInputData", {"Version": "2"})
+    sub(root, "User", "hts")
+    sub(root, "InstrumentType", "Phenix")
+    p = sub(sub(root, "Plates"), "Plate")
+    sub(p, "PlateID", name)
+    sub(p, "PlateName", name)
+    sub(p, "PlateTypeName", f"{plate.wells}well")
+    sub(p, "PlateRows", plate.rows)
+    sub(p, "PlateColumns", plate.columns)
+    entries = sub(sub(root, "Maps"), "Map")
+    for c, ch in enumerate(channels):
+        meta = channel_metadata(ch)
+        e = sub(entries, "Entry", ChannelID=str(c + 1))
+        sub(e, "ChannelName", ch)
+        sub(e, "ImageResolutionX", f"{pixel_size_um * 1e-6:.6E}", Unit="m")
+        sub(e, "ImageResolutionY", f"{pixel_size_um * 1e-6:.6E}", Unit="m")
+        sub(e, "ObjectiveMagnification", f"{magnification:g}")
+        sub(e, "ObjectiveNA", f"{na:g}")
+        if meta.emission_nm is not None:
+            sub(e, "MainExcitationWavelength", f"{meta.excitation_nm:g}", Unit="nm")
+            sub(e, "MainEmissionWavelength", f"{meta.emission_nm:g}", Unit="nm")
+        sub(e, "AcquisitionType", "NonConfocal" if channel_kind(ch) != "brightfield" else "Brightfield")
+    imgs = sub(root, "Images")
+    for im in images:
+        e = sub(imgs, "Image", Version="1")
+        sub(e, "id", im["id"])
+        sub(e, "URL", im["url"])
+        sub(e, "Row", im["row"])
+        sub(e, "Col", im["col"])
+        sub(e, "FieldID", im["field"])
+        sub(e, "PlaneID", im["plane"])
+        sub(e, "TimepointID", im["timepoint"])
+        sub(e, "ChannelID", im["channel"])
+        sub(e, "ChannelName", im["channel_name"])
+        sub(e, "PositionX", f"{im['x_um'] * 1e-6:.9E}", Unit="m")
+        sub(e, "PositionY", f"{im['y_um'] * 1e-6:.9E}", Unit="m")
+        sub(e, "PositionZ", f"{im['z_um'] * 1e-6:.9E}", Unit="m")
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _check_name(name: str) -> str:
+    if not name or any(ch in name for ch in '/\\:*?"<>|') or name.strip() != name:
+        raise ValueError(f"plate name {name!r}: use letters, digits, '-' and '_' only")
+    return name
+
+
+def make_plate(
+    out: str | os.PathLike[str],
+    *,
+    format: str = "nd2",
+    plate_type: int = 96,
+    wells: str | None = None,
+    fields: int = 2,
+    shape: tuple[int, int] = (512, 512),
+    channels: Sequence[str] = ("DAPI", "GFP", "Brightfield"),
+    n_z: int = 1,
+    n_time: int = 1,
+    seed: int = 0,
+    named_positions: bool = True,
+    name: str = "DEMO-PLATE",
+    masks: bool = False,
+    dtype: str = "uint16",
+    pixel_size_um: float = 0.65,
+    z_step_um: float = 1.0,
+    time_interval_s: float = 60.0,
+    platemap_rows: Sequence[Mapping[str, Any]] | None = None,
+    field_options: Mapping[str, Any] | None = None,
+) -> SynthPlate:
+    """Write a synthetic screening plate, its platemap and optionally its ground truth.
+
+    Parameters
+    ----------
+    out : path
+        Destination folder (created). TIFF formats write their images straight into it.
+    format : {"nd2", "imagexpress", "opera", "cellomics"}
+        Acquisition format (see the module docstring for the layouts).
+    plate_type : int
+        Plate size: 6, 12, 24, 48, 96, 384 or 1536 wells.
+    wells : str, optional
+        Wells to image, as a :func:`hts.wells.parse_well_range` spec (``"A01:B03"``,
+        ``"A01,C05"``, ``"B"``); ``None``: the whole plate.
+    fields : int
+        Fields per well.
+    shape : tuple of int
+        ``(Y, X)`` of a field in pixels.
+    channels : sequence of str
+        Channel names (nuclear / cytoplasm / brightfield by name, see
+        :func:`hts.synth.field.channel_kind`).
+    n_z : int
+        Planes per field: a defocus series around the middle plane, ``z_step_um`` apart.
+    n_time : int
+        Time points: cells drift and bleach slightly from one to the next.
+        Not possible with ``"cellomics"`` (nor ``n_z > 1``), whose names have no such token.
+    seed : int
+        Seed of the plate; the same arguments give byte-identical files.
+    named_positions : bool
+        ``"nd2"`` only: name the XY positions ``A01``, ``A01#2``, ... (else leave them
+        unnamed, so that readers must map the stage coordinates onto wells).
+    name : str
+        Plate name (file names, HTD, Harmony index, ND2 file name).
+    masks : bool
+        Also write ground-truth nucleus and cell masks under ``<out>/truth``.
+    dtype : str
+        Pixel type (``"uint16"``, ``"uint8"``; ``"float32"`` for ND2 and TIFF too).
+    pixel_size_um : float
+        Pixel size recorded in the files.
+    z_step_um, time_interval_s : float
+        Plane spacing and time-lapse period recorded in the files.
+    platemap_rows : sequence of mapping, optional
+        The treatments (rows with ``well``, ``role``, ``compound``,
+        ``concentration``, ``unit``); by default :func:`hts.synth.dose_response_layout`.
+        Wells it does not mention are rendered untreated.
+    field_options : mapping, optional
+        Extra :func:`hts.synth.synth_field` arguments for every field
+        (``n_cells``, ``nucleus_radius_px``, ``cell_radius_px``, ``illumination``,
+        ``noise``, ``density``).
+
+    Returns
+    -------
+    SynthPlate
+        Where everything went, and what the plate holds.
+
+    Raises
+    ------
+    ValueError
+        Unknown format or plate type, wells off the plate, bad sizes, or Z/time with Cellomics.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    if plate_type not in PLATE_TYPES:
+        raise ValueError(f"plate_type {plate_type!r}: not a standard plate ({', '.join(map(str, PLATE_TYPES))})")
+    plate = PLATE_TYPES[plate_type]
+    _check_name(name)
+    if fields < 1 or n_z < 1 or n_time < 1:
+        raise ValueError(f"fields, n_z and n_time must be >= 1 (got {fields}, {n_z}, {n_time})")
+    if format == "cellomics" and (n_z > 1 or n_time > 1):
+        raise ValueError("Cellomics file names carry no Z or time point: use n_z=1 and n_time=1")
+    channels = tuple(str(c) for c in channels)
+    if not channels or len(set(channels)) != len(channels):
+        raise ValueError(f"channels must be distinct and at least one: {channels}")
+    shape = (int(shape[0]), int(shape[1]))
+    if min(shape) < 8:
+        raise ValueError(f"shape {shape} is too small (at least 8 x 8)")
+    well_list = (
+        [WellRef(r, c) for r in range(plate.rows) for c in range(plate.columns)]
+        if wells is None
+        else parse_well_range(wells, plate)
+    )
+    if not well_list:
+        raise ValueError(f"wells {wells!r} selects no well")
+    for w in well_list:
+        if w.row >= plate.rows or w.column >= plate.columns:
+            raise ValueError(f"well {w.name} is not on a {plate.wells}-well plate")
+    options = dict(field_options or {})
+    unknown = set(options) - {"n_cells", "nucleus_radius_px", "cell_radius_px", "illumination", "noise", "density"}
+    if unknown:
+        raise ValueError(f"field_options: unknown {', '.join(sorted(unknown))}")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in platemap_rows] if platemap_rows is not None else dose_response_layout(plate, well_list)
+    by_well = {parse_well(str(r["well"])): r for r in rows}
+    doses = {w: (dose_of(by_well[w]) if w in by_well else 0.0) for w in well_list}
+    platemap = write_platemap_csv(rows, out / "platemap.csv")
+
+    renderer = _Renderer(
+        seed=seed,
+        shape=shape,
+        channels=channels,
+        doses=doses,
+        dtype=dtype,
+        n_z=n_z,
+        z_step_um=z_step_um,
+        options=options,
+    )
+    fov_um = max(shape) * pixel_size_um
+    magnification, na = 20.0, 0.75
+    truth_dir = out / "truth" if masks else None
+
+    def fields_in_order() -> Iterator[tuple[int, WellRef, int]]:
+        p = 0
+        for w in well_list:
+            for f in range(fields):
+                yield p, w, f
+                p += 1
+
+    def z_um(w: WellRef, f: int, z: int) -> float:
+        x, y = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
+        focus = _FOCUS_Z_UM + 2e-4 * (x - A01_XY_UM[0]) - 1e-4 * (y - A01_XY_UM[1])  # a slightly tilted plate
+        return focus + (z - (n_z - 1) / 2) * z_step_um
+
+    def write_truth(w: WellRef, f: int, t: int) -> None:
+        if truth_dir is None:
+            return
+        scene = renderer.scene(w, f, t)
+        stem = f"{w.name}_f{f}" + (f"_t{t}" if t else "")
+        _write_mask(truth_dir / f"{stem}_nuclei.tif", scene.nuclei)
+        _write_mask(truth_dir / f"{stem}_cells.tif", scene.cells)
+
+    if format == "nd2":
+        from hts.formats.nd2_writer import Position, write_nd2
+
+        order = list(fields_in_order())
+        positions = []
+        for _p, w, f in order:
+            x, y = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
+            label = (w.name if f == 0 else f"{w.name}#{f + 1}") if named_positions else None
+            positions.append(Position(label, x, y, round(z_um(w, f, (n_z - 1) / 2), 3)))
+
+        def frames(t: int, p: int, z: int) -> np.ndarray:
+            _, w, f = order[p]
+            if z == 0:
+                write_truth(w, f, t)
+            return renderer.frame(w, f, t, z)
+
+        source = write_nd2(
+            out / f"{name}.nd2",
+            frames,
+            positions=positions,
+            channels=[channel_metadata(c) for c in channels],
+            shape_yx=shape,
+            dtype=dtype,
+            n_time=n_time,
+            n_z=n_z,
+            pixel_size_um=pixel_size_um,
+            z_step_um=z_step_um,
+            time_interval_s=time_interval_s,
+            objective=f"Plan Apo {magnification:g}x",
+            magnification=magnification,
+            numerical_aperture=na,
+        )
+    else:
+        source = out
+        index_images: list[dict[str, Any]] = []
+        naming: dict[str, Callable[[WellRef, int, int, int, int], str]] = {
+            "imagexpress": lambda w, f, t, z, c: (
+                (f"TimePoint_{t + 1}/" if n_time > 1 else "")
+                + (f"ZStep_{z + 1}/" if n_z > 1 else "")
+                + f"{name}_{w.name}_s{f + 1}_w{c + 1}.tif"
+            ),
+            "opera": lambda w, f, t, z, c: (
+                f"r{w.row + 1:02d}c{w.column + 1:02d}f{f + 1:02d}p{z + 1:02d}-ch{c + 1}sk{t + 1}fk1fl1.tiff"
+            ),
+            "cellomics": lambda w, f, t, z, c: f"{name}_{w.name}f{f:02d}d{c}.tif",
+        }
+        file_name = naming[format]
+        for _p, w, f in fields_in_order():
+            xy = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
+            for t in range(n_time):
+                write_truth(w, f, t)
+                for z in range(n_z):
+                    frame = renderer.frame(w, f, t, z)
+                    for c, ch in enumerate(channels):
+                        rel = file_name(w, f, t, z, c)
+                        desc = None
+                        if format == "imagexpress":
+                            desc = _metamorph_description(ch, c, pixel_size_um, xy, z_um(w, f, z), magnification)
+                        _write_tiff(out / rel, frame[c], pixel_size_um, desc)
+                        if format == "opera":
+                            index_images.append(
+                                {
+                                    "id": f"{w.row + 1:02d}{w.column + 1:02d}K{t + 1}F{f + 1}P{z + 1}R{c + 1}",
+                                    "url": rel,
+                                    "row": w.row + 1,
+                                    "col": w.column + 1,
+                                    "field": f + 1,
+                                    "plane": z + 1,
+                                    "timepoint": t + 1,
+                                    "channel": c + 1,
+                                    "channel_name": ch,
+                                    "x_um": xy[0],
+                                    "y_um": xy[1],
+                                    "z_um": z_um(w, f, z),
+                                }
+                            )
+        if format == "imagexpress":
+            (out / f"{name}.HTD").write_bytes(
+                _htd_text(name, plate, well_list, fields, channels, n_z, n_time).encode("utf-8")
+            )
+        elif format == "opera":
+            (out / "Index.idx.xml").write_bytes(
+                _harmony_index(name, plate, channels, pixel_size_um, index_images, magnification, na)
+            )
+
+    return SynthPlate(
+        source=Path(source),
+        platemap=platemap,
+        truth_dir=truth_dir,
+        wells=list(well_list),
+        fields=fields,
+        channels=channels,
+        shape=shape,
+        pixel_size_um=float(pixel_size_um),
+        format=format,
+        n_z=n_z,
+        n_time=n_time,
+        name=name,
+        plate_type=plate_type,
+        rows=rows,
+    )
