@@ -1,0 +1,132 @@
+"""The segmentation engine contract and the field-level driver.
+
+An engine turns the channels of one field into instance label images. It
+declares the channel *roles* it needs (``nucleus``, ``cytoplasm``,
+``brightfield``, ``foci``), its outputs (the first is the primary object; a
+cell and its nucleus share an id), the backends it can run on, and its
+parameters as a pydantic model whose sizes are in µm.
+
+:func:`segment_field` drives any engine over a field of any size:
+
+1. ``prepare``: field-level statistics (normalization percentiles,
+   thresholds), so every tile of the field uses the same ones;
+2. ``predict`` (deep engines): network maps for the whole field, computed on
+   halo-padded tiles batched through the backend and stitched by their cores;
+3. ``segment_tile``: instances per tile (with a halo wider than the largest
+   object), stitched seam-free by :func:`hts.compute.tiling.tiled_instances`;
+4. ``finalize``: field-level steps that need all objects (foci assignment).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from hts.compute.tiling import Tile, tiled_instances
+
+__all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
+
+
+class EngineParams(BaseModel):
+    """Base of every engine's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Role:
+    """A channel an engine reads."""
+
+    description: str
+    required: bool = True
+    guess: tuple[str, ...] = ()  # channel-name prefixes that usually play this role (case-insensitive)
+
+
+NUCLEUS_NAMES = ("dapi", "hoechst", "dna", "nuc", "draq5", "h2b", "d0")
+BRIGHTFIELD_NAMES = ("brightfield", "bright", "bf", "mono", "dic", "phase", "trans", "pc")
+CYTOPLASM_NAMES = ("gfp", "fitc", "cyto", "actin", "phalloidin", "cellmask", "tritc", "rfp", "mcherry", "cy5", "cellbody", "d2")
+
+
+@dataclass
+class SegmentResult:
+    """Labels of one field (per output) and optional per-object properties (per output)."""
+
+    labels: dict[str, np.ndarray]
+    properties: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {k: int(len(np.unique(v)) - (1 if (v == 0).any() else 0)) for k, v in self.labels.items()}
+
+
+class Engine:
+    """Base class. Subclasses set the class attributes and implement ``segment_tile``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    version: ClassVar[str] = "1"
+    roles: ClassVar[dict[str, Role]]
+    outputs: ClassVar[tuple[str, ...]]
+    backends: ClassVar[tuple[str, ...]] = ("numpy",)
+    Params: ClassVar[type[EngineParams]] = EngineParams
+
+    def __init__(self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"):
+        self.params = params if isinstance(params, EngineParams) else self.Params(**(params or {}))
+        self.backend = "numpy" if self.backends == ("numpy",) else backend
+        self.device = "cpu" if self.backends == ("numpy",) else device
+
+    # -- description ------------------------------------------------------------
+    @classmethod
+    def card(cls) -> str:
+        """The model card (deep engines) or a method description (classic engines)."""
+        return (cls.__doc__ or "").strip()
+
+    @property
+    def model_sha256(self) -> str | None:
+        return None
+
+    def max_object_um(self) -> float:
+        """Diameter of the largest object the engine outputs; the tiling halo must exceed it."""
+        return 40.0
+
+    # -- the four steps ------------------------------------------------------------
+    def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
+        return {"pixel_size_um": pixel_size_um}
+
+    def predict(self, images: dict[str, np.ndarray], ctx: dict[str, Any], *, tile: int, halo: int) -> np.ndarray | None:
+        return None
+
+    def segment_tile(
+        self, images: dict[str, np.ndarray], maps: np.ndarray | None, ctx: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def finalize(self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]) -> SegmentResult:
+        return SegmentResult(labels)
+
+
+def segment_field(
+    engine: Engine, images: dict[str, np.ndarray], *, pixel_size_um: float, tile: int = 1024, halo: int = 64
+) -> SegmentResult:
+    """Segment one 2-D field given as ``{role: (y, x) array}`` with ``engine``, tiled and stitched."""
+    shape = next(iter(images.values())).shape
+    ctx = engine.prepare(images, pixel_size_um)
+    halo_px = max(int(halo), math.ceil(1.25 * engine.max_object_um() / pixel_size_um))
+    maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
+
+    def run(t: Tile) -> dict[str, np.ndarray]:
+        sl = t.outer_slices
+        region = {role: im[sl] for role, im in images.items()}
+        return engine.segment_tile(region, None if maps is None else maps[(slice(None), *sl)], ctx)
+
+    labels = tiled_instances(shape, run, tile=tile, halo=halo_px, primary=engine.outputs[0])
+    if not labels:
+        labels = {name: np.zeros(shape, np.int32) for name in engine.outputs if name in _tiled_outputs(engine)}
+    return engine.finalize(labels, images, ctx)
+
+
+def _tiled_outputs(engine: Engine) -> tuple[str, ...]:
+    return getattr(engine, "tiled_outputs", engine.outputs)

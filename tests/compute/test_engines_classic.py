@@ -1,0 +1,120 @@
+"""Classic and foci engines on synthetic fields with ground truth; seam-free tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import contingency_table
+
+from hts.compute.engines import EngineError, engine_class, engines, segment_field
+from hts.compute.tiling import tile_grid
+from hts.synth import synth_field
+
+
+def match(pred: np.ndarray, truth: np.ndarray, thr: float = 0.5) -> tuple[int, np.ndarray]:
+    """Greedy one-to-one matching by IoU; returns (true positives, IoU of each true object's best match)."""
+    ct = contingency_table(truth, pred).toarray().astype(float)
+    at, ap = ct.sum(axis=1), ct.sum(axis=0)
+    iou = ct / (at[:, None] + ap[None, :] - ct + 1e-9)
+    iou[0, :] = 0
+    iou[:, 0] = 0
+    ids_t = np.unique(truth)[1:]
+    best = iou[ids_t].max(axis=1) if ids_t.size else np.array([])
+    return int((best > thr).sum()), best
+
+
+def test_registry_lists_engines():
+    assert {"classic", "foci"} <= set(engines())
+    with pytest.raises(EngineError, match="unknown engine 'nope'; engines: "):
+        engine_class("nope")
+
+
+def test_classic_finds_synthetic_nuclei_and_cells():
+    eng = engine_class("classic")()
+    f1s = {"nuclei": [], "cells": []}
+    for seed in (11, 12):
+        f = synth_field(shape=(384, 384), seed=seed)
+        res = segment_field(eng, {"nucleus": f.image[0], "cytoplasm": f.image[1]}, pixel_size_um=0.65)
+        for name, truth in (("nuclei", f.nuclei), ("cells", f.cells)):
+            tp, _ = match(res.labels[name], truth)
+            n_pred, n_true = len(np.unique(res.labels[name])) - 1, len(np.unique(truth)) - 1
+            f1s[name].append(2 * tp / (n_pred + n_true))
+        # every cell contains its nucleus (linked ids)
+        nuc = res.labels["nuclei"]
+        assert np.all(res.labels["cells"][nuc > 0] == nuc[nuc > 0])
+    assert min(f1s["nuclei"]) > 0.93, f1s
+    assert min(f1s["cells"]) > 0.80, f1s
+
+
+def test_classic_without_cytoplasm_expands_nuclei():
+    eng = engine_class("classic")({"cell_max_distance_um": 5.0})
+    f = synth_field(shape=(256, 256), seed=3, channels=("DAPI",))
+    res = segment_field(eng, {"nucleus": f.image[0]}, pixel_size_um=0.65)
+    nuc, cells = res.labels["nuclei"], res.labels["cells"]
+    assert (cells > 0).sum() > (nuc > 0).sum() * 1.5
+    assert set(np.unique(cells)) == set(np.unique(nuc))
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(Exception, match="nucleus_diameter_um"):
+        engine_class("classic")({"nucleus_diameter_um": -1})
+    with pytest.raises(Exception, match="no_such_param"):
+        engine_class("classic")({"no_such_param": 1})
+
+
+@pytest.mark.parametrize("tile", [96, 160])
+def test_tiled_equals_whole_image_pass(tile):
+    """Cells straddling tile seams: small tiles give the same instances as one pass."""
+    f = synth_field(shape=(400, 400), seed=21)
+    images = {"nucleus": f.image[0], "cytoplasm": f.image[1]}
+    eng = engine_class("classic")()
+    whole = segment_field(eng, images, pixel_size_um=0.65, tile=1024)
+    tiled = segment_field(eng, images, pixel_size_um=0.65, tile=tile, halo=32)
+    grid = tile_grid((400, 400), tile, 0)
+    assert len(grid) >= 9
+    # cells do straddle the seams
+    seams_y = {t.core[0] for t in grid if t.core[0] > 0}
+    crossing = set()
+    for y in seams_y:
+        above, below = whole.labels["cells"][y - 1], whole.labels["cells"][y]
+        crossing |= set(np.intersect1d(above[above > 0], below[below > 0]).tolist())
+    assert len(crossing) >= 5
+    for name in ("nuclei", "cells"):
+        a, b = whole.labels[name], tiled.labels[name]
+        assert len(np.unique(a)) == len(np.unique(b)), name
+        tp, best = match(b, a, thr=0.95)
+        assert tp == len(np.unique(a)) - 1, (name, np.sort(best)[:5])
+
+
+def test_foci_assigned_to_cells_with_axis_position():
+    f = synth_field(shape=(320, 320), seed=8, channels=("DAPI", "GFP"))
+    cells_truth = f.cells
+    yy, xx = np.indices(cells_truth.shape)
+    foci_img = np.full(cells_truth.shape, 200.0) + 300.0 * (cells_truth > 0)
+    planted = []
+    rng = np.random.default_rng(0)
+    for cid in np.unique(cells_truth)[1:12]:
+        ys, xs = np.nonzero(cells_truth == cid)
+        if ys.size < 400:
+            continue
+        # a spot deep inside the cell: the pixel farthest from the background
+        k = rng.integers(ys.size)
+        planted.append((ys[k], xs[k]))
+        foci_img += 4000 * np.exp(-((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2) / (2 * 1.3**2))
+    foci_img += rng.normal(0, 10, foci_img.shape)
+    eng = engine_class("foci")()
+    res = segment_field(
+        eng, {"nucleus": f.image[0], "cytoplasm": f.image[1], "foci": foci_img.clip(0, 65535).astype(np.uint16)}, pixel_size_um=0.65
+    )
+    foci, cells = res.labels["foci"], res.labels["cells"]
+    props = res.properties["foci"]
+    assert len(props) == len(np.unique(foci)) - 1
+    found = {tuple(p) for p in planted if foci[p] > 0}
+    assert len(found) >= len(planted) - 1  # a planted spot may fall in a cell the engine missed
+    assert len(props) <= len(planted) + 2
+    for p in props:
+        assert 0.0 <= p["axis_position"] <= 1.0
+        assert p["polar"] == (p["axis_position"] < 0.2 or p["axis_position"] > 0.8)
+        # the focus lies (mostly) in its assigned cell
+        sel = foci == p["label-value"]
+        assert np.mean(cells[sel] == p["cell"]) > 0.5
