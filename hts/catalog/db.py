@@ -93,6 +93,7 @@ class Catalog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
+        self._migrated = False
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
@@ -103,6 +104,10 @@ class Catalog:
         """A connection; the writer's is migrated to the current schema first."""
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if read_only and not self._migrated:
+            # A catalog from an older hts is brought up to date once, before reading it.
+            with self.connect():
+                pass
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + _LOCK_WAIT_S
@@ -121,6 +126,7 @@ class Catalog:
                 raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
         try:
             self._check_version(con, migrate=not read_only)
+            self._migrated = self._migrated or not read_only
             yield con
         finally:
             con.close()

@@ -228,6 +228,103 @@ def annotate(
     out.print(f"Annotated {n} wells of plate [bold]{record.name}[/] from {platemap}")
 
 
+# --------------------------------------------------------------------------- segment
+def _pairs(text: str | None, what: str) -> dict[str, str]:
+    """'a=1,b=2' -> {'a': '1', 'b': '2'}."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise typer.BadParameter(f"{what} takes NAME=VALUE pairs separated by commas, got {part.strip()!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _param_values(pairs: dict[str, str]) -> dict[str, Any]:
+    """Parameter values from text: JSON literals where they parse (numbers, true/false), else strings."""
+    out: dict[str, Any] = {}
+    for k, v in pairs.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command()
+def segment(
+    plates: Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every ingested plate in the catalog.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", "-e", help="Segmentation engine; `hts engines` lists them.")] = "classic",
+    db: DbOpt = None,
+    channels: Annotated[Optional[str], typer.Option("--channels", help="Which channel plays which role, e.g. 'nucleus=DAPI,cytoplasm=GFP' (default: guessed from channel names).", show_default=False)] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.", show_default=False)] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt (deep engines).")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels; larger fields are split with a halo and stitched.")] = 1024,
+    halo: Annotated[int, typer.Option("--halo", help="Minimum tile overlap in pixels (raised to the engine's largest object).")] = 64,
+    wells: Annotated[Optional[str], typer.Option("--wells", help="Wells to segment, e.g. 'A01:H12' or 'B,C05'.", show_default=False)] = None,
+    pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="µm per pixel, for plates whose metadata lacks it.", show_default=False)] = None,
+    label_suffix: Annotated[Optional[str], typer.Option("--label-suffix", help="Store labels as nuclei_SUFFIX etc., to keep several runs' labels side by side.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace labels written by another run (or redo this one).")] = False,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Segment plates with an engine on Dask workers; labels go into each field (NGFF labels). Resumable."""
+    from hts.tasks.segment import segment as run
+
+    with _errors(), _progress("segment", not as_json) as progress:
+        reports = run(
+            plates or None,
+            engine=engine,
+            db=db,
+            channels=_pairs(channels, "--channels"),
+            params=_param_values(_pairs(",".join(param or []), "--param")),
+            backend=backend,
+            device=device,
+            tile=tile,
+            halo=halo,
+            wells=wells,
+            overwrite=overwrite,
+            label_suffix=label_suffix,
+            pixel_size_um=pixel_size,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        )
+    if as_json:
+        _print_json([r.to_dict() for r in reports])
+        return
+    for r in reports:
+        verb = {"segmented": "Segmented", "resumed": "Resumed and finished", "unchanged": "Already segmented (same engine and parameters)"}[r.status]
+        objs = ", ".join(f"{n} {k}" for k, n in sorted(r.objects.items()))
+        out.print(
+            f"{verb}: plate [bold]{r.plate}[/] with {r.engine} ({r.backend}, {r.device}) — "
+            f"{r.fields_segmented}/{r.fields_total} fields in {r.seconds:.1f} s; {objs or 'no objects'}; "
+            f"labels {', '.join(r.labels.values())}; run {r.run_id[:8]}"
+        )
+
+
+@app.command()
+def engines(
+    card: Annotated[Optional[str], typer.Option("--card", help="Print one engine's model card and parameters.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List segmentation engines: channels they read, what they output, backends, model cards."""
+    from hts.tasks.engines import describe_engines
+
+    with _errors():
+        rows = describe_engines(card)
+    if as_json:
+        _print_json(rows)
+        return
+    from hts.cli.render import render_engines
+
+    render_engines(out, rows, full=card is not None)
+
+
 # --------------------------------------------------------------------------- demo
 @app.command()
 def demo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hts.wells import PLATE_TYPES, row_name
@@ -63,3 +64,26 @@ def render_info(console: Console, data: dict[str, Any]) -> None:
 
 def _num(v: Any) -> str:
     return "" if v is None else f"{v:g}"
+
+
+def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool) -> None:
+    """A table of engines, or one engine's card and parameters."""
+    if not full:
+        t = Table("engine", "reads", "outputs", "backends", "what it does")
+        for r in rows:
+            reads = ", ".join(role if c["required"] else escape(f"[{role}]") for role, c in r["channels"].items())
+            t.add_row(f"[bold]{r['name']}[/]", reads, ", ".join(r["outputs"]), ", ".join(r["backends"]), r["summary"])
+        console.print(t)
+        console.print("[dim]\\[role] = optional channel. `hts engines --card NAME` shows a model card and parameters.[/]")
+        return
+    for r in rows:
+        console.print(f"[bold]{r['name']}[/] v{r['version']} — {r['summary']}\n")
+        console.print(r["card"] + "\n")
+        ch = Table("channel role", "required", "description", title="channels")
+        for role, c in r["channels"].items():
+            ch.add_row(role, "yes" if c["required"] else "no", c["description"])
+        console.print(ch)
+        pt = Table("parameter", "default", "description", title="parameters (-p NAME=VALUE)")
+        for k, p in r["parameters"].items():
+            pt.add_row(k, str(p["default"]), p["description"])
+        console.print(pt)

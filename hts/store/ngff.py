@@ -239,6 +239,78 @@ class PlateStore:
             ome["omero"] = omero
             fg.attrs["ome"] = ome
 
+    # -- labels ---------------------------------------------------------------
+    def create_labels(self, field_path: str, names: list[str], *, n_t: int, overwrite: bool = False) -> None:
+        """Create empty NGFF label images ``names`` under ``<field>/labels/``, same chunking as the image.
+
+        Label arrays are (t, c=1, z=1, y, x) int32 with the image's pyramid levels
+        (nearest-neighbour downsampling) and scale transforms; z spans the image's
+        whole stack (2-D segmentation of its projection).
+        """
+        fg = zarr.open_group(self.path / field_path, mode="r+", zarr_format=3)
+        img_ms = fg.attrs["ome"]["multiscales"][0]
+        level0 = fg["0"]
+        _, _, nz, ny, nx = level0.shape
+        tile = int(self.hts_attrs.get("tile", 1024))
+        lg = fg.require_group("labels")
+        existing = list(lg.attrs.get("ome", {}).get("labels", []))
+        for name in names:
+            if name in existing and not overwrite and name in lg:
+                continue
+            g = lg.create_group(name, overwrite=True)
+            datasets = []
+            for level, ds in enumerate(img_ms["datasets"]):
+                scale = list(ds["coordinateTransformations"][0]["scale"])
+                scale[2] = scale[2] * nz
+                datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+                ly, lx = _level_yx((ny, nx), level)
+                g.create_array(
+                    str(level),
+                    shape=(n_t, 1, 1, ly, lx),
+                    chunks=(1, 1, 1, min(tile, ly), min(tile, lx)),
+                    dtype="int32",
+                    compressors=BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle),
+                    fill_value=0,
+                    dimension_names=AXES,
+                )
+            g.attrs.update(
+                {
+                    "ome": {
+                        "version": NGFF_VERSION,
+                        "multiscales": [{"name": name, "axes": img_ms["axes"], "datasets": datasets}],
+                        "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+                    }
+                }
+            )
+            if name not in existing:
+                existing.append(name)
+        lg.attrs.update({"ome": {"version": NGFF_VERSION, "labels": existing}})
+
+    def write_labels(
+        self, field_path: str, name: str, t: int, labels: np.ndarray, *, properties: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Write one time point of a label image (2-D, int32) and its pyramid; optional per-label properties."""
+        g = zarr.open_group(self.path / field_path / "labels" / name, mode="r+", zarr_format=3)
+        n_levels = len(list(g.array_keys()))
+        level = labels.astype(np.int32, copy=False)
+        for i in range(n_levels):
+            arr = g[str(i)]
+            if arr.shape[-2:] != level.shape:
+                raise StoreError(f"{self.path}/{field_path}/labels/{name}/{i}: expects {arr.shape[-2:]}, got {level.shape}")
+            arr[t, 0, 0] = level
+            level = level[::2, ::2]
+        if properties is not None:
+            ome = dict(g.attrs["ome"])
+            ome["image-label"] = dict(ome["image-label"], properties=properties)
+            g.attrs["ome"] = ome
+
+    def read_labels(self, field_path: str, name: str, level: int = 0) -> zarr.Array:
+        """A label image (t, 1, 1, y, x) of one field (lazy)."""
+        try:
+            return zarr.open_array(self.path / field_path / "labels" / name / str(level), mode="r", zarr_format=3)
+        except Exception:
+            raise StoreError(f"{self.path}/{field_path}: no label image {name!r}") from None
+
 
 def field_shape(description: PlateDescription, *, max_project: bool) -> tuple[int, int, int, int, int]:
     t, c, z, y, x = description.shape

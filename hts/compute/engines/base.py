@@ -19,6 +19,7 @@ parameters as a pydantic model whose sizes are in µm.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -82,7 +83,7 @@ class Engine:
     @classmethod
     def card(cls) -> str:
         """The model card (deep engines) or a method description (classic engines)."""
-        return (cls.__doc__ or "").strip()
+        return inspect.cleandoc(cls.__doc__ or "")
 
     @property
     def model_sha256(self) -> str | None:

@@ -1,0 +1,189 @@
+"""`segment` end to end on ingested synthetic plates: labels in the store, runs in the catalog,
+skip/resume, channel and label errors, a real Dask scheduler and workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr_models.v05 import HCS, Image
+
+from hts.catalog import Catalog
+from hts.compute.engines import EngineError
+from hts.errors import ClusterError
+from hts.store import PlateStore
+from hts.synth import make_plate
+from hts.tasks import segment as seg_mod
+from hts.tasks.ingest import ingest
+from hts.tasks.segment import segment
+
+
+@pytest.fixture
+def plate(tmp_path):
+    p = make_plate(tmp_path / "raw", format="nd2", wells="A01:B03", fields=2, shape=(192, 192), masks=True)
+    ingest(p.source)
+    return p
+
+
+def _labels(store: PlateStore, name: str) -> dict[str, np.ndarray]:
+    root = zarr.open_group(store.path, mode="r")
+    out = {}
+    for w in root.attrs["ome"]["plate"]["wells"]:
+        for im in root[w["path"]].attrs["ome"]["well"]["images"]:
+            path = f"{w['path']}/{im['path']}"
+            out[path] = store.read_labels(path, name)[:]
+    return out
+
+
+def test_segment_writes_valid_labels_and_records_the_run(plate):
+    (rep,) = segment(engine="classic")
+    assert rep.status == "segmented" and rep.fields_total == 12 and rep.fields_segmented == 12
+    assert rep.objects["nuclei"] == rep.objects["cells"] > 100
+    store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
+    root = zarr.open_group(store.path, mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HCS.from_zarr(root)
+        img = Image.from_zarr(root["B/02/1"])
+    assert img.labels is not None
+    nuc = store.read_labels("B/02/1", "nuclei")[:]
+    assert nuc.shape == (1, 1, 1, 192, 192) and nuc.dtype == np.int32
+    assert store.read_labels("B/02/1", "nuclei", level=0)[:].max() > 3
+    # counts in the catalog are the objects in the stored labels
+    cat = Catalog("hts.duckdb")
+    counts = cat.query("SELECT well, field_index, n_objects FROM run_object_counts WHERE output = 'nuclei' ORDER BY ALL")
+    stored = _labels(store, "nuclei")
+    for c in counts:
+        lab = stored[f"{c['well'][0]}/{c['well'][1:]}/{c['field_index']}"]
+        assert c["n_objects"] == len(np.unique(lab)) - 1
+    run = cat.query("SELECT * FROM runs")[0]
+    assert run["status"] == "complete" and run["engine"] == "classic" and run["backend"] == "numpy"
+    assert '"nucleus": "DAPI"' in run["channels"] and '"cytoplasm": "GFP"' in run["channels"]
+    # against the synthetic truth: nuclei found
+    import tifffile
+
+    truth = tifffile.imread(plate.truth_dir / "B02_f1_nuclei.tif")
+    assert abs(len(np.unique(nuc)) - len(np.unique(truth))) <= 3
+
+
+def test_same_run_is_skipped_and_different_labels_are_protected(plate):
+    segment(engine="classic")
+    (again,) = segment(engine="classic")
+    assert again.status == "unchanged" and again.fields_segmented == 0
+    with pytest.raises(EngineError, match=r"already has labels 'nuclei' from run .* --overwrite .* --label-suffix"):
+        segment(engine="classic", params={"nucleus_diameter_um": 14.0})
+    (side,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, label_suffix="big")
+    assert side.labels == {"nuclei": "nuclei_big", "cells": "cells_big"} and side.status == "segmented"
+    (rep,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, overwrite=True)
+    assert rep.status == "segmented"
+    runs = Catalog("hts.duckdb").query("SELECT status FROM runs ORDER BY created_at")
+    assert [r["status"] for r in runs] == ["replaced", "complete", "complete"]
+
+
+def test_interrupted_segment_resumes_to_identical_labels(plate, monkeypatch, tmp_path):
+    segment(engine="classic", label_suffix="ref")
+    store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
+    ref = _labels(store, "nuclei_ref")
+
+    real = seg_mod.segment_one_field
+    calls = {"n": 0}
+
+    def dying(item, spec):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(item, spec)
+
+    monkeypatch.setattr(seg_mod, "segment_one_field", dying)
+    with pytest.raises(KeyboardInterrupt):
+        segment(engine="classic")
+    cat = Catalog("hts.duckdb")
+    assert cat.query("SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'")[0]["n"] == 4
+    monkeypatch.setattr(seg_mod, "segment_one_field", real)
+    (rep,) = segment(engine="classic")
+    assert rep.status == "resumed" and rep.fields_segmented == 8
+    got = _labels(store, "nuclei")
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+def test_wells_selection_and_channel_errors(plate):
+    (rep,) = segment(engine="classic", wells="A01:A02")
+    assert rep.fields_total == 4
+    with pytest.raises(EngineError, match=r"plate DEMO-PLATE has no channel 'Hoechst'; its channels are: DAPI, GFP, Brightfield"):
+        segment(engine="classic", channels={"nucleus": "Hoechst"}, label_suffix="x")
+    with pytest.raises(EngineError, match=r"engine foci needs a foci channel .* has channels: DAPI, GFP, Brightfield; pass --channels foci=NAME"):
+        segment(engine="foci")
+    with pytest.raises(EngineError, match="no channel role 'dna'"):
+        segment(engine="classic", channels={"dna": "DAPI"})
+    with pytest.raises(EngineError, match="parameter h_um"):
+        segment(engine="classic", params={"h_um": "deep"})
+
+
+def test_no_plates_and_missing_pixel_size(tmp_path):
+    from hts.errors import CatalogError
+
+    with pytest.raises(CatalogError):
+        segment(engine="classic")
+    ingest(Path(__file__).parents[1] / "data" / "cellomics_cp_example")
+    with pytest.raises(EngineError, match="no pixel size .* --pixel-size"):
+        segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"})
+    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65)
+    assert rep.objects["nuclei"] > 50  # the real CellProfiler ExampleHuman field holds ~80 nuclei
+
+
+def test_local_cluster_matches_in_process(plate):
+    segment(engine="classic", label_suffix="sync")
+    segment(engine="classic", label_suffix="dask", scheduler="local", workers=2)
+    store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
+    a, b = _labels(store, "nuclei_sync"), _labels(store, "nuclei_dask")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    workers = Catalog("hts.duckdb").query(
+        "SELECT DISTINCT worker FROM run_fields rf JOIN runs r USING (run_id) WHERE r.labels LIKE '%nuclei_dask%'"
+    )
+    assert len(workers) == 2 and all(str(os.getpid()) not in w["worker"] for w in workers)
+
+
+def test_unreachable_scheduler_is_one_line(plate):
+    with pytest.raises(ClusterError, match="cannot reach Dask scheduler at tcp://127.0.0.1:9"):
+        segment(engine="classic", scheduler="tcp://127.0.0.1:9")
+
+
+@pytest.mark.cluster
+def test_external_dask_scheduler_and_workers(plate, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on localhost."""
+    dask = shutil.which("dask", path=str(Path(sys.executable).parent))
+    port = 18786 + os.getpid() % 1000
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2.0)
+        for i in range(2):
+            wdir = tmp_path / f"worker{i}"
+            wdir.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard", "--local-directory", str(wdir), "--name", f"w{i}"],
+                    cwd=wdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout="20s") as c:
+            c.wait_for_workers(2, timeout=60)
+        (rep,) = segment(engine="classic", scheduler=f"tcp://127.0.0.1:{port}")
+        assert rep.fields_segmented == 12
+        workers = Catalog("hts.duckdb").query("SELECT DISTINCT worker FROM run_fields")
+        assert len(workers) == 2
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
