@@ -1,5 +1,5 @@
 # hts — the two set-up commands of the README:
-#   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest it, annotate it, show it
+#   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest, annotate, segment it, show it
 #   make test   create .venv and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -21,6 +21,7 @@ demo: setup
 	cd $(DEMO) && ../$(BIN)/hts demo demo-data --format nd2 --plate-type 96 --fields 2 --size 512
 	cd $(DEMO) && ../$(BIN)/hts ingest demo-data/DEMO-PLATE.nd2
 	cd $(DEMO) && ../$(BIN)/hts annotate DEMO-PLATE --platemap demo-data/platemap.csv
+	cd $(DEMO) && ../$(BIN)/hts segment --engine classic
 	cd $(DEMO) && ../$(BIN)/hts info DEMO-PLATE
 
 # pytest exits 5 when no test was collected; that is a failure of the suite, not a pass.
