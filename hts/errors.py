@@ -40,3 +40,7 @@ class ConfigError(HtsError):
 
 class ClusterError(HtsError):
     """The Dask scheduler could not be reached or a worker failed."""
+
+
+class EngineError(HtsError):
+    """Unknown engine, bad parameters, missing channels, or unusable model weights / backend."""

@@ -11,13 +11,9 @@ import pkgutil
 from functools import cache
 
 from hts.compute.engines.base import Engine, EngineParams, Role, SegmentResult, segment_field
-from hts.errors import HtsError
+from hts.errors import EngineError
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "engine_class", "engines", "segment_field", "EngineError"]
-
-
-class EngineError(HtsError):
-    """Unknown engine, bad parameters, missing channels or unusable model weights."""
 
 
 @cache

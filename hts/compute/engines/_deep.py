@@ -1,0 +1,163 @@
+"""Shared machinery of the deep engines: model loading, scale normalization, batched tiled inference, TTA.
+
+A deep engine names a model folder under ``engines/`` (shipped weights,
+``config.json``, ``CARD.md``). Its ``config.json`` records, besides the
+network, the input roles in order, the percentile normalization, the pixel size
+the model was trained at and the typical object diameter. At inference:
+
+1. each input channel is normalized with field-level percentiles;
+2. the field is rescaled so objects have the size the model saw in training
+   (plate pixel size / training pixel size);
+3. the rescaled field is cut into halo-padded tiles (sizes a multiple of the
+   network's stride), the tiles are batched through the backend runner, and the
+   tile cores are stitched into whole-field maps; with ``tta`` every batch is
+   also run flipped and rotated by 90° and the maps averaged;
+4. the maps are resized back to the field's pixel grid.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+from skimage.transform import resize
+
+from hts.compute.engines.base import Engine, EngineParams
+from hts.compute.tiling import stitch_maps, tile_grid
+from hts.errors import EngineError
+from hts.resources import data_dir
+
+__all__ = ["DeepEngine", "DeepParams"]
+
+
+class DeepParams(EngineParams):
+    tta: bool = Field(False, description="Test-time augmentation: average the maps over flips and 90° rotations (4× the compute).")
+    batch_size: int = Field(8, ge=1, le=256, description="Tiles per backend call.")
+    model_tile: int = Field(512, ge=64, le=4096, description="Tile size fed to the network, in model pixels.")
+
+
+_TTA = [
+    (lambda x: x, lambda y: y),
+    (lambda x: x[..., ::-1], lambda y: y[..., ::-1]),
+    (lambda x: x[..., ::-1, :], lambda y: y[..., ::-1, :]),
+    (lambda x: np.rot90(x, 1, axes=(-2, -1)), lambda y: np.rot90(y, -1, axes=(-2, -1))),
+]
+
+
+class DeepEngine(Engine):
+    """Base of engines backed by a shipped network."""
+
+    backends = ("torch", "onnxruntime", "tensorrt")
+    model_name: ClassVar[str]
+    Params = DeepParams
+
+    def __init__(self, params=None, *, backend: str = "auto", device: str = "auto"):
+        super().__init__(params, backend=backend, device=device)
+        from hts.compute.backends import ModelSpec, load_runner
+
+        path = self.model_path()
+        if not (path / "config.json").exists():
+            raise EngineError(f"engine {self.name}: no shipped model at {path} (missing config.json)")
+        self.spec = ModelSpec.from_dir(path)
+        self.spec.sha256  # noqa: B018 - verify the weights checksum before anything runs
+        self.runner = load_runner(self.spec, backend, device, max_batch=self.params.batch_size)
+        self.backend, self.device = self.runner.backend, self.runner.device
+        inputs = self.spec.extra.get("inputs")
+        if inputs != list(self.roles):
+            raise EngineError(f"{path}/config.json: inputs {inputs} do not match engine {self.name} roles {list(self.roles)}")
+
+    @classmethod
+    def model_path(cls) -> Path:
+        return data_dir("engines") / cls.model_name
+
+    @classmethod
+    def card(cls) -> str:
+        card = cls.model_path() / "CARD.md"
+        method = super().card()
+        return method + ("\n\n" + card.read_text() if card.exists() else "\n\n(model card missing)")
+
+    @property
+    def model_sha256(self) -> str:
+        return self.spec.sha256
+
+    @cached_property
+    def train_pixel_um(self) -> float:
+        return float(self.spec.extra["pixel_size_um"])
+
+    def max_object_um(self) -> float:
+        return 2.0 * float(self.spec.extra.get("object_diameter_um", 20.0))
+
+    # -- steps ------------------------------------------------------------------
+    def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
+        lo_p, hi_p = self.spec.extra.get("normalization", [1.0, 99.8])
+        norm = {}
+        for role in self.roles:
+            if role in images:
+                lo, hi = np.percentile(images[role][::2, ::2], [lo_p, hi_p])
+                norm[role] = (float(lo), float(hi))
+        return {"pixel_size_um": pixel_size_um, "norm": norm, "scale": pixel_size_um / self.train_pixel_um}
+
+    def predict(self, images: dict[str, np.ndarray], ctx: dict[str, Any], *, tile: int, halo: int) -> np.ndarray:
+        shape = next(iter(images.values())).shape
+        x = np.stack(
+            [(images[r].astype(np.float32) - ctx["norm"][r][0]) / max(ctx["norm"][r][1] - ctx["norm"][r][0], 1e-6) for r in self.roles]
+        )
+        scale = ctx["scale"]
+        if abs(scale - 1.0) > 0.02:
+            new = (max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale)))
+            x = resize(x, (x.shape[0], *new), order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+        maps = self._infer(x, halo=math.ceil(halo * scale))
+        if maps.shape[-2:] != shape:
+            maps = resize(maps, (maps.shape[0], *shape), order=1, preserve_range=True).astype(np.float32)
+        return maps
+
+    def _infer(self, x: np.ndarray, *, halo: int) -> np.ndarray:
+        """Whole-image maps from halo-padded tiles batched through the runner."""
+        m = self.spec.multiple
+        _, ny, nx = x.shape
+        core = max(m, (self.params.model_tile - 2 * halo) // m * m)
+        tiles = tile_grid((ny, nx), core, halo)
+        transforms = _TTA if self.params.tta else _TTA[:1]
+        outs: list[np.ndarray] = []
+        batch, metas = [], []
+
+        def flush() -> None:
+            if not batch:
+                return
+            h = max(b.shape[-2] for b in batch)
+            w = max(b.shape[-1] for b in batch)
+            h, w = -(-h // m) * m, -(-w // m) * m
+            stack = np.stack([np.pad(b, ((0, 0), (0, h - b.shape[-2]), (0, w - b.shape[-1])), mode="reflect") for b in batch])
+            acc = None
+            for fwd, back in transforms:
+                y = self.runner(np.ascontiguousarray(fwd(stack)))
+                y = back(y)
+                acc = y if acc is None else acc + y
+            acc /= len(transforms)
+            for (hh, ww), y in zip(metas, acc):
+                outs.append(np.ascontiguousarray(y[:, :hh, :ww]))
+            batch.clear()
+            metas.clear()
+
+        for t in tiles:
+            sub = x[(slice(None), *t.outer_slices)]
+            batch.append(sub)
+            metas.append(sub.shape[-2:])
+            if len(batch) >= self.params.batch_size:
+                flush()
+        flush()
+        return stitch_maps((ny, nx), tiles, outs, outs[0].shape[0])
+
+    def head(self, maps: np.ndarray, name: str) -> np.ndarray:
+        """The channels of one output head in ``maps`` (squeezed when it has one channel)."""
+        start = 0
+        for h in self.spec.heads:
+            if h["name"] == name:
+                out = maps[start : start + h["channels"]]
+                return out[0] if h["channels"] == 1 else out
+            start += h["channels"]
+        raise EngineError(f"model {self.spec.name} has no output head {name!r}")
