@@ -1,0 +1,1 @@
+"""Network definitions and inference backends (torch, ONNX Runtime, TensorRT)."""
