@@ -262,6 +262,7 @@ def segment(
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.", show_default=False)] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt (deep engines).")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Deep engines: average predictions over flips and 90° rotations (slower, slightly better).")] = False,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels; larger fields are split with a halo and stitched.")] = 1024,
     halo: Annotated[int, typer.Option("--halo", help="Minimum tile overlap in pixels (raised to the engine's largest object).")] = 64,
     wells: Annotated[Optional[str], typer.Option("--wells", help="Wells to segment, e.g. 'A01:H12' or 'B,C05'.", show_default=False)] = None,
@@ -275,13 +276,16 @@ def segment(
     """Segment plates with an engine on Dask workers; labels go into each field (NGFF labels). Resumable."""
     from hts.tasks.segment import segment as run
 
+    params = _param_values(_pairs(",".join(param or []), "--param"))
+    if tta:
+        params["tta"] = True
     with _errors(), _progress("segment", not as_json) as progress:
         reports = run(
             plates or None,
             engine=engine,
             db=db,
             channels=_pairs(channels, "--channels"),
-            params=_param_values(_pairs(",".join(param or []), "--param")),
+            params=params,
             backend=backend,
             device=device,
             tile=tile,

@@ -36,14 +36,47 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cuda_devices() -> int:
+    """Number of CUDA devices torch sees (0 without torch/CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - broken CUDA installs
+        return 0
+
+
 @contextmanager
-def dask_client(scheduler: str | None = None, *, workers: int | None = None) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``scheduler`` (None for ``"sync"``), closed on exit."""
+def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu: bool = False) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``scheduler`` (None for ``"sync"``), closed on exit.
+
+    With ``gpu=True`` a local cluster has one worker per GPU: dask-cuda's
+    ``LocalCUDACluster`` when installed (it pins each worker to its device),
+    else one single-threaded worker process per device.
+    """
     scheduler = scheduler or "local"
     if scheduler == "sync":
         yield None
         return
     from distributed import Client, LocalCluster
+
+    if gpu and scheduler in ("local", "processes"):
+        n_gpu = cuda_devices()
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            cluster = LocalCUDACluster(n_workers=workers or n_gpu or None, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR)
+        except ImportError:
+            cluster = LocalCluster(
+                n_workers=workers or max(1, n_gpu), threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            )
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+        return
 
     if scheduler in ("local", "processes", "threads"):
         n = workers or default_workers()

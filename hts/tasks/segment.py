@@ -143,7 +143,8 @@ def segment(
     reports = []
     todo_total = sum(len(p["todo"]) for p in plans)
     done_total = 0
-    with dask_client(scheduler or ws.scheduler, workers=workers) if todo_total else _null() as client:
+    gpu = probe.device.startswith("cuda")
+    with dask_client(scheduler or ws.scheduler, workers=workers, gpu=gpu) if todo_total else _null() as client:
         for plan in plans:
             t0 = time.perf_counter()
             run = plan["run"]

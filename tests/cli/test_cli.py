@@ -113,3 +113,23 @@ def test_console_script_exit_code_and_stderr(tmp_path):
     assert p.returncode == 1
     assert p.stdout == ""
     assert p.stderr.startswith("error:") and "corrupt.nd2" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_segment_and_engines_commands(tmp_path):
+    from hts.synth import make_plate
+
+    plate = make_plate(tmp_path / "raw", format="imagexpress", wells="A01:A02", fields=1, shape=(128, 128))
+    assert run("ingest", str(plate.source)).exit_code == 0
+    r = run("segment", "--engine", "classic", "--json", "-p", "nucleus_diameter_um=9", "--channels", "nucleus=DAPI")
+    assert r.exit_code == 0, r.output
+    (rep,) = json.loads(r.output)
+    assert rep["status"] == "segmented" and rep["fields_segmented"] == 2 and rep["objects"]["nuclei"] > 5
+    r = runner.invoke(app, ["segment", "--engine", "classic", "-p", "nucleus_diameter_um=12"])
+    assert r.exit_code == 1 and "--label-suffix" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["segment", "--engine", "nosuch"])
+    assert r.exit_code == 1 and "unknown engine 'nosuch'" in r.output
+    r = run("engines", "--json")
+    names = [e["name"] for e in json.loads(r.output)]
+    assert {"classic", "foci", "nuclei", "brightfield-unet", "cytoplasm", "fpf"} <= set(names)
+    r = run("engines", "--card", "classic")
+    assert r.exit_code == 0 and "h_um" in r.output and "Propagation" in r.output
