@@ -187,3 +187,20 @@ def test_external_dask_scheduler_and_workers(plate, tmp_path):
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def test_engine_is_built_once_per_worker_process(plate, monkeypatch):
+    from hts.compute.engines.classic import ClassicEngine
+
+    built = []
+    real_init = ClassicEngine.__init__
+
+    def counting_init(self, *a, **k):
+        built.append(1)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(ClassicEngine, "__init__", counting_init)
+    monkeypatch.setattr(seg_mod, "_engines", {})
+    (rep,) = segment(engine="classic")
+    assert rep.fields_segmented == 12
+    assert len(built) == 2  # one probe on the client (validates the model before any work), one for this worker process
