@@ -145,17 +145,24 @@ def split_touching(
 
 
 def grow_cells(
-    nuclei: np.ndarray, landscape: np.ndarray, cell_mask: np.ndarray, *, max_distance_px: float | None = None
+    nuclei: np.ndarray,
+    landscape: np.ndarray,
+    cell_mask: np.ndarray,
+    *,
+    max_distance_px: float | None = None,
+    distance_to_nuclei: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cells by seeded watershed from ``nuclei`` over ``landscape`` (low = cell interior), inside ``cell_mask``.
 
     Every nucleus gets a cell with the same id (its nucleus always included); a
-    cell is limited to ``max_distance_px`` from its nucleus when given.
+    cell is limited to ``max_distance_px`` from its nucleus when given
+    (``distance_to_nuclei``, the EDT of ``nuclei == 0``, may be passed if already computed).
     """
     mask = cell_mask | (nuclei > 0)
     if max_distance_px is not None:
-        near = ndi.distance_transform_edt(nuclei == 0) <= max_distance_px
-        mask &= near
+        if distance_to_nuclei is None:
+            distance_to_nuclei = ndi.distance_transform_edt(nuclei == 0)
+        mask &= distance_to_nuclei <= max_distance_px
     cells = segmentation.watershed(landscape, markers=nuclei, mask=mask)
     return cells.astype(np.int32)
 

@@ -98,8 +98,9 @@ class ClassicEngine(Engine):
         mask = ndi.binary_fill_holes(csm > ctx["cyt_threshold"])
         # CellProfiler "Propagation"-like: distance from the nearest nucleus plus a
         # penalty for crossing intensity edges between cells.
-        landscape = ndi.distance_transform_edt(nuclei == 0) + p.gradient_weight * filters.sobel(csm)
-        return pp.grow_cells(nuclei, landscape, mask, max_distance_px=reach)
+        dist = ndi.distance_transform_edt(nuclei == 0)
+        landscape = dist + p.gradient_weight * filters.sobel(csm)
+        return pp.grow_cells(nuclei, landscape, mask, max_distance_px=reach, distance_to_nuclei=dist)
 
     def segment_tile(self, images, maps, ctx) -> dict[str, np.ndarray]:
         nuclei = self.nuclei(images["nucleus"], ctx)
