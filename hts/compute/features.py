@@ -1,0 +1,523 @@
+"""Per-object size/shape and intensity features with CellProfiler names and definitions.
+
+Hand-written: cp-measure and regionprops loop per object; this is vectorized over a whole field and tested against both.
+
+Definitions follow cp-measure 0.3 (``get_core_measurements()`` ``"sizeshape"`` and
+``"intensity"``), i.e. CellProfiler's ``MeasureObjectSizeShape`` and
+``MeasureObjectIntensity`` as computed with scikit-image:
+
+- *Perimeter* is ``regionprops(...).perimeter``: border pixels (4-connectivity; the image
+  edge counts as outside) weighted by their 3x3 border neighbourhood.
+- *ConvexArea* is ``regionprops(...).area_convex``: the pixel centres inside or on the
+  hull of the pixels' edge midpoints, computed exactly with integer arithmetic.
+- *Orientation* is in degrees, scikit-image convention (angle between the row axis and
+  the major axis, counter-clockwise, -90..90), as CellProfiler and cp-measure report it.
+- Bounding-box maxima are exclusive (``regionprops`` ``bbox``).
+- Intensity edge pixels are ``find_boundaries(labels, mode="inner")``: object pixels with
+  a 4-neighbour of another label; unlike the perimeter, the image edge is no boundary.
+- Quartiles/median are linearly interpolated at ``(n - 1) q`` (``numpy.percentile``,
+  cp-measure's default) or at ``n q`` (original CellProfiler, ``quantiles="cellprofiler"``,
+  cp-measure's ``legacy=True``); MAD is the same quantile of ``|x - median|`` at q = 1/2.
+- Non-finite pixels are left out of the intensity features; an object with no (finite /
+  edge) pixels gets 0 for the corresponding features, as in cp-measure.
+
+Every array in a result is aligned with :func:`object_ids` of the label image.
+"""
+
+from __future__ import annotations
+
+from math import sqrt
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "object_ids",
+    "shape_features",
+    "intensity_features",
+    "compartment_features",
+    "INTENSITY_FEATURES",
+]
+
+INTENSITY_FEATURES = (
+    "IntegratedIntensity",
+    "MeanIntensity",
+    "StdIntensity",
+    "MinIntensity",
+    "MaxIntensity",
+    "MedianIntensity",
+    "LowerQuartileIntensity",
+    "UpperQuartileIntensity",
+    "MADIntensity",
+    "MassDisplacement",
+    "IntegratedIntensityEdge",
+    "MeanIntensityEdge",
+    "StdIntensityEdge",
+    "MinIntensityEdge",
+    "MaxIntensityEdge",
+)
+
+# skimage.measure.perimeter: weight of a border pixel by the code
+# 1 (itself) + 2 * (4-neighbours on the border) + 10 * (diagonal neighbours on the border).
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = sqrt(2.0)
+_PERIMETER_WEIGHTS[[13, 23]] = (1.0 + sqrt(2.0)) / 2.0
+
+_N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+# --------------------------------------------------------------------------- objects
+def object_ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted object ids (> 0) of a label image; every feature array is aligned with it."""
+    labels = _check_labels(labels)
+    mx = int(labels.max(initial=0))
+    if mx == 0:
+        return np.zeros(0, np.int64)
+    if mx <= 4 * labels.size:
+        ids = np.flatnonzero(np.bincount(labels.ravel(), minlength=mx + 1))
+    else:
+        ids = np.unique(labels)
+    return ids[ids > 0].astype(np.int64)
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    if labels.dtype == bool:
+        return labels.astype(np.int32)
+    if labels.dtype == np.uint64:  # bincount / indexing want a signed type
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    return labels
+
+
+class _Objects:
+    """The object pixels of a label image in row-major order, with each pixel's object rank."""
+
+    def __init__(self, labels: np.ndarray):
+        labels = _check_labels(labels)
+        self.labels = labels
+        self.shape = labels.shape
+        self.ids = object_ids(labels)
+        self.n = len(self.ids)
+        flat = labels.ravel()
+        self.idx = np.flatnonzero(flat)  # ascending = row-major
+        lab = flat[self.idx]
+        self._lut = None
+        if self.n and self.ids[-1] <= 4 * labels.size:
+            self._lut = np.zeros(int(self.ids[-1]) + 1, np.int64)
+            self._lut[self.ids] = np.arange(self.n)
+        self.rank = self.rank_of(lab)
+        self.counts = np.bincount(self.rank, minlength=self.n)
+        self.r, self.c = np.divmod(self.idx, labels.shape[1])
+        self._diff = None
+
+    def rank_of(self, lab: np.ndarray) -> np.ndarray:
+        """Position in :attr:`ids` of object labels ``lab`` (all > 0)."""
+        return self._lut[lab] if self._lut is not None else np.searchsorted(self.ids, lab)
+
+    def neighbour_differs(self) -> np.ndarray:
+        """Bool image: a 4-neighbour inside the image has another label (find_boundaries' test)."""
+        if self._diff is None:
+            lab = self.labels
+            d = np.zeros(lab.shape, bool)
+            dv = lab[1:] != lab[:-1]
+            d[1:] |= dv
+            d[:-1] |= dv
+            dh = lab[:, 1:] != lab[:, :-1]
+            d[:, 1:] |= dh
+            d[:, :-1] |= dh
+            self._diff = d
+        return self._diff
+
+    def rows(self):
+        """Per (object, row) extent: object rank, row, first and last column; sorted by (object, row)."""
+        idx, r, c = self.idx, self.r, self.c
+        if idx.size == 0:
+            z = np.zeros(0, np.int64)
+            return z, z, z, z
+        # runs of consecutive pixels of one object on one row, then the runs grouped by (object, row)
+        start = np.ones(idx.size, bool)
+        start[1:] = (np.diff(idx) != 1) | (np.diff(self.rank) != 0) | (np.diff(r) != 0)
+        s = np.flatnonzero(start)
+        e = np.append(s[1:], idx.size) - 1
+        key = self.rank[s] * self.shape[0] + r[s]
+        order = np.argsort(key, kind="stable")
+        key, c0, c1 = key[order], c[s][order], c[e][order]
+        g = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        obj, row = np.divmod(key[g], self.shape[0])
+        return obj, row, np.minimum.reduceat(c0, g), np.maximum.reduceat(c1, g)
+
+
+# --------------------------------------------------------------------------- shape
+def shape_features(labels: np.ndarray, *, pixel_size_um: float | None = None) -> dict[str, np.ndarray]:
+    """CellProfiler ``AreaShape_*`` features of every object, aligned with :func:`object_ids`.
+
+    With ``pixel_size_um`` also ``AreaShape_Center_X_um``, ``AreaShape_Center_Y_um`` and
+    ``AreaShape_Area_um2``.
+    """
+    return _shape(_Objects(labels), pixel_size_um)
+
+
+def _shape(o: _Objects, pixel_size_um: float | None) -> dict[str, np.ndarray]:
+    n, rank, r, c = o.n, o.rank, o.r, o.c
+    area = o.counts.astype(np.float64)
+    obj, row, row_c0, row_c1 = o.rows()
+    first = np.flatnonzero(np.r_[True, obj[1:] != obj[:-1]]) if obj.size else np.zeros(0, np.int64)
+    last = np.append(first[1:], obj.size)[: first.size] - 1
+    rmin, rmax = row[first], row[last] + 1
+    cmin = np.minimum.reduceat(row_c0, first) if n else np.zeros(0, np.int64)
+    cmax = np.maximum.reduceat(row_c1, first) + 1 if n else np.zeros(0, np.int64)
+    bbox_area = ((rmax - rmin) * (cmax - cmin)).astype(np.float64)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # centroid: exact integer sums, as regionprops' coordinate mean
+        cy = np.bincount(rank, r, n) / area
+        cx = np.bincount(rank, c, n) / area
+        # central moments in the bounding-box frame (as cp-measure / regionprops)
+        rl = (r - rmin[rank]).astype(np.float64)
+        cl = (c - cmin[rank]).astype(np.float64)
+        dr = rl - (np.bincount(rank, rl, n) / area)[rank]
+        dc = cl - (np.bincount(rank, cl, n) / area)[rank]
+        a = np.bincount(rank, dr * dr, n) / area  # mu20 / mu00 (rows)
+        b = np.bincount(rank, dr * dc, n) / area  # mu11 / mu00
+        cc = np.bincount(rank, dc * dc, n) / area  # mu02 / mu00 (columns)
+        half_trace = (a + cc) / 2
+        disc = np.sqrt(((cc - a) / 2) ** 2 + b**2)
+        eig_major = np.clip(half_trace + disc, 0.0, None)
+        eig_minor = np.clip(half_trace - disc, 0.0, None)
+        eccentricity = np.where(eig_major == 0, 0.0, np.sqrt(1 - eig_minor / eig_major))
+        it00, it_off, it11 = cc, -b, a  # skimage inertia tensor
+        orientation = np.where(
+            it00 - it11 == 0,
+            np.where(it_off < 0, np.pi / 4, -np.pi / 4),
+            0.5 * np.arctan2(-2 * it_off, it11 - it00),
+        )
+        perimeter = _perimeter(o)
+        convex_area = _convex_area(o, obj, row, row_c0, row_c1, rmin, rmax)
+        out = {
+            "AreaShape_Area": area,
+            "AreaShape_Perimeter": perimeter,
+            "AreaShape_FormFactor": 4.0 * np.pi * area / perimeter**2,
+            "AreaShape_Compactness": perimeter**2 / np.maximum(4.0 * np.pi * area, 1.0),
+            "AreaShape_Center_X": cx,
+            "AreaShape_Center_Y": cy,
+            "AreaShape_BoundingBoxMinimum_X": cmin.astype(np.float64),
+            "AreaShape_BoundingBoxMinimum_Y": rmin.astype(np.float64),
+            "AreaShape_BoundingBoxMaximum_X": cmax.astype(np.float64),
+            "AreaShape_BoundingBoxMaximum_Y": rmax.astype(np.float64),
+            "AreaShape_BoundingBoxArea": bbox_area,
+            "AreaShape_Extent": area / bbox_area,
+            "AreaShape_MajorAxisLength": 4 * np.sqrt(eig_major),
+            "AreaShape_MinorAxisLength": 4 * np.sqrt(eig_minor),
+            "AreaShape_Eccentricity": eccentricity,
+            "AreaShape_Orientation": orientation * (180 / np.pi),
+            "AreaShape_EquivalentDiameter": np.sqrt(4 * area / np.pi),
+            "AreaShape_ConvexArea": convex_area,
+            "AreaShape_Solidity": area / convex_area,
+            "AreaShape_EulerNumber": _euler_number(o),
+        }
+    if pixel_size_um is not None:
+        px = float(pixel_size_um)
+        out["AreaShape_Center_X_um"] = cx * px
+        out["AreaShape_Center_Y_um"] = cy * px
+        out["AreaShape_Area_um2"] = area * px * px
+    return out
+
+
+def _perimeter(o: _Objects) -> np.ndarray:
+    """skimage ``perimeter(neighborhood=4)`` of every object in one pass."""
+    if o.n == 0:
+        return np.zeros(0)
+    h, w = o.shape
+    # border pixels: a 4-neighbour has another label, or the pixel is on the image edge
+    edge = o.neighbour_differs()[o.r, o.c] | (o.r == 0) | (o.r == h - 1) | (o.c == 0) | (o.c == w - 1)
+    padded = np.zeros((h + 2, w + 2), o.labels.dtype)  # border pixels keep their label, all else 0
+    br, bc = o.r[edge] + 1, o.c[edge] + 1
+    lab = o.labels[br - 1, bc - 1]
+    padded[br, bc] = lab
+    code = np.ones(br.size, np.int64)
+    for (dy, dx), weight in [(d, 2) for d in _N4] + [(d, 10) for d in _DIAG]:
+        code += weight * (padded[br + dy, bc + dx] == lab)
+    return np.bincount(o.rank[edge], _PERIMETER_WEIGHTS[code], o.n)
+
+
+def _convex_area(o: _Objects, obj, row, c0, c1, rmin, rmax) -> np.ndarray:
+    """``regionprops`` ``area_convex`` of every object, exactly and without a per-object loop.
+
+    skimage takes the convex hull of the pixels' edge midpoints (r +- 1/2, c) and
+    (r, c +- 1/2) and counts the pixel centres inside or on it. Only each row's first and
+    last pixel matter. In doubled integer coordinates (Y, X) = (2r, 2c) the hull's left
+    side is the lower convex envelope of X(Y) over the candidate points (right side: upper
+    envelope), found for all objects together by repeatedly dropping the points that are
+    not strictly outside the chord of their neighbours; then each row's span of pixel
+    centres is counted with exact integer ceil/floor.
+    """
+    if o.n == 0:
+        return np.zeros(0)
+    stride = 2 * o.shape[0] + 3  # Y + 1 ranges over 0 .. 2h + 1
+    y2 = 2 * row
+    cols = []
+    for sign, x in ((1, c0), (-1, c1)):  # left side on X, right side on -X: both lower envelopes
+        xs = sign * 2 * x
+        yy = np.concatenate([y2 - 1, y2, y2 + 1])
+        xx = np.concatenate([xs, xs - 1, xs])
+        oo = np.concatenate([obj, obj, obj])
+        key = oo * stride + yy + 1
+        order = np.lexsort((xx, key))
+        key, xx = key[order], xx[order]
+        keep = np.r_[True, key[1:] != key[:-1]]  # smallest X for each (object, Y)
+        key, xx = key[keep], xx[keep]
+        ob, yy = np.divmod(key, stride)
+        yy = yy - 1
+        ob, yy, xx, key = _lower_envelope(ob, yy, xx, key)
+        # query every row of each object's bounding box
+        height = rmax - rmin
+        qo = np.repeat(np.arange(o.n), height)
+        qy = 2 * (rmin[qo] + np.arange(qo.size) - np.repeat(np.cumsum(height) - height, height))
+        j = np.searchsorted(key, qo * stride + qy + 1, side="right") - 1
+        y1, x1, yb, xb = yy[j], xx[j], yy[j + 1], xx[j + 1]
+        den = 2 * (yb - y1)
+        num = x1 * (yb - y1) + (qy - y1) * (xb - x1)  # boundary X * (yb - y1), doubled coordinates
+        cols.append(-((-num) // den))  # ceil: first pixel column at or right of the side
+    first_col, last_col = cols[0], -cols[1]
+    return np.bincount(qo, np.clip(last_col - first_col + 1, 0, None), o.n).astype(np.float64)
+
+
+def _lower_envelope(ob, y, x, key):
+    """Drop points of each object's (Y-sorted) chain that are not strict vertices of its lower envelope."""
+    while x.size >= 3:  # each pass handles all objects; fields and 1000-px discs need 4-13 passes
+        ya, xa, yb, xb, yc, xc = y[:-2], x[:-2], y[1:-1], x[1:-1], y[2:], x[2:]
+        inner = (ob[:-2] == ob[1:-1]) & (ob[2:] == ob[1:-1])
+        drop = inner & ((xb - xa) * (yc - ya) >= (xc - xa) * (yb - ya))
+        if not drop.any():
+            break
+        keep = np.r_[True, ~drop, True]
+        ob, y, x, key = ob[keep], y[keep], x[keep], key[keep]
+    return ob, y, x, key
+
+
+def _euler_number(o: _Objects) -> np.ndarray:
+    """skimage ``euler_number`` (8-connectivity) of every object, from its 2x2 configurations."""
+    if o.n == 0:
+        return np.zeros(0)
+    p = np.zeros((o.shape[0] + 2, o.shape[1] + 2), o.labels.dtype)
+    p[1:-1, 1:-1] = o.labels
+    tl, t, lft, cr = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+    e = np.zeros(o.n)
+    # skimage's coefficients: +1 for a lone top-left pixel, -1 for the three-pixel corner
+    # missing the bottom-right one, -1 for the anti-diagonal pair (top-right, bottom-left).
+    alone = (tl > 0) & (t != tl) & (lft != tl) & (cr != tl)
+    corner = (tl > 0) & (t == tl) & (lft == tl) & (cr != tl)
+    anti = (t > 0) & (lft == t) & (tl != t) & (cr != t)
+    e += np.bincount(o.rank_of(tl[alone]), minlength=o.n)
+    e -= np.bincount(o.rank_of(tl[corner]), minlength=o.n)
+    e -= np.bincount(o.rank_of(t[anti]), minlength=o.n)
+    return e
+
+
+# --------------------------------------------------------------------------- intensity
+def _default_scale(dtype: np.dtype) -> float:
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if dtype == bool or np.issubdtype(dtype, np.floating):
+        return 1.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    raise ValueError(f"unsupported image dtype {dtype}")
+
+
+def intensity_features(
+    labels: np.ndarray,
+    image: np.ndarray,
+    *,
+    channel: str,
+    scale: float | None = None,
+    quantiles: Literal["numpy", "cellprofiler"] = "numpy",
+) -> dict[str, np.ndarray]:
+    """CellProfiler ``Intensity_<Feature>_<channel>`` features, aligned with :func:`object_ids`.
+
+    The image is divided by ``scale`` first (default: 255 for uint8, 65535 for uint16,
+    the dtype maximum for other integers, 1 for floats), as CellProfiler rescales images.
+    ``quantiles`` picks the quartile/median/MAD interpolation: ``"numpy"`` at ``(n-1) q``
+    (cp-measure's default) or ``"cellprofiler"`` at ``n q`` (cp-measure ``legacy=True``).
+    """
+    return _intensity(_Objects(labels), image, channel, scale, quantiles)
+
+
+def _group_sort(rank: np.ndarray, values: np.ndarray, integral: bool) -> np.ndarray:
+    """``values`` sorted by (rank, value); ``rank`` must already be grouped (non-decreasing)."""
+    if values.size == 0:
+        return values
+    if integral:
+        lo, hi = int(values.min()), int(values.max())
+        bits = max(hi - lo, 1).bit_length()
+        if bits + max(int(rank[-1]), 1).bit_length() <= 62:
+            key = (rank.astype(np.int64) << bits) | (values.astype(np.int64) - lo)
+            key.sort()
+            return (key & ((1 << bits) - 1)) + lo
+    return values[np.lexsort((values, rank))]
+
+
+def _quantile(s: np.ndarray, start: np.ndarray, n: np.ndarray, frac: float, legacy: bool) -> np.ndarray:
+    """cp-measure's linear interpolation within each object's sorted segment (n >= 1)."""
+    pos = n * frac if legacy else (n - 1) * frac
+    lo = np.minimum(pos.astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    f = pos - lo
+    return s[start + lo] * (1.0 - f) + s[start + hi] * f
+
+
+def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -> dict[str, np.ndarray]:
+    image = np.asarray(image)
+    if image.shape != o.shape:
+        raise ValueError(f"image shape {image.shape} differs from labels shape {o.shape}")
+    if quantiles not in ("numpy", "cellprofiler"):
+        raise ValueError(f"quantiles must be 'numpy' or 'cellprofiler', got {quantiles!r}")
+    legacy = quantiles == "cellprofiler"
+    scale = _default_scale(image.dtype) if scale is None else float(scale)
+    integral = image.dtype == bool or np.issubdtype(image.dtype, np.integer)
+    n = o.n
+    idx, rank, r, c = o.idx, o.rank, o.r, o.c
+    raw = image.ravel()[idx]
+    finite = None
+    if not integral:
+        finite = np.isfinite(raw)
+        if finite.all():
+            finite = None
+        else:
+            idx, rank, r, c, raw = idx[finite], rank[finite], r[finite], c[finite], raw[finite]
+    if integral:
+        raw = raw.astype(np.int64)
+    vals = raw.astype(np.float64) / scale
+    cnt = np.bincount(rank, minlength=n)
+    has = cnt > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        integ = np.bincount(rank, vals, n)
+        mean = np.where(has, integ / cnt, 0.0)
+        dev = vals - mean[rank]
+        std = np.where(has, np.sqrt(np.bincount(rank, dev * dev, n) / cnt), 0.0)
+
+        # quartiles / median / MAD: every pixel sorted by (object, value) once
+        start = np.cumsum(cnt) - cnt
+        if integral:  # sort the raw integers, interpolate, then scale
+            s = _group_sort(rank, raw, True).astype(np.float64)
+        else:
+            s = _group_sort(rank, vals, False)
+        m = has
+        st, nn = start[m], cnt[m]
+        q = {}
+        for name, frac in (("LowerQuartileIntensity", 0.25), ("MedianIntensity", 0.5), ("UpperQuartileIntensity", 0.75)):
+            q[name] = np.zeros(n)
+            q[name][m] = _quantile(s, st, nn, frac, legacy)
+        srank = np.repeat(np.arange(n), cnt)
+        dev_abs = np.abs(s - q["MedianIntensity"][srank])
+        if integral:  # medians of integers are multiples of 1/2: sort 2|x - median| as integers
+            ds = _group_sort(srank, np.rint(2 * dev_abs).astype(np.int64), True) / 2.0
+        else:
+            ds = _group_sort(srank, dev_abs, False)
+        mad = np.zeros(n)
+        mad[m] = _quantile(ds, st, nn, 0.5, legacy)
+        vmin = np.zeros(n)
+        vmax = np.zeros(n)
+        vmin[m] = s[st]
+        vmax[m] = s[st + nn - 1]
+        if integral:
+            for k in q:
+                q[k] = q[k] / scale
+            mad, vmin, vmax = mad / scale, vmin / scale, vmax / scale
+
+        # mass displacement: intensity-weighted centroid minus centroid (of the finite pixels)
+        cr = np.bincount(rank, r, n) / cnt
+        ccol = np.bincount(rank, c, n) / cnt
+        dyw = np.bincount(rank, (r - cr[rank]) * vals, n) / integ
+        dxw = np.bincount(rank, (c - ccol[rank]) * vals, n) / integ
+        mass = np.where(has, np.where(integ != 0, np.sqrt(dyw * dyw + dxw * dxw), np.nan), 0.0)
+
+        # edge pixels: find_boundaries(labels, mode="inner")
+        on_edge = o.neighbour_differs().ravel()[idx]
+        er, ev = rank[on_edge], vals[on_edge]
+        ecnt = np.bincount(er, minlength=n)
+        ehas = ecnt > 0
+        esum = np.bincount(er, ev, n)
+        emean = np.where(ehas, esum / ecnt, 0.0)
+        edev = ev - emean[er]
+        estd = np.where(ehas, np.sqrt(np.bincount(er, edev * edev, n) / ecnt), 0.0)
+        emin = np.full(n, np.inf)
+        emax = np.full(n, -np.inf)
+        np.minimum.at(emin, er, ev)
+        np.maximum.at(emax, er, ev)
+        emin[~ehas] = 0.0
+        emax[~ehas] = 0.0
+
+    feats = {
+        "IntegratedIntensity": integ,
+        "MeanIntensity": mean,
+        "StdIntensity": std,
+        "MinIntensity": vmin,
+        "MaxIntensity": vmax,
+        "MedianIntensity": q["MedianIntensity"],
+        "LowerQuartileIntensity": q["LowerQuartileIntensity"],
+        "UpperQuartileIntensity": q["UpperQuartileIntensity"],
+        "MADIntensity": mad,
+        "MassDisplacement": mass,
+        "IntegratedIntensityEdge": esum,
+        "MeanIntensityEdge": emean,
+        "StdIntensityEdge": estd,
+        "MinIntensityEdge": emin,
+        "MaxIntensityEdge": emax,
+    }
+    return {f"Intensity_{k}_{channel}": v for k, v in feats.items()}
+
+
+# --------------------------------------------------------------------------- compartments
+def compartment_features(
+    nuclei: np.ndarray,
+    cells: np.ndarray,
+    images: dict[str, np.ndarray],
+    *,
+    pixel_size_um: float | None,
+    quantiles: Literal["numpy", "cellprofiler"] = "numpy",
+) -> dict[str, dict[str, np.ndarray]]:
+    """Shape and intensity features of ``"nuclei"``, ``"cells"`` and ``"cytoplasm"``.
+
+    The cytoplasm of a cell is its pixels outside any nucleus (id = cell id). Each
+    compartment's arrays are aligned with its own ``"ObjectNumber"`` (its sorted ids; a
+    cell without cytoplasm pixels has no cytoplasm row). ``"cells"`` also gets
+    ``Intensity_NucCytoRatio_<channel>``: the mean over the cell's nuclear pixels divided
+    by the mean over its cytoplasm (NaN where either is empty).
+    """
+    nuclei, cells = _check_labels(nuclei), _check_labels(cells)
+    if nuclei.shape != cells.shape:
+        raise ValueError(f"nuclei {nuclei.shape} and cells {cells.shape} differ in shape")
+    cyto = np.where(nuclei > 0, 0, cells)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    objs = {}
+    for name, lab in (("nuclei", nuclei), ("cells", cells), ("cytoplasm", cyto)):
+        o = objs[name] = _Objects(lab)
+        feats = {"ObjectNumber": o.ids}
+        feats.update(_shape(o, pixel_size_um))
+        for ch, img in images.items():
+            feats.update(_intensity(o, img, ch, None, quantiles))
+        out[name] = feats
+    co = objs["cells"]
+    in_nuc = nuclei.ravel()[co.idx] > 0
+    for ch, img in images.items():
+        v = np.asarray(img).ravel()[co.idx].astype(np.float64)  # the scale cancels in the ratio
+        ok = np.isfinite(v)
+        nuc, cyt = ok & in_nuc, ok & ~in_nuc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nuc_mean = np.bincount(co.rank[nuc], v[nuc], co.n) / np.bincount(co.rank[nuc], minlength=co.n)
+            cyt_mean = np.bincount(co.rank[cyt], v[cyt], co.n) / np.bincount(co.rank[cyt], minlength=co.n)
+            ratio = nuc_mean / cyt_mean
+        ratio[~np.isfinite(ratio)] = np.nan
+        out["cells"][f"Intensity_NucCytoRatio_{ch}"] = ratio
+    return out
