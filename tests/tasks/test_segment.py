@@ -204,3 +204,27 @@ def test_engine_is_built_once_per_worker_process(plate, monkeypatch):
     (rep,) = segment(engine="classic")
     assert rep.fields_segmented == 12
     assert len(built) == 2  # one probe on the client (validates the model before any work), one for this worker process
+
+
+def test_corrupt_weights_are_a_clear_error_before_any_work(plate, tmp_path, monkeypatch):
+    from hts.compute.engines.nuclei import NucleiEngine
+
+    bad = tmp_path / "nuclei-model"
+    shutil.copytree(NucleiEngine.model_path(), bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(NucleiEngine, "model_path", classmethod(lambda cls: bad))
+    with pytest.raises(EngineError, match=r"model.safetensors.*corrupt"):
+        segment(engine="nuclei", backend="torch")
+    assert Catalog("hts.duckdb").query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+def test_deep_engine_run_through_segment(plate):
+    (rep,) = segment(engine="nuclei", backend="torch", wells="A01")
+    assert rep.backend == "torch" and rep.device == "cpu" and rep.objects["nuclei"] > 10
+    run = Catalog("hts.duckdb").query("SELECT model_sha256 FROM runs")[0]
+    from hts.compute.backends import ModelSpec
+    from hts.compute.engines.nuclei import NucleiEngine
+
+    assert run["model_sha256"] == ModelSpec.from_dir(NucleiEngine.model_path()).sha256
