@@ -58,53 +58,44 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu
     if scheduler == "sync":
         yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    if gpu and scheduler in ("local", "processes"):
-        n_gpu = cuda_devices()
-        try:
-            from dask_cuda import LocalCUDACluster
-
-            cluster = LocalCUDACluster(n_workers=workers or n_gpu or None, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR)
-        except ImportError:
-            cluster = LocalCluster(
-                n_workers=workers or max(1, n_gpu), threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-            )
+    local = scheduler in ("local", "processes", "threads")
+    if local:
+        cluster = _local_cluster(scheduler, workers=workers, gpu=gpu)
         client = Client(cluster)
+    else:
+        cluster = None
         try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-        return
-
-    if scheduler in ("local", "processes", "threads"):
-        n = workers or default_workers()
-        processes = scheduler != "threads"
-        cluster = LocalCluster(
-            n_workers=n if processes else 1,
-            threads_per_worker=1 if processes else n,
-            processes=processes,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-        return
-    try:
-        client = Client(scheduler, timeout="10s")
-    except (OSError, TimeoutError) as e:
-        raise ClusterError(f"cannot reach Dask scheduler at {scheduler} ({e})") from None
-    except ValueError as e:
-        raise ClusterError(f"bad scheduler address {scheduler!r} ({e})") from None
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(f"cannot reach Dask scheduler at {scheduler} ({e})") from None
+        except ValueError as e:
+            raise ClusterError(f"bad scheduler address {scheduler!r} ({e})") from None
     try:
         yield client
     finally:
         client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_cluster(scheduler: str, *, workers: int | None, gpu: bool) -> Any:
+    from distributed import LocalCluster
+
+    quiet = {"dashboard_address": None, "silence_logs": logging.ERROR}
+    if gpu and scheduler != "threads":
+        n_gpu = cuda_devices()
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            return LocalCUDACluster(n_workers=workers or n_gpu or None, threads_per_worker=1, **quiet)
+        except ImportError:
+            return LocalCluster(n_workers=workers or max(1, n_gpu), threads_per_worker=1, processes=True, **quiet)
+    n = workers or default_workers()
+    if scheduler == "threads":
+        return LocalCluster(n_workers=1, threads_per_worker=n, processes=False, **quiet)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
 
 
 def map_fields(
