@@ -13,7 +13,6 @@ process holds the lock, then fails with a clear message.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -280,6 +279,3 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
     con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
     con.unregister("_incoming")
 
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

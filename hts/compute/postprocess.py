@@ -173,17 +173,6 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.int32)
 
 
-def object_centroids(labels: np.ndarray) -> dict[int, tuple[float, float]]:
-    """Centroid (y, x) of every object, vectorized over objects."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return {}
-    cy = ndi.mean(np.indices(labels.shape)[0], labels, ids)
-    cx = ndi.mean(np.indices(labels.shape)[1], labels, ids)
-    return {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx)}
-
-
 def long_axis_position(cells: np.ndarray, points_yx: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
     """Position (0..1) of each point along its cell's long axis; 0 and 1 are the poles.
 

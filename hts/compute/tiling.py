@@ -12,7 +12,7 @@ Dense maps (network outputs) are stitched by keeping each tile's core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +147,3 @@ def _relabel_jointly(full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
     return {k: lut[v] for k, v in full.items()}
 
-
-def iter_batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -366,7 +366,6 @@ def nucleus_folder_samples(
             raise EngineError(f"{folder}: samples not found: {', '.join(sorted(missing))}")
     if modalities is not None:
         rows = [r for r in rows if any(r.get("modality", "").startswith(m) for m in modalities)]
-    target_px = object_diameter_um / train_pixel_um
     out = []
     for r in rows:
         img_path, mask_path = folder / f"{r['name']}_img.tif", folder / f"{r['name']}_mask.tif"

@@ -17,7 +17,6 @@ writing the field again.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +71,6 @@ def downsample2(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         mean = np.rint(mean)
     return mean.astype(a.dtype)
-
-
-@dataclass(frozen=True)
-class FieldWriteResult:
-    """What a worker reports after writing one field (small: travels to the client)."""
-
-    well: str
-    index: int
-    checksum: str  # sha256 of level-0 bytes
-    channel_stats: list[dict[str, float]]  # per channel: min, max, mean, p01, p999, saturated_fraction
 
 
 class PlateStore:

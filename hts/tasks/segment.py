@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def segment(
     todo_total = sum(len(p["todo"]) for p in plans)
     done_total = 0
     gpu = probe.device.startswith("cuda")
-    with dask_client(scheduler or ws.scheduler, workers=workers, gpu=gpu) if todo_total else _null() as client:
+    with dask_client(scheduler or ws.scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
         for plan in plans:
             t0 = time.perf_counter()
             run = plan["run"]
@@ -165,14 +166,6 @@ def segment(
                 runs_db.finish_run(catalog, run["run_id"])
             reports.append(_report(catalog, plan, time.perf_counter() - t0))
     return reports
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um) -> dict:

@@ -189,7 +189,9 @@ def test_local_dask_cluster_gives_the_same_plate(nd2_plate, tmp_path):
     dist = ingest(src, out=tmp_path / "dist.zarr", db=tmp_path / "d.duckdb", scheduler="local", workers=2)
     q = "SELECT well, field_index, checksum FROM fields ORDER BY ALL"
     assert Catalog(tmp_path / "s.duckdb").query(q) == Catalog(tmp_path / "d.duckdb").query(q)
-    assert dist.fields_written == 6
+    assert sync.fields_written == dist.fields_written == 6
+    a, b = _all_fields(Path(sync.store)), _all_fields(Path(dist.store))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- bad input
