@@ -329,6 +329,49 @@ def engines(
     render_engines(out, rows, full=card is not None)
 
 
+# --------------------------------------------------------------------------- query
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="A SQL query over the catalog (DuckDB dialect), e.g. \"SELECT well, count(*) FROM fields GROUP BY ALL\".", show_default=False)],
+    db: DbOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="table (default: printed), csv, json or parquet.")] = "table",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows.", show_default=False)] = None,
+) -> None:
+    """Run a read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet."""
+    from hts.tasks.query import FORMATS, run_query, write_result
+
+    with _errors():
+        if format_ not in FORMATS:
+            from hts.errors import CatalogError
+
+            raise CatalogError(f"unknown format {format_!r}; choose one of {', '.join(FORMATS)}")
+        table = run_query(sql, db=db, limit=limit)
+        if out_file is not None:
+            path = write_result(table, out_file, "csv" if format_ == "table" else format_)
+            err.print(f"wrote {table.num_rows} rows to {path}")
+            return
+    if format_ == "json":
+        _print_json(table.to_pylist())
+    elif format_ == "csv":
+        import pyarrow.csv as pcsv
+
+        buf = __import__("io").BytesIO()
+        pcsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+    elif format_ == "parquet":
+        err.print("error: --format parquet needs --out FILE")
+        raise typer.Exit(1)
+    else:
+        from rich.table import Table
+
+        t = Table(*table.column_names)
+        for row in table.to_pylist():
+            t.add_row(*("" if v is None else str(v) for v in row.values()))
+        out.print(t)
+        out.print(f"[dim]{table.num_rows} rows[/]")
+
+
 # --------------------------------------------------------------------------- demo
 @app.command()
 def demo(

@@ -133,3 +133,27 @@ def test_segment_and_engines_commands(tmp_path):
     assert {"classic", "foci", "nuclei", "brightfield-unet", "cytoplasm", "fpf"} <= set(names)
     r = run("engines", "--card", "classic")
     assert r.exit_code == 0 and "h_um" in r.output and "Propagation" in r.output
+
+
+def test_query_formats_and_errors(tmp_path):
+    import polars as pl
+
+    assert run("ingest", str(CELLOMICS)).exit_code == 0
+    r = run("query", "SELECT name, channel_index FROM channels ORDER BY channel_index", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == [{"name": "d0", "channel_index": 0}, {"name": "d1", "channel_index": 1}, {"name": "d2", "channel_index": 2}]
+    r = run("query", "SELECT well, n_fields FROM wells", "--format", "csv")
+    assert r.output.splitlines() == ['"well","n_fields"', '"D03",1']
+    out_file = tmp_path / "fields.parquet"
+    r = run("query", "SELECT * FROM fields", "--format", "parquet", "--out", str(out_file))
+    assert r.exit_code == 0, r.output
+    df = pl.read_parquet(out_file)
+    assert df["well"].to_list() == ["D03"] and df["status"].to_list() == ["complete"]
+    r = run("query", "SELECT count(*) AS n FROM plates")
+    assert r.exit_code == 0 and "1 rows" in r.output
+    # bad SQL and writes are one-line errors, and nothing is changed
+    r = runner.invoke(app, ["query", "SELEC 1"])
+    assert r.exit_code == 1 and r.output.startswith("error: Parser Error") and "Traceback" not in r.output
+    r = runner.invoke(app, ["query", "DELETE FROM plates"])
+    assert r.exit_code == 1 and "read-only" in r.output
+    assert json.loads(run("query", "SELECT count(*) AS n FROM plates", "--format", "json").output) == [{"n": 1}]

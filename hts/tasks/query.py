@@ -1,0 +1,58 @@
+"""Read-only SQL over the catalog, with results as rows or written to CSV / JSON / Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import duckdb
+import pyarrow as pa
+
+from hts.catalog import Catalog
+from hts.config import load_workspace
+from hts.errors import CatalogError
+
+__all__ = ["run_query", "FORMATS"]
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = None) -> pa.Table:
+    """Run ``sql`` on the catalog opened read-only; return the result as an Arrow table.
+
+    The catalog is opened read-only, so a query can never change stored data
+    (an ``INSERT`` or ``DROP`` fails with DuckDB's message). Errors come back
+    as one-line :class:`~hts.errors.CatalogError` messages.
+    """
+    catalog = Catalog(db) if db else load_workspace().catalog
+    with catalog.connect(read_only=True) as con:
+        try:
+            rel = con.sql(sql)
+            if rel is None:
+                raise CatalogError("the statement returned no rows (only queries are allowed)")
+            if limit is not None:
+                rel = rel.limit(limit)
+            # DuckDB >= 1.4 names it to_arrow_table(); older releases fetch_arrow_table().
+            fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+            return fetch()
+        except duckdb.Error as e:
+            raise CatalogError(str(e).strip().splitlines()[0]) from None
+
+
+def write_result(table: pa.Table, path: str | Path, fmt: str) -> Path:
+    """Write a query result as CSV, JSON (records) or Parquet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, path)
+    elif fmt == "json":
+        import json
+
+        path.write_text(json.dumps(table.to_pylist(), default=str, indent=1) + "\n")
+    else:
+        raise CatalogError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return path
