@@ -76,8 +76,9 @@ def _owned(labels: np.ndarray, tile: Tile) -> np.ndarray:
     ids = ids[ids > 0]
     if ids.size == 0:
         return ids
-    cy = ndi.mean(np.indices(labels.shape)[0], labels, ids) + tile.outer[0]
-    cx = ndi.mean(np.indices(labels.shape)[1], labels, ids) + tile.outer[2]
+    yy, xx = np.indices(labels.shape)
+    cy = ndi.mean(yy, labels, ids) + tile.outer[0]
+    cx = ndi.mean(xx, labels, ids) + tile.outer[2]
     y0, y1, x0, x1 = tile.core
     inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
     return ids[inside]

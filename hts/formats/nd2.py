@@ -24,7 +24,7 @@ from hts.wells import WellRef, parse_well, plate_type_for, snap_to_wells, well_f
 
 __all__ = ["ND2Reader"]
 
-_MAGIC = (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x00")  # modern chunk magic; legacy JPEG2000 box
+_MAGIC = b"\xda\xce\xbe\x0a"  # first bytes of a modern (v3) ND2 file: the chunk magic 0x0ABECEDA
 
 # Open files are shared by the tasks of a worker process: opening parses the chunk
 # map and metadata, which we do not want to repeat for every field of a large
@@ -139,7 +139,7 @@ class ND2Reader(PlateReader):
         if path.suffix.lower() == ".nd2":
             return True
         with open(path, "rb") as fh:
-            return fh.read(4) == _MAGIC[0]
+            return fh.read(4) == _MAGIC
 
     # -- metadata ---------------------------------------------------------
     def describe(self) -> PlateDescription:

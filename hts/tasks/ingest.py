@@ -162,7 +162,7 @@ def ingest(
             store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project
         )
         catalog.insert_plate(
-            _plate_tables(plate_id, desc, store_path, Path(source).expanduser().resolve(), fp, tile, max_project)
+            _plate_tables(plate_id, desc, store_path, root, fp, tile, max_project)
         )
 
     pending = catalog.pending_fields(plate_id)

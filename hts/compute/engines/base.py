@@ -124,10 +124,4 @@ def segment_field(
         return engine.segment_tile(region, None if maps is None else maps[(slice(None), *sl)], ctx)
 
     labels = tiled_instances(shape, run, tile=tile, halo=halo_px, primary=engine.outputs[0])
-    if not labels:
-        labels = {name: np.zeros(shape, np.int32) for name in engine.outputs if name in _tiled_outputs(engine)}
     return engine.finalize(labels, images, ctx)
-
-
-def _tiled_outputs(engine: Engine) -> tuple[str, ...]:
-    return getattr(engine, "tiled_outputs", engine.outputs)

@@ -42,7 +42,6 @@ class FociEngine(ClassicEngine):
         "cytoplasm": Role("cytoplasm channel for cell outlines (optional)", required=False, guess=CYTOPLASM_NAMES),
     }
     outputs = ("nuclei", "cells", "foci")
-    tiled_outputs = ("nuclei", "cells")
     Params = FociParams
 
     def segment_tile(self, images, maps, ctx) -> dict[str, np.ndarray]:
