@@ -27,8 +27,9 @@ The pieces, each usable on its own (the ``hts train`` command is a thin layer on
   and the cell branch.
 - :func:`save_engine_model`: the engine folder (``model.safetensors`` +
   ``config.json`` with the keys :class:`~hts.compute.engines._deep.DeepEngine` reads).
-- :func:`match_instances` / :func:`evaluate_engine`: AP, F1 and mean matched IoU
-  at IoU thresholds, through a real engine (post-processing included).
+- :func:`match_instances` (from :mod:`hts.compute.metrics`, where the metrics are
+  defined) / :func:`evaluate_engine`: AP, F1 and mean matched IoU at IoU
+  thresholds, through a real engine (post-processing included).
 
 Run ``python -m hts.compute.training --help`` for the command-line entry used by
 ``engines/train_all.sh``.
@@ -55,10 +56,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from scipy.optimize import linear_sum_assignment
 from skimage.transform import resize
 
 from hts.compute.backends import save_model_dir
+from hts.compute.metrics import match_instances, summarize
 from hts.compute.nets import build_model, count_parameters
 from hts.compute.targets import foreground_distance, three_class
 from hts.errors import EngineError
@@ -1046,81 +1047,6 @@ def save_engine_model(path: str | Path, result: TrainResult | torch.nn.Module, c
 # ============================================================================ evaluation
 
 
-def match_instances(gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = (0.5,)) -> dict:
-    """Match the objects of two instance label images by IoU.
-
-    The IoU of every overlapping (truth, prediction) pair comes from one
-    contingency table (``np.unique`` over pixel pairs); at each threshold the
-    pairs with IoU >= threshold are matched one-to-one by maximum total IoU
-    (Hungarian; for thresholds >= 0.5 matches are unique anyway).
-
-    Returns
-    -------
-    dict
-        ``n_true``, ``n_pred``, and per threshold (key ``"0.5"`` ...) ``tp``,
-        ``fp``, ``fn``, ``precision``, ``recall``, ``f1``, ``ap`` (the
-        DSB2018 / StarDist "average precision" at one threshold:
-        ``tp / (tp + fp + fn)``) and ``mean_matched_iou``.
-    """
-    gt = np.asarray(gt).ravel()
-    pred = np.asarray(pred).ravel()
-    if gt.shape != pred.shape:
-        raise ValueError("gt and pred differ in shape")
-    g_ids, g_inv = np.unique(gt, return_inverse=True)
-    p_ids, p_inv = np.unique(pred, return_inverse=True)
-    g_area = np.bincount(g_inv, minlength=len(g_ids))
-    p_area = np.bincount(p_inv, minlength=len(p_ids))
-    pair = g_inv.astype(np.int64) * len(p_ids) + p_inv
-    pairs, inter = np.unique(pair, return_counts=True)
-    gi, pj = pairs // len(p_ids), pairs % len(p_ids)
-    keep = (g_ids[gi] != 0) & (p_ids[pj] != 0)
-    gi, pj, inter = gi[keep], pj[keep], inter[keep]
-    iou = inter / (g_area[gi] + p_area[pj] - inter)
-    n_true = int((g_ids != 0).sum())
-    n_pred = int((p_ids != 0).sum())
-    out: dict[str, Any] = {"n_true": n_true, "n_pred": n_pred}
-    for th in thresholds:
-        sel = iou >= th
-        tp, ious = 0, np.zeros(0)
-        if sel.any():
-            rows, ri = np.unique(gi[sel], return_inverse=True)
-            cols, ci = np.unique(pj[sel], return_inverse=True)
-            mat = np.zeros((len(rows), len(cols)))
-            mat[ri, ci] = iou[sel]
-            r, c = linear_sum_assignment(-mat)
-            ious = mat[r, c]
-            ious = ious[ious >= th]
-            tp = len(ious)
-        fp, fn = n_pred - tp, n_true - tp
-        prec = tp / n_pred if n_pred else (1.0 if not n_true else 0.0)
-        rec = tp / n_true if n_true else 1.0
-        out[f"{th:g}"] = {
-            "tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec,
-            "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
-            "ap": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
-            "mean_matched_iou": float(ious.mean()) if tp else 0.0,
-        }
-    return out
-
-
-def _summarize(results: Sequence[dict], thresholds: Sequence[float]) -> dict:
-    """Pooled (sum of tp/fp/fn over images) and per-image-mean metrics."""
-    out: dict[str, Any] = {"images": len(results), "n_true": sum(r["n_true"] for r in results),
-                           "n_pred": sum(r["n_pred"] for r in results)}
-    for th in thresholds:
-        k = f"{th:g}"
-        tp = sum(r[k]["tp"] for r in results)
-        fp = sum(r[k]["fp"] for r in results)
-        fn = sum(r[k]["fn"] for r in results)
-        ious = [r[k]["mean_matched_iou"] * r[k]["tp"] for r in results]
-        out[k] = {"tp": tp, "fp": fp, "fn": fn,
-                  "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
-                  "ap": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
-                  "mean_matched_iou": sum(ious) / tp if tp else 0.0,
-                  "f1_mean_per_image": float(np.mean([r[k]["f1"] for r in results])) if results else None}
-    return out
-
-
 def evaluate_engine(
     engine: Any, items: Sequence[tuple[dict[str, np.ndarray], np.ndarray, float]], *, output: str = "nuclei",
     thresholds: Sequence[float] = (0.5, 0.75),
@@ -1140,7 +1066,7 @@ def evaluate_engine(
     for images, truth, px in items:
         res = segment_field(engine, images, pixel_size_um=px)
         per.append(match_instances(truth, res.labels[output], thresholds))
-    out = _summarize(per, thresholds)
+    out = summarize(per, thresholds)
     out["per_image"] = per
     return out
 
