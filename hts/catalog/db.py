@@ -249,7 +249,7 @@ class Catalog:
                 [plate_id],
             )
             con.execute(
-                "INSERT INTO field_channel_stats SELECT ? AS plate_id, s.* FROM _stats s", [plate_id]
+                "INSERT INTO field_channel_stats BY NAME SELECT ? AS plate_id, s.* FROM _stats s", [plate_id]
             )
             con.execute("COMMIT")
 

@@ -7,9 +7,20 @@ from typing import Any
 
 import pyarrow as pa
 
+from hts.catalog import cells as cells_db
 from hts.catalog.db import Catalog
 
-__all__ = ["find_run", "create_run", "pending_run_fields", "complete_run_fields", "finish_run", "label_owners"]
+__all__ = [
+    "find_run",
+    "create_run",
+    "pending_run_fields",
+    "unmeasured_run_fields",
+    "complete_run_fields",
+    "finish_run",
+    "label_owners",
+    "current_runs",
+    "set_run_features",
+]
 
 
 def find_run(catalog: Catalog, plate_id: str, run_key: str) -> dict[str, Any] | None:
@@ -39,6 +50,7 @@ def create_run(catalog: Catalog, run: dict[str, Any], fields: list[tuple[str, in
         con.execute("BEGIN")
         for old in replaces:
             con.execute("UPDATE runs SET status = 'replaced' WHERE run_id = ?", [old])
+        cells_db.delete_runs(con, replaces)
         con.register("_run", pa.Table.from_pylist([row]))
         cols = ", ".join(row)
         con.execute(f"INSERT INTO runs ({cols}) SELECT {cols} FROM _run")
@@ -67,30 +79,86 @@ def pending_run_fields(catalog: Catalog, run_id: str) -> set[tuple[str, int]]:
     return {(r["well"], r["field_index"]) for r in rows}
 
 
-def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]]) -> None:
-    """Mark fields complete with timing, worker and per-output object counts (bulk, one transaction)."""
+def unmeasured_run_fields(catalog: Catalog, run_id: str, measured_key: str) -> set[tuple[str, int]]:
+    """Fields whose labels are written but whose cells were not measured with ``measured_key``."""
+    rows = catalog.query(
+        "SELECT well, field_index FROM run_fields WHERE run_id = ? AND status = 'complete' "
+        "AND measured_key IS DISTINCT FROM ?",
+        [run_id, measured_key],
+    )
+    return {(r["well"], r["field_index"]) for r in rows}
+
+
+def current_runs(catalog: Catalog, plate_id: str) -> list[dict[str, Any]]:
+    """The runs of a plate whose labels are current (not replaced), oldest first."""
+    return catalog.query(
+        "SELECT * FROM runs WHERE plate_id = ? AND status != 'replaced' ORDER BY created_at", [plate_id]
+    )
+
+
+def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]], *, measured_key: str | None = None) -> None:
+    """Record finished field tasks of a run, in one transaction (bulk).
+
+    Each item has ``well``, ``field_index``, ``seconds``, ``worker``; items that
+    segmented also ``counts`` (objects per output), items that measured also
+    ``part`` (the Parquet part of its cells, or None when it has none) and ``n_cells``.
+    Labels complete, object counts and the field's cells land together or not at all.
+    """
     if not done:
         return
-    fields = pa.Table.from_pylist([{k: d[k] for k in ("well", "field_index", "seconds", "worker")} for d in done])
+    segmented = [d for d in done if "counts" in d]
+    measured = [d for d in done if "n_cells" in d]
+    fields = pa.Table.from_pylist([{k: d[k] for k in ("well", "field_index", "seconds", "worker")} for d in segmented]) if segmented else None
     counts = pa.Table.from_pylist(
         [
             {"run_id": run_id, "well": d["well"], "field_index": d["field_index"], "output": out, "n_objects": n}
-            for d in done
+            for d in segmented
             for out, n in d["counts"].items()
         ],
         schema=pa.schema([("run_id", pa.string()), ("well", pa.string()), ("field_index", pa.int32()), ("output", pa.string()), ("n_objects", pa.int32())]),
     )
     with catalog.connect() as con:
         con.execute("BEGIN")
-        con.register("_done", fields)
-        con.execute(
-            "UPDATE run_fields SET status = 'complete', seconds = d.seconds, worker = d.worker, finished_at = current_timestamp "
-            "FROM _done d WHERE run_fields.run_id = ? AND run_fields.well = d.well AND run_fields.field_index = d.field_index",
-            [run_id],
-        )
-        con.register("_counts", counts)
-        con.execute("INSERT OR REPLACE INTO run_object_counts SELECT * FROM _counts")
+        if fields is not None:
+            con.register("_done", fields)
+            con.execute(
+                "UPDATE run_fields SET status = 'complete', seconds = d.seconds, worker = d.worker, finished_at = current_timestamp "
+                "FROM _done d WHERE run_fields.run_id = ? AND run_fields.well = d.well AND run_fields.field_index = d.field_index",
+                [run_id],
+            )
+            con.register("_counts", counts)
+            con.execute("INSERT OR REPLACE INTO run_object_counts SELECT * FROM _counts")
+        if measured:
+            keys = [(d["well"], d["field_index"]) for d in measured]
+            con.register("_keys", pa.table({"well": [w for w, _ in keys], "field_index": pa.array([i for _, i in keys], pa.int32())}))
+            had = con.execute(
+                "SELECT f.well, f.field_index FROM run_fields f JOIN _keys k USING (well, field_index) "
+                "WHERE f.run_id = ? AND f.n_cells IS NOT NULL",
+                [run_id],
+            ).fetchall()
+            cells_db.delete_fields(con, run_id, had)
+            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part")])
+            con.register(
+                "_measured",
+                pa.table(
+                    {
+                        "well": [d["well"] for d in measured],
+                        "field_index": pa.array([d["field_index"] for d in measured], pa.int32()),
+                        "n_cells": pa.array([d["n_cells"] for d in measured], pa.int32()),
+                    }
+                ),
+            )
+            con.execute(
+                "UPDATE run_fields SET measured_key = ?, n_cells = m.n_cells FROM _measured m "
+                "WHERE run_fields.run_id = ? AND run_fields.well = m.well AND run_fields.field_index = m.field_index",
+                [measured_key, run_id],
+            )
         con.execute("COMMIT")
+
+
+def set_run_features(catalog: Catalog, run_id: str, features: dict[str, Any]) -> None:
+    with catalog.connect() as con:
+        con.execute("UPDATE runs SET features = ? WHERE run_id = ?", [json.dumps(features, sort_keys=True), run_id])
 
 
 def finish_run(catalog: Catalog, run_id: str) -> None:

@@ -6,9 +6,12 @@ the labels; skip a complete identical run, resume an interrupted one, refuse to
 overwrite labels another run wrote (unless ``overwrite``); create the empty
 label images. Then one task per pending field: the worker loads the engine
 once per process, reads the field's channels from the store itself, segments
-it (tiled and stitched), writes the labels and their pyramid, and returns only
-counts and timings. The client marks fields complete in batches, after their
-labels are written.
+it (tiled and stitched), writes the labels and their pyramid, measures the
+per-cell features (:mod:`hts.compute.measure`) into a Parquet part stored with
+the plate, and returns only counts, timings and the part's path. The client
+loads the parts in bulk and marks the fields complete in the same transaction,
+in batches. Fields segmented earlier but not measured with the requested
+feature options are measured (not segmented again) in the same pass.
 """
 
 from __future__ import annotations
@@ -28,19 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import ValidationError
 
 from hts import __version__
 from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
 from hts.compute.engines import Engine, EngineError, engine_class, segment_field
+from hts.compute.measure import MeasureOptions, measure_field
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.orchestrate.dask import dask_client, map_fields
 from hts.store import PlateStore
+from hts.store.tables import cells_part_path, remove_run_parts, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
 
-__all__ = ["SegmentReport", "segment", "resolve_channels", "segment_one_field"]
+__all__ = ["SegmentReport", "segment", "resolve_channels", "process_field", "execute_plans", "measure_spec"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -59,6 +65,8 @@ class SegmentReport:
     objects: dict[str, int]
     labels: dict[str, str]
     seconds: float
+    fields_measured: int = 0
+    cells: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +102,7 @@ def resolve_channels(engine: type[Engine], plate_channels: list[str], given: dic
     return out
 
 
-def _plates(catalog: Catalog, plates: list[str] | None) -> list[PlateRecord]:
+def select_plates(catalog: Catalog, plates: list[str] | None) -> list[PlateRecord]:
     if plates:
         return [catalog.find_plate(p) for p in plates]
     found = [p for p in catalog.plates() if p.status == "complete"]
@@ -120,12 +128,16 @@ def segment(
     pixel_size_um: float | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    features: MeasureOptions | dict[str, Any] | bool = True,
     progress: ProgressFn | None = None,
 ) -> list[SegmentReport]:
     """Segment ``plates`` (names, ids or store paths; default: every ingested plate) with ``engine``.
 
     Returns one report per plate. Runs already complete with the same engine,
     parameters, channels and model are skipped; interrupted ones resume.
+    ``features``: measure per-cell features right after segmenting each field
+    (True: shape and intensity; a :class:`MeasureOptions` or dict adds texture,
+    granularity, rod features; False: labels only, ``hts measure`` later).
     """
     ws = load_workspace(db=db, scheduler=scheduler)
     catalog = Catalog(db) if db else ws.catalog
@@ -140,35 +152,75 @@ def segment(
     # Validate backend/device and load the model once here, so bad weights or a
     # missing backend fail before any worker starts.
     probe = cls(eng_params, backend=backend, device=device)
-    plans = [_plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um) for rec in _plates(catalog, plates)]
-    reports = []
+    options = measure_options(features)
+    plans = [
+        _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
+        for rec in select_plates(catalog, plates)
+    ]
+    gpu = probe.device.startswith("cuda")
+    seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, gpu=gpu, progress=progress)
+    return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
+
+
+def measure_options(features: MeasureOptions | dict[str, Any] | bool) -> MeasureOptions | None:
+    if features is False or features is None:
+        return None
+    if features is True:
+        return MeasureOptions()
+    if isinstance(features, MeasureOptions):
+        return features
+    try:
+        return MeasureOptions(**features)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise EngineError(f"features: {'.'.join(map(str, err['loc'])) or '?'}: {err['msg']}") from None
+
+
+def execute_plans(
+    catalog: Catalog,
+    plans: list[dict[str, Any]],
+    *,
+    scheduler: str | None,
+    workers: int | None,
+    gpu: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[float]:
+    """Run every plan's field tasks on Dask, recording them in the catalog in batches; seconds per plan.
+
+    A plan has ``record``, ``run``, ``spec``, ``todo`` (well, field index, path, mode)
+    items and ``finish`` (mark the run complete at the end).
+    """
     todo_total = sum(len(p["todo"]) for p in plans)
     done_total = 0
-    gpu = probe.device.startswith("cuda")
-    with dask_client(scheduler or ws.scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
+    out = []
+    with dask_client(scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
         for plan in plans:
             t0 = time.perf_counter()
-            run = plan["run"]
+            run_id = plan["run"]["run_id"]
+            options = plan["spec"].get("measure")
+            key = MeasureOptions(**options).key() if options is not None else None
             batch: list[dict[str, Any]] = []
             last = time.monotonic()
             try:
-                for (well, idx, _), res in map_fields(segment_one_field, plan["todo"], client=client, args=(plan["spec"],)):
+                for (well, idx, _, _), res in map_fields(process_field, plan["todo"], client=client, args=(plan["spec"],)):
                     batch.append({"well": well, "field_index": idx, **res})
                     done_total += 1
                     if progress:
                         progress(done_total, todo_total, f"{plan['record'].name} {well}")
                     if len(batch) >= 64 or time.monotonic() - last > 2.0:
-                        runs_db.complete_run_fields(catalog, run["run_id"], batch)
+                        runs_db.complete_run_fields(catalog, run_id, batch, measured_key=key)
                         batch, last = [], time.monotonic()
             finally:
-                runs_db.complete_run_fields(catalog, run["run_id"], batch)
-            if plan["todo"] or plan["status"] != "unchanged":
-                runs_db.finish_run(catalog, run["run_id"])
-            reports.append(_report(catalog, plan, time.perf_counter() - t0))
-    return reports
+                runs_db.complete_run_fields(catalog, run_id, batch, measured_key=key)
+            if plan.get("finish"):
+                runs_db.finish_run(catalog, run_id)
+            if options is not None and plan["todo"] and not runs_db.unmeasured_run_fields(catalog, run_id, key):
+                runs_db.set_run_features(catalog, run_id, options)
+            out.append(time.perf_counter() - t0)
+    return out
 
 
-def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um) -> dict:
+def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
     plate_channels = [r["name"] for r in catalog.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
     mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name)
     px = pixel_size_um or rec.pixel_size_um[0]
@@ -241,10 +293,12 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         for _, _, path in fields:
             store.create_labels(path, list(labels.values()), n_t=rec.shape[0], overwrite=True)
         runs_db.create_run(catalog, run, [(w, i) for w, i, _ in fields], replaces=replaces)
+        for old in replaces:
+            remove_run_parts(rec.store_uri, old)
     pending = runs_db.pending_run_fields(catalog, run["run_id"])
     channel_index = {name: i for i, name in enumerate(plate_channels)}
     spec = {
-        "store": rec.store_uri,
+        **measure_spec(rec, run, plate_channels, options),
         "engine": cls.name,
         "params": probe.params.model_dump(mode="json"),
         "backend": probe.backend,
@@ -253,10 +307,27 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         "pixel_size_um": px,
         "tile": tile,
         "halo": halo,
-        "labels": labels,
     }
-    todo = [(w, i, p) for w, i, p in fields if (w, i) in pending]
-    return {"record": rec, "run": run, "status": status, "spec": spec, "todo": todo, "fields": fields}
+    todo = [(w, i, p, "segment") for w, i, p in fields if (w, i) in pending]
+    if options is not None:
+        unmeasured = runs_db.unmeasured_run_fields(catalog, run["run_id"], options.key())
+        todo += [(w, i, p, "measure") for w, i, p in fields if (w, i) in unmeasured and (w, i) not in pending]
+    finish = bool(pending) or status != "unchanged"
+    return {"record": rec, "run": run, "status": status, "spec": spec, "todo": todo, "fields": fields, "finish": finish}
+
+
+def measure_spec(rec: PlateRecord, run: dict[str, Any], plate_channels: list[str], options: MeasureOptions | None) -> dict[str, Any]:
+    """What a worker needs to measure a run's fields (the segment spec adds the engine)."""
+    labels = run["labels"] if isinstance(run["labels"], dict) else json.loads(run["labels"])
+    return {
+        "store": rec.store_uri,
+        "plate_id": rec.plate_id,
+        "run_id": run["run_id"],
+        "labels": labels,
+        "channel_names": list(plate_channels),
+        "pixel_size_um": run["pixel_size_um"],
+        "measure": options.model_dump(mode="json") if options is not None else None,
+    }
 
 
 # One engine per worker process (and per engine/params/backend/device): deep engines
@@ -275,22 +346,51 @@ def _worker_engine(spec: dict[str, Any]) -> Engine:
         return eng
 
 
-def segment_one_field(item: tuple[str, int, str], spec: dict[str, Any]) -> dict[str, Any]:
-    """Worker task: read one field's channels from the store, segment every time point, write the labels."""
+def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    """Worker task on one field: segment it (mode ``"segment"``) and/or measure its cells.
+
+    Reads the field's channels (and, to measure only, its labels) from the store,
+    writes labels and the cells' Parquet part back to the store, and returns
+    object counts, the part's path, timing and the worker's name.
+    """
     t0 = time.perf_counter()
-    well, idx, path = item
+    well, idx, path, mode = item
     store = PlateStore(spec["store"])
-    eng = _worker_engine(spec)
     arr = store.read_field(path.rsplit("/", 1)[0], idx)
+    eng = _worker_engine(spec) if mode == "segment" else None
+    options = MeasureOptions(**spec["measure"]) if spec.get("measure") is not None else None
     counts: dict[str, int] = {}
+    tables = []
     for t in range(arr.shape[0]):
-        images = {role: np.asarray(arr[t, c]).max(axis=0) for role, c in spec["channels"].items()}
-        res = segment_field(eng, images, pixel_size_um=spec["pixel_size_um"], tile=spec["tile"], halo=spec["halo"])
-        for out, lab in res.labels.items():
-            store.write_labels(path, spec["labels"][out], t, lab, properties=res.properties.get(out))
-        for out, n in res.counts().items():
-            counts[out] = counts.get(out, 0) + n
-    return {"counts": counts, "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
+        if eng is not None:
+            images = {role: planes[c] for role, c in spec["channels"].items()}
+            res = segment_field(eng, images, pixel_size_um=spec["pixel_size_um"], tile=spec["tile"], halo=spec["halo"])
+            for out, lab in res.labels.items():
+                store.write_labels(path, spec["labels"][out], t, lab, properties=res.properties.get(out))
+            for out, n in res.counts().items():
+                counts[out] = counts.get(out, 0) + n
+            labels = res.labels
+        else:
+            labels = {out: np.asarray(store.read_labels(path, name)[t, 0, 0]) for out, name in spec["labels"].items()}
+        if options is not None:
+            channels = dict(zip(spec["channel_names"], planes))
+            tab = measure_field(labels, channels, pixel_size_um=spec["pixel_size_um"], options=options)
+            keys = {"plate_id": spec["plate_id"], "run_id": spec["run_id"], "well": well}
+            for i, (k, v) in enumerate(keys.items()):
+                tab = tab.add_column(i, k, pa.array([v] * tab.num_rows, pa.string()))
+            tab = tab.add_column(3, "field_index", pa.array([idx] * tab.num_rows, pa.int32()))
+            tab = tab.add_column(4, "t", pa.array([t] * tab.num_rows, pa.int32()))
+            tables.append(tab)
+    out: dict[str, Any] = {"seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    if eng is not None:
+        out["counts"] = counts
+    if options is not None:
+        cells = pa.concat_tables(tables, promote_options="permissive") if tables else None
+        n = cells.num_rows if cells is not None else 0
+        out["n_cells"] = n
+        out["part"] = str(write_part(cells_part_path(spec["store"], spec["run_id"], well, idx), cells)) if n else None
+    return out
 
 
 def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
@@ -299,6 +399,7 @@ def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
         "SELECT output, sum(n_objects) AS n FROM run_object_counts WHERE run_id = ? GROUP BY output", [run["run_id"]]
     )
     labels = run["labels"] if isinstance(run["labels"], dict) else json.loads(run["labels"])
+    cells = catalog.query("SELECT sum(n_cells) AS n FROM run_fields WHERE run_id = ?", [run["run_id"]])
     return SegmentReport(
         plate=plan["record"].name,
         plate_id=plan["record"].plate_id,
@@ -308,8 +409,10 @@ def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
         device=run["device"],
         status=plan["status"],
         fields_total=len(plan["fields"]),
-        fields_segmented=len(plan["todo"]),
+        fields_segmented=sum(1 for item in plan["todo"] if item[3] == "segment"),
         objects={r["output"]: int(r["n"]) for r in rows},
         labels=labels,
         seconds=round(seconds, 3),
+        fields_measured=sum(1 for item in plan["todo"] if plan["spec"].get("measure") is not None),
+        cells=int(cells[0]["n"] or 0) if cells else 0,
     )

@@ -93,7 +93,7 @@ def test_interrupted_segment_resumes_to_identical_labels(plate, monkeypatch, tmp
     store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
     ref = _labels(store, "nuclei_ref")
 
-    real = seg_mod.segment_one_field
+    real = seg_mod.process_field
     calls = {"n": 0}
 
     def dying(item, spec):
@@ -102,12 +102,12 @@ def test_interrupted_segment_resumes_to_identical_labels(plate, monkeypatch, tmp
             raise KeyboardInterrupt
         return real(item, spec)
 
-    monkeypatch.setattr(seg_mod, "segment_one_field", dying)
+    monkeypatch.setattr(seg_mod, "process_field", dying)
     with pytest.raises(KeyboardInterrupt):
         segment(engine="classic")
     cat = Catalog("hts.duckdb")
     assert cat.query("SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'")[0]["n"] == 4
-    monkeypatch.setattr(seg_mod, "segment_one_field", real)
+    monkeypatch.setattr(seg_mod, "process_field", real)
     (rep,) = segment(engine="classic")
     assert rep.status == "resumed" and rep.fields_segmented == 8
     got = _labels(store, "nuclei")

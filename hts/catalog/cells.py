@@ -1,0 +1,74 @@
+"""Bulk loading of per-cell feature parts into the ``cells`` table.
+
+The key columns of ``cells`` are fixed by ``schemas/catalog/003_cells.sql``; feature
+columns are added here (``ALTER TABLE ... ADD COLUMN``, DOUBLE) the first time a part
+carries them, so a plate with new channels or a new feature family needs no
+migration. Rows are never inserted one by one: DuckDB reads the Parquet parts
+directly (``INSERT ... BY NAME SELECT * FROM read_parquet([...])``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["load_parts", "delete_fields", "delete_runs", "cells_columns"]
+
+_TYPES = {pa.float64(): "DOUBLE", pa.float32(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+def cells_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'cells' ORDER BY ordinal_position"
+    ).fetchall()
+    return dict(rows)
+
+
+def load_parts(con: duckdb.DuckDBPyConnection, parts: Sequence[str | Path]) -> int:
+    """Append the rows of Parquet ``parts`` to ``cells`` (inside the caller's transaction); returns rows added."""
+    parts = [str(p) for p in parts]
+    if not parts:
+        return 0
+    have = cells_columns(con)
+    for p in parts:
+        for f in pq.read_schema(p):
+            if f.name not in have:
+                sql_type = _TYPES.get(f.type)
+                if sql_type is None:
+                    raise ValueError(f"{p}: column {f.name!r} has unsupported type {f.type}")
+                con.execute(f"ALTER TABLE cells ADD COLUMN {_ident(f.name)} {sql_type}")
+                have[f.name] = sql_type
+    files = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
+    before = con.execute("SELECT count(*) FROM cells").fetchall()[0][0]
+    con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)")
+    return con.execute("SELECT count(*) FROM cells").fetchall()[0][0] - before
+
+
+def delete_fields(con: duckdb.DuckDBPyConnection, run_id: str, fields: Sequence[tuple[str, int]]) -> None:
+    """Remove the cells of ``fields`` (well, field index) of one run (before loading them again)."""
+    if not fields:
+        return
+    keys = pa.table({"well": [w for w, _ in fields], "field_index": pa.array([i for _, i in fields], pa.int32())})
+    con.register("_refields", keys)
+    con.execute(
+        "DELETE FROM cells USING _refields k WHERE cells.run_id = ? AND cells.well = k.well AND cells.field_index = k.field_index",
+        [run_id],
+    )
+    con.unregister("_refields")
+
+
+def delete_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> None:
+    for run_id in run_ids:
+        con.execute("DELETE FROM cells WHERE run_id = ?", [run_id])
