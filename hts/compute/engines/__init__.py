@@ -2,13 +2,20 @@
 
 Every module in this package that defines an :class:`~hts.compute.engines.base.Engine`
 subclass with a ``name`` is registered under that name.
+
+:func:`engine_class` also accepts the path of an *engine folder* (what ``hts train``
+writes: ``config.json`` naming a registered deep engine, ``model.safetensors``,
+``CARD.md``): it returns that engine's class with its weights taken from the
+folder (see :meth:`~hts.compute.engines._deep.DeepEngine.from_folder`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from functools import cache
+from pathlib import Path
 
 from hts.compute.engines.base import Engine, EngineParams, Role, SegmentResult, segment_field
 from hts.errors import EngineError
@@ -31,8 +38,22 @@ def engines() -> dict[str, type[Engine]]:
     return dict(sorted(found.items()))
 
 
-def engine_class(name: str) -> type[Engine]:
-    try:
-        return engines()[name]
-    except KeyError:
-        raise EngineError(f"unknown engine {name!r}; engines: {', '.join(engines())}") from None
+def engine_class(name: str | os.PathLike[str]) -> type[Engine]:
+    """The engine registered as ``name``, or the engine of the engine folder at path ``name``.
+
+    A folder engine is named by the folder's absolute path (so Dask workers,
+    which get the name, resolve it the same way); its model checksum and card
+    come from the folder.
+    """
+    known = engines()
+    if isinstance(name, str) and name in known:
+        return known[name]
+    if isinstance(name, os.PathLike) or _looks_like_path(name):
+        from hts.compute.engines._deep import DeepEngine
+
+        return DeepEngine.from_folder(name)
+    raise EngineError(f"unknown engine {name!r}; engines: {', '.join(known)} (or the path of an engine folder)")
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.startswith(".") or name.startswith("~") or Path(name).is_dir()

@@ -13,12 +13,17 @@ the model was trained at and the typical object diameter. At inference:
    tile cores are stitched into whole-field maps; with ``tta`` every batch is
    also run flipped and rotated by 90° and the maps averaged;
 4. the maps are resized back to the field's pixel grid.
+
+:meth:`DeepEngine.from_folder` makes an engine of any folder of that shape (the
+output of ``hts train``): the class of the engine its ``config.json`` names, with
+the weights, checksum and card of the folder.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +78,38 @@ class DeepEngine(Engine):
     @classmethod
     def model_path(cls) -> Path:
         return data_dir("engines") / cls.model_name
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> type[DeepEngine]:
+        """The engine class of an engine folder: the registered deep engine its ``config.json`` names, weights from the folder.
+
+        The returned subclass is named by the folder's absolute path (so that
+        ``engine_class(cls.name)`` on a Dask worker finds the same folder); its
+        ``model_sha256`` and ``card()`` come from the folder. Classes are cached
+        per (engine, folder).
+
+        Raises
+        ------
+        EngineError
+            No such folder, no readable ``config.json``, or a ``name`` that is not a registered deep engine.
+        """
+        from hts.compute.engines import engines
+
+        folder = Path(path).expanduser().resolve()
+        cfg_path = folder / "config.json"
+        if not folder.is_dir():
+            raise EngineError(f"{folder}: no such engine folder")
+        if not cfg_path.is_file():
+            raise EngineError(f"{folder}: not an engine folder (no config.json)")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as e:
+            raise EngineError(f"{cfg_path}: unreadable ({e})") from None
+        base_name = cfg.get("name") if isinstance(cfg, dict) else None
+        deep = {n: c for n, c in engines().items() if issubclass(c, DeepEngine)}
+        if base_name not in deep:
+            raise EngineError(f"{cfg_path}: 'name' is {base_name!r}, not a deep engine ({', '.join(deep)})")
+        return _folder_engine(deep[base_name], str(folder))
 
     @classmethod
     def card(cls) -> str:
@@ -161,3 +198,21 @@ class DeepEngine(Engine):
                 return out[0] if h["channels"] == 1 else out
             start += h["channels"]
         raise EngineError(f"model {self.spec.name} has no output head {name!r}")
+
+
+@cache
+def _folder_engine(base: type[DeepEngine], folder: str) -> type[DeepEngine]:
+    """A subclass of ``base`` whose model is the engine folder ``folder`` (an absolute path)."""
+    path = Path(folder)
+    return type(
+        f"{base.__name__}Folder",
+        (base,),
+        {
+            "__module__": base.__module__,
+            "__doc__": base.__doc__,
+            "name": folder,
+            "base_engine": base.name,
+            "summary": f"{base.summary} (weights from {folder})",
+            "model_path": classmethod(lambda c: path),
+        },
+    )
