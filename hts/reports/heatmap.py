@@ -222,8 +222,12 @@ def plate_heatmap(
             (-0.5, -0.5), plate.columns, plate.rows, facecolor=MISSING_FACE, edgecolor="none",
             hatch="////" if plate.wells <= 384 else "///", zorder=-1,
         )
-        backdrop.set_hatchcolor(MISSING_HATCH)
-        backdrop.set_hatch_linewidth(0.6 if plate.wells <= 384 else 0.4)
+        if hasattr(backdrop, "set_hatchcolor"):  # matplotlib >= 3.10
+            backdrop.set_hatchcolor(MISSING_HATCH)
+            backdrop.set_hatch_linewidth(0.6 if plate.wells <= 384 else 0.4)
+        else:  # older: the hatch takes the edge colour
+            backdrop.set_edgecolor(MISSING_HATCH)
+            backdrop.set_linewidth(0)
         ax.add_patch(backdrop)
         ax.imshow(np.ma.masked_invalid(grid), cmap=cm, norm=norm, interpolation="nearest", extent=extent, zorder=0)
         ax.set_xlim(extent[0], extent[1])
