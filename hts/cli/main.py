@@ -28,6 +28,11 @@ app = typer.Typer(
         "  hts ingest plate.nd2    [dim]# into ./plates/<name>.zarr + ./hts.duckdb[/]\n\n"
         "  hts info PLATE          [dim]# wells, fields, channels, metadata[/]\n\n"
         "  hts annotate PLATE --platemap layout.csv\n\n"
+        "  hts segment --engine classic   [dim]# labels into the plate, per-cell features into the catalog[/]\n\n"
+        "  hts qc                  [dim]# Z', SSMD, flagged fields and wells[/]\n\n"
+        "  hts query --preset cell-count\n\n"
+        "  hts report PLATE        [dim]# heatmaps, overlays, one HTML summary[/]\n\n"
+        "  hts export --out profiles/   [dim]# Parquet for pycytominer / polars[/]\n\n"
         "No data at hand? [bold]hts demo[/] writes a synthetic plate.\n\n"
         "The workspace (catalog and plates folder) comes from --db, HTS_DB / HTS_PLATES_DIR, "
         "./hts.toml, or the defaults ./hts.duckdb and ./plates/."
@@ -269,11 +274,29 @@ def segment(
     pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="µm per pixel, for plates whose metadata lacks it.", show_default=False)] = None,
     label_suffix: Annotated[Optional[str], typer.Option("--label-suffix", help="Store labels as nuclei_SUFFIX etc., to keep several runs' labels side by side.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace labels written by another run (or redo this one).")] = False,
+    features: Annotated[bool, typer.Option("--features/--no-features", help="Measure per-cell features (shape, intensity per channel, nucleus/cytoplasm) into the catalog's cells table right after segmenting each field.")] = True,
+    texture: Annotated[bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel (slower).")] = False,
+    granularity: Annotated[bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells (slower).")] = False,
+    rod: Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial intensity profiles.")] = False,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Segment plates with an engine on Dask workers; labels go into each field (NGFF labels). Resumable."""
+    """Segment plates with an engine on Dask workers and measure every cell. Resumable.
+
+    Labels go into each field of the plate store (NGFF labels); per-cell features
+    go into the catalog's [bold]cells[/] table (query them with `hts query`, export
+    with `hts export`). --engine also takes the folder of a model trained with
+    `hts train`.
+
+    Examples:
+
+      hts segment --engine classic
+
+      hts segment PLATE1 --engine nuclei --backend onnxruntime --texture
+
+      hts segment --engine foci --channels nucleus=DAPI,foci=FITC
+    """
     from hts.tasks.segment import segment as run
 
     params = _param_values(_pairs(",".join(param or []), "--param"))
@@ -296,6 +319,7 @@ def segment(
             pixel_size_um=pixel_size,
             scheduler=scheduler,
             workers=workers,
+            features={"texture": texture, "granularity": granularity, "rod": rod} if features else False,
             progress=progress,
         )
     if as_json:
@@ -308,6 +332,7 @@ def segment(
             f"{verb}: plate [bold]{r.plate}[/] with {r.engine} ({r.backend}, {r.device}) — "
             f"{r.fields_segmented}/{r.fields_total} fields in {r.seconds:.1f} s; {objs or 'no objects'}; "
             f"labels {', '.join(r.labels.values())}; run {r.run_id[:8]}"
+            + (f"; {r.cells} cells measured" if r.cells else "")
         )
 
 
@@ -332,21 +357,40 @@ def engines(
 # --------------------------------------------------------------------------- query
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="A SQL query over the catalog (DuckDB dialect), e.g. \"SELECT well, count(*) FROM fields GROUP BY ALL\".", show_default=False)],
+    sql: Annotated[Optional[str], typer.Argument(help="A SQL query over the catalog (DuckDB dialect), e.g. \"SELECT well, cell_count FROM well_stats\".", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="A named query instead of SQL: cell-count, dose-response or qc (`--preset list` shows them).", show_default=False)] = None,
     db: DbOpt = None,
     format_: Annotated[str, typer.Option("--format", help="table (default: printed), csv, json or parquet.")] = "table",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows.", show_default=False)] = None,
 ) -> None:
-    """Run a read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet."""
-    from hts.tasks.query import FORMATS, run_query, write_result
+    """Run a read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
 
+    Tables: plates, wells, fields, channels, platemap, runs, run_fields, cells (one
+    row per cell: Nuclei_*, Cells_*, Cytoplasm_* features). Views: well_stats
+    (per well: cell_count and <feature>_mean/_median/_std, with the platemap),
+    plate_stats, field_qc (focus, saturation, cell-count outliers, flags),
+    cell_profiles (cells with Metadata_* columns).
+
+    Examples:
+
+      hts query "SELECT well, compound, cell_count FROM well_stats ORDER BY cell_count DESC LIMIT 5"
+
+      hts query --preset dose-response --format csv --out dose.csv
+    """
+    from hts.errors import CatalogError
+    from hts.tasks.query import FORMATS, preset_sql, presets, run_query, write_result
+
+    if preset == "list":
+        for name, what in presets().items():
+            out.print(f"[bold]{name}[/]  {what}")
+        return
     with _errors():
         if format_ not in FORMATS:
-            from hts.errors import CatalogError
-
             raise CatalogError(f"unknown format {format_!r}; choose one of {', '.join(FORMATS)}")
-        table = run_query(sql, db=db, limit=limit)
+        if (sql is None) == (preset is None):
+            raise CatalogError("give either a SQL query or --preset NAME")
+        table = run_query(sql if preset is None else preset_sql(preset), db=db, limit=limit)
         if out_file is not None:
             path = write_result(table, out_file, "csv" if format_ == "table" else format_)
             err.print(f"wrote {table.num_rows} rows to {path}")
@@ -363,13 +407,9 @@ def query(
         err.print("error: --format parquet needs --out FILE")
         raise typer.Exit(1)
     else:
-        from rich.table import Table
+        from hts.cli.render import render_arrow_table
 
-        t = Table(*table.column_names)
-        for row in table.to_pylist():
-            t.add_row(*("" if v is None else str(v) for v in row.values()))
-        out.print(t)
-        out.print(f"[dim]{table.num_rows} rows[/]")
+        render_arrow_table(out, table)
 
 
 # --------------------------------------------------------------------------- demo
@@ -408,6 +448,13 @@ def demo(
         f"  source   {data['source']}\n  platemap {data['platemap']}\n"
         f"Next: hts ingest {data['source']}"
     )
+
+
+# Commands defined in their own modules.
+from hts.cli import evaluate_cmd, results_cmd  # noqa: E402
+
+results_cmd.register(app)
+evaluate_cmd.register(app)
 
 
 def main() -> None:

@@ -87,3 +87,27 @@ def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool) 
         for k, p in r["parameters"].items():
             pt.add_row(k, str(p["default"]), p["description"])
         console.print(pt)
+
+
+def _cell_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def render_arrow_table(console: Console, table) -> None:
+    """A query result as a rich table, every column whole: piped output is as wide as the data."""
+    rows = [[_cell_text(v) for v in r.values()] for r in table.to_pylist()]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(table.column_names)]
+    need = sum(w + 3 for w in widths) + 1
+    if not console.is_terminal and need > console.width:
+        console = Console(width=need, highlight=False, file=console.file)
+    t = Table(*table.column_names)
+    for r in rows:
+        t.add_row(*(escape(c) for c in r))
+    console.print(t)
+    console.print(f"[dim]{table.num_rows} rows[/]")

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 
 from hts.catalog import Catalog
 from hts.config import load_workspace
 from hts.errors import CatalogError
+from hts.resources import data_dir
 
-__all__ = ["run_query", "FORMATS"]
+__all__ = ["run_query", "FORMATS", "presets", "preset_sql"]
 
 FORMATS = ("table", "csv", "json", "parquet")
+
+
+def presets() -> dict[str, str]:
+    """Named queries shipped in ``schemas/queries/<name>.sql``: name -> first comment line."""
+    out = {}
+    for p in sorted((data_dir("schemas") / "queries").glob("*.sql")):
+        first = p.read_text().splitlines()[0]
+        out[p.stem] = first.removeprefix("--").strip()
+    return out
+
+
+def preset_sql(name: str) -> str:
+    path = data_dir("schemas") / "queries" / f"{name}.sql"
+    if not path.is_file():
+        raise CatalogError(f"unknown preset {name!r}; presets: {', '.join(presets())}")
+    return path.read_text()
 
 
 def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = None) -> pa.Table:

@@ -1,0 +1,140 @@
+"""``hts measure``, ``hts qc``, ``hts export`` and ``hts report``: what comes after segmentation.
+
+Added to the main app with ``register(app)``; each command is one library call.
+"""
+
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def _cli():
+    """The main CLI module's helpers (imported late: main.py imports this module)."""
+    from hts.cli import main
+
+    return main
+
+
+def _num(v: float | None, fmt: str = "{:.3f}") -> str:
+    if v is None or v != v:  # None or NaN
+        return "n/a"
+    return fmt.format(v)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the result commands to ``app``."""
+    cli = _cli()
+    DbOpt, JsonOpt, SchedulerOpt, WorkersOpt = cli.DbOpt, cli.JsonOpt, cli.SchedulerOpt, cli.WorkersOpt
+    PlatesArg = Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every plate in the catalog.", show_default=False)]
+    RunOpt = Annotated[Optional[str], typer.Option("--run", help="Only this segmentation run (id or prefix; `hts info PLATE` lists runs).", show_default=False)]
+
+    @app.command()
+    def measure(
+        plates: PlatesArg = None,
+        run: RunOpt = None,
+        db: DbOpt = None,
+        texture: Annotated[bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel.")] = False,
+        granularity: Annotated[bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells.")] = False,
+        rod: Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial profiles.")] = False,
+        scheduler: SchedulerOpt = None,
+        workers: WorkersOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Measure per-cell features of existing segmentation runs into the cells table. Resumable.
+
+        `hts segment` already measures shape and intensity; use this for runs made
+        with --no-features, or to add texture, granularity or rod features
+        (fields measured with the same options are skipped).
+        """
+        from hts.tasks.measure import measure as run_measure
+
+        with cli._errors(), cli._progress("measure", not as_json) as progress:
+            reports = run_measure(
+                plates or None,
+                db=db,
+                run=run,
+                features={"texture": texture, "granularity": granularity, "rod": rod},
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
+            )
+        if as_json:
+            cli._print_json([r.to_dict() for r in reports])
+            return
+        for r in reports:
+            verb = "Measured" if r.status == "measured" else "Already measured"
+            cli.out.print(
+                f"{verb}: plate [bold]{r.plate}[/] run {r.run_id[:8]} ({r.engine}) — {r.fields_measured} fields "
+                f"in {r.seconds:.1f} s; {r.cells} cells in the catalog"
+            )
+
+    @app.command()
+    def qc(
+        plates: PlatesArg = None,
+        run: RunOpt = None,
+        metric: Annotated[str, typer.Option("--metric", help="Per-well value for Z' and SSMD: cell_count, or any well_stats column / feature (a feature means its per-well median), e.g. Cells_Intensity_NucCytoRatio_GFP.")] = "cell_count",
+        db: DbOpt = None,
+        show: Annotated[int, typer.Option("--show", help="List at most this many flagged fields.")] = 20,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Plate QC: Z'-factor and SSMD between control wells, out-of-focus / saturated / outlier fields, flagged wells.
+
+        Controls come from the platemap's role column (positive_control, negative_control;
+        `hts annotate PLATE --platemap FILE`). Z' > 0.5: an excellent assay window;
+        |SSMD| >= 2: a strong effect. Exits with code 3 if a run's Z' is below 0 (the controls overlap).
+        """
+        from hts.tasks.qc import plate_qc
+
+        with cli._errors():
+            reports = plate_qc(plates or None, db=db, run=run, metric=metric)
+        if as_json:
+            cli._print_json([r.to_dict() for r in reports])
+        else:
+            from rich.table import Table
+
+            for r in reports:
+                colour = {"excellent": "green", "marginal": "yellow", "unusable": "red"}.get(r.quality, "dim")
+                cli.out.print(
+                    f"[bold]{r.plate}[/] run {r.run_id[:8]} ({r.engine}), metric [bold]{r.metric}[/]: "
+                    f"Z' = [{colour}]{_num(r.z_prime)}[/] ({r.quality}), SSMD = {_num(r.ssmd, '{:.2f}')}; "
+                    f"positive {r.positive['wells']} wells mean {_num(r.positive['mean'], '{:.4g}')} sd {_num(r.positive['sd'], '{:.3g}')}, "
+                    f"negative {r.negative['wells']} wells mean {_num(r.negative['mean'], '{:.4g}')} sd {_num(r.negative['sd'], '{:.3g}')}"
+                )
+                cli.out.print(f"  {len(r.flagged_fields)} of {r.fields} fields flagged; {len(r.flagged_wells)} wells flagged")
+                if r.flagged_fields and show:
+                    t = Table("well", "field", "cells", "focus z", "saturated", "flags")
+                    for f in r.flagged_fields[:show]:
+                        t.add_row(f["well"], str(f["field_index"]), str(f["cell_count"]), _num(f["focus_z"], "{:.1f}"), _num(f["saturated_fraction_max"], "{:.2%}"), ", ".join(f["flags"]))
+                    cli.out.print(t)
+                for w in r.flagged_wells[:show]:
+                    cli.out.print(f"  well {w['well']}: {w['reason']}")
+        if any(r.z_prime == r.z_prime and r.z_prime < 0 for r in reports):
+            raise typer.Exit(3)
+
+    @app.command()
+    def export(
+        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (cells/ hive-partitioned by plate and well, wells.parquet, fields_qc.parquet).", show_default=False)],
+        plates: PlatesArg = None,
+        run: RunOpt = None,
+        format_: Annotated[str, typer.Option("--format", help="parquet (default) or csv.")] = "parquet",
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the folder if it is not empty.")] = False,
+        db: DbOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Export per-cell profiles (Metadata_Plate / _Well / _Site + platemap columns) and per-well aggregates.
+
+        Read it with polars (pl.scan_parquet("OUT/cells/**/*.parquet", hive_partitioning=True))
+        or pycytominer (the Metadata_* columns are inside every file).
+        """
+        from hts.tasks.export import export as run_export
+
+        with cli._errors():
+            rep = run_export(out_dir, db=db, plates=plates or None, run=run, format=format_, overwrite=overwrite)
+        if as_json:
+            cli._print_json(rep.to_dict())
+            return
+        cli.out.print(f"Exported {rep.cells} cells from {', '.join(rep.plates)} ({rep.wells} wells, {rep.files} files) to {rep.out}")

@@ -1,0 +1,111 @@
+"""Export per-cell profiles and per-well aggregates for downstream profiling (pycytominer, polars).
+
+Layout under ``out``::
+
+    cells/Metadata_Plate=<plate>/Metadata_Well=<well>/data_0.parquet   (hive partitions)
+    wells.parquet                                                      (well_stats)
+    fields_qc.parquet                                                  (field_qc)
+
+Cell files keep the partition columns inside them too, so a single file read on
+its own still has its ``Metadata_Plate`` / ``Metadata_Well``. DuckDB writes the
+files straight from the catalog (no rows pass through Python); the export goes
+to a temporary folder first and is renamed into place, so a failed export never
+leaves half a dataset where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from hts.catalog import Catalog
+from hts.config import load_workspace
+from hts.errors import CatalogError
+
+__all__ = ["ExportReport", "export", "EXPORT_FORMATS"]
+
+EXPORT_FORMATS = ("parquet", "csv")
+
+
+@dataclass
+class ExportReport:
+    out: str
+    format: str
+    cells: int
+    wells: int
+    files: int
+    plates: list[str]
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def export(
+    out: str | Path,
+    *,
+    db: str | Path | None = None,
+    plates: list[str] | None = None,
+    run: str | None = None,
+    format: str = "parquet",
+    overwrite: bool = False,
+) -> ExportReport:
+    """Write the cells of the current runs (of ``plates``, or run ``run``) and the well/field tables under ``out``."""
+    if format not in EXPORT_FORMATS:
+        raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    catalog = Catalog(db) if db else load_workspace(db=db).catalog
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CatalogError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    plate_ids = [catalog.find_plate(p).plate_id for p in plates] if plates else None
+
+    def where(plate_col: str, run_col: str) -> str:
+        conds = ["true"]
+        if plate_ids:
+            conds.append(f"{plate_col} IN ({', '.join(_lit(p) for p in plate_ids)})")
+        if run:
+            conds.append(f"starts_with({run_col}, {_lit(run)})")
+        return " AND ".join(conds)
+
+    cond, wcond = where("Metadata_PlateID", "Metadata_Run"), where("plate_id", "run_id")
+    ext = "parquet" if format == "parquet" else "csv"
+    opts = "FORMAT parquet, COMPRESSION zstd" if format == "parquet" else "FORMAT csv, HEADER true"
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        with catalog.connect(read_only=True) as con:
+            try:
+                n = con.execute(f"SELECT count(*) FROM cell_profiles WHERE {cond}").fetchall()[0][0]
+                if n == 0:
+                    raise CatalogError(f"{catalog.path}: no measured cells to export (run `hts segment` or `hts measure` first)")
+                names = [r[0] for r in con.execute(f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1").fetchall()]
+                con.execute(
+                    f"COPY (SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber) "
+                    f"TO {_lit(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
+                )
+                wells = con.execute(f"SELECT count(*) FROM well_stats WHERE {wcond}").fetchall()[0][0]
+                con.execute(
+                    f"COPY (SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
+                    f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
+                    f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} ORDER BY plate, engine, row_index, column_index) TO {_lit(str(tmp / ('wells.' + ext)))} ({opts})"
+                )
+                con.execute(
+                    f"COPY (SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} ORDER BY plate, engine, well, field_index) "
+                    f"TO {_lit(str(tmp / ('fields_qc.' + ext)))} ({opts})"
+                )
+            except duckdb.Error as e:
+                raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
+        files = sum(1 for p in tmp.rglob(f"*.{ext}"))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportReport(out=str(out), format=format, cells=int(n), wells=int(wells), files=files, plates=names)
