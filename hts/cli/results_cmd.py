@@ -138,3 +138,34 @@ def register(app: typer.Typer) -> None:
             cli._print_json(rep.to_dict())
             return
         cli.out.print(f"Exported {rep.cells} cells from {', '.join(rep.plates)} ({rep.wells} wells, {rep.files} files) to {rep.out}")
+
+    @app.command()
+    def report(
+        plate: Annotated[str, typer.Argument(help="Plate (name, id or store path).", show_default=False)],
+        run: RunOpt = None,
+        value: Annotated[Optional[list[str]], typer.Option("--value", "-v", help="Per-well value to map (repeatable): cell_count, or a well_stats column / feature (a feature means its per-well median).", show_default=False)] = None,
+        sql: Annotated[Optional[str], typer.Option("--sql", help="Also map a query's result: it must return a 'well' column and a numeric column.", show_default=False)] = None,
+        field: Annotated[Optional[list[str]], typer.Option("--field", "-f", help="Overlay this field, e.g. B03 or B03/1 (repeatable). Default: a negative and a positive control and the extreme wells.", show_default=False)] = None,
+        overlays: Annotated[int, typer.Option("--overlays", min=0, help="How many fields to overlay when --field is not given.")] = 4,
+        out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs and report.html (default: reports/<plate>/).", show_default=False)] = None,
+        db: DbOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Write a plate report: heatmaps, dose-response fits, segmentation overlays and one self-contained HTML page.
+
+        Examples:
+
+          hts report DEMO-PLATE
+
+          hts report DEMO-PLATE -v cell_count -v Cells_Intensity_NucCytoRatio_GFP -f B03/1
+
+          hts report DEMO-PLATE --sql "SELECT well, avg(Nuclei_AreaShape_Area) AS area FROM cells GROUP BY well"
+        """
+        from hts.tasks.report import report as run_report
+
+        with cli._errors():
+            res = run_report(plate, db=db, run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir)
+        if as_json:
+            cli._print_json(res.to_dict())
+            return
+        cli.out.print(f"Report of [bold]{res.plate}[/] (run {res.run_id[:8]}): {res.html}  ({len(res.images)} pictures in {res.out})")

@@ -196,7 +196,7 @@ def _add(cols: dict, prefix: str, feats: Mapping[str, np.ndarray], own_ids: np.n
 
 
 def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from hts.compute.postprocess import long_axis_position
+    from hts.compute.rod import axial_position
 
     n = len(cell_ids)
     focus_ids, parent = parent_of(foci, cells)
@@ -208,7 +208,7 @@ def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, im
     area = shape["AreaShape_Area"][inside]
     out["Cells_Children_Foci_Count"] = count
     centres = np.stack([shape["AreaShape_Center_Y"][inside], shape["AreaShape_Center_X"][inside]], axis=1)
-    axial = long_axis_position(cells, centres, parent[inside]) if inside.any() else np.zeros(0)
+    axial = axial_position(cells, centres, parent[inside]) if inside.any() else np.zeros(0)
     polar = (axial <= POLE_FRACTION) | (axial >= 1 - POLE_FRACTION)
     out["Cells_Children_Foci_PolarCount"] = np.bincount(pos, weights=polar.astype(np.float64), minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -171,30 +171,3 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     """Consecutive ids 1..N in raster order of first appearance (deterministic)."""
     out, _, _ = segmentation.relabel_sequential(labels.astype(np.int32))
     return out.astype(np.int32)
-
-
-def long_axis_position(cells: np.ndarray, points_yx: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
-    """Position (0..1) of each point along its cell's long axis; 0 and 1 are the poles.
-
-    The long axis is the first principal axis of the cell's pixel coordinates;
-    the position is the point's projection on it, scaled by the cell's extent
-    along the axis. Loops over the cells that hold points only.
-    """
-    out = np.full(len(points_yx), np.nan)
-    cell_ids = np.asarray(cell_ids)
-    objects = ndi.find_objects(cells)
-    for cid in np.unique(cell_ids[cell_ids > 0]):
-        sl = objects[int(cid) - 1] if int(cid) - 1 < len(objects) else None
-        if sl is None:
-            continue
-        yy, xx = np.nonzero(cells[sl] == cid)
-        coords = np.stack([yy + sl[0].start, xx + sl[1].start], axis=1).astype(float)
-        centre = coords.mean(axis=0)
-        cov = np.cov((coords - centre).T) if len(coords) > 2 else np.eye(2)
-        axis = np.linalg.eigh(cov)[1][:, -1]
-        proj = (coords - centre) @ axis
-        lo, hi = proj.min(), proj.max()
-        sel = cell_ids == cid
-        t = (np.asarray(points_yx, float)[sel] - centre) @ axis
-        out[sel] = np.clip((t - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    return out

@@ -74,6 +74,11 @@ def test_measure_qc_presets_and_export(segmented, tmp_path):
     assert pl.read_parquet(out / "fields_qc.parquet").height == 12
     r = run("export", "--out", str(out))
     assert r.exit_code == 1 and "--overwrite" in r.output
+
+    r = run("report", "DEMO-PLATE", "--out", str(tmp_path / "rep"), "--overlays", "2", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["html"].endswith("report.html") and sum("overlay_" in p for p in rep["images"]) == 2
     assert run("export", "--out", str(out), "--overwrite", "--format", "csv").exit_code == 0
     assert (out / "wells.csv").is_file() and not (out / "wells.parquet").exists()
 

@@ -120,3 +120,25 @@ def test_channel_names_are_made_sql_friendly():
     lab[2:5, 2:5] = 1
     tab = measure_field({"nuclei": lab}, {"Cy5 (far red)": np.ones((8, 8), np.uint16)}, pixel_size_um=None)
     assert "Nuclei_Intensity_MeanIntensity_Cy5_far_red" in tab.column_names
+
+
+def test_optional_families_texture_granularity_rod(field):
+    f, images = field
+    images = {"DAPI": images["DAPI"]}
+    base = measure_field({"nuclei": f.nuclei, "cells": f.cells}, images, pixel_size_um=0.5)
+    full = measure_field(
+        {"nuclei": f.nuclei, "cells": f.cells}, images, pixel_size_um=0.5,
+        options=MeasureOptions(texture=True, granularity=True, rod=True, texture_scale=2),
+    ).to_pydict()
+    from hts.compute.rod import rod_features
+    from hts.compute.texture import granularity_features, texture_features
+
+    ids = F.object_ids(f.cells)
+    tex = texture_features(f.cells, images["DAPI"], channel="DAPI", scale=2)
+    np.testing.assert_allclose(full["Cells_Texture_Contrast_DAPI_2_00_256"], tex["Texture_Contrast_DAPI_2_00_256"], rtol=1e-12)
+    gran = granularity_features(f.nuclei, images["DAPI"], channel="DAPI")
+    pos = np.searchsorted(F.object_ids(f.nuclei), full["nucleus_id"])
+    np.testing.assert_allclose(full["Nuclei_Granularity_3_DAPI"], gran["Granularity_3_DAPI"][pos], rtol=1e-12)
+    rod = rod_features(f.cells, images, pixel_size_um=0.5)
+    np.testing.assert_allclose(full["Cells_Rod_Length_um"], rod["Rod_Length_um"], rtol=1e-12)
+    assert len(full) > base.num_columns + 2 * 52 + 2 * 16 and len(full["object_id"]) == len(ids)

@@ -12,6 +12,7 @@ from skimage import morphology
 from hts.compute import postprocess as pp
 from hts.compute.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role, SegmentResult
 from hts.compute.engines.classic import ClassicEngine, ClassicParams
+from hts.compute.rod import axial_position
 
 
 class FociParams(ClassicParams):
@@ -79,7 +80,7 @@ class FociEngine(ClassicEngine):
                 cy = ndi.mean(np.indices(spots.shape)[0], spots, kept)
                 cx = ndi.mean(np.indices(spots.shape)[1], spots, kept)
                 cell_of = owner[kept - 1]
-                pos = pp.long_axis_position(cells, np.stack([cy, cx], axis=1), cell_of)
+                pos = axial_position(cells, np.stack([cy, cx], axis=1), cell_of)
                 polar = (pos < p.polar_fraction) | (pos > 1 - p.polar_fraction)
                 for new_id, c, a, pl in zip(range(1, kept.size + 1), cell_of, pos, polar):
                     props.append({"label-value": int(new_id), "cell": int(c), "axis_position": round(float(a), 4), "polar": bool(pl)})

@@ -1,0 +1,247 @@
+"""Plate reports: heatmaps of per-well values, segmentation overlays, dose-response, one HTML page.
+
+Everything comes from the catalog views and the plate store; pictures are drawn
+by :mod:`hts.reports`. Files written under ``out`` (default ``reports/<plate>/``)::
+
+    heatmap_<value>.png       one per value (cell count, feature medians, a query column)
+    dose_<value>.png          dose-response with 4PL fits (when the platemap has concentrations)
+    overlay_<well>_<field>.png   the chosen fields with their label outlines
+    report.html               all of the above with the layout, QC and fit tables, self-contained
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hts.catalog import Catalog
+from hts.catalog import runs as runs_db
+from hts.config import load_workspace
+from hts.errors import CatalogError
+from hts.store import PlateStore
+from hts.tasks.qc import _run_qc, well_metric
+
+__all__ = ["ReportResult", "report"]
+
+
+@dataclass
+class ReportResult:
+    plate: str
+    run_id: str
+    out: str
+    html: str
+    images: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", s).strip("_")[:80] or "value"
+
+
+def _finite(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f if math.isfinite(f) else float("nan")
+
+
+def _sql_values(catalog: Catalog, sql: str) -> tuple[str, list[dict[str, Any]]]:
+    """A query returning a ``well`` column and one numeric column -> (column name, rows)."""
+    from hts.tasks.query import run_query
+
+    table = run_query(sql, db=catalog.path)
+    cols = table.column_names
+    if "well" not in cols:
+        raise CatalogError(f"--sql must return a 'well' column; it returned {', '.join(cols)}")
+    numeric = [c for c in cols if c != "well" and _is_number(table.schema.field(c).type)]
+    if not numeric:
+        raise CatalogError("--sql must return a numeric column besides 'well'")
+    name = numeric[0]
+    return name, [{"well": r["well"], "value": r[name]} for r in table.to_pylist()]
+
+
+def _is_number(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _pick_fields(catalog: Catalog, run_id: str, values: dict[str, float], n: int) -> list[tuple[str, int]]:
+    """Default overlay fields: a negative and a positive control, then the wells with the lowest and highest value."""
+    rows = catalog.query(
+        "SELECT well, role FROM well_stats WHERE run_id = ? ORDER BY row_index, column_index", [run_id]
+    )
+    picked: list[str] = []
+    for role in ("negative_control", "positive_control"):
+        w = next((r["well"] for r in rows if r["role"] == role), None)
+        if w and w not in picked:
+            picked.append(w)
+    ranked = sorted((w for w, v in values.items() if v == v), key=lambda w: values[w])
+    for w in [*ranked[:1], *ranked[-1:], *ranked[1:]]:
+        if len(picked) >= n:
+            break
+        if w not in picked:
+            picked.append(w)
+    return [(w, 0) for w in picked[:n]]
+
+
+def report(
+    plate: str,
+    *,
+    db: str | Path | None = None,
+    run: str | None = None,
+    values: list[str] | None = None,
+    sql: str | None = None,
+    fields: list[str] | None = None,
+    n_overlays: int = 4,
+    out: str | Path | None = None,
+) -> ReportResult:
+    """Write the report of one plate's segmentation run (default: its latest current run).
+
+    ``values``: per-well values to map (``cell_count`` and/or well_stats columns or
+    features, a feature meaning its per-well median); ``sql``: a query returning
+    ``well`` and a numeric column, mapped as well; ``fields``: overlay fields as
+    ``B03`` or ``B03/1`` (default: controls and extreme wells).
+    """
+    from hts.reports import HtmlReport, contact_sheet, dose_response_plot, fit_4pl, plate_heatmap, segmentation_overlay
+
+    ws = load_workspace(db=db)
+    catalog = Catalog(db) if db else ws.catalog
+    rec = catalog.find_plate(plate)
+    runs = runs_db.current_runs(catalog, rec.plate_id)
+    if run:
+        runs = [r for r in runs if r["run_id"].startswith(run)]
+    if not runs:
+        raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
+    r = runs[-1]
+    run_id, engine = r["run_id"], r["engine"]
+    out_dir = Path(out) if out else Path("reports") / _slug(rec.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # per-well values ------------------------------------------------------------------
+    maps: list[tuple[str, list[dict[str, Any]]]] = []
+    for v in values or ["cell_count"]:
+        maps.append((v, well_metric(catalog, run_id, v)))
+    if sql:
+        maps.append(_sql_values(catalog, sql))
+    qc = _run_qc(catalog, rec.name, run_id, engine, maps[0][0] if not sql or values else "cell_count")
+    flags = {w["well"]: w["reason"] for w in qc.flagged_wells}
+
+    html = HtmlReport(f"{rec.name} — {engine} run {run_id[:8]}")
+    images: list[str] = []
+
+    def save(name: str, png: bytes) -> bytes:
+        path = out_dir / name
+        path.write_bytes(png)
+        images.append(str(path))
+        return png
+
+    summary = catalog.query(
+        "SELECT n_wells, n_fields, cell_count, round(cells_per_well_mean, 1) AS cells_per_well, "
+        "round(cells_per_well_cv, 3) AS cv FROM plate_stats WHERE run_id = ?",
+        [run_id],
+    )
+    channels = [c["name"] for c in catalog.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
+    html.heading("Plate", 2)
+    html.table(
+        ["plate", "wells", "fields", "cells", "cells / well", "CV", "channels", "pixel (µm)", "engine", "run"],
+        [[rec.name, summary[0]["n_wells"] if summary else 0, summary[0]["n_fields"] if summary else 0,
+          summary[0]["cell_count"] if summary else 0, summary[0]["cells_per_well"] if summary else None,
+          summary[0]["cv"] if summary else None, ", ".join(channels), rec.pixel_size_um[0], engine, run_id[:8]]],
+    )  # fmt: skip
+
+    html.heading("Quality control", 2)
+    html.table(
+        ["metric", "Z'", "assay", "SSMD", "positive mean ± sd (wells)", "negative mean ± sd (wells)", "fields flagged"],
+        [[qc.metric, qc.z_prime, qc.quality, qc.ssmd,
+          f"{qc.positive['mean']:.4g} ± {qc.positive['sd']:.3g} ({qc.positive['wells']})",
+          f"{qc.negative['mean']:.4g} ± {qc.negative['sd']:.3g} ({qc.negative['wells']})",
+          f"{len(qc.flagged_fields)} of {qc.fields}"]],
+    )  # fmt: skip
+    if qc.flagged_fields:
+        html.table(
+            ["well", "field", "cells", "focus z", "saturated", "flags"],
+            [[f["well"], f["field_index"], f["cell_count"], f["focus_z"], f["saturated_fraction_max"], ", ".join(f["flags"])] for f in qc.flagged_fields],
+            caption="Flagged fields (field_qc)",
+        )
+    if qc.flagged_wells:
+        html.table(["well", "reason"], [[w["well"], w["reason"]] for w in qc.flagged_wells], caption="Flagged wells")
+
+    html.heading("Plate maps", 2)
+    for name, rows in maps:
+        vals = {row["well"]: _finite(row["value"]) for row in rows}
+        png = save(f"heatmap_{_slug(name)}.png", plate_heatmap(vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags))
+        html.image(png, caption=f"{name} per well (red outline: flagged wells)")
+    layout = catalog.query("SELECT well, concentration FROM platemap WHERE plate_id = ?", [rec.plate_id])
+    if layout:
+        conc = {r["well"]: (math.log10(r["concentration"]) if r["concentration"] else float("nan")) for r in layout}
+        png = save("heatmap_layout_log10_concentration.png", plate_heatmap(conc, plate_type=rec.plate_type, title="layout: log10 concentration", label="log10 concentration"))
+        html.image(png, caption="Platemap: log10 concentration (grey: controls and untreated wells at 0)")
+
+    # dose-response -------------------------------------------------------------------
+    dose_rows = catalog.query(
+        "SELECT well, compound, concentration, unit, role FROM well_stats WHERE run_id = ? AND concentration IS NOT NULL", [run_id]
+    )
+    if dose_rows and any(d["role"] == "sample" for d in dose_rows):
+        html.heading("Dose response", 2)
+        unit = next((d["unit"] for d in dose_rows if d["unit"]), "µM")
+        for name, rows in maps:
+            by_well = {row["well"]: _finite(row["value"]) for row in rows}
+            vehicle = [d for d in dose_rows if d["role"] == "negative_control"]
+            data = []
+            for d in dose_rows:
+                if d["role"] != "sample":
+                    continue
+                data.append({"compound": d["compound"], "concentration": d["concentration"], "value": by_well.get(d["well"], float("nan"))})
+            compounds = sorted({d["compound"] for d in data})
+            for c in compounds:  # the vehicle wells are every compound's zero dose
+                data += [{"compound": c, "concentration": 0.0, "value": by_well.get(v["well"], float("nan"))} for v in vehicle]
+            png = save(f"dose_{_slug(name)}.png", dose_response_plot(data, unit=unit, ylabel=name, title=f"{rec.name}: {name}"))
+            html.image(png, caption=f"{name}: wells and 4-parameter logistic fits")
+            fits = []
+            for c in compounds:
+                pts = [(d["concentration"], d["value"]) for d in data if d["compound"] == c]
+                fit = fit_4pl(np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float))
+                fits.append([c, fit["ec50"], fit["hill"], fit["bottom"], fit["top"], fit["r2"], "yes" if fit["ok"] else f"no ({fit.get('reason') or ''})"])
+            html.table(["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"], fits, caption=f"4PL fits of {name}")
+
+    # overlays ----------------------------------------------------------------------------
+    labels = r["labels"] if isinstance(r["labels"], dict) else json.loads(r["labels"])
+    paths = {(x["well"], x["field_index"]): x["path"] for x in catalog.query("SELECT well, field_index, path FROM fields WHERE plate_id = ?", [rec.plate_id])}
+    if fields:
+        chosen = []
+        for f in fields:
+            well, _, idx = f.partition("/")
+            chosen.append((well.upper(), int(idx or 0)))
+    else:
+        chosen = _pick_fields(catalog, run_id, {row["well"]: _finite(row["value"]) for row in maps[0][1]}, n_overlays)
+    store = PlateStore(rec.store_uri)
+    tiles = []
+    roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
+    from hts.compute.engines.base import BRIGHTFIELD_NAMES
+
+    # transmitted light washes out a fluorescence composite: leave it out when there is fluorescence
+    shown = [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
+    for well, idx in chosen:
+        path = paths.get((well, idx))
+        if path is None:
+            raise CatalogError(f"plate {rec.name} has no field {well}/{idx}")
+        pix = np.asarray(store.read_field(path.rsplit("/", 1)[0], idx)[0]).max(axis=1)
+        labs = {out: np.asarray(store.read_labels(path, name)[0, 0, 0]) for out, name in labels.items()}
+        title = f"{well} field {idx}" + (f" ({roles[well]})" if roles.get(well) else "")
+        png = save(f"overlay_{well}_{idx}.png", segmentation_overlay({channels[i]: pix[i] for i in shown}, labs, pixel_size_um=rec.pixel_size_um[0], title=title))
+        tiles.append((title, png))
+    if tiles:
+        html.heading("Segmentation", 2)
+        html.image(contact_sheet(tiles, columns=min(len(tiles), 2)), caption=f"Label outlines ({', '.join(labels.values())}) on the fields' channels")
+    html_path = html.write(out_dir / "report.html")
+    return ReportResult(plate=rec.name, run_id=run_id, out=str(out_dir), html=str(html_path), images=images)
