@@ -1,5 +1,6 @@
 # hts — the two set-up commands of the README:
-#   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest, annotate, segment it, show it
+#   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest, annotate, segment and measure it,
+#               check QC, query, report and export it
 #   make test   create .venv and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -23,6 +24,10 @@ demo: setup
 	cd $(DEMO) && ../$(BIN)/hts annotate DEMO-PLATE --platemap demo-data/platemap.csv
 	cd $(DEMO) && ../$(BIN)/hts segment --engine classic
 	cd $(DEMO) && ../$(BIN)/hts info DEMO-PLATE
+	cd $(DEMO) && ../$(BIN)/hts qc --metric Cells_Intensity_NucCytoRatio_GFP
+	cd $(DEMO) && ../$(BIN)/hts query --preset cell-count --limit 12
+	cd $(DEMO) && ../$(BIN)/hts report DEMO-PLATE -v cell_count -v Cells_Intensity_NucCytoRatio_GFP
+	cd $(DEMO) && ../$(BIN)/hts export --out profiles --overwrite
 
 # pytest exits 5 when no test was collected; that is a failure of the suite, not a pass.
 test: setup
