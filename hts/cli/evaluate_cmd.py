@@ -92,7 +92,7 @@ def render_evaluation(console, report, *, per_image: bool) -> None:
               caption="AP: mean over IoU 0.5:0.95 of TP/(TP+FP+FN); AP50, AP75 at IoU 0.5, 0.75; F1, prec(ision), recall, "
                       "mean matched IoU at IoU 0.5; split / merge counts. Overall: TP, FP, FN pooled over the images.",
               caption_justify="left")
-    t.add_column("image", overflow="ellipsis", no_wrap=True, min_width=7, max_width=20)
+    t.add_column("image", overflow="ellipsis", no_wrap=True, min_width=7, max_width=15)
     for k, head in _METRIC_COLUMNS:
         ints = k in ("n_true", "n_pred", "splits", "merges")
         t.add_column(head, justify="right", no_wrap=True, min_width=len(head) if ints else 5)

@@ -109,3 +109,13 @@ def test_train_then_evaluate_the_trained_engine(app, tmp_path):
     assert "Trained nuclei" in r.output and "hts segment --engine" in r.output
     r = runner.invoke(app, ["train", "--engine", "nuclei", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "no training data" in r.output
+
+
+def test_registered_on_the_hts_app(folders):
+    from hts.cli.main import app as hts_app
+
+    p, t = folders
+    r = runner.invoke(hts_app, ["evaluate", "--pred", str(p), "--truth", str(t), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["overall"]["ap"] == pytest.approx(0.75)
+    assert runner.invoke(hts_app, ["train", "--help"]).exit_code == 0
