@@ -1,4 +1,10 @@
-"""``python -m benchmarks NAME [options]``: run a benchmark and save its JSON under benchmarks/results/."""
+"""``python -m benchmarks NAME [options]``: run a benchmark and save its JSON under benchmarks/results/.
+
+Benchmarks: ``ingest`` (memory and throughput as the plate grows), ``pipeline``
+(end-to-end ingest -> segment -> query with baselines and scaling), ``cells``
+(DuckDB bulk load and well_stats at millions of cells), ``network`` (deep-engine
+network fields/s and fraction of peak FLOP/s).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,49 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import ingest
+from benchmarks import cells, ingest, pipeline, unet
+
+
+def _add_network(sub) -> None:
+    def run(args):
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            msg = f"--device {args.device}: no CUDA GPU is present on this machine (torch.cuda.is_available() is False); nothing measured"
+            print(msg)
+            return {"benchmark": "network", "skipped": msg}
+        r = unet.unet_benchmark(args.engine, backend=args.backend, device=args.device, size=args.size, batch=args.batch)
+        print(json.dumps(r))
+        return {"benchmark": "network", **r}
+
+    p = sub.add_parser("network", help="deep-engine network fields/s and fraction of peak FLOP/s")
+    p.add_argument("--engine", default="nuclei")
+    p.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=run)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="name", required=True)
     ingest.add_parser(sub)
+    pipeline.add_parser(sub)
+    cells.add_parser(sub)
+    _add_network(sub)
     args = parser.parse_args()
     result = args.func(args)
+    text = json.dumps(result, indent=2, default=str) + "\n"
     out = Path(__file__).parent / "results" / f"{args.name}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(text)
     print(f"saved {out}")
+    if getattr(args, "json", None):
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+        print(f"saved {args.json}")
 
 
 if __name__ == "__main__":

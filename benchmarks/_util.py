@@ -74,3 +74,21 @@ def timer():
 
 def mb(n: float) -> float:
     return round(n / 1e6, 1)
+
+
+def machine_info() -> dict:
+    """CPU count, load averages, memory and Python/platform, for the record (other processes may share the machine)."""
+    import os
+    import platform
+
+    load = os.getloadavg()
+    vm = psutil.virtual_memory()
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_1_5_15": [round(x, 2) for x in load],
+        "mem_total_GB": round(vm.total / 1e9, 1),
+        "mem_available_GB": round(vm.available / 1e9, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
