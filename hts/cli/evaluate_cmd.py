@@ -1,77 +1,31 @@
 """``hts evaluate`` and ``hts train``: accuracy against ground truth, and training engines on a lab's own data.
 
 Added to the main app with ``register(app)`` (thin commands: one library call each,
-a rich table or ``--json``, errors as one line ``error: ...`` with exit code 1). The
-module stands alone (it does not import ``hts.cli.main``), so it can be registered
-on any Typer app.
+a rich table or ``--json``, errors as one line ``error: ...`` with exit code 1, from
+:mod:`hts.cli.common`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from hts.errors import HtsError
+from hts.cli.common import err, out, print_json
+from hts.cli.common import errors as _cli_errors
+from hts.cli.common import pairs as _pairs
+from hts.cli.common import param_values as _values
 
 __all__ = ["register", "render_evaluation"]
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
 
 _METRIC_COLUMNS = [
     ("n_true", "true"), ("n_pred", "pred"), ("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("f1", "F1"),
     ("precision", "prec"), ("recall", "recall"), ("mean_matched_iou", "IoU"), ("splits", "split"), ("merges", "merge"),
 ]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Library errors as one line on stderr and a non-zero exit (as every hts command)."""
-    try:
-        yield
-    except HtsError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: run the same command with --resume to continue")
-        raise typer.Exit(130) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _pairs(text: str | None, what: str) -> dict[str, str]:
-    """'a=1,b=2' -> {'a': '1', 'b': '2'}."""
-    found: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise typer.BadParameter(f"{what} takes NAME=VALUE pairs separated by commas, got {part.strip()!r}")
-        k, v = part.split("=", 1)
-        found[k.strip()] = v.strip()
-    return found
-
-
-def _values(pairs: dict[str, str]) -> dict[str, Any]:
-    """JSON literals where they parse (numbers, true/false), else strings."""
-    vals: dict[str, Any] = {}
-    for k, v in pairs.items():
-        try:
-            vals[k] = json.loads(v)
-        except json.JSONDecodeError:
-            vals[k] = v
-    return vals
 
 
 def _cell(v: Any) -> str:
@@ -133,10 +87,10 @@ def register(app: typer.Typer) -> None:
         """
         from hts.tasks.evaluate import evaluate as run
 
-        with _errors():
+        with _cli_errors("nothing was written"):
             report = run(pred, truth, plate=plate, labels=labels, db=db, overlap=overlap)
         if as_json:
-            _print_json(report.to_dict(per_image=per_image))
+            print_json(report.to_dict(per_image=per_image))
             return
         render_evaluation(out, report, per_image=per_image)
 
@@ -179,7 +133,7 @@ def register(app: typer.Typer) -> None:
         if batch_size:
             config["batch_size"] = batch_size
         command = "hts " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
-        with _errors(), _train_progress(not as_json) as progress:
+        with _cli_errors("completed work is saved; run the same command with --resume to continue"), _train_progress(not as_json) as progress:
             report = train_engine(
                 engine, out_dir, plate=plate, labels_from=labels_from, wells=wells,
                 channels=_pairs(channels, "--channels"), db=db, images=images, masks=masks, cells=cells,
@@ -188,7 +142,7 @@ def register(app: typer.Typer) -> None:
                 config=config, progress=progress, command=command,
             )
         if as_json:
-            _print_json(report.to_dict())
+            print_json(report.to_dict())
             return
         verb = "Resumed and trained" if report.status == "resumed" else "Trained"
         how = "early stop" if report.stopped_early else "time limit" if report.timed_out else "all steps"

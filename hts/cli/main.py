@@ -7,18 +7,26 @@ single line ``error: ...`` with a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hts import __version__
-from hts.errors import HtsError
+from hts.cli.common import (
+    DbOpt,
+    JsonOpt,
+    SchedulerOpt,
+    WorkersOpt,
+    err,
+    out,
+    pairs,
+    param_values,
+    print_json,
+    progress_bar,
+)
+from hts.cli.common import errors as _errors
 
 app = typer.Typer(
     name="hts",
@@ -43,22 +51,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-SchedulerOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--scheduler",
-        help="Where to run: 'local' (default, a process per core), 'threads', 'sync', or a Dask scheduler address tcp://host:port.",
-        show_default=False,
-    ),
-]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)]
-
-
 def _version(value: bool) -> None:
     if value:
         out.print(f"hts {__version__}")
@@ -70,53 +62,6 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     pass
-
-
-@contextmanager
-def _errors():
-    """Turn library errors into one line on stderr and a non-zero exit."""
-    try:
-        yield
-    except HtsError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: completed work is saved; run the same command again to resume")
-        raise typer.Exit(130) from None
-
-
-@contextmanager
-def _progress(label: str, enabled: bool):
-    """A rich progress bar on stderr; yields a ``progress(done, total, message)`` callback."""
-    if not enabled or not err.is_terminal and not _force_progress():
-        yield None
-        return
-    with Progress(
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def update(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=message)
-
-        yield update
-
-
-def _force_progress() -> bool:
-    import os
-
-    return os.environ.get("HTS_PROGRESS") == "1"
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- ingest
@@ -145,7 +90,7 @@ def ingest(
         opts["plate_wells"] = plate_type
     if channel_names:
         opts["channel_names"] = [c.strip() for c in channel_names.split(",") if c.strip()]
-    with _errors(), _progress("ingest", not as_json) as progress:
+    with _errors(), progress_bar("ingest", not as_json) as progress:
         report = run(
             source,
             out=out_,
@@ -162,7 +107,7 @@ def ingest(
             **opts,
         )
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return
     verb = {"ingested": "Ingested", "resumed": "Resumed and finished", "unchanged": "Already ingested (use --overwrite to redo)"}[report.status]
     out.print(
@@ -182,7 +127,7 @@ def plates(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     with _errors():
         rows = list_plates(db=db)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     from rich.table import Table
 
@@ -204,7 +149,7 @@ def info(
     with _errors():
         data = plate_info(plate, db=db)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     from hts.cli.render import render_info
 
@@ -228,34 +173,9 @@ def annotate(
         record = catalog.find_plate(plate)
         n = run(catalog, record, platemap)
     if as_json:
-        _print_json({"plate": record.name, "plate_id": record.plate_id, "wells_annotated": n})
+        print_json({"plate": record.name, "plate_id": record.plate_id, "wells_annotated": n})
         return
     out.print(f"Annotated {n} wells of plate [bold]{record.name}[/] from {platemap}")
-
-
-# --------------------------------------------------------------------------- segment
-def _pairs(text: str | None, what: str) -> dict[str, str]:
-    """'a=1,b=2' -> {'a': '1', 'b': '2'}."""
-    out: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise typer.BadParameter(f"{what} takes NAME=VALUE pairs separated by commas, got {part.strip()!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _param_values(pairs: dict[str, str]) -> dict[str, Any]:
-    """Parameter values from text: JSON literals where they parse (numbers, true/false), else strings."""
-    out: dict[str, Any] = {}
-    for k, v in pairs.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 @app.command()
@@ -299,15 +219,15 @@ def segment(
     """
     from hts.tasks.segment import segment as run
 
-    params = _param_values(_pairs(",".join(param or []), "--param"))
+    params = param_values(pairs(",".join(param or []), "--param"))
     if tta:
         params["tta"] = True
-    with _errors(), _progress("segment", not as_json) as progress:
+    with _errors(), progress_bar("segment", not as_json) as progress:
         reports = run(
             plates or None,
             engine=engine,
             db=db,
-            channels=_pairs(channels, "--channels"),
+            channels=pairs(channels, "--channels"),
             params=params,
             backend=backend,
             device=device,
@@ -323,7 +243,7 @@ def segment(
             progress=progress,
         )
     if as_json:
-        _print_json([r.to_dict() for r in reports])
+        print_json([r.to_dict() for r in reports])
         return
     for r in reports:
         verb = {"segmented": "Segmented", "resumed": "Resumed and finished", "unchanged": "Already segmented (same engine and parameters)"}[r.status]
@@ -347,7 +267,7 @@ def engines(
     with _errors():
         rows = describe_engines(card)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     from hts.cli.render import render_engines
 
@@ -396,7 +316,7 @@ def query(
             err.print(f"wrote {table.num_rows} rows to {path}")
             return
     if format_ == "json":
-        _print_json(table.to_pylist())
+        print_json(table.to_pylist())
     elif format_ == "csv":
         import pyarrow.csv as pcsv
 
@@ -441,7 +361,7 @@ def demo(
         "channels": list(plate.channels),
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     out.print(
         f"Demo plate: {data['wells']} wells × {plate.fields} fields, channels {', '.join(data['channels'])}\n"

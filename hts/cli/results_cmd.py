@@ -4,19 +4,20 @@ Added to the main app with ``register(app)``; each command is one library call.
 """
 
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from hts.cli import common as cli
+from hts.cli.common import DbOpt, JsonOpt, SchedulerOpt, WorkersOpt
+
 __all__ = ["register"]
 
-
-def _cli():
-    """The main CLI module's helpers (imported late: main.py imports this module)."""
-    from hts.cli import main
-
-    return main
+PlatesArg = Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every plate in the catalog.", show_default=False)]
+RunOpt = Annotated[Optional[str], typer.Option("--run", help="Only this segmentation run (id or prefix; `hts info PLATE` lists runs).", show_default=False)]
 
 
 def _num(v: float | None, fmt: str = "{:.3f}") -> str:
@@ -27,10 +28,6 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the result commands to ``app``."""
-    cli = _cli()
-    DbOpt, JsonOpt, SchedulerOpt, WorkersOpt = cli.DbOpt, cli.JsonOpt, cli.SchedulerOpt, cli.WorkersOpt
-    PlatesArg = Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every plate in the catalog.", show_default=False)]
-    RunOpt = Annotated[Optional[str], typer.Option("--run", help="Only this segmentation run (id or prefix; `hts info PLATE` lists runs).", show_default=False)]
 
     @app.command()
     def measure(
@@ -52,7 +49,7 @@ def register(app: typer.Typer) -> None:
         """
         from hts.tasks.measure import measure as run_measure
 
-        with cli._errors(), cli._progress("measure", not as_json) as progress:
+        with cli.errors(), cli.progress_bar("measure", not as_json) as progress:
             reports = run_measure(
                 plates or None,
                 db=db,
@@ -63,7 +60,7 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
             )
         if as_json:
-            cli._print_json([r.to_dict() for r in reports])
+            cli.print_json([r.to_dict() for r in reports])
             return
         for r in reports:
             verb = "Measured" if r.status == "measured" else "Already measured"
@@ -89,10 +86,10 @@ def register(app: typer.Typer) -> None:
         """
         from hts.tasks.qc import plate_qc
 
-        with cli._errors():
+        with cli.errors():
             reports = plate_qc(plates or None, db=db, run=run, metric=metric)
         if as_json:
-            cli._print_json([r.to_dict() for r in reports])
+            cli.print_json([r.to_dict() for r in reports])
         else:
             from rich.table import Table
 
@@ -132,10 +129,10 @@ def register(app: typer.Typer) -> None:
         """
         from hts.tasks.export import export as run_export
 
-        with cli._errors():
+        with cli.errors():
             rep = run_export(out_dir, db=db, plates=plates or None, run=run, format=format_, overwrite=overwrite)
         if as_json:
-            cli._print_json(rep.to_dict())
+            cli.print_json(rep.to_dict())
             return
         cli.out.print(f"Exported {rep.cells} cells from {', '.join(rep.plates)} ({rep.wells} wells, {rep.files} files) to {rep.out}")
 
@@ -163,9 +160,9 @@ def register(app: typer.Typer) -> None:
         """
         from hts.tasks.report import report as run_report
 
-        with cli._errors():
+        with cli.errors():
             res = run_report(plate, db=db, run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir)
         if as_json:
-            cli._print_json(res.to_dict())
+            cli.print_json(res.to_dict())
             return
         cli.out.print(f"Report of [bold]{res.plate}[/] (run {res.run_id[:8]}): {res.html}  ({len(res.images)} pictures in {res.out})")

@@ -1,0 +1,106 @@
+"""Shared CLI plumbing: consoles, common options, one-line errors, progress bars, JSON output.
+
+Every command module imports from here, so each command is only its options
+and one library call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hts.errors import HtsError
+
+__all__ = [
+    "err", "out", "DbOpt", "JsonOpt", "SchedulerOpt", "WorkersOpt",
+    "errors", "progress_bar", "print_json", "pairs", "param_values",
+]  # fmt: skip
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler",
+        help="Where to run: 'local' (default, a process per core), 'threads', 'sync', or a Dask scheduler address tcp://host:port.",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)]
+
+
+@contextmanager
+def errors(on_interrupt: str = "completed work is saved; run the same command again to resume"):
+    """Turn library errors into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except HtsError as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: {on_interrupt}")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool):
+    """A rich progress bar on stderr; yields a ``progress(done, total, message)`` callback."""
+    if not enabled or not err.is_terminal and os.environ.get("HTS_PROGRESS") != "1":
+        yield None
+        return
+    with Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=message)
+
+        yield update
+
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def pairs(text: str | None, what: str) -> dict[str, str]:
+    """'a=1,b=2' -> {'a': '1', 'b': '2'}."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise typer.BadParameter(f"{what} takes NAME=VALUE pairs separated by commas, got {part.strip()!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def param_values(pairs: dict[str, str]) -> dict[str, Any]:
+    """Parameter values from text: JSON literals where they parse (numbers, true/false), else strings."""
+    out: dict[str, Any] = {}
+    for k, v in pairs.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
