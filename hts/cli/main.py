@@ -182,6 +182,7 @@ def annotate(
 def segment(
     plates: Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every ingested plate in the catalog.", show_default=False)] = None,
     engine: Annotated[str, typer.Option("--engine", "-e", help="Segmentation engine; `hts engines` lists them.")] = "classic",
+    engine_path: Annotated[Optional[Path], typer.Option("--engine-path", help="An engine folder written by `hts train` (overrides --engine).", show_default=False)] = None,
     db: DbOpt = None,
     channels: Annotated[Optional[str], typer.Option("--channels", help="Which channel plays which role, e.g. 'nucleus=DAPI,cytoplasm=GFP' (default: guessed from channel names).", show_default=False)] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.", show_default=False)] = None,
@@ -225,7 +226,7 @@ def segment(
     with _errors(), progress_bar("segment", not as_json) as progress:
         reports = run(
             plates or None,
-            engine=engine,
+            engine=str(engine_path.expanduser().resolve()) if engine_path else engine,
             db=db,
             channels=pairs(channels, "--channels"),
             params=params,

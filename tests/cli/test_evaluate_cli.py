@@ -110,6 +110,17 @@ def test_train_then_evaluate_the_trained_engine(app, tmp_path):
     r = runner.invoke(app, ["train", "--engine", "nuclei", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "no training data" in r.output
 
+    # the folder segments a plate through `hts segment --engine-path`
+    from hts.cli.main import app as hts_app
+    from hts.synth import make_plate
+
+    plate = make_plate(tmp_path / "raw", wells="A01", fields=1, shape=(128, 128), channels=("DAPI",))
+    assert runner.invoke(hts_app, ["ingest", str(plate.source)]).exit_code == 0
+    r = runner.invoke(hts_app, ["segment", "--engine-path", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    (seg,) = json.loads(r.output)
+    assert seg["engine"] == str(out.resolve()) and seg["fields_segmented"] == 1
+
 
 def test_registered_on_the_hts_app(folders):
     from hts.cli.main import app as hts_app
