@@ -13,6 +13,11 @@ Resolution, first match wins:
 
    relative paths there are relative to the file;
 4. defaults: ``./hts.duckdb`` and ``./plates/``.
+
+``plates_dir`` may be an fsspec URL (``s3://bucket/plates``; ``file://`` URLs become
+local paths): plates are then created and read in object storage, with the
+credentials described in :mod:`hts.store.location`. The catalog (``db``) is always a
+local DuckDB file on the client.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hts.errors import ConfigError
+from hts.store.location import location
 
 __all__ = ["Workspace", "load_workspace"]
 
@@ -30,7 +36,7 @@ __all__ = ["Workspace", "load_workspace"]
 @dataclass(frozen=True)
 class Workspace:
     db: Path
-    plates_dir: Path
+    plates_dir: Path | str  # a local Path, or a URL string (s3://bucket/plates)
     scheduler: str | None = None
 
     @property
@@ -63,7 +69,12 @@ def load_workspace(
     """Resolve the workspace from arguments, environment, ``hts.toml`` and defaults."""
     conf, base = _config_file()
 
-    def pick(arg, env, key, default):
+    def pick(arg, env, key, default, urls=False):
+        raw = str(arg) if arg is not None else os.environ.get(env) or (conf[key] if key in conf else None)
+        if urls and raw is not None and ("://" in raw or isinstance(arg, Path)):
+            loc = location(arg if isinstance(arg, Path) else raw)
+            if isinstance(loc, str) or raw.startswith("file://"):
+                return loc  # s3://... stays a URL; file://... becomes a Path
         if arg is not None:
             return Path(arg).expanduser()
         if os.environ.get(env):
@@ -73,8 +84,9 @@ def load_workspace(
             return p if p.is_absolute() or base is None else base / p
         return Path(default)
 
+    plates = pick(plates_dir, "HTS_PLATES_DIR", "plates_dir", "plates", urls=True)
     return Workspace(
         db=pick(db, "HTS_DB", "db", "hts.duckdb").resolve(),
-        plates_dir=pick(plates_dir, "HTS_PLATES_DIR", "plates_dir", "plates").resolve(),
+        plates_dir=plates.resolve() if isinstance(plates, Path) else plates,
         scheduler=scheduler or os.environ.get("HTS_SCHEDULER") or conf.get("scheduler"),
     )

@@ -3,8 +3,10 @@
 The key columns of ``cells`` are fixed by ``schemas/catalog/003_cells.sql``; feature
 columns are added here (``ALTER TABLE ... ADD COLUMN``, DOUBLE) the first time a part
 carries them, so a plate with new channels or a new feature family needs no
-migration. Rows are never inserted one by one: DuckDB reads the Parquet parts
-directly (``INSERT ... BY NAME SELECT * FROM read_parquet([...])``).
+migration. Rows are never inserted one by one: DuckDB reads local Parquet parts
+directly (``INSERT ... BY NAME SELECT * FROM read_parquet([...])``); parts in object
+storage (``s3://...``) are fetched concurrently with fsspec, read with pyarrow and
+inserted as one registered Arrow table (no DuckDB httpfs extension needed).
 """
 
 from __future__ import annotations
@@ -36,23 +38,52 @@ def cells_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return dict(rows)
 
 
+def _add_columns(con: duckdb.DuckDBPyConnection, have: dict[str, str], schema: pa.Schema, where: str) -> None:
+    for f in schema:
+        if f.name not in have:
+            sql_type = _TYPES.get(f.type)
+            if sql_type is None:
+                raise ValueError(f"{where}: column {f.name!r} has unsupported type {f.type}")
+            con.execute(f"ALTER TABLE cells ADD COLUMN {_ident(f.name)} {sql_type}")
+            have[f.name] = sql_type
+
+
+def _read_remote(parts: list[str]) -> list[pa.Table]:
+    """Fetch remote parts concurrently (one filesystem per scheme) and parse them with pyarrow."""
+    from hts.store.location import filesystem
+
+    fs, _ = filesystem(parts[0])
+    paths = [fs._strip_protocol(p) for p in parts]
+    blobs = fs.cat(paths)  # s3fs fetches in parallel; raises if one is missing
+    return [pq.read_table(pa.BufferReader(blobs[p])) for p in paths]
+
+
 def load_parts(con: duckdb.DuckDBPyConnection, parts: Sequence[str | Path]) -> int:
     """Append the rows of Parquet ``parts`` to ``cells`` (inside the caller's transaction); returns rows added."""
+    from hts.store.location import is_url
+
     parts = [str(p) for p in parts]
     if not parts:
         return 0
     have = cells_columns(con)
-    for p in parts:
-        for f in pq.read_schema(p):
-            if f.name not in have:
-                sql_type = _TYPES.get(f.type)
-                if sql_type is None:
-                    raise ValueError(f"{p}: column {f.name!r} has unsupported type {f.type}")
-                con.execute(f"ALTER TABLE cells ADD COLUMN {_ident(f.name)} {sql_type}")
-                have[f.name] = sql_type
-    files = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
     before = con.execute("SELECT count(*) FROM cells").fetchall()[0][0]
-    con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)")
+    local = [p for p in parts if not is_url(p)]
+    remote = [p for p in parts if is_url(p)]
+    if local:
+        for p in local:
+            _add_columns(con, have, pq.read_schema(p), p)
+        files = "[" + ", ".join(_sql_str(p) for p in local) + "]"
+        con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)")
+    if remote:
+        tables = _read_remote(remote)
+        for p, t in zip(remote, tables):
+            _add_columns(con, have, t.schema, p)
+        table = pa.concat_tables(tables, promote_options="permissive")
+        con.register("_cells_parts", table)
+        try:
+            con.execute("INSERT INTO cells BY NAME SELECT * FROM _cells_parts")
+        finally:
+            con.unregister("_cells_parts")
     return con.execute("SELECT count(*) FROM cells").fetchall()[0][0] - before
 
 

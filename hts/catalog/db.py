@@ -188,7 +188,9 @@ class Catalog:
         plates = self.plates()
         if not plates:
             raise CatalogError(f"{self.path}: no plates in the catalog (run `hts ingest SOURCE` first)")
-        ref_path = str(Path(ref).expanduser().resolve()) if ref else ""
+        from hts.store.location import location
+
+        ref_path = str(location(ref)) if ref else ""  # a local path or a store URL (s3://...)
         hits = [p for p in plates if ref in (p.name, p.plate_id) or p.store_uri == ref_path]
         if not hits:
             hits = [p for p in plates if len(ref) >= 6 and p.plate_id.startswith(ref)]

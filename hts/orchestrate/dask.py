@@ -11,6 +11,17 @@
 
 :func:`map_fields` submits tasks with a bounded number in flight, so the client
 never holds more than a window of results, and yields results as they complete.
+
+Worker faults: a task whose worker dies (killed, machine lost) is rescheduled by
+the Dask scheduler on the remaining workers; ``map_fields`` only sees the result
+of the run that finished. Tasks are idempotent (a field's chunks and its Parquet
+part are overwritten whole), so a half-done attempt on a lost worker leaves
+nothing behind. A task that kills ``distributed.scheduler.allowed-failures`` + 1
+workers (default 3) fails with ``KilledWorker``, reported as a :class:`ClusterError`.
+
+GPU clusters: workers started with ``--resources GPU=1`` advertise a GPU; tasks
+of a CUDA engine then request ``{"GPU": 1}`` (:func:`gpu_resources`) so they run
+only there, one at a time per GPU, while CPU tasks run on any worker.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ from typing import Any, TypeVar
 
 from hts.errors import ClusterError, HtsError
 
-__all__ = ["dask_client", "map_fields", "default_workers"]
+__all__ = ["dask_client", "map_fields", "default_workers", "gpu_resources", "is_external", "worker_name"]
+
+LOCAL_SCHEDULERS = ("local", "processes", "threads", "sync")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,6 +111,49 @@ def _local_cluster(scheduler: str, *, workers: int | None, gpu: bool) -> Any:
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
 
 
+def worker_name(_item: Any = None) -> str | None:
+    """The name of the Dask worker running the calling task (None outside a worker): diagnostics, tests."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return None
+
+
+def is_external(scheduler: str | None) -> bool:
+    """An existing cluster given by address (not a cluster started here, not ``sync``)."""
+    return bool(scheduler) and scheduler not in LOCAL_SCHEDULERS
+
+
+def gpu_resources(client: Any, scheduler: str | None, *, gpu: bool) -> dict[str, float] | None:
+    """``{"GPU": 1}`` for CUDA tasks on an external cluster whose workers advertise a ``GPU`` resource, else None.
+
+    Local clusters are built with one worker per GPU already; an external cluster
+    with no ``GPU``-tagged worker runs the tasks anywhere (with a warning) rather
+    than waiting forever for a resource no worker has.
+    """
+    if not gpu or client is None or not is_external(scheduler):
+        return None
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _takes_n_workers(client) else client.scheduler_info().get("workers", {})
+    if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        return {"GPU": 1}
+    logging.getLogger(__name__).warning(
+        "CUDA tasks on %s: no worker advertises a GPU resource (start GPU workers with --resources GPU=1); "
+        "tasks run on any worker", scheduler,
+    )
+    return None
+
+
+def _takes_n_workers(client: Any) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
 def map_fields(
     fn: Callable[..., R],
     items: Iterable[T],
@@ -105,13 +161,14 @@ def map_fields(
     client: Any,
     args: tuple = (),
     max_in_flight: int | None = None,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[tuple[T, R]]:
     """Run ``fn(item, *args)`` for every item; yield ``(item, result)`` as tasks finish.
 
     With ``client=None`` the calls run in order in this process. Errors raised by
     a task propagate here; an :class:`HtsError` keeps its one-line message.
-    Task keys are deterministic per item, so Dask never runs the same item twice
-    concurrently.
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers with those
+    resources (ignored without a client).
     """
     items = list(items)
     if client is None:
@@ -130,7 +187,7 @@ def map_fields(
             item = next(it)
         except StopIteration:
             return False
-        fut = client.submit(fn, item, *args, pure=False)
+        fut = client.submit(fn, item, *args, pure=False, **({"resources": resources} if resources else {}))
         futures[fut] = item
         return True
 

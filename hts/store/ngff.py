@@ -27,6 +27,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from hts import __version__
 from hts.errors import StoreError
 from hts.formats.base import Channel, PlateDescription
+from hts.store.location import filesystem, is_url, join, location, storage_options
 from hts.wells import WellRef
 
 __all__ = ["PlateStore", "NGFF_VERSION", "pyramid_levels", "downsample2"]
@@ -74,18 +75,64 @@ def downsample2(a: np.ndarray) -> np.ndarray:
 
 
 class PlateStore:
-    """An NGFF HCS plate on disk."""
+    """An NGFF HCS plate on disk or in object storage.
+
+    ``path`` is a local path or an fsspec URL (``s3://bucket/plates/X.zarr``; see
+    :mod:`hts.store.location` for credentials). ``self.path`` is a :class:`Path`
+    for a local store and the URL string for a remote one.
+    """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = location(path) if is_url(path) or str(path).startswith("file://") else Path(path)
+        self.remote = isinstance(self.path, str)
+
+    @property
+    def uri(self) -> str:
+        return str(self.path)
+
+    def _loc(self, *parts: str):
+        """Where a group or array inside the store lives (Path or URL) and how to open it."""
+        loc = join(self.path, *parts) if parts else self.path
+        return loc, ({"storage_options": storage_options(self.path)} if self.remote else {})
+
+    def _open_group(self, *parts: str, mode: str) -> zarr.Group:
+        loc, kw = self._loc(*parts)
+        return zarr.open_group(loc, mode=mode, zarr_format=3, **kw)
+
+    def _open_array(self, *parts: str, mode: str = "r") -> zarr.Array:
+        loc, kw = self._loc(*parts)
+        return zarr.open_array(loc, mode=mode, zarr_format=3, **kw)
+
+    def each(self, fn, items) -> None:
+        """``fn(item)`` for every item: in order locally, on 16 threads in object storage
+        (each metadata write is a network round trip; the writes of different items are independent)."""
+        items = list(items)
+        if not self.remote or len(items) < 2:
+            for it in items:
+                fn(it)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            for _ in pool.map(fn, items):
+                pass
 
     # -- opening ------------------------------------------------------------
     def exists(self) -> bool:
+        if self.remote:
+            fs, path = filesystem(self.path)
+            return fs.exists(f"{path}/zarr.json")
         return (self.path / "zarr.json").exists()
+
+    def _occupied(self) -> bool:
+        if self.remote:
+            fs, path = filesystem(self.path)
+            return fs.exists(path) and bool(fs.ls(path, detail=False))
+        return self.path.exists()
 
     def group(self, mode: str = "r") -> zarr.Group:
         try:
-            return zarr.open_group(self.path, mode=mode, zarr_format=3)
+            return self._open_group(mode=mode)
         except Exception as e:
             raise StoreError(f"{self.path}: not a readable Zarr v3 plate ({type(e).__name__}: {e})") from None
 
@@ -114,7 +161,7 @@ class PlateStore:
     ) -> PlateStore:
         """Write the plate skeleton: plate, well and field groups, empty level arrays, NGFF metadata."""
         self = cls(path)
-        if self.path.exists():
+        if self._occupied():
             if not overwrite:
                 raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
             self.remove()
@@ -122,7 +169,7 @@ class PlateStore:
         levels = pyramid_levels(shape[-2:])
         wells = description.wells
         per_well = description.fields_per_well
-        root = zarr.open_group(self.path, mode="w-", zarr_format=3)
+        root = self._open_group(mode="w-")
         rows = description.plate_type.row_names
         cols = description.plate_type.column_names
         root.attrs.update(
@@ -159,7 +206,7 @@ class PlateStore:
         )
         multiscales = _multiscales(description, shape, levels)
         omero = _omero(description.channels, description.dtype)
-        for w in wells:
+        def make_well(w: WellRef) -> None:
             wg = root.require_group(w.path)
             n = per_well[w]
             wg.attrs.update(
@@ -180,10 +227,20 @@ class PlateStore:
                         dimension_names=AXES,
                         config={"write_empty_chunks": True},
                     )
+
+        self.each(make_well, wells)
         return self
 
     def remove(self) -> None:
-        """Delete the store from disk."""
+        """Delete the store from disk (or object storage)."""
+        if self.remote:
+            fs, path = filesystem(self.path)
+            try:
+                fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+            fs.invalidate_cache()
+            return
         if self.path.is_dir():
             shutil.rmtree(self.path)
         elif self.path.exists():
@@ -196,7 +253,7 @@ class PlateStore:
 
     def write_field(self, well: WellRef, index: int, data: np.ndarray) -> None:
         """Write a field's level 0 and its pyramid. ``data`` is (t, c, z, y, x)."""
-        fg = zarr.open_group(self.path / self.field_path(well, index), mode="r+", zarr_format=3)
+        fg = self._open_group(self.field_path(well, index), mode="r+")
         level = data
         n_levels = len([k for k in fg.array_keys()])
         for i in range(n_levels):
@@ -211,12 +268,12 @@ class PlateStore:
 
     def read_field(self, well: WellRef | str, index: int, level: int = 0) -> zarr.Array:
         """The (t, c, z, y, x) array of one field at a pyramid level (lazy; slice it)."""
-        return zarr.open_array(self.path / self.field_path(well, index) / str(level), mode="r", zarr_format=3)
+        return self._open_array(self.field_path(well, index), str(level))
 
     def set_channel_windows(self, windows: list[tuple[float, float]], fields: list[str]) -> None:
         """Set omero display windows (start, end) per channel on the given field paths."""
-        for fp in fields:
-            fg = zarr.open_group(self.path / fp, mode="r+", zarr_format=3)
+        def one(fp: str) -> None:
+            fg = self._open_group(fp, mode="r+")
             ome = dict(fg.attrs["ome"])
             omero = dict(ome["omero"])
             chans = []
@@ -228,19 +285,24 @@ class PlateStore:
             ome["omero"] = omero
             fg.attrs["ome"] = ome
 
+        self.each(one, fields)
+
     # -- labels ---------------------------------------------------------------
-    def create_labels(self, field_path: str, names: list[str], *, n_t: int, overwrite: bool = False) -> None:
+    def create_labels(
+        self, field_path: str, names: list[str], *, n_t: int, overwrite: bool = False, tile: int | None = None
+    ) -> None:
         """Create empty NGFF label images ``names`` under ``<field>/labels/``, same chunking as the image.
 
         Label arrays are (t, c=1, z=1, y, x) int32 with the image's pyramid levels
         (nearest-neighbour downsampling) and scale transforms; z spans the image's
-        whole stack (2-D segmentation of its projection).
+        whole stack (2-D segmentation of its projection). ``tile``: the plate's chunk
+        size (read from the plate's attributes when not given).
         """
-        fg = zarr.open_group(self.path / field_path, mode="r+", zarr_format=3)
+        fg = self._open_group(field_path, mode="r+")
         img_ms = fg.attrs["ome"]["multiscales"][0]
         level0 = fg["0"]
         _, _, nz, ny, nx = level0.shape
-        tile = int(self.hts_attrs.get("tile", 1024))
+        tile = tile or int(self.hts_attrs.get("tile", 1024))
         lg = fg.require_group("labels")
         existing = list(lg.attrs.get("ome", {}).get("labels", []))
         for name in names:
@@ -279,7 +341,7 @@ class PlateStore:
         self, field_path: str, name: str, t: int, labels: np.ndarray, *, properties: list[dict[str, Any]] | None = None
     ) -> None:
         """Write one time point of a label image (2-D, int32) and its pyramid; optional per-label properties."""
-        g = zarr.open_group(self.path / field_path / "labels" / name, mode="r+", zarr_format=3)
+        g = self._open_group(field_path, "labels", name, mode="r+")
         n_levels = len(list(g.array_keys()))
         level = labels.astype(np.int32, copy=False)
         for i in range(n_levels):
@@ -296,7 +358,7 @@ class PlateStore:
     def read_labels(self, field_path: str, name: str, level: int = 0) -> zarr.Array:
         """A label image (t, 1, 1, y, x) of one field (lazy)."""
         try:
-            return zarr.open_array(self.path / field_path / "labels" / name / str(level), mode="r", zarr_format=3)
+            return self._open_array(field_path, "labels", name, str(level))
         except Exception:
             raise StoreError(f"{self.path}/{field_path}: no label image {name!r}") from None
 

@@ -3,12 +3,15 @@
 Workers write one part per field and run at ``PLATE.zarr/tables/cells/<run_id>/<well>_<field>.parquet``
 (a plain folder inside the plate: Zarr and NGFF readers ignore it, and the
 features travel with the plate they describe). The single catalog writer on the
-client then loads the parts in bulk; nothing large goes through Dask. Parts are
-written to a temporary name and renamed, so a killed worker never leaves half a part.
+client then loads the parts in bulk; nothing large goes through Dask. Local parts
+are written to a temporary name and renamed, so a killed worker never leaves half
+a part; on object storage (a plate at an ``s3://`` URL) a part is one PUT of the
+whole file, which is atomic already.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
@@ -17,19 +20,31 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["cells_part_path", "write_part", "run_parts_dir", "remove_run_parts"]
+from hts.store.location import Location, filesystem, is_url, join, location
+
+__all__ = ["cells_part_path", "write_part", "run_parts_dir", "remove_run_parts", "list_run_parts"]
 
 
-def run_parts_dir(store_uri: str | Path, run_id: str) -> Path:
-    return Path(store_uri) / "tables" / "cells" / run_id
+def _base(store_uri: str | Path) -> Location:
+    return location(store_uri) if is_url(str(store_uri)) or str(store_uri).startswith("file://") else Path(store_uri)
 
 
-def cells_part_path(store_uri: str | Path, run_id: str, well: str, field_index: int) -> Path:
-    return run_parts_dir(store_uri, run_id) / f"{well}_{int(field_index)}.parquet"
+def run_parts_dir(store_uri: str | Path, run_id: str) -> Location:
+    return join(_base(store_uri), "tables", "cells", run_id)
 
 
-def write_part(path: str | Path, table: pa.Table) -> Path:
-    """Write ``table`` to ``path`` atomically (zstd-compressed Parquet)."""
+def cells_part_path(store_uri: str | Path, run_id: str, well: str, field_index: int) -> Location:
+    return join(run_parts_dir(store_uri, run_id), f"{well}_{int(field_index)}.parquet")
+
+
+def write_part(path: str | Path, table: pa.Table) -> Location:
+    """Write ``table`` to ``path`` atomically (zstd-compressed Parquet); returns where it went."""
+    if is_url(str(path)):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        fs, p = filesystem(str(path))
+        fs.pipe_file(p, buf.getvalue())  # one PUT: the object appears whole or not at all
+        return str(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -41,5 +56,27 @@ def write_part(path: str | Path, table: pa.Table) -> Path:
     return path
 
 
+def list_run_parts(store_uri: str | Path, run_id: str) -> list[str]:
+    """The part files of one run (sorted), as paths or URLs."""
+    d = run_parts_dir(store_uri, run_id)
+    if isinstance(d, Path):
+        return sorted(str(p) for p in d.glob("*.parquet")) if d.is_dir() else []
+    fs, p = filesystem(d)
+    fs.invalidate_cache(p)
+    try:
+        names = fs.ls(p, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(f"{d}/{n.rsplit('/', 1)[-1]}" for n in names if n.endswith(".parquet"))
+
+
 def remove_run_parts(store_uri: str | Path, run_id: str) -> None:
-    shutil.rmtree(run_parts_dir(store_uri, run_id), ignore_errors=True)
+    d = run_parts_dir(store_uri, run_id)
+    if isinstance(d, Path):
+        shutil.rmtree(d, ignore_errors=True)
+        return
+    fs, p = filesystem(d)
+    try:
+        fs.rm(p, recursive=True)
+    except FileNotFoundError:
+        pass

@@ -39,6 +39,7 @@ from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
 from hts.formats.base import checksum, fingerprint
 from hts.orchestrate.dask import dask_client, map_fields
 from hts.store import PlateStore, pyramid_levels
+from hts.store.location import join, location
 from hts.store.ngff import field_shape
 
 __all__ = ["IngestReport", "ingest", "ingest_field"]
@@ -95,8 +96,9 @@ def ingest(
     source : path
         An ``.nd2`` file or a folder of TIFFs (ImageXpress, Opera/Operetta,
         Cellomics, or any naming given by ``pattern``).
-    out : path, optional
-        The plate store; default ``<plates_dir>/<plate name>.zarr`` of the workspace.
+    out : path or URL, optional
+        The plate store (a local path or an fsspec URL such as ``s3://bucket/plates/X.zarr``);
+        default ``<plates_dir>/<plate name>.zarr`` of the workspace.
     db : path, optional
         The catalog; default the workspace's (``./hts.duckdb``).
     overwrite : bool
@@ -123,7 +125,7 @@ def ingest(
         reader_options["name"] = name
     reader = open_plate(source, format=format, pattern=pattern, **reader_options)
     desc = reader.describe()
-    store_path = Path(out).expanduser().resolve() if out else ws.plates_dir / f"{_safe_name(desc.name)}.zarr"
+    store_path = location(out) if out else join(ws.plates_dir, f"{_safe_name(desc.name)}.zarr")
     files = sorted(desc.files)
     root = Path(source).expanduser().resolve()
     fp = fingerprint([f.resolve() for f in files], root=root)

@@ -41,7 +41,7 @@ from hts.compute.engines import Engine, EngineError, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
 from hts.config import load_workspace
 from hts.errors import CatalogError
-from hts.orchestrate.dask import dask_client, map_fields
+from hts.orchestrate.dask import dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, remove_run_parts, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
@@ -194,6 +194,8 @@ def execute_plans(
     done_total = 0
     out = []
     with dask_client(scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
+        # CUDA engine on an external cluster: only workers started with --resources GPU=1 take the tasks
+        resources = gpu_resources(client, scheduler, gpu=gpu)
         for plan in plans:
             t0 = time.perf_counter()
             run_id = plan["run"]["run_id"]
@@ -202,7 +204,9 @@ def execute_plans(
             batch: list[dict[str, Any]] = []
             last = time.monotonic()
             try:
-                for (well, idx, _, _), res in map_fields(process_field, plan["todo"], client=client, args=(plan["spec"],)):
+                for (well, idx, _, _), res in map_fields(
+                    process_field, plan["todo"], client=client, args=(plan["spec"],), resources=resources
+                ):
                     batch.append({"well": well, "field_index": idx, **res})
                     done_total += 1
                     if progress:
@@ -290,8 +294,10 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
             "hts_version": __version__,
         }
         replaces = sorted({o["run_id"] for o in conflicts.values()} | ({existing["run_id"]} if existing else set()))
-        for _, _, path in fields:
-            store.create_labels(path, list(labels.values()), n_t=rec.shape[0], overwrite=True)
+        store.each(
+            lambda path: store.create_labels(path, list(labels.values()), n_t=rec.shape[0], overwrite=True, tile=rec.tile_size),
+            [path for _, _, path in fields],
+        )
         runs_db.create_run(catalog, run, [(w, i) for w, i, _ in fields], replaces=replaces)
         for old in replaces:
             remove_run_parts(rec.store_uri, old)
