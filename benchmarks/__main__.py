@@ -2,7 +2,8 @@
 
 Benchmarks: ``ingest`` (memory and throughput as the plate grows), ``pipeline``
 (end-to-end ingest -> segment -> query with baselines and scaling), ``cells``
-(DuckDB bulk load and well_stats at millions of cells), ``network`` (deep-engine
+(DuckDB bulk load and well_stats at millions of cells), ``field`` (per-field CPU
+cost, hts vs scikit-image), ``network`` (deep-engine
 network fields/s and fraction of peak FLOP/s).
 """
 
@@ -12,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import cells, ingest, pipeline, unet
+from benchmarks import cells, field, ingest, pipeline, unet
 
 
 def _add_network(sub) -> None:
@@ -43,6 +44,7 @@ def main() -> None:
     ingest.add_parser(sub)
     pipeline.add_parser(sub)
     cells.add_parser(sub)
+    field.add_parser(sub)
     _add_network(sub)
     args = parser.parse_args()
     result = args.func(args)

@@ -33,6 +33,7 @@ class PeakRSS:
         self.interval = interval
         self.peak = 0
         self.peak_anon = 0
+        self._child_cpu: dict[int, float] = {}  # last seen user+system seconds of each child process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -43,6 +44,8 @@ class PeakRSS:
             try:
                 total += child.memory_info().rss
                 anon += _anon_rss(child.pid)
+                t = child.cpu_times()
+                self._child_cpu[child.pid] = t.user + t.system
             except psutil.Error:
                 pass
         return total, anon
@@ -56,12 +59,20 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self.baseline = self._sample()[0]
+        self._child_cpu0 = dict(self._child_cpu)
+        self._cpu0 = time.process_time()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+        own = time.process_time() - self._cpu0
+        children = sum(v - self._child_cpu0.get(pid, 0.0) for pid, v in self._child_cpu.items())
+        #: CPU seconds (user + system) of this process and its children during the block; children
+        #: that end between samples lose at most ``interval`` s each.
+        self.cpu = own + children
 
 
 @contextmanager
