@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: setup
-	$(BIN)/python -m benchmarks ingest
+	$(BIN)/python -m benchmarks ingest && $(BIN)/python -m benchmarks pipeline --workers 2 && $(BIN)/python -m benchmarks cells --rows 1e6
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
