@@ -37,7 +37,7 @@ from benchmarks._util import PeakRSS, machine_info, mb, timer
 DOSE_SQL = """
 SELECT m.compound, m.concentration, m.role, count(DISTINCT c.well) AS wells, count(*) AS cells,
        median(c.Nuclei_AreaShape_Area) AS nuclear_area_median,
-       avg(c.Cells_Intensity_MeanIntensity_{ch}) AS cell_intensity_mean
+       avg(c.Nuclei_Intensity_MeanIntensity_{ch}) AS nuclear_intensity_mean
 FROM cells c LEFT JOIN platemap m USING (plate_id, well)
 GROUP BY ALL ORDER BY ALL
 """
