@@ -30,8 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks._util import PeakRSS, machine_info, mb, timer
 
 DOSE_SQL = """
