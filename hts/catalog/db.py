@@ -266,6 +266,10 @@ class Catalog:
             con.execute("COMMIT")
 
     # -- queries used by commands ---------------------------------------------
+    def channel_names(self, plate_id: str) -> list[str]:
+        """A plate's channel names in channel order."""
+        return [r["name"] for r in self.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [plate_id])]
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only query and return rows as dicts."""
         with self.connect(read_only=True) as con:

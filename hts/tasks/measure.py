@@ -65,7 +65,7 @@ def measure(
             runs = [r for r in runs if r["run_id"].startswith(run)]
         if not runs:
             continue
-        channels = [r["name"] for r in catalog.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
+        channels = catalog.channel_names(rec.plate_id)
         paths = {(r["well"], r["field_index"]): r["path"] for r in catalog.query("SELECT well, field_index, path FROM fields WHERE plate_id = ?", [rec.plate_id])}
         for r in runs:
             todo = [(w, i, paths[(w, i)], "measure") for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r["run_id"], key))]

@@ -21,7 +21,7 @@ from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.tasks.segment import select_plates
 
-__all__ = ["QCReport", "plate_qc", "well_metric"]
+__all__ = ["QCReport", "plate_qc", "run_qc", "well_metric"]
 
 # a control well is an outlier when this far (robust z) from its own control group
 CONTROL_OUTLIER_Z = 3.5
@@ -83,13 +83,13 @@ def plate_qc(
         if run:
             runs = [r for r in runs if r["run_id"].startswith(run)]
         for r in runs:
-            reports.append(_run_qc(catalog, rec.name, r["run_id"], r["engine"], metric))
+            reports.append(run_qc(catalog, rec.name, r["run_id"], r["engine"], metric))
     if not reports:
         raise CatalogError(f"{catalog.path}: no segmentation runs to check (run `hts segment` first)")
     return reports
 
 
-def _run_qc(catalog: Catalog, plate: str, run_id: str, engine: str, metric: str) -> QCReport:
+def run_qc(catalog: Catalog, plate: str, run_id: str, engine: str, metric: str) -> QCReport:
     rows = well_metric(catalog, run_id, metric)
     groups = {"positive_control": [], "negative_control": []}
     for row in rows:

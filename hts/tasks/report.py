@@ -25,7 +25,7 @@ from hts.catalog import runs as runs_db
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.store import PlateStore
-from hts.tasks.qc import _run_qc, well_metric
+from hts.tasks.qc import run_qc, well_metric
 
 __all__ = ["ReportResult", "report"]
 
@@ -133,7 +133,7 @@ def report(
         maps.append((v, well_metric(catalog, run_id, v)))
     if sql:
         maps.append(_sql_values(catalog, sql))
-    qc = _run_qc(catalog, rec.name, run_id, engine, maps[0][0] if not sql or values else "cell_count")
+    qc = run_qc(catalog, rec.name, run_id, engine, maps[0][0])  # the first well_stats value (the --sql column comes last)
     flags = {w["well"]: w["reason"] for w in qc.flagged_wells}
 
     html = HtmlReport(f"{rec.name} — {engine} run {run_id[:8]}")
@@ -150,7 +150,7 @@ def report(
         "round(cells_per_well_cv, 3) AS cv FROM plate_stats WHERE run_id = ?",
         [run_id],
     )
-    channels = [c["name"] for c in catalog.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
+    channels = catalog.channel_names(rec.plate_id)
     html.heading("Plate", 2)
     html.table(
         ["plate", "wells", "fields", "cells", "cells / well", "CV", "channels", "pixel (µm)", "engine", "run"],

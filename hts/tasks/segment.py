@@ -46,7 +46,7 @@ from hts.store import PlateStore
 from hts.store.tables import cells_part_path, remove_run_parts, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
 
-__all__ = ["SegmentReport", "segment", "resolve_channels", "process_field", "execute_plans", "measure_spec"]
+__all__ = ["SegmentReport", "segment", "resolve_channels", "plate_pixel_size", "select_fields", "process_field", "execute_plans", "measure_spec"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -224,23 +224,34 @@ def execute_plans(
     return out
 
 
-def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
-    plate_channels = [r["name"] for r in catalog.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
-    mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name)
-    px = pixel_size_um or rec.pixel_size_um[0]
+def plate_pixel_size(rec: PlateRecord, given: float | None) -> float:
+    """µm per pixel: ``given`` (--pixel-size), else the plate's metadata; an error naming the option if neither."""
+    px = given or rec.pixel_size_um[0]
     if not px:
         raise EngineError(f"plate {rec.name} has no pixel size in its metadata; pass --pixel-size (µm per pixel)")
+    return px
+
+
+def select_fields(
+    catalog: Catalog, rec: PlateRecord, wells: str | None, *, complete_only: bool = False
+) -> tuple[set[str] | None, list[tuple[str, int, str]]]:
+    """The wells named by ``wells`` (None: all) and the plate's (well, field index, path) in them, in order."""
     selected = None
     if wells:
         try:
             selected = {w.name for w in parse_well_range(wells, PLATE_TYPES[rec.plate_type])}
         except ValueError as e:
             raise EngineError(f"--wells {wells!r}: {e}") from None
-    fields = [
-        (r["well"], r["field_index"], r["path"])
-        for r in catalog.query("SELECT well, field_index, path FROM fields WHERE plate_id = ? ORDER BY well, field_index", [rec.plate_id])
-        if selected is None or r["well"] in selected
-    ]
+    status = " AND status = 'complete'" if complete_only else ""
+    rows = catalog.query(f"SELECT well, field_index, path FROM fields WHERE plate_id = ?{status} ORDER BY well, field_index", [rec.plate_id])
+    return selected, [(r["well"], int(r["field_index"]), r["path"]) for r in rows if selected is None or r["well"] in selected]
+
+
+def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
+    plate_channels = catalog.channel_names(rec.plate_id)
+    mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name)
+    px = plate_pixel_size(rec, pixel_size_um)
+    selected, fields = select_fields(catalog, rec, wells)
     if not fields:
         raise EngineError(f"plate {rec.name}: no fields in wells {wells}")
     suffix = f"_{label_suffix}" if label_suffix else ""

@@ -110,33 +110,21 @@ def _plate_items(
     from hts.compute.engines import engine_class, segment_field
     from hts.config import load_workspace
     from hts.store import PlateStore
-    from hts.tasks.segment import resolve_channels
-    from hts.wells import PLATE_TYPES, parse_well_range
+    from hts.tasks.segment import plate_pixel_size, resolve_channels, select_fields
 
     if not labels_from:
         raise EngineError("--plate needs --labels-from CHANNEL: the stain the training targets are derived from (e.g. DAPI)")
     catalog = Catalog(db) if db else load_workspace().catalog
     rec = catalog.find_plate(plate)
-    plate_channels = [r["name"] for r in catalog.query(
-        "SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [rec.plate_id])]
+    plate_channels = catalog.channel_names(rec.plate_id)
     lower = {c.lower(): i for i, c in enumerate(plate_channels)}
     if labels_from.lower() not in lower:
         raise EngineError(f"plate {rec.name} has no channel {labels_from!r}; its channels are: {', '.join(plate_channels)}")
     stain_c = lower[labels_from.lower()]
     mapping = resolve_channels(engine_class(recipe.engine), plate_channels, channels, plate=rec.name)
     input_c = [lower[mapping[role].lower()] for role in recipe.inputs]
-    px = pixel_size_um or rec.pixel_size_um[0]
-    if not px:
-        raise EngineError(f"plate {rec.name} has no pixel size in its metadata; pass --pixel-size (µm per pixel)")
-    selected = None
-    if wells:
-        try:
-            selected = {w.name for w in parse_well_range(wells, PLATE_TYPES[rec.plate_type])}
-        except ValueError as e:
-            raise EngineError(f"--wells {wells!r}: {e}") from None
-    fields = [(r["well"], int(r["field_index"]), r["path"]) for r in catalog.query(
-        "SELECT well, field_index, path FROM fields WHERE plate_id = ? AND status = 'complete' ORDER BY well, field_index",
-        [rec.plate_id]) if selected is None or r["well"] in selected]
+    px = plate_pixel_size(rec, pixel_size_um)
+    _, fields = select_fields(catalog, rec, wells, complete_only=True)
     if not fields:
         raise EngineError(f"plate {rec.name}: no ingested fields" + (f" in wells {wells}" if wells else ""))
     if len(fields) > max_fields:
