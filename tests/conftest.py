@@ -28,6 +28,29 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return ws
 
 
+@pytest.fixture
+def interrupt_field_task(monkeypatch: pytest.MonkeyPatch):
+    """``arm(n)``: the segment/measure field task raises KeyboardInterrupt on its n-th call
+    (as Ctrl-C in the middle of a run); ``arm`` returns a function that restores the real task."""
+    from hts.tasks import segment as seg_mod
+
+    real = seg_mod.process_field
+
+    def arm(n: int):
+        calls = {"n": 0}
+
+        def dying(item, spec):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(item, spec)
+
+        monkeypatch.setattr(seg_mod, "process_field", dying)
+        return lambda: monkeypatch.setattr(seg_mod, "process_field", real)
+
+    return arm
+
+
 def frame_values(t: int, p: int, z: int, n_c: int, shape: tuple[int, int], dtype="uint16"):
     """Deterministic, position-unique test pixels for ND2 plates written by the test writer."""
     import numpy as np

@@ -25,7 +25,6 @@ from hts.catalog import Catalog  # noqa: E402
 from hts.store import PlateStore  # noqa: E402
 from hts.store.location import filesystem  # noqa: E402
 from hts.synth import make_plate  # noqa: E402
-from hts.tasks import segment as seg_mod  # noqa: E402
 from hts.tasks.export import export  # noqa: E402
 from hts.tasks.ingest import ingest  # noqa: E402
 from hts.tasks.query import run_query  # noqa: E402
@@ -161,22 +160,14 @@ def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
     assert w1.select(keep).equals(w2.select(keep))
 
 
-def test_s3_interrupted_segment_resumes(bucket, tmp_path, monkeypatch):
+def test_s3_interrupted_segment_resumes(bucket, tmp_path, monkeypatch, interrupt_field_task):
     src = make_plate(tmp_path / "raw", format="nd2", wells="A01:A02", fields=2, shape=(128, 128)).source
     monkeypatch.setenv("HTS_PLATES_DIR", f"s3://{bucket}/plates")
     ingest(src)
-    real, calls = seg_mod.process_field, {"n": 0}
-
-    def dying(item, spec):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(item, spec)
-
-    monkeypatch.setattr(seg_mod, "process_field", dying)
+    restore = interrupt_field_task(3)
     with pytest.raises(KeyboardInterrupt):
         segment(engine="classic")
-    monkeypatch.setattr(seg_mod, "process_field", real)
+    restore()
     (rep,) = segment(engine="classic")
     assert rep.status == "resumed" and rep.fields_segmented == 2 and rep.fields_total == 4
     per_field = Catalog("hts.duckdb").query(

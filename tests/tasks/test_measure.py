@@ -17,7 +17,6 @@ from hts.errors import CatalogError
 from hts.store import PlateStore
 from hts.store.tables import run_parts_dir
 from hts.synth import make_plate
-from hts.tasks import segment as seg_mod
 from hts.tasks.ingest import ingest
 from hts.tasks.measure import measure
 from hts.tasks.segment import segment
@@ -103,24 +102,15 @@ def test_measure_an_unmeasured_run_then_skip_it(plate):
         measure(run="zzz")
 
 
-def test_interrupted_measurement_resumes_to_the_same_table(plate, monkeypatch):
+def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_field_task):
     segment(engine="classic")
     ref = _cells()
     segment(engine="classic", overwrite=True)  # fresh run, same labels and cells
-    real = seg_mod.process_field
-    calls = {"n": 0}
-
-    def dying(item, spec):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(item, spec)
-
     segment(engine="classic", features=False, label_suffix="x")
-    monkeypatch.setattr(seg_mod, "process_field", dying)
+    restore = interrupt_field_task(6)
     with pytest.raises(KeyboardInterrupt):
         measure(run=Catalog("hts.duckdb").query("SELECT run_id FROM runs WHERE labels LIKE '%_x%'")[0]["run_id"])
-    monkeypatch.setattr(seg_mod, "process_field", real)
+    restore()
     measure()
     cat = Catalog("hts.duckdb")
     runs = cat.query("SELECT run_id, labels FROM runs WHERE status = 'complete' ORDER BY labels")

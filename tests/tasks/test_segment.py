@@ -88,26 +88,17 @@ def test_same_run_is_skipped_and_different_labels_are_protected(plate):
     assert [r["status"] for r in runs] == ["replaced", "complete", "complete"]
 
 
-def test_interrupted_segment_resumes_to_identical_labels(plate, monkeypatch, tmp_path):
+def test_interrupted_segment_resumes_to_identical_labels(plate, interrupt_field_task):
     segment(engine="classic", label_suffix="ref")
     store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
     ref = _labels(store, "nuclei_ref")
 
-    real = seg_mod.process_field
-    calls = {"n": 0}
-
-    def dying(item, spec):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(item, spec)
-
-    monkeypatch.setattr(seg_mod, "process_field", dying)
+    restore = interrupt_field_task(5)
     with pytest.raises(KeyboardInterrupt):
         segment(engine="classic")
     cat = Catalog("hts.duckdb")
     assert cat.query("SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'")[0]["n"] == 4
-    monkeypatch.setattr(seg_mod, "process_field", real)
+    restore()
     (rep,) = segment(engine="classic")
     assert rep.status == "resumed" and rep.fields_segmented == 8
     got = _labels(store, "nuclei")
