@@ -68,7 +68,7 @@ def _root(
 @app.command()
 def ingest(
     source: Annotated[Path, typer.Argument(help="An .nd2 file or a folder of TIFFs (ImageXpress, Opera/Operetta, Cellomics, or --pattern).", show_default=False)],
-    out_: Annotated[Optional[Path], typer.Option("--out", help="Plate store (default: <plates dir>/<plate name>.zarr).", show_default=False)] = None,
+    out_: Annotated[Optional[str], typer.Option("--out", help="Plate store: a path or a URL such as s3://bucket/plates/NAME.zarr (default: <plates dir>/<plate name>.zarr).", show_default=False)] = None,
     db: DbOpt = None,
     pattern: Annotated[Optional[str], typer.Option("--pattern", help="File naming for other TIFF layouts, e.g. '{well}_s{field}_{channel}.tif' (placeholders: plate well row col field channel z t; * wildcard).", show_default=False)] = None,
     format_: Annotated[Optional[str], typer.Option("--format", help="Force a reader: nd2, imagexpress, opera, cellomics.", show_default=False)] = None,

@@ -34,20 +34,14 @@ def is_url(loc: str | Path | None) -> bool:
     return isinstance(loc, str) and bool(_SCHEME.match(loc)) and not loc.startswith("file://")
 
 
-_MANGLED = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/(?!/)")
-
-
 def location(loc: str | Path) -> Location:
     """Normalize: a remote URL without trailing ``/``, else an absolute local Path.
 
-    A URL that went through :class:`Path` (``Path("s3://b/x")`` is ``s3:/b/x``, as a
-    CLI option typed ``Path`` gives it) is recognized and repaired.
+    URLs must arrive as strings (``Path("s3://b/x")`` is already ``s3:/b/x``), so
+    options that take a store location are typed ``str``.
     """
     if isinstance(loc, Path):
-        m = _MANGLED.match(str(loc))
-        if not m or len(m.group(1)) < 2:  # "C:/..." is a Windows drive, not a URL
-            return loc.expanduser().resolve()
-        loc = _MANGLED.sub(r"\1://", str(loc))
+        return loc.expanduser().resolve()
     if loc.startswith("file://"):
         from urllib.parse import unquote, urlparse
 
