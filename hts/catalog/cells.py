@@ -18,17 +18,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hts.catalog.db import sql_ident, sql_literal
+
 __all__ = ["load_parts", "delete_fields", "delete_runs", "cells_columns"]
 
 _TYPES = {pa.float64(): "DOUBLE", pa.float32(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _ident(s: str) -> str:
-    return '"' + s.replace('"', '""') + '"'
 
 
 def cells_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -44,7 +38,7 @@ def _add_columns(con: duckdb.DuckDBPyConnection, have: dict[str, str], schema: p
             sql_type = _TYPES.get(f.type)
             if sql_type is None:
                 raise ValueError(f"{where}: column {f.name!r} has unsupported type {f.type}")
-            con.execute(f"ALTER TABLE cells ADD COLUMN {_ident(f.name)} {sql_type}")
+            con.execute(f"ALTER TABLE cells ADD COLUMN {sql_ident(f.name)} {sql_type}")
             have[f.name] = sql_type
 
 
@@ -72,7 +66,7 @@ def load_parts(con: duckdb.DuckDBPyConnection, parts: Sequence[str | Path]) -> i
     if local:
         for p in local:
             _add_columns(con, have, pq.read_schema(p), p)
-        files = "[" + ", ".join(_sql_str(p) for p in local) + "]"
+        files = "[" + ", ".join(sql_literal(p) for p in local) + "]"
         con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)")
     if remote:
         tables = _read_remote(remote)

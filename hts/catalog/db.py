@@ -27,9 +27,19 @@ import pyarrow as pa
 from hts.errors import CatalogError
 from hts.resources import data_dir
 
-__all__ = ["Catalog", "PlateRecord", "migrations"]
+__all__ = ["Catalog", "PlateRecord", "migrations", "sql_literal", "sql_ident"]
 
 _LOCK_WAIT_S = 30.0
+
+
+def sql_literal(s: str) -> str:
+    """A SQL string literal (for the few places DuckDB takes no parameter: COPY targets, read_parquet lists)."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+def sql_ident(s: str) -> str:
+    """A quoted SQL identifier (feature column names come from channel names)."""
+    return '"' + s.replace('"', '""') + '"'
 
 
 def migrations() -> list[tuple[int, str, str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 
 from hts.catalog import Catalog
+from hts.catalog.db import sql_literal
 from hts.config import load_workspace
 from hts.errors import CatalogError
 
@@ -42,10 +43,6 @@ class ExportReport:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def export(
@@ -69,9 +66,9 @@ def export(
     def where(plate_col: str, run_col: str) -> str:
         conds = ["true"]
         if plate_ids:
-            conds.append(f"{plate_col} IN ({', '.join(_lit(p) for p in plate_ids)})")
+            conds.append(f"{plate_col} IN ({', '.join(sql_literal(p) for p in plate_ids)})")
         if run:
-            conds.append(f"starts_with({run_col}, {_lit(run)})")
+            conds.append(f"starts_with({run_col}, {sql_literal(run)})")
         return " AND ".join(conds)
 
     cond, wcond = where("Metadata_PlateID", "Metadata_Run"), where("plate_id", "run_id")
@@ -88,17 +85,17 @@ def export(
                 names = [r[0] for r in con.execute(f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1").fetchall()]
                 con.execute(
                     f"COPY (SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber) "
-                    f"TO {_lit(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
+                    f"TO {sql_literal(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
                 )
                 wells = con.execute(f"SELECT count(*) FROM well_stats WHERE {wcond}").fetchall()[0][0]
                 con.execute(
                     f"COPY (SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
                     f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
-                    f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} ORDER BY plate, engine, row_index, column_index) TO {_lit(str(tmp / ('wells.' + ext)))} ({opts})"
+                    f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} ORDER BY plate, engine, row_index, column_index) TO {sql_literal(str(tmp / ('wells.' + ext)))} ({opts})"
                 )
                 con.execute(
                     f"COPY (SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} ORDER BY plate, engine, well, field_index) "
-                    f"TO {_lit(str(tmp / ('fields_qc.' + ext)))} ({opts})"
+                    f"TO {sql_literal(str(tmp / ('fields_qc.' + ext)))} ({opts})"
                 )
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hts.catalog import Catalog
+from hts.catalog.db import sql_ident
 from hts.compute.qc import assay_quality, robust_z, ssmd, z_prime
 from hts.config import load_workspace
 from hts.errors import CatalogError
@@ -57,9 +58,8 @@ def well_metric(catalog: Catalog, run_id: str, metric: str) -> list[dict[str, An
         near = sorted(c for c in cols if metric.lower() in c.lower())[:5]
         hint = f"; similar: {', '.join(near)}" if near else "; e.g. cell_count, Cells_AreaShape_Area_median"
         raise CatalogError(f"no per-well metric {metric!r} in well_stats{hint}")
-    q = name.replace('"', '""')
     return catalog.query(
-        f'SELECT well, row_index, column_index, role, compound, concentration, "{q}" AS value FROM well_stats '
+        f"SELECT well, row_index, column_index, role, compound, concentration, {sql_ident(name)} AS value FROM well_stats "
         "WHERE run_id = ? ORDER BY row_index, column_index",
         [run_id],
     )
