@@ -69,7 +69,7 @@ __all__ = [
     "normalize_channels", "make_sample", "synthetic_samples", "nucleus_folder_samples", "paired_stain_samples",
     "mask_folder_samples", "median_diameter_px", "split_samples", "make_targets", "random_crop", "make_batch",
     "train", "save_engine_model", "match_instances", "evaluate_engine", "load_image", "cpu_threads", "stain_nuclei",
-    "get_recipe", "head_loss", "total_loss",
+    "get_recipe", "head_loss", "total_loss", "load_init_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -842,9 +842,37 @@ def _state_copy(model: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def load_init_weights(model: torch.nn.Module, init: str | Path) -> None:
+    """Load starting weights into ``model``: an engine folder or a ``.safetensors`` file (all keys must fit).
+
+    Raises
+    ------
+    EngineError
+        No such file, or weights that do not fit the network.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(init)
+    if path.is_dir():
+        from hts.compute.backends import ModelSpec
+
+        spec = ModelSpec.from_dir(path)
+        spec.sha256  # noqa: B018 - verifies the file
+        path = spec.weights_path
+    if not path.is_file():
+        raise EngineError(f"--init {init}: no such weights file or engine folder")
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EngineError(f"--init {init}: weights do not fit the network ({str(e).splitlines()[0]})") from None
+    log.info("starting from weights %s", path)
+
+
 def train(
     config: TrainConfig, train_samples: Sequence[Sample], val_samples: Sequence[Sample] = (), *,
     checkpoint: str | Path | None = None, resume: bool = True, callback: Callable[[dict], Any] | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config.engine``'s network on ``train_samples``; validate on ``val_samples``.
 
@@ -866,6 +894,10 @@ def train(
     callback : callable, optional
         Called with a dict per logged step (``{"event": "step"|"val"|"phase"|"done",
         "step", "steps", "loss", "val_loss", "lr", "elapsed_s", ...}``).
+    init : path, optional
+        Starting weights (fine-tuning): an engine folder (its ``config.json``
+        names the weights, checksum verified) or a ``.safetensors`` file of the
+        same architecture. A resumed checkpoint takes precedence.
 
     Returns
     -------
@@ -886,6 +918,8 @@ def train(
     threads = cpu_threads(config.threads)
     torch.set_num_threads(threads)
     model, arch_config = _build(config)
+    if init is not None:
+        load_init_weights(model, init)
     m = getattr(model, "multiple", 1)
     bad = [c for c in (*config.crop_sizes, config.val_crop) if c % m]
     if bad:
@@ -1142,6 +1176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--checkpoint", type=Path, help="checkpoint file (default: <cache>/training/<engine>-seed<seed>.pt)")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--init", type=Path, help="starting weights: an engine folder or a .safetensors file (fine-tuning)")
     ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic training fields")
     ap.add_argument("--synthetic-val", type=int, default=0, help="number of synthetic validation fields")
     ap.add_argument("--synthetic-channels", default=None,
@@ -1235,7 +1270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"{args.engine}: {len(train_s)} training and {len(val_s)} validation samples, {cfg.steps} steps, "
           f"{cpu_threads(cfg.threads)} threads; checkpoint {ckpt}", flush=True)
-    result = train(cfg, train_s, val_s, checkpoint=ckpt, resume=not args.no_resume, callback=cb)
+    result = train(cfg, train_s, val_s, checkpoint=ckpt, resume=not args.no_resume, callback=cb, init=args.init)
     out = save_engine_model(args.out, result)
     manifest["config"] = cfg.to_dict()
     manifest["command"] = "python -m hts.compute.training " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -14,6 +14,10 @@ the model was trained at and the typical object diameter. At inference:
    also run flipped and rotated by 90° and the maps averaged;
 4. the maps are resized back to the field's pixel grid.
 
+``config.json`` may also hold ``postprocess``: post-processing parameter values
+tuned for the weights (e.g. the foreground threshold); they replace the
+engine's defaults, while parameters the caller passes explicitly win.
+
 :meth:`DeepEngine.from_folder` makes an engine of any folder of that shape (the
 output of ``hts train``): the class of the engine its ``config.json`` names, with
 the weights, checksum and card of the folder.
@@ -74,6 +78,28 @@ class DeepEngine(Engine):
         inputs = self.spec.extra.get("inputs")
         if inputs != list(self.roles):
             raise EngineError(f"{path}/config.json: inputs {inputs} do not match engine {self.name} roles {list(self.roles)}")
+        self.params = self._with_model_defaults(self.params, path)
+
+    def _with_model_defaults(self, params: DeepParams, path: Path) -> DeepParams:
+        """``params`` with the model's tuned post-processing defaults (``config.json`` key ``postprocess``).
+
+        ``postprocess`` maps parameter names to the values tuned for these
+        weights (on their validation split); a parameter the caller set
+        explicitly wins. Without the key the engine's own defaults hold.
+        """
+        tuned = self.spec.extra.get("postprocess") or {}
+        if not isinstance(tuned, dict):
+            raise EngineError(f"{path}/config.json: 'postprocess' must be an object of parameter values")
+        unknown = sorted(set(tuned) - set(type(params).model_fields))
+        if unknown:
+            raise EngineError(f"{path}/config.json: 'postprocess' names unknown parameters of {self.name}: {', '.join(unknown)}")
+        update = {k: v for k, v in tuned.items() if k not in params.model_fields_set}
+        if not update:
+            return params
+        try:
+            return type(params)(**{**update, **params.model_dump(include=params.model_fields_set)})
+        except ValueError as e:
+            raise EngineError(f"{path}/config.json: invalid 'postprocess' values ({e})") from None
 
     @classmethod
     def model_path(cls) -> Path:

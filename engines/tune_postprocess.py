@@ -1,0 +1,158 @@
+"""Tune a nucleus-type deep engine's post-processing on its VALIDATION images; optionally write it to config.json.
+
+    python engines/tune_postprocess.py engines/nuclei --data ../shared/data [--write]
+    python engines/tune_postprocess.py engines/brightfield-unet --data ../shared/data [--write]
+
+The network maps of every validation image are computed once (torch, no TTA),
+then the post-processing parameters of the ``nuclei`` engine family
+(``foreground_threshold``, ``split_h``, ``min_area_um2``) are swept over a grid
+and scored by pooled AP@0.5 (ties: mean AP over IoU 0.5-0.95). Only the
+``validation`` items of the folder's ``manifest.json`` are used — never the test
+split or the held-out sets of ``docs/accuracy.md``. With ``--write`` the best
+values go into ``config.json`` under ``postprocess`` (the engine reads them as
+its defaults; the weights and their checksum are untouched).
+
+Validation items: real images (``source`` a ``*_img.tif`` of ``nuclei_train``,
+truth its ``*_mask.tif``, segmented at the pixel size that makes the median true
+nucleus 12 µm, as in the evaluation); paired-stain items (``source``
+``IMAGE + STAIN``; truth the classic engine on the stain at the recorded pixel
+size, ``rows`` band scored); synthetic items (``synth_field`` regenerated from
+the recorded call) only when a folder has no real validation item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hts.compute.engines import engine_class, segment_field
+from hts.compute.metrics import match_instances, summarize
+
+GRID = {
+    "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "split_h": (0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3),
+    "min_area_um2": (0.0, 5.0, 10.0, 20.0, 30.0),
+}
+
+
+def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np.ndarray, float, str]]:
+    import tifffile
+
+    from hts.compute.training import _load_pair, load_image, median_diameter_px, stain_nuclei
+
+    man = json.loads((folder / "manifest.json").read_text())
+    real, synth = [], []
+    for v in man["validation"]:
+        src = str(v["source"])
+        if " + " in src:  # paired stain: IMAGE + STAIN
+            img_spec, stain_spec = [_rebase(s, data) for s in src.split(" + ")]
+            image, stain, _ = _load_pair(img_spec, stain_spec)
+            px = float(v["pixel_size_um"])
+            truth = stain_nuclei(stain, px)
+            if v.get("rows"):
+                r0, r1 = v["rows"]
+                image, truth = image[r0:r1], truth[r0:r1]
+            real.append(({role: image}, truth, px, v["name"]))
+        elif src.endswith("_img.tif"):
+            src = _rebase(src, data)
+            truth = tifffile.imread(src.replace("_img.tif", "_mask.tif"))
+            d = median_diameter_px(truth)
+            real.append(({role: load_image(src)}, truth, 12.0 / d if d else 0.65, v["name"]))
+        elif src.startswith("hts.synth.synth_field("):
+            synth.append(v)
+    if real:
+        return real
+    from hts.synth import synth_field
+
+    out = []
+    for v in synth:
+        call = v["source"][len("hts.synth.synth_field("):-1]
+        kw = eval(f"dict({call})", {"__builtins__": {"dict": dict}})  # noqa: S307 - our own manifest's generator call
+        channels = kw.pop("channels")
+        f = synth_field(**{**kw, "channels": tuple(channels)})
+        out.append(({role: f.image[0]}, f.nuclei, 0.65, v["name"]))
+    return out
+
+
+def _rebase(path: str, data: Path) -> str:
+    """A manifest path (written relative to the repository, e.g. ``../shared/data/...``) under ``data``."""
+    m = re.search(r"(nuclei_train/.*|nd2/.*)$", path)
+    return str(data / m.group(1)) if m else path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--write", action="store_true", help="store the best values in config.json ('postprocess')")
+    args = ap.parse_args(argv)
+
+    cfg = json.loads((args.folder / "config.json").read_text())
+    base = engine_class(cfg["name"])
+    folder_cls = base.from_folder(args.folder)
+    role = cfg["inputs"][0]
+    items = validation_items(args.folder, args.data, role)
+    print(f"{len(items)} validation images: {', '.join(i[3] for i in items)}", flush=True)
+
+    eng = folder_cls({k: v for k, v in base.Params().model_dump().items() if k in GRID}, backend="torch")
+    cache: dict[int, np.ndarray] = {}
+    predict = eng.predict
+
+    def cached(images, ctx, *, tile, halo):
+        key = id(next(iter(images.values())))
+        if key not in cache:
+            cache[key] = predict(images, ctx, tile=tile, halo=halo)
+        return cache[key]
+
+    eng.predict = cached
+    th = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+    def score(params: dict) -> tuple[float, float, dict]:
+        eng.params = eng.Params(**params)
+        per = [match_instances(t, segment_field(eng, im, pixel_size_um=px).labels["nuclei"], th)
+               for im, t, px, _ in items]
+        s = summarize(per, th)
+        ap50 = s["0.5"]["ap"]
+        ap_mean = float(np.mean([s[k]["ap"] for k in s if re.fullmatch(r"0\.\d+", k)]))
+        return ap50, ap_mean, s
+
+    default = {k: base.Params().model_dump()[k] for k in GRID}
+    d50, dap, ds = score(default)
+    print(f"default {default}: AP50 {d50:.4f} AP {dap:.4f} merges? see evaluate", flush=True)
+    results = []
+    # stage 1: threshold x h at the default min area; stage 2: min area at the best pair
+    for ft, h in itertools.product(GRID["foreground_threshold"], GRID["split_h"]):
+        p = {**default, "foreground_threshold": ft, "split_h": h}
+        a50, a, _ = score(p)
+        results.append((a50, a, p))
+        print(f"  fg {ft:.2f} h {h:.2f} min {p['min_area_um2']:.0f}: AP50 {a50:.4f} AP {a:.4f}", flush=True)
+    best = max(results, key=lambda r: (round(r[0], 4), r[1]))[2]
+    for ma in GRID["min_area_um2"]:
+        p = {**best, "min_area_um2": ma}
+        a50, a, _ = score(p)
+        results.append((a50, a, p))
+        print(f"  fg {p['foreground_threshold']:.2f} h {p['split_h']:.2f} min {ma:.0f}: AP50 {a50:.4f} AP {a:.4f}", flush=True)
+    b50, bap, best = max(results, key=lambda r: (round(r[0], 4), r[1]))
+    print(f"best {best}: AP50 {b50:.4f} AP {bap:.4f} (default AP50 {d50:.4f} AP {dap:.4f})", flush=True)
+    if args.write:
+        cfg = json.loads((args.folder / "config.json").read_text())
+        cfg["postprocess"] = best
+        cfg["postprocess_tuning"] = {
+            "on": f"the {len(items)} validation images of manifest.json ({', '.join(i[3] for i in items)})",
+            "grid": {k: list(v) for k, v in GRID.items()}, "objective": "pooled AP@0.5, ties: mean AP@0.5:0.95",
+            "validation_ap50": round(b50, 4), "validation_ap": round(bap, 4),
+            "default": default, "default_validation_ap50": round(d50, 4), "default_validation_ap": round(dap, 4),
+        }
+        (args.folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        print(f"wrote postprocess to {args.folder / 'config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
