@@ -1125,7 +1125,7 @@ def _parse_pair(spec: str) -> tuple[str, str, float | None, tuple[int, int] | No
 
 
 def _load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Two files, or one ND2 file given twice as ``FILE.nd2#CHANNEL`` (channel name or index)."""
+    """Two files, or one ND2 file given twice as ``FILE.nd2#CHANNEL`` (channel name or index; ``#~CHANNEL``: inverted)."""
     def one(spec: str) -> tuple[np.ndarray, float | None]:
         path, _, ch = spec.partition("#")
         if path.lower().endswith(".nd2"):
@@ -1135,8 +1135,10 @@ def _load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | 
                 arr = np.asarray(f.asarray())
                 names = [c.channel.name for c in f.metadata.channels]
                 px = float(f.voxel_size().x)
+            inv = ch.startswith("~")
+            ch = ch[1:] if inv else ch
             idx = names.index(ch) if ch in names else int(ch)
-            return arr[idx], px
+            return (arr[idx].max() - arr[idx] if inv else arr[idx]), px
         return load_image(path), None
 
     a, pa = one(image)
@@ -1188,7 +1190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--nuclei-split", default="0.70,0.15,0.15", help="train,val,test fractions of --nuclei-folder")
     ap.add_argument("--nuclei-weight", type=float, default=1.0, help="total sampling weight of the real nucleus images")
     ap.add_argument("--pair", action="append", default=[],
-                    help="IMAGE,STAIN[,PIXEL_UM|auto][,ROW0:ROW1]: label-free image + nuclear stain (ND2: FILE.nd2#CHANNEL)")
+                    help="IMAGE,STAIN[,PIXEL_UM|auto][,ROW0:ROW1]: label-free image + nuclear stain (ND2: FILE.nd2#CHANNEL, "
+                         "FILE.nd2#~CHANNEL for a channel used inverted)")
+    ap.add_argument("--val-pair", action="append", default=[],
+                    help="like --pair, a validation item (e.g. another row band of the same field)")
     ap.add_argument("--pair-weight", type=float, default=1.0, help="total sampling weight of the --pair samples")
     ap.add_argument("--invert-p", type=float, default=0.0, help="probability of inverting a channel (augmentation)")
     ap.add_argument("--quiet", action="store_true")
@@ -1243,15 +1248,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in te:
             manifest["test"].append({"name": s.name, "source": s.source, "modality": s.meta.get("modality"),
                                      "median_diameter_px": s.meta.get("median_diameter_px")})
-    pairs = []
-    for spec in args.pair:
-        img_spec, stain_spec, ppx, rows_ = _parse_pair(spec)
-        image, stain, file_px = _load_pair(img_spec, stain_spec)
-        name = Path(img_spec.partition("#")[0]).stem + (f"_rows{rows_[0]}-{rows_[1]}" if rows_ else "")
-        pairs += paired_stain_samples(image, stain, name=name, pixel_size_um=ppx or file_px, object_diameter_um=nuc_d,
-                                      train_pixel_um=px, normalization=norm, rows=rows_, source=f"{img_spec} + {stain_spec}")
+    def load_pairs(specs: list[str]) -> list[Sample]:
+        pairs = []
+        for spec in specs:
+            img_spec, stain_spec, ppx, rows_ = _parse_pair(spec)
+            image, stain, file_px = _load_pair(img_spec, stain_spec)
+            name = Path(img_spec.partition("#")[0]).stem + (f"_rows{rows_[0]}-{rows_[1]}" if rows_ else "")
+            pairs += paired_stain_samples(image, stain, name=name, pixel_size_um=ppx or file_px, object_diameter_um=nuc_d,
+                                          train_pixel_um=px, normalization=norm, rows=rows_, source=f"{img_spec} + {stain_spec}")
+        return pairs
+
+    pairs = load_pairs(args.pair)
     if pairs:
         add(pairs, train_s, "train", args.pair_weight)
+    val_pairs = load_pairs(args.val_pair)
+    if val_pairs:
+        add(val_pairs, val_s, "validation", args.pair_weight)
     if not train_s:
         raise SystemExit("no training data: give --synthetic, --nuclei-folder and/or --pair")
 

@@ -103,3 +103,53 @@ def test_config_postprocess_sets_the_defaults(folder: Path, tmp_path: Path, samp
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(EngineError, match="unknown parameters"):
         _engine_class(bad)(backend="torch")
+
+
+def test_cli_val_pair_and_inverted_stain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import tifffile
+
+    from hts.synth import synth_field
+
+    f = synth_field(shape=(128, 128), seed=4, channels=("DAPI", "Brightfield"), density=0.6)
+    tifffile.imwrite(tmp_path / "bf.tif", f.image[1])
+    tifffile.imwrite(tmp_path / "st.tif", f.image[0])
+    out = tmp_path / "bf"
+    T.main(["--engine", "brightfield-unet", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4",
+            "--depth", "2", "--pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,0:96",
+            "--val-pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,96:128", "--no-resume", "--threads", "1",
+            "--checkpoint", str(tmp_path / "c.pt"), "--quiet"])
+    man = json.loads((out / "manifest.json").read_text())
+    assert [v["rows"] for v in man["train"]] == [[0, 96]] and [v["rows"] for v in man["validation"]] == [[96, 128]]
+    assert json.loads((out / "training.json").read_text())["val_samples"] == 1
+
+
+def test_load_pair_inverts_an_nd2_channel(monkeypatch: pytest.MonkeyPatch):
+    import sys
+    import types
+
+    import numpy as np
+
+    arr = np.stack([np.arange(12, dtype=np.uint16).reshape(3, 4), np.full((3, 4), 7, np.uint16)])
+    arr[1, 0, 0] = 10
+
+    class File:
+        def __init__(self, path):
+            self.metadata = types.SimpleNamespace(channels=[types.SimpleNamespace(channel=types.SimpleNamespace(name=n))
+                                                            for n in ("Mono", "DAPI")])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def asarray(self):
+            return arr
+
+        def voxel_size(self):
+            return types.SimpleNamespace(x=0.5)
+
+    monkeypatch.setitem(sys.modules, "nd2", types.SimpleNamespace(ND2File=File))
+    image, stain, px = T._load_pair("x.nd2#Mono", "x.nd2#~DAPI")
+    assert px == 0.5 and (image == arr[0]).all()
+    assert stain[0, 0] == 0 and stain[1, 1] == 3
