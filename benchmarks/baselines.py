@@ -154,10 +154,7 @@ def _best_time(fn, repeat: int) -> tuple[float, object]:
 def hts_features(labels: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from hts.compute import features as F
 
-    out = dict(F.shape_features(labels))
-    for ch, im in images.items():
-        out.update(F.intensity_features(labels, im, channel=ch))
-    return out
+    return F.object_features(labels, images)
 
 
 def cp_measure_features(labels: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

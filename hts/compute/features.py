@@ -35,6 +35,7 @@ __all__ = [
     "object_ids",
     "shape_features",
     "intensity_features",
+    "object_features",
     "compartment_features",
     "INTENSITY_FEATURES",
 ]
@@ -117,6 +118,22 @@ class _Objects:
         self.counts = np.bincount(self.rank, minlength=self.n)
         self.r, self.c = np.divmod(self.idx, labels.shape[1])
         self._diff = None
+        self._on_edge = None
+        self._centroid = None
+
+    def on_edge(self) -> np.ndarray:
+        """Per object pixel (aligned with :attr:`idx`): on its object's inner boundary."""
+        if self._on_edge is None:
+            self._on_edge = self.neighbour_differs().ravel()[self.idx]
+        return self._on_edge
+
+    def centroid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean row and column of each object's pixels."""
+        if self._centroid is None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._centroid = (np.bincount(self.rank, self.r, self.n) / self.counts,
+                                  np.bincount(self.rank, self.c, self.n) / self.counts)
+        return self._centroid
 
     def rank_of(self, lab: np.ndarray) -> np.ndarray:
         """Position in :attr:`ids` of object labels ``lab`` (all > 0)."""
@@ -360,10 +377,13 @@ def _group_sort(rank: np.ndarray, values: np.ndarray, integral: bool) -> np.ndar
     if integral:
         lo, hi = int(values.min()), int(values.max())
         bits = max(hi - lo, 1).bit_length()
-        if bits + max(int(rank[-1]), 1).bit_length() <= 62:
-            key = (rank.astype(np.int64) << bits) | (values.astype(np.int64) - lo)
+        total = bits + max(int(rank[-1]), 1).bit_length()
+        if total <= 62:
+            # one integer key per pixel, (rank, value) packed; 32-bit keys sort ~2x faster than 64-bit
+            kt = np.uint32 if total <= 32 else np.int64
+            key = (rank.astype(kt) << kt(bits)) | (values - lo).astype(kt)
             key.sort()
-            return (key & ((1 << bits) - 1)) + lo
+            return (key & kt((1 << bits) - 1)).astype(np.int64) + lo
     return values[np.lexsort((values, rank))]
 
 
@@ -398,7 +418,7 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
     if integral:
         raw = raw.astype(np.int64)
     vals = raw.astype(np.float64) / scale
-    cnt = np.bincount(rank, minlength=n)
+    cnt = o.counts if finite is None else np.bincount(rank, minlength=n)
     has = cnt > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         integ = np.bincount(rank, vals, n)
@@ -436,14 +456,13 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
             mad, vmin, vmax = mad / scale, vmin / scale, vmax / scale
 
         # mass displacement: intensity-weighted centroid minus centroid (of the finite pixels)
-        cr = np.bincount(rank, r, n) / cnt
-        ccol = np.bincount(rank, c, n) / cnt
+        cr, ccol = o.centroid() if finite is None else (np.bincount(rank, r, n) / cnt, np.bincount(rank, c, n) / cnt)
         dyw = np.bincount(rank, (r - cr[rank]) * vals, n) / integ
         dxw = np.bincount(rank, (c - ccol[rank]) * vals, n) / integ
         mass = np.where(has, np.where(integ != 0, np.sqrt(dyw * dyw + dxw * dxw), np.nan), 0.0)
 
         # edge pixels: find_boundaries(labels, mode="inner")
-        on_edge = o.neighbour_differs().ravel()[idx]
+        on_edge = o.on_edge() if finite is None else o.neighbour_differs().ravel()[idx]
         er, ev = rank[on_edge], vals[on_edge]
         ecnt = np.bincount(er, minlength=n)
         ehas = ecnt > 0
@@ -478,7 +497,30 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
     return {f"Intensity_{k}_{channel}": v for k, v in feats.items()}
 
 
-# --------------------------------------------------------------------------- compartments
+# --------------------------------------------------------------------------- objects, compartments
+def object_features(
+    labels: np.ndarray,
+    images: dict[str, np.ndarray],
+    *,
+    pixel_size_um: float | None = None,
+    quantiles: Literal["numpy", "cellprofiler"] = "numpy",
+) -> dict[str, np.ndarray]:
+    """``ObjectNumber``, :func:`shape_features` and :func:`intensity_features` of every channel in ``images``.
+
+    The same values as calling those functions one by one, but the objects' pixel
+    lists, edges and centroids are computed once for all channels.
+    """
+    return _object_features(_Objects(labels), images, pixel_size_um, quantiles)
+
+
+def _object_features(o: _Objects, images, pixel_size_um, quantiles) -> dict[str, np.ndarray]:
+    feats = {"ObjectNumber": o.ids}
+    feats.update(_shape(o, pixel_size_um))
+    for ch, img in images.items():
+        feats.update(_intensity(o, img, ch, None, quantiles))
+    return feats
+
+
 def compartment_features(
     nuclei: np.ndarray,
     cells: np.ndarray,
@@ -503,11 +545,7 @@ def compartment_features(
     objs = {}
     for name, lab in (("nuclei", nuclei), ("cells", cells), ("cytoplasm", cyto)):
         o = objs[name] = _Objects(lab)
-        feats = {"ObjectNumber": o.ids}
-        feats.update(_shape(o, pixel_size_um))
-        for ch, img in images.items():
-            feats.update(_intensity(o, img, ch, None, quantiles))
-        out[name] = feats
+        out[name] = _object_features(o, images, pixel_size_um, quantiles)
     co = objs["cells"]
     in_nuc = nuclei.ravel()[co.idx] > 0
     for ch, img in images.items():

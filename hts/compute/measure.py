@@ -152,9 +152,7 @@ def measure_field(
     else:
         lab = cells if cells is not None else nuclei
         name = "Cells" if cells is not None else "Nuclei"
-        feats = {"ObjectNumber": F.object_ids(lab), **F.shape_features(lab, pixel_size_um=pixel_size_um)}
-        for ch, im in images.items():
-            feats.update(F.intensity_features(lab, im, channel=ch))
+        feats = F.object_features(lab, dict(images), pixel_size_um=pixel_size_um)
         ids = feats["ObjectNumber"]
         cols["object_id"] = ids
         cols["nucleus_id"] = ids if name == "Nuclei" else np.zeros(len(ids), np.int64)
@@ -200,7 +198,7 @@ def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, im
 
     n = len(cell_ids)
     focus_ids, parent = parent_of(foci, cells)
-    shape = F.shape_features(foci)
+    shape = F.object_features(foci, dict(images))  # shape and intensity of every focus, objects computed once
     inside = parent > 0
     pos = np.searchsorted(cell_ids, parent[inside]) if n else np.zeros(0, np.int64)
     out: dict[str, np.ndarray] = {}
@@ -215,9 +213,8 @@ def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, im
         out["Cells_Sum_Foci_AreaShape_Area"] = np.bincount(pos, weights=area, minlength=n)
         out["Cells_Mean_Foci_AreaShape_Area"] = out["Cells_Sum_Foci_AreaShape_Area"] / count
         for ch, im in images.items():
-            inten = F.intensity_features(foci, im, channel=ch)
-            mean = inten[f"Intensity_MeanIntensity_{ch}"][inside]
-            integ = inten[f"Intensity_IntegratedIntensity_{ch}"][inside]
+            mean = shape[f"Intensity_MeanIntensity_{ch}"][inside]
+            integ = shape[f"Intensity_IntegratedIntensity_{ch}"][inside]
             out[f"Cells_Mean_Foci_Intensity_MeanIntensity_{ch}"] = np.bincount(pos, weights=mean, minlength=n) / count
             out[f"Cells_Sum_Foci_Intensity_IntegratedIntensity_{ch}"] = np.bincount(pos, weights=integ, minlength=n)
     return out
