@@ -3,10 +3,12 @@
 The key columns of ``cells`` are fixed by ``schemas/catalog/003_cells.sql``; feature
 columns are added here (``ALTER TABLE ... ADD COLUMN``, DOUBLE) the first time a part
 carries them, so a plate with new channels or a new feature family needs no
-migration. Rows are never inserted one by one: DuckDB reads local Parquet parts
-directly (``INSERT ... BY NAME SELECT * FROM read_parquet([...])``); parts in object
-storage (``s3://...``) are fetched concurrently with fsspec, read with pyarrow and
-inserted as one registered Arrow table (no DuckDB httpfs extension needed).
+migration. Rows are never inserted one by one: the pipeline inserts the Arrow tables
+its workers return (one registered table per batch, :func:`load_tables`); re-loading
+stored parts, DuckDB reads local Parquet parts directly (``INSERT ... BY NAME SELECT *
+FROM read_parquet([...])``) and parts in object storage (``s3://...``) are fetched
+concurrently with fsspec, read with pyarrow and inserted as one Arrow table (no DuckDB
+httpfs extension needed).
 """
 
 from __future__ import annotations
@@ -20,16 +22,14 @@ import pyarrow.parquet as pq
 
 from hts.catalog.db import sql_ident, sql_literal
 
-__all__ = ["load_parts", "delete_fields", "delete_runs", "cells_columns"]
+__all__ = ["load_parts", "load_tables", "delete_fields", "delete_runs", "cells_columns"]
 
 _TYPES = {pa.float64(): "DOUBLE", pa.float32(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
 
 
 def cells_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'cells' ORDER BY ordinal_position"
-    ).fetchall()
-    return dict(rows)
+    # pragma_table_info: ~1 ms where information_schema.columns takes ~40 ms on a catalog with views
+    return dict(con.execute("SELECT name, type FROM pragma_table_info('cells') ORDER BY cid").fetchall())
 
 
 def _add_columns(con: duckdb.DuckDBPyConnection, have: dict[str, str], schema: pa.Schema, where: str) -> None:
@@ -59,26 +59,37 @@ def load_parts(con: duckdb.DuckDBPyConnection, parts: Sequence[str | Path]) -> i
     parts = [str(p) for p in parts]
     if not parts:
         return 0
-    have = cells_columns(con)
-    before = con.execute("SELECT count(*) FROM cells").fetchall()[0][0]
     local = [p for p in parts if not is_url(p)]
     remote = [p for p in parts if is_url(p)]
+    added = 0
     if local:
+        have = cells_columns(con)
         for p in local:
             _add_columns(con, have, pq.read_schema(p), p)
         files = "[" + ", ".join(sql_literal(p) for p in local) + "]"
-        con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)")
+        added += con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)").fetchall()[0][0]
     if remote:
-        tables = _read_remote(remote)
-        for p, t in zip(remote, tables):
-            _add_columns(con, have, t.schema, p)
-        table = pa.concat_tables(tables, promote_options="permissive")
-        con.register("_cells_parts", table)
-        try:
-            con.execute("INSERT INTO cells BY NAME SELECT * FROM _cells_parts")
-        finally:
-            con.unregister("_cells_parts")
-    return con.execute("SELECT count(*) FROM cells").fetchall()[0][0] - before
+        added += load_tables(con, _read_remote(remote), where=remote)
+    return int(added)
+
+
+def load_tables(con: duckdb.DuckDBPyConnection, tables: Sequence[pa.Table], *, where: Sequence[str] | None = None) -> int:
+    """Append Arrow tables of cells (as the workers measured them) to ``cells``, in one insert; returns rows added.
+
+    ``where`` names each table's origin for error messages (default: its position).
+    """
+    tables = [t for t in tables if t is not None and t.num_rows]
+    if not tables:
+        return 0
+    have = cells_columns(con)
+    for i, t in enumerate(tables):
+        _add_columns(con, have, t.schema, where[i] if where else f"cells table {i}")
+    table = pa.concat_tables(tables, promote_options="permissive")
+    con.register("_cells_parts", table)
+    try:
+        return int(con.execute("INSERT INTO cells BY NAME SELECT * FROM _cells_parts").fetchall()[0][0])
+    finally:
+        con.unregister("_cells_parts")
 
 
 def delete_fields(con: duckdb.DuckDBPyConnection, run_id: str, fields: Sequence[tuple[str, int]]) -> None:

@@ -14,6 +14,7 @@ process holds the lock, then fails with a clear message.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,14 +104,37 @@ class Catalog:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
         self._migrated = False
+        self._checked: tuple[int, int, int, int] | None = None  # the file as this Catalog last left it
+        self._session: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (thread id, connection)
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
 
     # -- connections ----------------------------------------------------------
     @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold one writer connection for a burst of small queries and writes in this thread.
+
+        Every :meth:`connect` (and so :meth:`query`) of this thread inside the block
+        reuses it instead of opening the file again (~30 ms each); commands use it
+        around planning, not around long work, since it locks other processes out.
+        """
+        if (self._session is not None and self._session[0] == threading.get_ident()) or not self.path.exists():
+            yield  # already in one, or no catalog yet (a session must not create the file)
+            return
+        with self.connect() as con:
+            self._session = (threading.get_ident(), con)
+            try:
+                yield
+            finally:
+                self._session = None
+
+    @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection; the writer's is migrated to the current schema first."""
+        if self._session is not None and self._session[0] == threading.get_ident():
+            yield self._session[1]
+            return
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
         if read_only and not self._migrated:
@@ -119,6 +143,10 @@ class Catalog:
                 pass
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The version check (and migration) is skipped when the file is exactly as this Catalog
+        # left it after its last checked connection (it costs more than opening the file); a
+        # write by anyone else in between changes its mtime or size and brings the check back.
+        unchanged = self._migrated and self._checked is not None and self._file_id() == self._checked
         deadline = time.monotonic() + _LOCK_WAIT_S
         delay = 0.05
         while True:
@@ -134,11 +162,21 @@ class Catalog:
             except duckdb.Error as e:
                 raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
         try:
-            self._check_version(con, migrate=not read_only)
-            self._migrated = self._migrated or not read_only
+            if not unchanged:
+                self._check_version(con, migrate=not read_only)
+                self._migrated = self._migrated or not read_only
             yield con
         finally:
             con.close()
+            # DuckDB's file lock kept other processes out while this connection was open
+            self._checked = self._file_id() if self._migrated else None
+
+    def _file_id(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _check_version(self, con: duckdb.DuckDBPyConnection, *, migrate: bool) -> None:
         known = migrations()

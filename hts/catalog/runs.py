@@ -101,7 +101,9 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
 
     Each item has ``well``, ``field_index``, ``seconds``, ``worker``; items that
     segmented also ``counts`` (objects per output), items that measured also
-    ``part`` (the Parquet part of its cells, or None when it has none) and ``n_cells``.
+    ``part`` (the Parquet part of its cells, or None when it has none), ``n_cells``
+    and optionally ``cells`` (the part's rows as an Arrow table, loaded instead of
+    reading the part back).
     Labels complete, object counts and the field's cells land together or not at all.
     """
     if not done:
@@ -137,7 +139,9 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
                 [run_id],
             ).fetchall()
             cells_db.delete_fields(con, run_id, had)
-            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part")])
+            # the cells the workers returned go in from memory; items that only name their part are read back
+            cells_db.load_tables(con, [d["cells"] for d in measured if d.get("cells") is not None])
+            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part") and d.get("cells") is None])
             con.register(
                 "_measured",
                 pa.table(
