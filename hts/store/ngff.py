@@ -350,10 +350,14 @@ class PlateStore:
                 raise StoreError(f"{self.path}/{field_path}/labels/{name}/{i}: expects {arr.shape[-2:]}, got {level.shape}")
             arr[t, 0, 0] = level
             level = level[::2, ::2]
+        ome = dict(g.attrs["ome"])
+        label_attrs = dict(ome["image-label"])
         if properties is not None:
-            ome = dict(g.attrs["ome"])
-            ome["image-label"] = dict(ome["image-label"], properties=properties)
-            g.attrs["ome"] = ome
+            label_attrs["properties"] = properties
+        elif label_attrs.pop("properties", None) is None:
+            return  # nothing stale to drop: skip the metadata write
+        ome["image-label"] = label_attrs
+        g.attrs["ome"] = ome
 
     def read_labels(self, field_path: str, name: str, level: int = 0) -> zarr.Array:
         """A label image (t, 1, 1, y, x) of one field (lazy)."""

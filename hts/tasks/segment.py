@@ -3,20 +3,21 @@
 Plan on the client (per plate): resolve the engine, its parameters and the
 channel each role reads; derive the run identity from everything that decides
 the labels; skip a complete identical run, resume an interrupted one, refuse to
-overwrite labels another run wrote (unless ``overwrite``); create the empty
-label images. Then one task per pending field: the worker loads the engine
-once per process, reads the field's channels from the store itself, segments
-it (tiled and stitched), writes the labels and their pyramid, measures the
+overwrite labels another run wrote (unless ``overwrite``). Then one task per
+pending field: the worker loads the engine once per process, reads the field's
+channels from the store itself, segments it (tiled and stitched), creates the
+field's label images and writes the labels and their pyramid, measures the
 per-cell features (:mod:`hts.compute.measure`) into a Parquet part stored with
-the plate, and returns only counts, timings and the part's path. The client
-loads the parts in bulk and marks the fields complete in the same transaction,
-in batches. Fields segmented earlier but not measured with the requested
+the plate (the durable copy), and returns counts, timings, the part's path and
+its rows. The client bulk-loads the rows of a batch of fields and marks them
+complete in the same transaction. Fields segmented earlier but not measured with the requested
 feature options are measured (not segmented again) in the same pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from hts.compute.engines import Engine, EngineError, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
 from hts.config import load_workspace
 from hts.errors import CatalogError
-from hts.orchestrate.dask import dask_client, gpu_resources, map_fields
+from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, remove_run_parts, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
@@ -153,13 +154,15 @@ def segment(
     # missing backend fail before any worker starts.
     probe = cls(eng_params, backend=backend, device=device)
     options = measure_options(features)
-    plans = [
-        _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
-        for rec in select_plates(catalog, plates)
-    ]
+    with catalog.session():
+        plans = [
+            _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
+            for rec in select_plates(catalog, plates)
+        ]
     gpu = probe.device.startswith("cuda")
     seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, gpu=gpu, progress=progress)
-    return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
+    with catalog.session():
+        return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
 
 
 def measure_options(features: MeasureOptions | dict[str, Any] | bool) -> MeasureOptions | None:
@@ -201,21 +204,14 @@ def execute_plans(
             run_id = plan["run"]["run_id"]
             options = plan["spec"].get("measure")
             key = MeasureOptions(**options).key() if options is not None else None
-            batch: list[dict[str, Any]] = []
-            last = time.monotonic()
-            try:
+            with Batcher(functools.partial(runs_db.complete_run_fields, catalog, run_id, measured_key=key)) as batch:
                 for (well, idx, _, _), res in map_fields(
                     process_field, plan["todo"], client=client, args=(plan["spec"],), resources=resources
                 ):
-                    batch.append({"well": well, "field_index": idx, **res})
+                    batch.add({"well": well, "field_index": idx, **res})
                     done_total += 1
                     if progress:
                         progress(done_total, todo_total, f"{plan['record'].name} {well}")
-                    if len(batch) >= 64 or time.monotonic() - last > 2.0:
-                        runs_db.complete_run_fields(catalog, run_id, batch, measured_key=key)
-                        batch, last = [], time.monotonic()
-            finally:
-                runs_db.complete_run_fields(catalog, run_id, batch, measured_key=key)
             if plan.get("finish"):
                 runs_db.finish_run(catalog, run_id)
             if options is not None and plan["todo"] and not runs_db.unmeasured_run_fields(catalog, run_id, key):
@@ -269,7 +265,6 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         "pixel_size_um": px,
     }
     run_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
-    store = PlateStore(rec.store_uri)
     existing = runs_db.find_run(catalog, rec.plate_id, run_key)
     owners = runs_db.label_owners(catalog, rec.plate_id)
     conflicts = {name: o for name, o in owners.items() if name in labels.values() and o["run_key"] != run_key}
@@ -305,10 +300,6 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
             "hts_version": __version__,
         }
         replaces = sorted({o["run_id"] for o in conflicts.values()} | ({existing["run_id"]} if existing else set()))
-        store.each(
-            lambda path: store.create_labels(path, list(labels.values()), n_t=rec.shape[0], overwrite=True, tile=rec.tile_size),
-            [path for _, _, path in fields],
-        )
         runs_db.create_run(catalog, run, [(w, i) for w, i, _ in fields], replaces=replaces)
         for old in replaces:
             remove_run_parts(rec.store_uri, old)
@@ -324,6 +315,7 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         "pixel_size_um": px,
         "tile": tile,
         "halo": halo,
+        "store_tile": rec.tile_size,
     }
     todo = [(w, i, p, "segment") for w, i, p in fields if (w, i) in pending]
     if options is not None:
@@ -368,7 +360,8 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
 
     Reads the field's channels (and, to measure only, its labels) from the store,
     writes labels and the cells' Parquet part back to the store, and returns
-    object counts, the part's path, timing and the worker's name.
+    object counts, the part's path and rows (an Arrow table of a few hundred KB),
+    timing and the worker's name.
     """
     t0 = time.perf_counter()
     well, idx, path, mode = item
@@ -378,6 +371,8 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
     options = MeasureOptions(**spec["measure"]) if spec.get("measure") is not None else None
     counts: dict[str, int] = {}
     tables = []
+    if eng is not None:  # the field's label images, created here (in parallel) rather than by the client up front
+        store.create_labels(path, list(spec["labels"].values()), n_t=arr.shape[0], tile=spec.get("store_tile"))
     for t in range(arr.shape[0]):
         planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
         if eng is not None:
@@ -407,6 +402,7 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
         n = cells.num_rows if cells is not None else 0
         out["n_cells"] = n
         out["part"] = str(write_part(cells_part_path(spec["store"], spec["run_id"], well, idx), cells)) if n else None
+        out["cells"] = cells if n else None  # the client loads these rows from memory (the part is the durable copy)
     return out
 
 

@@ -271,3 +271,19 @@ def test_duplicate_field_names_in_nd2(tmp_path):
     with pytest.raises(SourceError, match=r"positions 1 and 2 are both named 'B12#2'"):
         ingest(path)
     _nothing_stored()
+
+
+def test_laplacian_equals_scipy_and_focus_ranks_sharpness():
+    from scipy import ndimage as ndi
+
+    from hts.tasks.ingest import focus_score, laplacian
+
+    rng = np.random.default_rng(3)
+    ints = rng.integers(0, 4096, (67, 90)).astype(np.float32)
+    assert np.array_equal(laplacian(ints), ndi.laplace(ints))  # integer-valued: exact
+    floats = rng.random((40, 33)).astype(np.float32)
+    np.testing.assert_allclose(laplacian(floats), ndi.laplace(floats), atol=1e-5)
+    sharp = (rng.random((128, 128)) > 0.5).astype(np.float32) * 1000 + 100
+    blurred = ndi.gaussian_filter(sharp, 3)
+    assert focus_score(sharp) > 10 * focus_score(blurred) > 0
+    assert focus_score(np.zeros((8, 8))) == 0.0
