@@ -94,3 +94,20 @@ def test_platemap_reads_and_normalizes(tmp_path):
 def test_platemap_bad_rows(tmp_path, text, match):
     with pytest.raises(PlatemapError, match=match):
         read_platemap(_csv(tmp_path, text), plate_wells=96)
+
+
+def test_session_reuses_one_connection_and_creates_no_file(tmp_path):
+    absent = Catalog(tmp_path / "absent.duckdb")
+    with absent.session():
+        pass
+    assert not absent.path.exists()  # a session never creates a catalog
+
+    cat = Catalog(tmp_path / "c.duckdb")
+    with cat.connect():
+        pass
+    with cat.session():
+        with cat.connect() as a, cat.connect(read_only=True) as b:
+            assert a is b
+        assert cat.query("SELECT count(*) AS n FROM plates") == [{"n": 0}]
+    with cat.connect() as c:  # after the block: a fresh connection again
+        assert c is not a
