@@ -80,7 +80,13 @@ def parent_of(children: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np
         return child_ids, out
     c = children[both].astype(np.int64)
     p = parents[both].astype(np.int64)
-    pairs, counts = np.unique(np.stack([c, p]), axis=1, return_counts=True)
+    # (child, parent) pairs as one integer key: 1-D unique is ~10x faster than unique(axis=1)
+    base = int(p.max()) + 1
+    if int(c.max()) < (1 << 62) // base:
+        keys, counts = np.unique(c * base + p, return_counts=True)
+        pairs = np.divmod(keys, base)
+    else:  # ids too large to pack
+        pairs, counts = np.unique(np.stack([c, p]), axis=1, return_counts=True)
     # sort by child, then overlap descending, then parent ascending; keep the first per child
     order = np.lexsort((pairs[1], -counts, pairs[0]))
     pc, pp = pairs[0][order], pairs[1][order]

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
+
+from hts.compute.features import object_ids
 
 __all__ = ["Tile", "tile_grid", "stitch_maps", "tiled_instances"]
 
@@ -70,16 +71,22 @@ def stitch_maps(shape_yx: tuple[int, int], tiles: list[Tile], outputs: list[np.n
     return full
 
 
+def _ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted object ids (> 0) of a label image (a bincount: ~10x faster than np.unique on label images)."""
+    return object_ids(labels)
+
+
 def _owned(labels: np.ndarray, tile: Tile) -> np.ndarray:
     """Ids of objects in ``labels`` (outer-region coordinates) whose centroid lies in the tile's core."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return ids
-    yy, xx = np.indices(labels.shape)
-    cy = ndi.mean(yy, labels, ids) + tile.outer[0]
-    cx = ndi.mean(xx, labels, ids) + tile.outer[2]
     y0, y1, x0, x1 = tile.core
+    ids = _ids(labels)
+    if ids.size == 0 or (y0, y1, x0, x1) == tile.outer:
+        return ids  # nothing to decide when the core is the whole tile (a field in one tile)
+    flat = labels.ravel()
+    n = np.bincount(flat)[ids]
+    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+    cy = np.bincount(flat, rows)[ids] / n + tile.outer[0]
+    cx = np.bincount(flat, cols)[ids] / n + tile.outer[2]
     inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
     return ids[inside]
 
@@ -113,7 +120,7 @@ def tiled_instances(
         prim = res[primary]
         keep = _owned(prim, t)
         extra_ids: dict[str, np.ndarray] = {}
-        prim_ids = set(np.unique(prim).tolist())
+        prim_ids = set(_ids(prim).tolist())
         for name, lab in res.items():
             if name == primary:
                 continue
@@ -131,7 +138,9 @@ def tiled_instances(
         for name, lab in res.items():
             allowed = keep if name == primary else np.union1d(keep, extra_ids.get(name, []))
             mapped = lut[lab]
-            mapped[~np.isin(lab, allowed)] = 0
+            ok = np.zeros(lut_size, bool)
+            ok[np.asarray(allowed, np.int64)] = True
+            mapped[~ok[lab]] = 0
             region = full[name][t.outer_slices]
             free = region == 0
             region[free] = mapped[free]
@@ -142,8 +151,7 @@ def _relabel_jointly(full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Consecutive ids over all outputs together, so linked objects keep equal ids."""
     if not full:
         return {}
-    present = np.unique(np.concatenate([np.unique(v) for v in full.values()]))
-    present = present[present > 0]
+    present = np.unique(np.concatenate([_ids(v) for v in full.values()]))
     lut = np.zeros(int(present.max()) + 1 if present.size else 1, np.int32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
     return {k: lut[v] for k, v in full.items()}

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from hts.compute.features import object_ids
 from hts.compute.tiling import Tile, tiled_instances
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
@@ -60,7 +61,7 @@ class SegmentResult:
     properties: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        return {k: int(len(np.unique(v)) - (1 if (v == 0).any() else 0)) for k, v in self.labels.items()}
+        return {k: int(len(object_ids(v))) for k, v in self.labels.items()}
 
 
 class Engine:
