@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     result = args.func(args)
     text = json.dumps(result, indent=2, default=str) + "\n"
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out = Path(__file__).parent / "results" / f"{result.get('benchmark', args.name)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"saved {out}")

@@ -8,6 +8,12 @@ synthetic plate (ImageXpress TIFFs, same pixels as the ND2 plate of ``pipeline``
 - ``hts segment_field`` (classic engine) and ``hts measure_field`` (nuclei, cells,
   cytoplasm; shape + intensity on every channel: what ``segment`` stores);
 - the baseline's ``segment_skimage`` and ``measure_skimage`` (regionprops_table).
+
+With ``--workers`` the hts kernels run on the same fields three ways: in this
+process, in a Dask worker process started with Dask's default environment, and in
+one started with hts's (:data:`hts.orchestrate.dask.WORKER_ENV`, the allocator
+settings): thread CPU seconds per field of each (``docs/benchmarks.md``, *Worker
+processes*).
 """
 
 from __future__ import annotations
@@ -69,9 +75,50 @@ def run(args: argparse.Namespace) -> dict:
     return {"benchmark": "field", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(), "fields": n, "size": args.size, "cells": cells, "rows": rows}
 
 
+def hts_kernels(n: int, size: int, repeat: int = 3) -> dict:
+    """CPU seconds (this thread; the whole process) and wall seconds per field of segment_field +
+    measure_field on ``n`` synthetic fields, best of ``repeat``."""
+    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.measure import measure_field
+    from hts.synth import synth_field
+
+    eng = engine_class("classic")()
+    fields = [synth_field(shape=(size, size), seed=i, density=0.7) for i in range(n)]
+    best = (float("inf"),) * 3
+    for _ in range(repeat + 1):  # the first pass warms up imports and caches
+        t0, p0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
+        for f in fields:
+            seg = segment_field(eng, {"nucleus": f.image[0], "cytoplasm": f.image[1]}, pixel_size_um=0.65)
+            measure_field(seg.labels, {"DAPI": f.image[0], "GFP": f.image[1], "Brightfield": f.image[2]}, pixel_size_um=0.65)
+        best = min(best, (time.thread_time() - t0, time.process_time() - p0, time.perf_counter() - w0))
+    return {"thread_cpu_s_per_field": round(best[0] / n, 4), "process_cpu_s_per_field": round(best[1] / n, 4),
+            "wall_s_per_field": round(best[2] / n, 4)}
+
+
+def run_workers(args: argparse.Namespace) -> dict:
+    import dask
+    from distributed import Client, LocalCluster
+
+    from benchmarks._util import machine_info
+    from hts.orchestrate.dask import worker_environ
+
+    rows = [{"where": "this process", **hts_kernels(args.n, args.size)}]
+    print(json.dumps(rows[-1]), flush=True)
+    for where, env in (("worker, Dask's environment", dask.config.get("distributed.nanny.pre-spawn-environ")),
+                       ("worker, hts's environment", worker_environ())):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as lc, Client(lc) as client:
+                rows.append({"where": where, "environ": {k: str(v) for k, v in env.items()},
+                             **client.submit(hts_kernels, args.n, args.size, pure=False).result()})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"benchmark": "field-workers", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+            "fields": args.n, "size": args.size, "rows": rows}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("field", help="per-field CPU seconds of hts segment/measure vs the scikit-image baseline")
     p.add_argument("--n", type=int, default=8, help="fields")
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--workers", action="store_true", help="instead: hts kernels in this process vs Dask worker processes")
     p.add_argument("--json", default=None)
-    p.set_defaults(func=run)
+    p.set_defaults(func=lambda a: run_workers(a) if a.workers else run(a))
