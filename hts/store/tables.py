@@ -37,11 +37,18 @@ def cells_part_path(store_uri: str | Path, run_id: str, well: str, field_index: 
     return join(run_parts_dir(store_uri, run_id), f"{well}_{int(field_index)}.parquet")
 
 
+def _write(table: pa.Table, where) -> None:
+    # dictionary-encode the string keys only: on continuous float features a dictionary costs time
+    # and makes the file larger (11.2 -> 7.7 ms and 219 -> 197 KB for 87 cells x 217 columns)
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, where, compression="zstd", use_dictionary=strings)
+
+
 def write_part(path: str | Path, table: pa.Table) -> Location:
     """Write ``table`` to ``path`` atomically (zstd-compressed Parquet); returns where it went."""
     if is_url(str(path)):
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        _write(table, buf)
         fs, p = filesystem(str(path))
         fs.pipe_file(p, buf.getvalue())  # one PUT: the object appears whole or not at all
         return str(path)
@@ -49,7 +56,7 @@ def write_part(path: str | Path, table: pa.Table) -> Location:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        _write(table, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
