@@ -64,11 +64,13 @@ class ClassicEngine(Engine):
         ctx["nuc_norm"] = (float(lo), float(hi))
         sm = pp.smooth(pp.normalize(nuc, lo, hi), sigma)
         ctx["nuc_threshold"] = float(filters.threshold_otsu(sm)) * p.threshold_factor
+        # the smoothed field, reused by a tile that is the whole field (fields up to the tile size)
+        ctx["smoothed"] = {"nucleus": sm}
         if "cytoplasm" in images:
             cyt = images["cytoplasm"].astype(np.float32)
             clo, chi = np.percentile(cyt[::2, ::2], [0.5, 99.8])
             ctx["cyt_norm"] = (float(clo), float(chi))
-            csm = pp.smooth(pp.normalize(cyt, clo, chi), sigma)
+            csm = ctx["smoothed"]["cytoplasm"] = pp.smooth(pp.normalize(cyt, clo, chi), sigma)
             if p.cell_threshold == "multiotsu":
                 thr = filters.threshold_multiotsu(csm[::2, ::2], classes=3)[0]
             else:
@@ -76,9 +78,18 @@ class ClassicEngine(Engine):
             ctx["cyt_threshold"] = float(thr) * p.cell_threshold_factor
         return ctx
 
+    @staticmethod
+    def _smoothed(role: str, tile: np.ndarray, ctx: dict[str, Any], norm: str) -> np.ndarray:
+        """The normalized, smoothed tile: from ``prepare`` when the tile is the whole field (a tile
+        smaller than the field in any direction has another shape), else computed."""
+        full = ctx.get("smoothed", {}).get(role)
+        if full is not None and full.shape == tile.shape:
+            return full
+        return pp.smooth(pp.normalize(tile, *ctx[norm]), ctx["sigma"])
+
     def nuclei(self, nucleus: np.ndarray, ctx: dict[str, Any]) -> np.ndarray:
         p, px = self.params, ctx["pixel_size_um"]
-        sm = pp.smooth(pp.normalize(nucleus, *ctx["nuc_norm"]), ctx["sigma"])
+        sm = self._smoothed("nucleus", nucleus, ctx, "nuc_norm")
         if p.threshold == "local":
             block = int(pp.um_to_px(p.local_block_um, px)) | 1
             thr = np.maximum(filters.threshold_local(sm, block_size=max(block, 3), offset=0), ctx["nuc_threshold"] * 0.5)
@@ -94,7 +105,7 @@ class ClassicEngine(Engine):
         reach = pp.um_to_px(p.cell_max_distance_um, px)
         if cytoplasm is None:
             return segmentation.expand_labels(nuclei, distance=reach).astype(np.int32)
-        csm = pp.smooth(pp.normalize(cytoplasm, *ctx["cyt_norm"]), ctx["sigma"])
+        csm = self._smoothed("cytoplasm", cytoplasm, ctx, "cyt_norm")
         mask = ndi.binary_fill_holes(csm > ctx["cyt_threshold"])
         # CellProfiler "Propagation"-like: distance from the nearest nucleus plus a
         # penalty for crossing intensity edges between cells.
