@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights of the four deep engines and their held-out numbers.
 #
-#   engines/train_all.sh                 # all four, then the evaluation (about 35 min on 2 CPU cores)
+#   engines/train_all.sh                 # all four, then the evaluation (about 100 min on 2 CPU cores)
 #   engines/train_all.sh nuclei fpf      # some of them (then the evaluation of those)
 #   engines/train_all.sh eval            # only the evaluation of the shipped weights
 #
 # Environment: PY (python, default .venv/bin/python), HTS_DEV_DATA (the development data folder with
-# nuclei_train/, nuclei_gt/, nd2/; default ../shared/data beside the repository). Training is
+# nuclei_train/, nuclei_gt/, nd2/; default ../shared/data beside the repository), HTS_STAGE_DIR (first-stage
+# weights and checkpoints of the two-stage engines; default $TMPDIR/hts-train-stage). Training is
 # deterministic for a given seed, except that --time-limit (a guard for slow machines) may end a run
 # at a step that depends on the machine's speed; training.json in each folder records where it stopped.
 # Checkpoints go to $HTS_CACHE_DIR/training (default ~/.cache/hts/training); --no-resume starts afresh.
@@ -17,26 +18,48 @@ DATA=${HTS_DEV_DATA:-../shared/data}
 NT=$DATA/nuclei_train
 ISL=$NT/brightfield_pairs/isl_kevan08_wellA4_z06_rows0-703
 TRAIN="$PY -m hts.compute.training --no-resume"
+STAGE=${HTS_STAGE_DIR:-${TMPDIR:-/tmp}/hts-train-stage}  # first-stage weights and checkpoints (fine-tuning starts from them)
 want() { [ $# -eq 0 ] && return 0; for e in $SELECTED; do [ "$e" = "$1" ] && return 0; done; return 1; }
 SELECTED=${*:-nuclei brightfield-unet cytoplasm fpf eval}
 if [ "$SELECTED" != "eval" ] && ! echo "$SELECTED" | grep -qw eval; then SELECTED="$SELECTED eval"; fi
+if [ "$SELECTED" != "eval" ]; then mkdir -p "$STAGE"; fi
 
 # nuclei: real nuclei_train fluorescence images (70 % train / 15 % validation / 15 % test, seed 0)
-#         plus 40 synthetic DAPI fields (half the sampling weight each).
+#         plus 40 synthetic DAPI fields. Stage 1 (the initial weights, 600 steps, real and synthetic
+#         equal weight) into a scratch folder; stage 2 fine-tunes from it (--init) with the real images
+#         at 3/4 of the sampling weight; then the post-processing is tuned on the validation split.
 if want nuclei; then
-  $TRAIN --engine nuclei --out engines/nuclei --seed 0 --steps 600 --time-limit 570 \
-    --pixel-size 0.65 --object-diameter 12 \
+  $TRAIN --engine nuclei --out "$STAGE/nuclei-stage1" --seed 0 --steps 600 --time-limit 570 \
+    --checkpoint "$STAGE/nuclei-stage1.pt" --pixel-size 0.65 --object-diameter 12 \
     --nuclei-folder "$NT" --nuclei-split 0.70,0.15,0.15 --nuclei-weight 1 \
     --synthetic 40 --synthetic-val 4 --synthetic-channels DAPI --synthetic-weight 1
+  nice -n 5 $TRAIN --engine nuclei --out engines/nuclei --seed 0 --steps 2000 --time-limit 2520 --lr 1e-3 --patience 15 \
+    --init "$STAGE/nuclei-stage1" --checkpoint "$STAGE/nuclei-ft.pt" --pixel-size 0.65 --object-diameter 12 \
+    --nuclei-folder "$NT" --nuclei-split 0.70,0.15,0.15 --nuclei-weight 3 \
+    --synthetic 40 --synthetic-val 4 --synthetic-channels DAPI --synthetic-weight 1
+  "$PY" engines/tune_postprocess.py engines/nuclei --data "$DATA" --write
 fi
 
-# brightfield-unet: 60 synthetic brightfield fields + the In Silico Labeling phase-contrast field,
-#                   rows 0-479 (nuclei from its DAPI by the classic engine); rows 480-703 are held out.
+# brightfield-unet: stage 1 (the initial weights): 60 synthetic brightfield fields + the In Silico
+#                   Labeling phase-contrast field rows 0-479 (nuclei from its DAPI by the classic engine).
+#                   Stage 2 fine-tunes from it on the real pairs (3/4 of the weight): ISL rows 0-359 and the
+#                   ND2 PBMC field rows 0-175 (targets: classic on its inverted "DAPI" channel, the dark
+#                   dye-excluding cell disks), validated on ISL rows 360-479 and PBMC rows 176-255.
+#                   ISL rows 480-703 and example-multichannel.nd2 stay held out.
 if want brightfield-unet; then
-  $TRAIN --engine brightfield-unet --out engines/brightfield-unet --seed 0 --steps 500 --time-limit 480 \
-    --pixel-size 0.65 --object-diameter 12 \
+  $TRAIN --engine brightfield-unet --out "$STAGE/brightfield-unet-stage1" --seed 0 --steps 500 --time-limit 480 \
+    --checkpoint "$STAGE/brightfield-unet-stage1.pt" --pixel-size 0.65 --object-diameter 12 \
     --synthetic 60 --synthetic-val 4 --synthetic-channels Brightfield --synthetic-weight 3 \
     --pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,0:480" --pair-weight 1 --invert-p 0.2
+  PBMC=$DATA/nd2/example-pbmc.nd2
+  nice -n 5 $TRAIN --engine brightfield-unet --out engines/brightfield-unet --seed 0 --steps 600 --time-limit 1200 \
+    --lr 1e-3 --patience 10 --init "$STAGE/brightfield-unet-stage1" --checkpoint "$STAGE/brightfield-unet-ft.pt" \
+    --pixel-size 0.65 --object-diameter 12 \
+    --synthetic 60 --synthetic-channels Brightfield --synthetic-weight 1 \
+    --pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,0:360" --pair "$PBMC#Mono,$PBMC#~DAPI,0:176" \
+    --val-pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,360:480" --val-pair "$PBMC#Mono,$PBMC#~DAPI,176:256" \
+    --pair-weight 3 --invert-p 0.2
+  "$PY" engines/tune_postprocess.py engines/brightfield-unet --data "$DATA" --write
 fi
 
 # cytoplasm: 60 synthetic fields, the cytoplasm role played by GFP (2/3) or Brightfield (1/3).
