@@ -11,6 +11,14 @@ from hts.compute.engines.base import NUCLEUS_NAMES, Role
 
 
 class NucleiParams(DeepParams):
+    """Post-processing of the foreground and distance maps.
+
+    The defaults below are generic; a model folder's ``config.json`` may hold
+    values tuned for its weights under ``postprocess`` (the shipped ``nuclei``
+    and ``brightfield-unet`` models do), which replace them unless a parameter
+    is passed explicitly.
+    """
+
     foreground_threshold: float = Field(0.5, gt=0, lt=1, description="Foreground probability above which a pixel is nucleus.")
     split_h: float = Field(0.3, gt=0, description="Depth of the saddle in the predicted (radius-normalized) distance map that separates touching nuclei.")
     min_area_um2: float = Field(10.0, ge=0, description="Smaller objects are discarded.")
