@@ -98,9 +98,9 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu
 # OS at once. For image work that is expensive: setting it freezes glibc's mmap threshold at
 # 128 KiB, so every field-sized array (a 512x512 float32 plane is 1 MiB) is a fresh mmap whose
 # pages fault in one by one, and the heap's top is trimmed after every free. The classic segment +
-# measure kernel cost ~1.9x its in-process CPU time in a worker (11.2 vs 5.9 CPU s on 16 fields).
-# With arrays up to 32 MiB from the heap and up to 64 MiB of free heap kept for the next field it
-# costs the same as in-process; memory stays bounded (docs/benchmarks.md, *Worker processes*).
+# measure kernels cost 0.59 CPU s per 512² field in such a worker against 0.28 in-process; with
+# arrays up to 32 MiB from the heap and up to 64 MiB of free heap kept for the next field, 0.33
+# (`python -m benchmarks field --workers`; docs/benchmarks.md, *Worker processes*).
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024, "MALLOC_TRIM_THRESHOLD_": 64 * 1024 * 1024}
 
 
