@@ -14,6 +14,7 @@ from hts.compute.features import (
     INTENSITY_FEATURES,
     compartment_features,
     intensity_features,
+    object_features,
     object_ids,
     shape_features,
 )
@@ -325,3 +326,32 @@ def test_compartment_features():
         np.testing.assert_allclose(out["cells"][f"Intensity_NucCytoRatio_{ch}"], want, rtol=1e-9)
     assert np.isfinite(out["cells"]["Intensity_NucCytoRatio_DAPI"]).all()
     assert np.nanmedian(out["cells"]["Intensity_NucCytoRatio_DAPI"]) > 2  # DAPI is nuclear
+
+
+def test_object_features_equal_the_per_channel_calls():
+    """object_features shares pixel lists, edges and centroids between channels; the values must not change."""
+    f = synth_field(shape=(160, 140), seed=5, density=0.8)
+    lab = f.cells
+    noisy = f.image[1].astype(np.float64)
+    noisy[::7, ::5] = np.nan  # the non-finite path recomputes centroids over the finite pixels
+    images = {"DAPI": f.image[0], "GFP": noisy}
+    got = object_features(lab, images, pixel_size_um=0.5)
+    want = {"ObjectNumber": object_ids(lab), **shape_features(lab, pixel_size_um=0.5)}
+    for ch, im in images.items():
+        want.update(intensity_features(lab, im, channel=ch))
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_wide_integer_range_quantiles_match_numpy():
+    """Values and object ranks that do not fit a 32-bit sort key take the 64-bit path: same quantiles."""
+    rng = np.random.default_rng(1)
+    lab = np.repeat(np.arange(1, 11), 30).reshape(20, 15).astype(np.int32)
+    img = rng.integers(0, 2**30, lab.shape).astype(np.int64)
+    feats = intensity_features(lab, img, channel="x", scale=1.0)
+    for i, obj in enumerate(object_ids(lab)):
+        v = img[lab == obj].astype(np.float64)
+        assert feats["Intensity_MedianIntensity_x"][i] == np.median(v)
+        assert feats["Intensity_LowerQuartileIntensity_x"][i] == np.quantile(v, 0.25)
+        assert feats["Intensity_MADIntensity_x"][i] == np.median(np.abs(v - np.median(v)))
