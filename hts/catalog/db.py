@@ -314,6 +314,12 @@ class Catalog:
             con.execute("COMMIT")
 
     # -- queries used by commands ---------------------------------------------
+    def field_paths(self, plate_id: str, *, complete_only: bool = False) -> dict[tuple[str, int], str]:
+        """(well, field index) -> the field's group path in the plate store, in well and field order."""
+        status = " AND status = 'complete'" if complete_only else ""
+        rows = self.query(f"SELECT well, field_index, path FROM fields WHERE plate_id = ?{status} ORDER BY well, field_index", [plate_id])
+        return {(r["well"], int(r["field_index"])): r["path"] for r in rows}
+
     def channel_names(self, plate_id: str) -> list[str]:
         """A plate's channel names in channel order."""
         return [r["name"] for r in self.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [plate_id])]

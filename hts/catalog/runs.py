@@ -19,6 +19,7 @@ __all__ = [
     "finish_run",
     "label_owners",
     "current_runs",
+    "run_labels",
     "set_run_features",
 ]
 
@@ -89,11 +90,18 @@ def unmeasured_run_fields(catalog: Catalog, run_id: str, measured_key: str) -> s
     return {(r["well"], r["field_index"]) for r in rows}
 
 
-def current_runs(catalog: Catalog, plate_id: str) -> list[dict[str, Any]]:
-    """The runs of a plate whose labels are current (not replaced), oldest first."""
-    return catalog.query(
+def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None) -> list[dict[str, Any]]:
+    """The runs of a plate whose labels are current (not replaced), oldest first; only ids starting with ``prefix``."""
+    rows = catalog.query(
         "SELECT * FROM runs WHERE plate_id = ? AND status != 'replaced' ORDER BY created_at", [plate_id]
     )
+    return [r for r in rows if not prefix or r["run_id"].startswith(prefix)]
+
+
+def run_labels(run: dict[str, Any]) -> dict[str, str]:
+    """Output -> label image name of a run (a catalog row stores them as JSON)."""
+    labels = run["labels"]
+    return labels if isinstance(labels, dict) else json.loads(labels)
 
 
 def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]], *, measured_key: str | None = None) -> None:
@@ -131,17 +139,6 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
             con.register("_counts", counts)
             con.execute("INSERT OR REPLACE INTO run_object_counts SELECT * FROM _counts")
         if measured:
-            keys = [(d["well"], d["field_index"]) for d in measured]
-            con.register("_keys", pa.table({"well": [w for w, _ in keys], "field_index": pa.array([i for _, i in keys], pa.int32())}))
-            had = con.execute(
-                "SELECT f.well, f.field_index FROM run_fields f JOIN _keys k USING (well, field_index) "
-                "WHERE f.run_id = ? AND f.n_cells IS NOT NULL",
-                [run_id],
-            ).fetchall()
-            cells_db.delete_fields(con, run_id, had)
-            # the cells the workers returned go in from memory; items that only name their part are read back
-            cells_db.load_tables(con, [d["cells"] for d in measured if d.get("cells") is not None])
-            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part") and d.get("cells") is None])
             con.register(
                 "_measured",
                 pa.table(
@@ -152,6 +149,16 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
                     }
                 ),
             )
+            # fields measured before (a re-measure) lose their old cells first
+            had = con.execute(
+                "SELECT f.well, f.field_index FROM run_fields f JOIN _measured m USING (well, field_index) "
+                "WHERE f.run_id = ? AND f.n_cells IS NOT NULL",
+                [run_id],
+            ).fetchall()
+            cells_db.delete_fields(con, run_id, had)
+            # the cells the workers returned go in from memory; items that only name their part are read back
+            cells_db.load_tables(con, [d["cells"] for d in measured if d.get("cells") is not None])
+            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part") and d.get("cells") is None])
             con.execute(
                 "UPDATE run_fields SET measured_key = ?, n_cells = m.n_cells FROM _measured m "
                 "WHERE run_fields.run_id = ? AND run_fields.well = m.well AND run_fields.field_index = m.field_index",

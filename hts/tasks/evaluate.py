@@ -293,8 +293,7 @@ def _evaluate_plate(plate: str, truth: Path, *, labels: str, db, thresholds, ove
         have = ", ".join(sorted(owners)) or "none"
         raise EvaluationError(f"plate {rec.name} has no labels {labels!r} (labels: {have}); run `hts segment` first")
     pending = runs_db.pending_run_fields(catalog, owners[labels]["run_id"])
-    fields = {(r["well"], int(r["field_index"])): r["path"] for r in catalog.query(
-        "SELECT well, field_index, path FROM fields WHERE plate_id = ? ORDER BY well, field_index", [rec.plate_id])}
+    fields = catalog.field_paths(rec.plate_id)
     base_name = labels.split("_", 1)[0]
     if truth.is_dir():
         truth_files = sorted(p for p in truth.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)

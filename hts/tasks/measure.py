@@ -60,13 +60,11 @@ def measure(
     key = options.key()
     plans = []
     for rec in select_plates(catalog, plates):
-        runs = runs_db.current_runs(catalog, rec.plate_id)
-        if run:
-            runs = [r for r in runs if r["run_id"].startswith(run)]
+        runs = runs_db.current_runs(catalog, rec.plate_id, run)
         if not runs:
             continue
         channels = catalog.channel_names(rec.plate_id)
-        paths = {(r["well"], r["field_index"]): r["path"] for r in catalog.query("SELECT well, field_index, path FROM fields WHERE plate_id = ?", [rec.plate_id])}
+        paths = catalog.field_paths(rec.plate_id)
         for r in runs:
             todo = [(w, i, paths[(w, i)], "measure") for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r["run_id"], key))]
             plans.append({"record": rec, "run": r, "spec": measure_spec(rec, r, channels, options), "todo": todo, "finish": False})

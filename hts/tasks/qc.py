@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hts.catalog import Catalog
+from hts.catalog import runs as runs_db
 from hts.catalog.db import sql_ident
 from hts.compute.qc import assay_quality, robust_z, ssmd, z_prime
 from hts.config import load_workspace
@@ -77,12 +78,7 @@ def plate_qc(
     catalog = Catalog(db) if db else ws.catalog
     reports = []
     for rec in select_plates(catalog, plates):
-        runs = catalog.query(
-            "SELECT run_id, engine FROM runs WHERE plate_id = ? AND status != 'replaced' ORDER BY created_at", [rec.plate_id]
-        )
-        if run:
-            runs = [r for r in runs if r["run_id"].startswith(run)]
-        for r in runs:
+        for r in runs_db.current_runs(catalog, rec.plate_id, run):
             reports.append(run_qc(catalog, rec.name, r["run_id"], r["engine"], metric))
     if not reports:
         raise CatalogError(f"{catalog.path}: no segmentation runs to check (run `hts segment` first)")

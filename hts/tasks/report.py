@@ -11,7 +11,6 @@ by :mod:`hts.reports`. Files written under ``out`` (default ``reports/<plate>/``
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -117,9 +116,7 @@ def report(
     ws = load_workspace(db=db)
     catalog = Catalog(db) if db else ws.catalog
     rec = catalog.find_plate(plate)
-    runs = runs_db.current_runs(catalog, rec.plate_id)
-    if run:
-        runs = [r for r in runs if r["run_id"].startswith(run)]
+    runs = runs_db.current_runs(catalog, rec.plate_id, run)
     if not runs:
         raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
     r = runs[-1]
@@ -215,8 +212,8 @@ def report(
             html.table(["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"], fits, caption=f"4PL fits of {name}")
 
     # overlays ----------------------------------------------------------------------------
-    labels = r["labels"] if isinstance(r["labels"], dict) else json.loads(r["labels"])
-    paths = {(x["well"], x["field_index"]): x["path"] for x in catalog.query("SELECT well, field_index, path FROM fields WHERE plate_id = ?", [rec.plate_id])}
+    labels = runs_db.run_labels(r)
+    paths = catalog.field_paths(rec.plate_id)
     if fields:
         chosen = []
         for f in fields:

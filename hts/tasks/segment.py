@@ -238,9 +238,8 @@ def select_fields(
             selected = {w.name for w in parse_well_range(wells, PLATE_TYPES[rec.plate_type])}
         except ValueError as e:
             raise EngineError(f"--wells {wells!r}: {e}") from None
-    status = " AND status = 'complete'" if complete_only else ""
-    rows = catalog.query(f"SELECT well, field_index, path FROM fields WHERE plate_id = ?{status} ORDER BY well, field_index", [rec.plate_id])
-    return selected, [(r["well"], int(r["field_index"]), r["path"]) for r in rows if selected is None or r["well"] in selected]
+    paths = catalog.field_paths(rec.plate_id, complete_only=complete_only)
+    return selected, [(w, i, p) for (w, i), p in paths.items() if selected is None or w in selected]
 
 
 def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
@@ -327,12 +326,11 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
 
 def measure_spec(rec: PlateRecord, run: dict[str, Any], plate_channels: list[str], options: MeasureOptions | None) -> dict[str, Any]:
     """What a worker needs to measure a run's fields (the segment spec adds the engine)."""
-    labels = run["labels"] if isinstance(run["labels"], dict) else json.loads(run["labels"])
     return {
         "store": rec.store_uri,
         "plate_id": rec.plate_id,
         "run_id": run["run_id"],
-        "labels": labels,
+        "labels": runs_db.run_labels(run),
         "channel_names": list(plate_channels),
         "pixel_size_um": run["pixel_size_um"],
         "measure": options.model_dump(mode="json") if options is not None else None,
@@ -411,7 +409,6 @@ def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
     rows = catalog.query(
         "SELECT output, sum(n_objects) AS n FROM run_object_counts WHERE run_id = ? GROUP BY output", [run["run_id"]]
     )
-    labels = run["labels"] if isinstance(run["labels"], dict) else json.loads(run["labels"])
     cells = catalog.query("SELECT sum(n_cells) AS n FROM run_fields WHERE run_id = ?", [run["run_id"]])
     return SegmentReport(
         plate=plan["record"].name,
@@ -424,8 +421,8 @@ def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
         fields_total=len(plan["fields"]),
         fields_segmented=sum(1 for item in plan["todo"] if item[3] == "segment"),
         objects={r["output"]: int(r["n"]) for r in rows},
-        labels=labels,
+        labels=runs_db.run_labels(run),
         seconds=round(seconds, 3),
-        fields_measured=sum(1 for item in plan["todo"] if plan["spec"].get("measure") is not None),
+        fields_measured=len(plan["todo"]) if plan["spec"].get("measure") is not None else 0,
         cells=int(cells[0]["n"] or 0) if cells else 0,
     )
