@@ -121,6 +121,13 @@ class _Objects:
         self._on_edge = None
         self._centroid = None
 
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as an array, checked to have the label image's shape."""
+        image = np.asarray(image)
+        if image.shape != self.shape:
+            raise ValueError(f"image shape {image.shape} differs from labels shape {self.shape}")
+        return image
+
     def on_edge(self) -> np.ndarray:
         """Per object pixel (aligned with :attr:`idx`): on its object's inner boundary."""
         if self._on_edge is None:
@@ -397,9 +404,7 @@ def _quantile(s: np.ndarray, start: np.ndarray, n: np.ndarray, frac: float, lega
 
 
 def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -> dict[str, np.ndarray]:
-    image = np.asarray(image)
-    if image.shape != o.shape:
-        raise ValueError(f"image shape {image.shape} differs from labels shape {o.shape}")
+    image = o.image(image)
     if quantiles not in ("numpy", "cellprofiler"):
         raise ValueError(f"quantiles must be 'numpy' or 'cellprofiler', got {quantiles!r}")
     legacy = quantiles == "cellprofiler"

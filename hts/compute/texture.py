@@ -94,9 +94,7 @@ def texture_features(
     :func:`hts.compute.features.object_ids`; see the module docstring for the definitions.
     """
     o = _Objects(labels)
-    image = np.asarray(image)
-    if image.shape != o.shape:
-        raise ValueError(f"image shape {image.shape} differs from labels shape {o.shape}")
+    image = o.image(image)
     scale = int(scale)
     if scale < 1:
         raise ValueError(f"scale must be at least 1 pixel, got {scale}")
@@ -230,9 +228,7 @@ def granularity_features(
     from skimage.morphology import dilation, disk, erosion, reconstruction
 
     o = _Objects(labels)
-    image = np.asarray(image)
-    if image.shape != o.shape:
-        raise ValueError(f"image shape {image.shape} differs from labels shape {o.shape}")
+    image = o.image(image)
     scale = _default_scale(image.dtype) if scale_intensity is None else float(scale_intensity)
     n = o.n
     names = [f"Granularity_{i}_{channel}" for i in range(1, spectrum_length + 1)]
