@@ -72,7 +72,7 @@ def export(
         return " AND ".join(conds)
 
     cond, wcond = where("Metadata_PlateID", "Metadata_Run"), where("plate_id", "run_id")
-    ext = "parquet" if format == "parquet" else "csv"
+    ext = format  # the file extension
     opts = "FORMAT parquet, COMPRESSION zstd" if format == "parquet" else "FORMAT csv, HEADER true"
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
