@@ -38,6 +38,10 @@ SchedulerOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)]
+# optional feature families, shared by `hts segment` and `hts measure`
+TextureOpt = Annotated[bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel (slower).")]
+GranularityOpt = Annotated[bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells (slower).")]
+RodOpt = Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial intensity profiles.")]
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from hts.cli import common as cli
-from hts.cli.common import DbOpt, JsonOpt, SchedulerOpt, WorkersOpt
+from hts.cli.common import DbOpt, GranularityOpt, JsonOpt, RodOpt, SchedulerOpt, TextureOpt, WorkersOpt
 
 __all__ = ["register"]
 
@@ -34,9 +34,9 @@ def register(app: typer.Typer) -> None:
         plates: PlatesArg = None,
         run: RunOpt = None,
         db: DbOpt = None,
-        texture: Annotated[bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel.")] = False,
-        granularity: Annotated[bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells.")] = False,
-        rod: Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial profiles.")] = False,
+        texture: TextureOpt = False,
+        granularity: GranularityOpt = False,
+        rod: RodOpt = False,
         scheduler: SchedulerOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
