@@ -60,6 +60,25 @@ def frame_values(t: int, p: int, z: int, n_c: int, shape: tuple[int, int], dtype
 
 
 @pytest.fixture
+def annotated_plate(tmp_path: Path):
+    """Factory: a synthetic ND2 plate (``hts.synth.make_plate``) ingested into the workspace with
+    its platemap attached; returns the ``SynthPlate``."""
+    from hts.catalog import Catalog
+    from hts.catalog.platemap import annotate
+    from hts.synth import make_plate
+    from hts.tasks.ingest import ingest
+
+    def make(*, wells: str, fields: int, shape: tuple[int, int]):
+        p = make_plate(tmp_path / "raw", format="nd2", wells=wells, fields=fields, shape=shape)
+        ingest(p.source)
+        cat = Catalog("hts.duckdb")
+        annotate(cat, cat.find_plate("DEMO-PLATE"), p.platemap)
+        return p
+
+    return make
+
+
+@pytest.fixture
 def nd2_plate(tmp_path: Path):
     """Factory: write a small multi-position ND2 plate with the hts ND2 writer; returns its path."""
     from hts.formats.base import Channel

@@ -4,7 +4,6 @@ that cannot see the client's files, a worker killed mid-run, GPU resource routin
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -11,24 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from hts.catalog import Catalog
-from hts.catalog.platemap import annotate
 from hts.compute.measure import measure_field
 from hts.errors import CatalogError
 from hts.store import PlateStore
 from hts.store.tables import run_parts_dir
-from hts.synth import make_plate
-from hts.tasks.ingest import ingest
 from hts.tasks.measure import measure
 from hts.tasks.segment import segment
 
 
 @pytest.fixture
-def plate(tmp_path):
-    p = make_plate(tmp_path / "raw", format="nd2", wells="A01:B04", fields=2, shape=(160, 160))
-    ingest(p.source)
-    cat = Catalog("hts.duckdb")
-    annotate(cat, cat.find_plate("DEMO-PLATE"), p.platemap)
-    return p
+def plate(annotated_plate):
+    return annotated_plate(wells="A01:B04", fields=2, shape=(160, 160))
 
 
 def _cells(order="well, field_index, t, object_id"):

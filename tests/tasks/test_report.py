@@ -8,21 +8,14 @@ import re
 import pytest
 from matplotlib.image import imread
 
-from hts.catalog import Catalog
-from hts.catalog.platemap import annotate
 from hts.errors import CatalogError
-from hts.synth import make_plate
-from hts.tasks.ingest import ingest
 from hts.tasks.report import report
 from hts.tasks.segment import segment
 
 
 @pytest.fixture
-def segmented(tmp_path):
-    p = make_plate(tmp_path / "raw", format="nd2", wells="A01:C05", fields=1, shape=(128, 128))
-    ingest(p.source)
-    cat = Catalog("hts.duckdb")
-    annotate(cat, cat.find_plate("DEMO-PLATE"), p.platemap)
+def segmented(annotated_plate):
+    p = annotated_plate(wells="A01:C05", fields=1, shape=(128, 128))
     segment(engine="classic")
     return p
 
