@@ -175,6 +175,7 @@ def ingest(
         progress(done, total, "resuming" if done else "starting")
 
     light = dataclasses.replace(desc, fields=[], files=[])
+    levels = int(store.hts_attrs["levels"])
 
     def record(items: list[tuple[dict, list[dict]]]) -> None:
         fields = [f for f, _ in items]
@@ -186,7 +187,7 @@ def ingest(
         # whatever completed is recorded, also when interrupted (the batcher flushes on exit)
         with Batcher(record) as batch:
             for field, res in map_fields(
-                ingest_field, todo, client=client, args=(reader, light, str(store_path), max_project)
+                ingest_field, todo, client=client, args=(reader, light, str(store_path), max_project, levels)
             ):
                 well = field.well.name
                 batch.add((
@@ -204,7 +205,12 @@ def ingest(
 
 
 def ingest_field(
-    field: SourceField, reader: PlateReader, description: PlateDescription, store_path: str, max_project: bool
+    field: SourceField,
+    reader: PlateReader,
+    description: PlateDescription,
+    store_path: str,
+    max_project: bool,
+    levels: int | None = None,
 ) -> dict[str, Any]:
     """Worker task: read one field from the source and write it (with its pyramid) into the store."""
     t0 = time.perf_counter()
@@ -212,7 +218,7 @@ def ingest_field(
     if max_project and data.shape[2] > 1:
         data = data.max(axis=2, keepdims=True)
     data = np.ascontiguousarray(data)
-    PlateStore(store_path).write_field(field.well, field.index, data)
+    PlateStore(store_path).write_field(field.well, field.index, data, levels=levels)
     return {
         "checksum": hashlib.sha256(data.tobytes()).hexdigest(),
         "stats": channel_stats(data),

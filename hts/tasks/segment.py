@@ -369,15 +369,23 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
     options = MeasureOptions(**spec["measure"]) if spec.get("measure") is not None else None
     counts: dict[str, int] = {}
     tables = []
-    if eng is not None:  # the field's label images, created here (in parallel) rather than by the client up front
-        store.create_labels(path, list(spec["labels"].values()), n_t=arr.shape[0], tile=spec.get("store_tile"))
+    if eng is not None:
+        # The field's label images, created here (in parallel) rather than by the client up front,
+        # and created afresh: this task writes every time point of them.
+        levels = store.create_labels(path, list(spec["labels"].values()), n_t=arr.shape[0], tile=spec.get("store_tile"), overwrite=True)
     for t in range(arr.shape[0]):
         planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
         if eng is not None:
             images = {role: planes[c] for role, c in spec["channels"].items()}
             res = segment_field(eng, images, pixel_size_um=spec["pixel_size_um"], tile=spec["tile"], halo=spec["halo"])
-            for out, lab in res.labels.items():
-                store.write_labels(path, spec["labels"][out], t, lab, properties=res.properties.get(out))
+            names = spec["labels"]
+            store.write_labels(
+                path,
+                {names[out]: lab for out, lab in res.labels.items()},
+                t,
+                levels=levels,
+                properties={names[out]: p for out, p in res.properties.items() if out in res.labels} or None,
+            )
             for out, n in res.counts().items():
                 counts[out] = counts.get(out, 0) + n
             labels = res.labels

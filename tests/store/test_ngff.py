@@ -85,3 +85,52 @@ def test_create_refuses_existing(tmp_path):
         PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="b", fingerprint="fp")
     PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="b", fingerprint="fp", overwrite=True)
     assert PlateStore(tmp_path / "p.zarr").hts_attrs["plate_id"] == "b"
+
+
+def test_labels_add_to_existing_ones_validate_and_replace(tmp_path):
+    from ome_zarr_models.v05 import ImageLabel, Labels
+
+    desc = _desc()
+    store = PlateStore.create(tmp_path / "p.zarr", desc, plate_id="pid", fingerprint="fp", tile=256)
+    fp = "B/03/1"
+    lab = np.zeros((600, 520), np.int32)
+    lab[10:60, 20:90], lab[300:420, 200:260] = 1, 2
+    assert store.create_labels(fp, ["nuclei_a"], n_t=1) == 3
+    store.write_labels(fp, {"nuclei_a": lab}, 0, properties={"nuclei_a": [{"label-value": 1, "kind": "x"}]})
+    # a second run's labels join the first's without touching them
+    store.create_labels(fp, ["cells_b"], n_t=1)
+    store.write_labels(fp, {"cells_b": lab * 3}, 0)
+    root = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = Labels.from_zarr(root[f"{fp}/labels"])
+        image_label = ImageLabel.from_zarr(root[f"{fp}/labels/nuclei_a"])
+    assert labels.attributes.ome.labels == ["nuclei_a", "cells_b"]
+    assert [d.path for d in image_label.attributes.ome.multiscales[0].datasets] == ["0", "1", "2"]
+    assert root[f"{fp}/labels/nuclei_a"].attrs["ome"]["image-label"]["properties"] == [{"label-value": 1, "kind": "x"}]
+    np.testing.assert_array_equal(store.read_labels(fp, "nuclei_a")[0, 0, 0], lab)
+    np.testing.assert_array_equal(store.read_labels(fp, "nuclei_a", level=1)[0, 0, 0], lab[::2, ::2])
+    np.testing.assert_array_equal(store.read_labels(fp, "cells_b", level=2)[0, 0, 0], (lab * 3)[::4, ::4])
+    # the image itself is untouched; labels of the same name are kept unless replaced
+    assert root[fp].attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    store.create_labels(fp, ["nuclei_a"], n_t=1)
+    assert store.read_labels(fp, "nuclei_a")[0, 0, 0].max() == 2
+    store.create_labels(fp, ["nuclei_a"], n_t=1, overwrite=True)
+    assert store.read_labels(fp, "nuclei_a")[0, 0, 0].max() == 0
+    assert "properties" not in zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels/nuclei_a"].attrs["ome"]["image-label"]
+    assert Labels.from_zarr(zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels"]).attributes.ome.labels == ["nuclei_a", "cells_b"]
+    with pytest.raises(StoreError, match="expects shape"):
+        store.write_labels(fp, {"cells_b": lab[:100]}, 0)
+
+
+def test_channel_windows_change_only_the_windows(tmp_path):
+    store = PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="pid", fingerprint="fp", tile=256)
+    store.set_channel_windows([(100, 2000), (5, 60.5)], ["A/01/0", "B/03/1"])
+    root = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    for fp in ("A/01/0", "B/03/1"):
+        chans = root[fp].attrs["ome"]["omero"]["channels"]
+        assert [(c["window"]["start"], c["window"]["end"]) for c in chans] == [(100.0, 2000.0), (5.0, 60.5)]
+        assert [c["window"]["max"] for c in chans] == [65535.0, 65535.0] and [c["label"] for c in chans] == ["DAPI", "GFP"]
+    untouched = root["A/01/1"].attrs["ome"]["omero"]["channels"][0]["window"]
+    assert untouched["start"] == 0.0 and untouched["end"] == 65535.0
+    Image.from_zarr(root["B/03/1"])
