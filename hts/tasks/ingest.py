@@ -258,25 +258,34 @@ def focus_score(image: np.ndarray) -> float:
     Dividing by the mean squared makes the score independent of exposure and gain,
     so fields of one channel compare across a plate (see the ``field_qc`` view).
     """
-    im = np.asarray(image, np.float32)
+    im = np.asarray(image)
     mean = float(im.mean(dtype=np.float64))
     if mean <= 0:
         return 0.0
-    return float(laplacian(im).var(dtype=np.float64) / (mean * mean))
+    lap = laplacian(im)
+    # the variance in two passes over the float32 Laplacian, accumulated in float64 (row by row
+    # for the squares): np.var would make three more field-sized temporaries
+    n = lap.size
+    m = float(lap.sum(dtype=np.float64)) / n
+    squares = float(np.einsum("ij,ij->i", lap, lap, dtype=np.float64).sum())
+    return max(squares / n - m * m, 0.0) / (mean * mean)
 
 
 def laplacian(im: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.laplace(im)`` (mirror border) of a 2-D float32 image, written with slices.
+    """``scipy.ndimage.laplace`` (mirror border) of a 2-D image as float32, written with slices.
 
     Seven times faster than scipy's two 1-D correlations (2.8 vs 19 ms on 1024²), which made the
     focus score the dearest step of ingesting a field; equal to it on integer-valued images and
-    within float32 rounding otherwise (tested).
+    within float32 rounding otherwise (tested). The border is padded in the image's own dtype
+    (half the bytes of float32 for 16-bit fields).
     """
-    p = np.pad(im, 1, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    p = np.pad(im, 1, mode="symmetric").astype(np.float32, copy=False)  # numpy's "symmetric" is scipy's "reflect"
     out = p[:-2, 1:-1] + p[2:, 1:-1]
     out += p[1:-1, :-2]
     out += p[1:-1, 2:]
-    out -= 4 * p[1:-1, 1:-1]
+    centre = p[1:-1, 1:-1]
+    centre *= 4  # p is this function's own copy: no temporary for 4 * centre
+    out -= centre
     return out
 
 

@@ -287,3 +287,8 @@ def test_laplacian_equals_scipy_and_focus_ranks_sharpness():
     blurred = ndi.gaussian_filter(sharp, 3)
     assert focus_score(sharp) > 10 * focus_score(blurred) > 0
     assert focus_score(np.zeros((8, 8))) == 0.0
+    # the definition: variance of scipy's Laplacian over the squared mean, on 16-bit fields too
+    field = rng.integers(100, 60000, (300, 257)).astype(np.uint16)
+    ref = np.var(ndi.laplace(field.astype(np.float64))) / field.mean() ** 2
+    assert focus_score(field) == pytest.approx(ref, rel=1e-9)
+    assert laplacian(field).dtype == np.float32
