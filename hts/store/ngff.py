@@ -262,11 +262,7 @@ class PlateStore:
         )
         multiscales = _multiscales(description, shape, levels)
         omero = _omero(description.channels, description.dtype)
-        level_meta = [
-            _array_metadata(
-shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype)
-            for level in range(levels)
-        ]
+        level_meta = [_array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype) for level in range(levels)]
         nodes: dict[str, Any] = {}
         for w in wells:
             n = per_well[w]
