@@ -17,7 +17,7 @@ Metadata and chunk writes go through zarr's asynchronous API in batches (one
 ``zarr.create_hierarchy`` for a skeleton, one gathered call for all pyramid levels
 of a field): zarr's synchronous calls cost 2-6 ms of CPU each in its Python layer,
 which made the skeleton of a 192-field plate take 4 s on the client and label
-images 70 ms per field on the workers (``docs/benchmarks.md``, *Store metadata*).
+images 70 ms per field on the workers (``docs/benchmarks.md``, *third round: the plate store*).
 """
 
 from __future__ import annotations
