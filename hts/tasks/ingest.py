@@ -299,8 +299,7 @@ def _set_display_windows(catalog: Catalog, plate_id: str, store: PlateStore, des
     if len(rows) != len(desc.channels):
         return
     windows = [(r["lo"], max(r["hi"], r["lo"] + 1)) for r in rows]
-    paths = [r["path"] for r in catalog.query("SELECT path FROM fields WHERE plate_id = ?", [plate_id])]
-    store.set_channel_windows(windows, paths)
+    store.set_channel_windows(windows, list(catalog.field_paths(plate_id).values()))
 
 
 def _plate_tables(
