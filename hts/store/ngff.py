@@ -98,6 +98,7 @@ class PlateStore:
     def __init__(self, path: str | Path):
         self.path = location(path) if is_url(path) or str(path).startswith("file://") else Path(path)
         self.remote = isinstance(self.path, str)
+        self._zstore: Any = None  # zarr store at the root, made on first write (see _zarr_store)
 
     @property
     def uri(self) -> str:
@@ -118,19 +119,17 @@ class PlateStore:
 
     def _zarr_store(self):
         """The zarr store object at the plate's root (kept: fsspec clients are costly to make)."""
-        store = self.__dict__.get("_zstore")
-        if store is None:
+        if self._zstore is None:
             if self.remote:
                 from zarr.storage import FsspecStore
 
-                store = FsspecStore.from_url(self.path, storage_options=storage_options(self.path))
+                self._zstore = FsspecStore.from_url(self.path, storage_options=storage_options(self.path))
             else:
                 from zarr.storage import LocalStore
 
                 self.path.mkdir(parents=True, exist_ok=True)
-                store = LocalStore(self.path)
-            self.__dict__["_zstore"] = store
-        return store
+                self._zstore = LocalStore(self.path)
+        return self._zstore
 
     def _create_nodes(self, nodes: dict[str, Any], *, overwrite: bool = False) -> None:
         """Write groups and arrays (``path -> GroupMetadata | ArrayV3Metadata``) concurrently.
@@ -388,8 +387,8 @@ class PlateStore:
     ) -> None:
         """Write one time point of label images (``name -> 2-D int32``) and their pyramids, concurrently.
 
-        ``levels``: pyramid depth of the label images (what :meth:`create_labels` returned;
-        read from their metadata when not given). ``properties``: NGFF ``image-label``
+        ``levels``: pyramid depth of the label images, the image's (what :meth:`create_labels`
+        returned; read from the field's metadata when not given). ``properties``: NGFF ``image-label``
         properties of some of the images (replacing theirs); the others' attributes are
         left as they are.
         """
@@ -404,13 +403,14 @@ class PlateStore:
                 level = level[::2, ::2]
         self._write_arrays(writes)
         if properties:
+            by_path = {f"{field_path}/labels/{name}": props for name, props in properties.items()}
 
             def update(path: str, attrs: dict[str, Any]) -> dict[str, Any]:
                 ome = dict(attrs["ome"])
-                ome["image-label"] = dict(ome["image-label"], properties=properties[path.rsplit("/", 1)[1]])
+                ome["image-label"] = dict(ome["image-label"], properties=by_path[path])
                 return {"ome": ome}
 
-            self._update_attrs([f"{field_path}/labels/{name}" for name in properties], update)
+            self._update_attrs(list(by_path), update)
 
     def read_labels(self, field_path: str, name: str, level: int = 0) -> zarr.Array:
         """A label image (t, 1, 1, y, x) of one field (lazy)."""
