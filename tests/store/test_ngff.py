@@ -36,6 +36,19 @@ def test_downsample2_matches_skimage_block_mean():
     np.testing.assert_array_equal(downsample2(a), ref)
     odd = rng.integers(0, 255, size=(5, 7)).astype(np.uint8)
     assert downsample2(odd).shape == (3, 4)
+    # the packed-pair integer path: full 8- and 16-bit range (no overflow), odd edges replicated,
+    # rounding half to even, and an input that is not C-contiguous
+    for dtype in (np.uint8, np.uint16):
+        top = np.iinfo(dtype).max
+        a = rng.integers(0, top + 1, size=(2, 3, 1, 33, 47)).astype(dtype)
+        a[0, 0, 0, :2, :2] = top
+        padded = np.pad(a, [(0, 0)] * 3 + [(0, 1), (0, 1)], mode="edge").astype(float)
+        ref = np.rint(downscale_local_mean(padded, (1, 1, 1, 2, 2))).astype(dtype)
+        np.testing.assert_array_equal(downsample2(a), ref)
+        assert downsample2(a)[0, 0, 0, 0, 0] == top
+        np.testing.assert_array_equal(downsample2(np.asfortranarray(a)), ref)
+    halves = np.array([[1, 1], [0, 0]], np.uint16), np.array([[3, 3], [0, 0]], np.uint16)  # means 0.5, 1.5
+    assert [int(downsample2(h)[0, 0]) for h in halves] == [0, 2]
 
 
 def test_create_validates_against_ngff_05(tmp_path):
