@@ -236,19 +236,43 @@ def channel_stats(data: np.ndarray) -> list[dict[str, float]]:
     out = []
     for c in range(data.shape[1]):
         ch = data[:, c]
-        sub = ch[..., ::2, ::2].ravel()
-        p01, p999 = np.percentile(sub, [1.0, 99.9])
+        p01, p999 = percentiles(ch[..., ::2, ::2], (1.0, 99.9))
         out.append(
             {
                 "min": float(ch.min()),
                 "max": float(ch.max()),
                 "mean": float(ch.mean(dtype=np.float64)),
-                "p01": float(p01),
-                "p999": float(p999),
+                "p01": p01,
+                "p999": p999,
                 "saturated_fraction": float(np.count_nonzero(ch == top) / ch.size),
                 "focus_score": focus_score(ch[0].max(axis=0)),
             }
         )
+    return out
+
+
+def percentiles(sample: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(sample, qs)`` (linear interpolation), from a histogram for 8- and 16-bit images.
+
+    Sorting a 512² subsample cost 3.5 ms per channel; counting it into 65,536 bins and reading the
+    order statistics off the cumulative counts costs 0.6 ms, with numpy's own interpolation
+    formula (equal to ``np.percentile`` within float rounding, tested). Other dtypes go to
+    ``np.percentile``.
+    """
+    a = np.asarray(sample)
+    if a.dtype not in (np.uint8, np.uint16) or a.size == 0:
+        return [float(v) for v in np.percentile(a, qs)]
+    cumulative = np.cumsum(np.bincount(a.ravel()))
+    n = a.size
+    out = []
+    for q in qs:
+        virtual = (n - 1) * (q / 100)  # numpy's index for the linear method
+        lo = int(np.floor(virtual))
+        gamma = virtual - lo
+        below, above = (int(np.searchsorted(cumulative, k, side="right")) for k in (lo, min(lo + 1, n - 1)))
+        diff = float(above - below)
+        # numpy's _lerp: from the nearer end, so q = 100 gives the maximum exactly
+        out.append(above - diff * (1 - gamma) if gamma >= 0.5 else below + diff * gamma)
     return out
 
 
@@ -262,13 +286,21 @@ def focus_score(image: np.ndarray) -> float:
     mean = float(im.mean(dtype=np.float64))
     if mean <= 0:
         return 0.0
-    lap = laplacian(im)
-    # the variance in two passes over the float32 Laplacian, accumulated in float64 (row by row
-    # for the squares): np.var would make three more field-sized temporaries
-    n = lap.size
-    m = float(lap.sum(dtype=np.float64)) / n
-    squares = float(np.einsum("ij,ij->i", lap, lap, dtype=np.float64).sum())
+    # the Laplacian in strips of rows, so that each strip's float32 temporaries stay in the
+    # core's cache (1.4x faster than one field-sized pass on 1024²); the variance from two
+    # sums accumulated in float64
+    padded = np.pad(im, 1, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    total = squares = 0.0
+    for r0 in range(0, im.shape[0], _STRIP):
+        lap = _laplacian_padded(padded[r0 : r0 + _STRIP + 2])
+        total += float(lap.sum(dtype=np.float64))
+        squares += float(np.einsum("ij,ij->", lap, lap, dtype=np.float64))
+    n = im.size
+    m = total / n
     return max(squares / n - m * m, 0.0) / (mean * mean)
+
+
+_STRIP = 64  # rows: a 1026-wide float32 strip and its Laplacian fit a 512 KiB L2 cache
 
 
 def laplacian(im: np.ndarray) -> np.ndarray:
@@ -279,12 +311,17 @@ def laplacian(im: np.ndarray) -> np.ndarray:
     within float32 rounding otherwise (tested). The border is padded in the image's own dtype
     (half the bytes of float32 for 16-bit fields).
     """
-    p = np.pad(im, 1, mode="symmetric").astype(np.float32, copy=False)  # numpy's "symmetric" is scipy's "reflect"
+    return _laplacian_padded(np.pad(im, 1, mode="symmetric"))
+
+
+def _laplacian_padded(p: np.ndarray) -> np.ndarray:
+    """The Laplacian of the inside of ``p``, an image (or a strip of its rows) with a one-pixel border."""
+    p = p.astype(np.float32)  # always a copy: the centre is scaled in place below
     out = p[:-2, 1:-1] + p[2:, 1:-1]
     out += p[1:-1, :-2]
     out += p[1:-1, 2:]
     centre = p[1:-1, 1:-1]
-    centre *= 4  # p is this function's own copy: no temporary for 4 * centre
+    centre *= 4
     out -= centre
     return out
 

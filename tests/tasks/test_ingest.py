@@ -292,3 +292,19 @@ def test_laplacian_equals_scipy_and_focus_ranks_sharpness():
     ref = np.var(ndi.laplace(field.astype(np.float64))) / field.mean() ** 2
     assert focus_score(field) == pytest.approx(ref, rel=1e-9)
     assert laplacian(field).dtype == np.float32
+
+
+def test_percentiles_from_histogram_equal_numpy():
+    from hts.tasks.ingest import percentiles
+
+    rng = np.random.default_rng(5)
+    qs = (0.0, 1.0, 33.3, 50.0, 99.9, 100.0)
+    for dtype, high in ((np.uint16, 65536), (np.uint16, 300), (np.uint8, 256)):
+        for n in (1, 2, 7, 1000, 512 * 512):
+            sample = rng.integers(0, high, n).astype(dtype)
+            np.testing.assert_allclose(percentiles(sample, qs), np.percentile(sample, qs), rtol=1e-12, atol=0)
+    # a strided 2-D view (what ingest passes: every other row and column) and other dtypes
+    field = rng.integers(0, 4000, (65, 64)).astype(np.uint16)
+    np.testing.assert_allclose(percentiles(field[::2, ::2], (1.0, 99.9)), np.percentile(field[::2, ::2], (1.0, 99.9)))
+    floats = rng.random(101)
+    assert percentiles(floats, (50.0,)) == [float(np.median(floats))]
