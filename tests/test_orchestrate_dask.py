@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from hts.orchestrate.dask import WORKER_ENV, Batcher, dask_client, map_fields
+from hts.errors import ClusterError
+from hts.orchestrate.dask import WORKER_ENV, Batcher, dask_client, items_per_task, map_fields
 
 
 def test_batcher_flushes_by_size_and_on_exit_even_when_interrupted():
@@ -50,3 +51,35 @@ def test_local_workers_keep_field_sized_arrays_on_the_heap():
     with dask_client("local", workers=1) as client:
         ((_, env),) = list(map_fields(_environ, [0], client=client))
     assert env == {k: str(v) for k, v in WORKER_ENV.items()}
+
+
+def test_items_per_task_groups_short_items_but_keeps_every_worker_busy():
+    assert items_per_task(384, 2, None) == 1
+    assert items_per_task(384, 2, 0.1) == 5  # ~0.5 s tasks
+    assert items_per_task(384, 2, 2.0) == 1  # long items: one each
+    assert items_per_task(20, 2, 0.001) == 2  # capped so each worker gets 4 tasks
+    assert items_per_task(3, 2, 0.001) == 1
+
+
+def _square_or_fail(i):
+    if i == 13:
+        raise ValueError("bad field")
+    return i * i
+
+
+def _task_key(_):
+    from distributed import get_worker
+
+    return str(get_worker().get_current_task())
+
+
+def test_map_fields_groups_items_into_tasks_and_names_the_failing_item():
+    with dask_client("threads", workers=2) as client:
+        out = dict(map_fields(_square_or_fail, range(12), client=client, seconds_per_item=0.01))
+        assert out == {i: i * i for i in range(12)}
+        with pytest.raises(ClusterError, match="task for 13 failed on a worker: ValueError: bad field"):
+            list(map_fields(_square_or_fail, range(10, 18), client=client, seconds_per_item=0.2))
+        # 16 items of 0.25 s go 2 to a task: 8 tasks, each item run by the task of its group
+        keys = dict(map_fields(_task_key, range(16), client=client, seconds_per_item=0.25))
+        assert len(set(keys.values())) == 8
+        assert all(keys[i] == keys[i + 1] for i in range(0, 16, 2))

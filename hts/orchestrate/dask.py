@@ -11,6 +11,9 @@
 
 :func:`map_fields` submits tasks with a bounded number in flight, so the client
 never holds more than a window of results, and yields results as they complete.
+Short items are grouped several to a task (:func:`items_per_task`): each Dask task
+costs the client and scheduler about 10 ms of CPU, which on a small machine is taken
+from the workers.
 
 Worker faults: a task whose worker dies (killed, machine lost) is rescheduled by
 the Dask scheduler on the remaining workers; ``map_fields`` only sees the result
@@ -30,12 +33,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+import contextlib
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from hts.errors import ClusterError, HtsError
 
-__all__ = ["dask_client", "map_fields", "Batcher", "default_workers", "gpu_resources", "is_external", "worker_name"]
+__all__ = [
+    "dask_client",
+    "map_fields",
+    "items_per_task",
+    "Batcher",
+    "default_workers",
+    "gpu_resources",
+    "is_external",
+    "worker_name",
+]
 
 LOCAL_SCHEDULERS = ("local", "processes", "threads", "sync")
 
@@ -179,6 +192,42 @@ def _takes_n_workers(client: Any) -> bool:
         return False
 
 
+def items_per_task(
+    n_items: int, n_workers: int, seconds_per_item: float | None, *, target_s: float = 0.5, min_tasks_per_worker: int = 4
+) -> int:
+    """How many items one task runs: enough that a task lasts about ``target_s``, few enough
+    that every worker still gets ``min_tasks_per_worker`` tasks (so that the last ones balance).
+
+    A Dask task costs about 10 ms of client and scheduler CPU: on 2 cores, 384 tasks of 50 ms
+    CPU took 38 % longer than their work, the same work as 96 tasks of 200 ms 13 % longer.
+    Fields that take 0.1 s are worth grouping, fields that take seconds are not.
+    ``seconds_per_item`` None: one item per task.
+    """
+    if not seconds_per_item or seconds_per_item <= 0:
+        return 1
+    by_cost = max(1, int(target_s / seconds_per_item))
+    by_balance = max(1, n_items // (max(1, n_workers) * min_tasks_per_worker))
+    return min(by_cost, by_balance)
+
+
+def _run_items(fn: Callable[..., R], items: list[T], *args: Any) -> list[R]:
+    """Worker task: ``fn(item, *args)`` for a group of items, in order.
+
+    An unexpected error carries the item it failed on (``hts_item``) back to the client.
+    """
+    out = []
+    for item in items:
+        try:
+            out.append(fn(item, *args))
+        except HtsError:
+            raise
+        except Exception as e:
+            with contextlib.suppress(AttributeError):  # an exception class with __slots__
+                e.hts_item = item  # type: ignore[attr-defined]
+            raise
+    return out
+
+
 def map_fields(
     fn: Callable[..., R],
     items: Iterable[T],
@@ -187,13 +236,16 @@ def map_fields(
     args: tuple = (),
     max_in_flight: int | None = None,
     resources: dict[str, float] | None = None,
+    seconds_per_item: float | None = None,
 ) -> Iterator[tuple[T, R]]:
     """Run ``fn(item, *args)`` for every item; yield ``(item, result)`` as tasks finish.
 
     With ``client=None`` the calls run in order in this process. Errors raised by
     a task propagate here; an :class:`HtsError` keeps its one-line message.
     ``resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers with those
-    resources (ignored without a client).
+    resources (ignored without a client). ``seconds_per_item``, a rough estimate of
+    one call's CPU time, lets short items be grouped into tasks (:func:`items_per_task`);
+    a group's results are yielded together when its task ends.
     """
     items = list(items)
     if client is None:
@@ -203,17 +255,19 @@ def map_fields(
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+    per_task = items_per_task(len(items), n_workers, seconds_per_item)
+    groups = [items[i : i + per_task] for i in range(0, len(items), per_task)]
     window = max_in_flight or max(4, 3 * n_workers)
-    it = iter(items)
-    futures: dict[Any, T] = {}
+    it = iter(groups)
+    futures: dict[Any, list[T]] = {}
 
     def submit_next() -> bool:
         try:
-            item = next(it)
+            group = next(it)
         except StopIteration:
             return False
-        fut = client.submit(fn, item, *args, pure=False, **({"resources": resources} if resources else {}))
-        futures[fut] = item
+        fut = client.submit(_run_items, fn, group, *args, pure=False, **({"resources": resources} if resources else {}))
+        futures[fut] = group
         return True
 
     for _ in range(window):
@@ -222,18 +276,19 @@ def map_fields(
     ac = as_completed(list(futures))
     try:
         for fut in ac:
-            item = futures.pop(fut)
+            group = futures.pop(fut)
             try:
-                result = fut.result()
+                results = fut.result()
             except HtsError:
                 raise
             except Exception as e:
-                raise ClusterError(f"task for {item} failed on a worker: {type(e).__name__}: {e}") from e
+                what = getattr(e, "hts_item", group[0])
+                raise ClusterError(f"task for {what} failed on a worker: {type(e).__name__}: {e}") from e
             finally:
                 fut.release()
             if submit_next():
                 ac.add(list(futures)[-1])
-            yield item, result
+            yield from zip(group, results)
     finally:
         for fut in futures:
             fut.cancel()
