@@ -79,7 +79,28 @@ def test_map_fields_groups_items_into_tasks_and_names_the_failing_item():
         assert out == {i: i * i for i in range(12)}
         with pytest.raises(ClusterError, match="task for 13 failed on a worker: ValueError: bad field"):
             list(map_fields(_square_or_fail, range(10, 18), client=client, seconds_per_item=0.2))
-        # 16 items of 0.25 s go 2 to a task: 8 tasks, each item run by the task of its group
-        keys = dict(map_fields(_task_key, range(16), client=client, seconds_per_item=0.25))
-        assert len(set(keys.values())) == 8
-        assert all(keys[i] == keys[i + 1] for i in range(0, 16, 2))
+        # items estimated at 0.25 s go 2 to a task (~0.5 s) in the first window (6 tasks, 3 per
+        # thread); then they take ~0 s, and go as many to a task as leaves each thread 4 tasks of
+        # what remains
+        keys = dict(map_fields(_task_key, range(64), client=client, seconds_per_item=0.25))
+        assert sorted(keys) == list(range(64))
+        assert all(keys[i] == keys[i + 1] != keys[i + 2] for i in range(0, 12, 2))
+        assert keys[12] == keys[12 + 52 // 8 - 1] != keys[12 + 52 // 8]
+        assert len(set(keys.values())) < 40  # 64 without grouping
+
+
+def _sleep(i):
+    time.sleep(0.005)
+    return _task_key(i)
+
+
+def test_map_fields_groups_by_the_time_tasks_took():
+    with dask_client("threads", workers=2) as client:
+        keys = dict(map_fields(_sleep, range(80), client=client))
+    assert sorted(keys) == list(range(80))
+    # the first window (6 tasks) runs single items; then 5 ms items go several to a task
+    # (~0.5 s, at most an eighth of what remains: 4 tasks for each of 2 threads), fewer as
+    # the work runs out
+    n_tasks = len(set(keys.values()))
+    assert 6 < n_tasks < 40, n_tasks
+    assert keys[6] == keys[7] == keys[6 + 74 // 8 - 1] != keys[6 + 74 // 8]

@@ -84,7 +84,9 @@ def load_tables(con: duckdb.DuckDBPyConnection, tables: Sequence[pa.Table], *, w
     have = cells_columns(con)
     for i, t in enumerate(tables):
         _add_columns(con, have, t.schema, where[i] if where else f"cells table {i}")
-    table = pa.concat_tables(tables, promote_options="permissive")
+    # one chunk: DuckDB scans a table of many small chunks (one per field) 3-5x slower
+    # (0.20 vs 0.04-0.07 s for 48 fields, 3,879 cells x 217 columns)
+    table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
     con.register("_cells_parts", table)
     try:
         return int(con.execute("INSERT INTO cells BY NAME SELECT * FROM _cells_parts").fetchall()[0][0])

@@ -11,9 +11,9 @@
 
 :func:`map_fields` submits tasks with a bounded number in flight, so the client
 never holds more than a window of results, and yields results as they complete.
-Short items are grouped several to a task (:func:`items_per_task`): each Dask task
-costs the client and scheduler about 10 ms of CPU, which on a small machine is taken
-from the workers.
+Short items are grouped several to a task (:func:`items_per_task`), sized by the time
+the finished tasks took: each Dask task costs the client and scheduler about 10 ms of
+CPU, which on a small machine is taken from the workers.
 
 Worker faults: a task whose worker dies (killed, machine lost) is rescheduled by
 the Dask scheduler on the remaining workers; ``map_fields`` only sees the result
@@ -193,7 +193,7 @@ def _takes_n_workers(client: Any) -> bool:
 
 
 def items_per_task(
-    n_items: int, n_workers: int, seconds_per_item: float | None, *, target_s: float = 0.5, min_tasks_per_worker: int = 4
+    n_items: int, n_workers: int, seconds_per_item: float | None, *, target_s: float = 1.0, min_tasks_per_worker: int = 4
 ) -> int:
     """How many items one task runs: enough that a task lasts about ``target_s``, few enough
     that every worker still gets ``min_tasks_per_worker`` tasks (so that the last ones balance).
@@ -210,11 +210,12 @@ def items_per_task(
     return min(by_cost, by_balance)
 
 
-def _run_items(fn: Callable[..., R], items: list[T], *args: Any) -> list[R]:
-    """Worker task: ``fn(item, *args)`` for a group of items, in order.
+def _run_items(fn: Callable[..., R], items: list[T], *args: Any) -> tuple[list[R], float]:
+    """Worker task: ``fn(item, *args)`` for a group of items, in order; their results and the seconds taken.
 
     An unexpected error carries the item it failed on (``hts_item``) back to the client.
     """
+    t0 = time.perf_counter()
     out = []
     for item in items:
         try:
@@ -225,7 +226,7 @@ def _run_items(fn: Callable[..., R], items: list[T], *args: Any) -> list[R]:
             with contextlib.suppress(AttributeError):  # an exception class with __slots__
                 e.hts_item = item  # type: ignore[attr-defined]
             raise
-    return out
+    return out, time.perf_counter() - t0
 
 
 def map_fields(
@@ -243,29 +244,39 @@ def map_fields(
     With ``client=None`` the calls run in order in this process. Errors raised by
     a task propagate here; an :class:`HtsError` keeps its one-line message.
     ``resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers with those
-    resources (ignored without a client). ``seconds_per_item``, a rough estimate of
-    one call's CPU time, lets short items be grouped into tasks (:func:`items_per_task`);
-    a group's results are yielded together when its task ends.
+    resources (ignored without a client).
+
+    Short items are grouped into tasks (:func:`items_per_task`), by the time the
+    finished tasks took per item (the median of the last 16); ``seconds_per_item``,
+    a first estimate, groups the first tasks too (without it they run one item each).
+    Groups shrink as the work runs out, so the last tasks balance. A group's results
+    are yielded together when its task ends.
     """
     items = list(items)
     if client is None:
         for item in items:
             yield item, fn(item, *args)
         return
+    from statistics import median
+
     from distributed import as_completed
 
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
-    per_task = items_per_task(len(items), n_workers, seconds_per_item)
-    groups = [items[i : i + per_task] for i in range(0, len(items), per_task)]
+    # task slots: worker processes times their threads
+    workers = client.scheduler_info().get("workers", {})
+    n_workers = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
     window = max_in_flight or max(4, 3 * n_workers)
-    it = iter(groups)
+    estimate = seconds_per_item
+    taken: list[float] = []  # seconds per item of finished tasks
+    position = 0
     futures: dict[Any, list[T]] = {}
 
     def submit_next() -> bool:
-        try:
-            group = next(it)
-        except StopIteration:
+        nonlocal position
+        if position >= len(items):
             return False
+        k = items_per_task(len(items) - position, n_workers, estimate)
+        group = items[position : position + k]
+        position += k
         fut = client.submit(_run_items, fn, group, *args, pure=False, **({"resources": resources} if resources else {}))
         futures[fut] = group
         return True
@@ -278,7 +289,7 @@ def map_fields(
         for fut in ac:
             group = futures.pop(fut)
             try:
-                results = fut.result()
+                results, seconds = fut.result()
             except HtsError:
                 raise
             except Exception as e:
@@ -286,6 +297,8 @@ def map_fields(
                 raise ClusterError(f"task for {what} failed on a worker: {type(e).__name__}: {e}") from e
             finally:
                 fut.release()
+            taken.append(seconds / len(group))
+            estimate = median(taken[-16:])
             if submit_next():
                 ac.add(list(futures)[-1])
             yield from zip(group, results)

@@ -3,7 +3,8 @@
 Workers write one part per field and run at ``PLATE.zarr/tables/cells/<run_id>/<well>_<field>.parquet``
 (a plain folder inside the plate: Zarr and NGFF readers ignore it, and the
 features travel with the plate they describe). The single catalog writer on the
-client then loads the parts in bulk; nothing large goes through Dask. Local parts
+client loads them in bulk: the worker also hands the rows back through Dask as one
+Arrow IPC buffer (:func:`to_ipc`), so the client need not read the part again. Local parts
 are written to a temporary name and renamed, so a killed worker never leaves half
 a part; on object storage (a plate at an ``s3://`` URL) a part is one PUT of the
 whole file, which is atomic already.
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from hts.store.location import Location, filesystem, is_url, join, location
 
-__all__ = ["cells_part_path", "write_part", "run_parts_dir", "remove_run_parts", "list_run_parts"]
+__all__ = ["cells_part_path", "write_part", "run_parts_dir", "remove_run_parts", "list_run_parts", "to_ipc", "from_ipc"]
 
 
 def _base(store_uri: str | Path) -> Location:
@@ -61,6 +62,23 @@ def write_part(path: str | Path, table: pa.Table) -> Location:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    """``table`` as one Arrow IPC stream: how a worker hands its cells to the client.
+
+    A pickled Table is rebuilt column by column on the other side (1.6 ms to load 87 cells x
+    217 features, 3.6 ms to dump); the stream is one buffer (0.25 and 0.9 ms).
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    """The table :func:`to_ipc` wrote."""
+    return pa.ipc.open_stream(data).read_all()
 
 
 def list_run_parts(store_uri: str | Path, run_id: str) -> list[str]:

@@ -44,7 +44,7 @@ from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
-from hts.store.tables import cells_part_path, remove_run_parts, write_part
+from hts.store.tables import cells_part_path, from_ipc, remove_run_parts, to_ipc, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
 
 __all__ = ["SegmentReport", "segment", "resolve_channels", "plate_pixel_size", "select_fields", "process_field", "execute_plans", "measure_spec"]
@@ -208,6 +208,8 @@ def execute_plans(
                 for (well, idx, _, _), res in map_fields(
                     process_field, plan["todo"], client=client, args=(plan["spec"],), resources=resources
                 ):
+                    if res.get("cells") is not None:
+                        res["cells"] = from_ipc(res["cells"])
                     batch.add({"well": well, "field_index": idx, **res})
                     done_total += 1
                     if progress:
@@ -358,7 +360,7 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
 
     Reads the field's channels (and, to measure only, its labels) from the store,
     writes labels and the cells' Parquet part back to the store, and returns
-    object counts, the part's path and rows (an Arrow table of a few hundred KB),
+    object counts, the part's path and rows (Arrow IPC bytes, a few hundred KB),
     timing and the worker's name.
     """
     t0 = time.perf_counter()
@@ -408,7 +410,8 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
         n = cells.num_rows if cells is not None else 0
         out["n_cells"] = n
         out["part"] = str(write_part(cells_part_path(spec["store"], spec["run_id"], well, idx), cells)) if n else None
-        out["cells"] = cells if n else None  # the client loads these rows from memory (the part is the durable copy)
+        # the client loads these rows from memory (the part is the durable copy)
+        out["cells"] = to_ipc(cells) if n else None
     return out
 
 
