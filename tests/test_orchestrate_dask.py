@@ -55,7 +55,7 @@ def test_local_workers_keep_field_sized_arrays_on_the_heap():
 
 def test_items_per_task_groups_short_items_but_keeps_every_worker_busy():
     assert items_per_task(384, 2, None) == 1
-    assert items_per_task(384, 2, 0.1) == 5  # ~0.5 s tasks
+    assert items_per_task(384, 2, 0.1) == 10  # ~1 s tasks
     assert items_per_task(384, 2, 2.0) == 1  # long items: one each
     assert items_per_task(20, 2, 0.001) == 2  # capped so each worker gets 4 tasks
     assert items_per_task(3, 2, 0.001) == 1
@@ -79,10 +79,10 @@ def test_map_fields_groups_items_into_tasks_and_names_the_failing_item():
         assert out == {i: i * i for i in range(12)}
         with pytest.raises(ClusterError, match="task for 13 failed on a worker: ValueError: bad field"):
             list(map_fields(_square_or_fail, range(10, 18), client=client, seconds_per_item=0.2))
-        # items estimated at 0.25 s go 2 to a task (~0.5 s) in the first window (6 tasks, 3 per
+        # items estimated at 0.5 s go 2 to a task (~1 s) in the first window (6 tasks, 3 per
         # thread); then they take ~0 s, and go as many to a task as leaves each thread 4 tasks of
         # what remains
-        keys = dict(map_fields(_task_key, range(64), client=client, seconds_per_item=0.25))
+        keys = dict(map_fields(_task_key, range(64), client=client, seconds_per_item=0.5))
         assert sorted(keys) == list(range(64))
         assert all(keys[i] == keys[i + 1] != keys[i + 2] for i in range(0, 12, 2))
         assert keys[12] == keys[12 + 52 // 8 - 1] != keys[12 + 52 // 8]
@@ -99,7 +99,7 @@ def test_map_fields_groups_by_the_time_tasks_took():
         keys = dict(map_fields(_sleep, range(80), client=client))
     assert sorted(keys) == list(range(80))
     # the first window (6 tasks) runs single items; then 5 ms items go several to a task
-    # (~0.5 s, at most an eighth of what remains: 4 tasks for each of 2 threads), fewer as
+    # (~1 s, at most an eighth of what remains: 4 tasks for each of 2 threads), fewer as
     # the work runs out
     n_tasks = len(set(keys.values()))
     assert 6 < n_tasks < 40, n_tasks
