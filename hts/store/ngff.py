@@ -269,6 +269,8 @@ class PlateStore:
         )
         multiscales = _multiscales(description, shape, levels)
         omero = _omero(description.channels, description.dtype)
+        # every field's group and level arrays have the same metadata: built once, shared
+        field_meta = GroupMetadata(attributes={"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}})
         level_meta = [_array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype) for level in range(levels)]
         nodes: dict[str, Any] = {}
         for w in wells:
@@ -276,8 +278,7 @@ class PlateStore:
             images = [{"path": str(i), "acquisition": 0} for i in range(n)]
             nodes[w.path] = GroupMetadata(attributes={"ome": {"version": NGFF_VERSION, "well": {"images": images}}})
             for i in range(n):
-                field_attrs = {"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}}
-                nodes[f"{w.path}/{i}"] = GroupMetadata(attributes=field_attrs)
+                nodes[f"{w.path}/{i}"] = field_meta
                 for level, meta in enumerate(level_meta):
                     nodes[f"{w.path}/{i}/{level}"] = meta
         self._create_nodes(nodes)
