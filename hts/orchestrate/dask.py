@@ -29,11 +29,11 @@ only there, one at a time per GPU, while CPU tasks run on any worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-import contextlib
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -270,19 +270,20 @@ def map_fields(
     position = 0
     futures: dict[Any, list[T]] = {}
 
-    def submit_next() -> bool:
+    def submit_next() -> Any:
+        """Submit the next group; its future, or None when all are submitted."""
         nonlocal position
         if position >= len(items):
-            return False
+            return None
         k = items_per_task(len(items) - position, n_workers, estimate)
         group = items[position : position + k]
         position += k
         fut = client.submit(_run_items, fn, group, *args, pure=False, **({"resources": resources} if resources else {}))
         futures[fut] = group
-        return True
+        return fut
 
     for _ in range(window):
-        if not submit_next():
+        if submit_next() is None:
             break
     ac = as_completed(list(futures))
     try:
@@ -299,8 +300,9 @@ def map_fields(
                 fut.release()
             taken.append(seconds / len(group))
             estimate = median(taken[-16:])
-            if submit_next():
-                ac.add(list(futures)[-1])
+            nxt = submit_next()
+            if nxt is not None:
+                ac.add(nxt)
             yield from zip(group, results)
     finally:
         for fut in futures:
