@@ -92,6 +92,23 @@ def test_write_and_read_field_with_pyramid(tmp_path):
         store.write_field(parse_well("A01"), 0, data[..., :100])
 
 
+def test_field_rewrite_replaces_every_chunk_in_place(tmp_path):
+    # chunks are written one by one, in place (no temporary files); a second write of a
+    # field (what an interrupted ingest does on resume) replaces all of them
+    desc = _desc(shape=(2, 2, 1, 600, 520))
+    store = PlateStore.create(tmp_path / "p.zarr", desc, plate_id="pid", fingerprint="fp", tile=256)
+    rng = np.random.default_rng(2)
+    first, second = (rng.integers(0, 65535, size=desc.shape, dtype=np.uint16) for _ in range(2))
+    store.write_field(parse_well("A01"), 0, first)
+    level0 = tmp_path / "p.zarr" / "A" / "01" / "0" / "0"
+    chunk_files = sorted(p for p in level0.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(chunk_files) == 2 * 2 * 3 * 3  # t, c, 3 rows x 3 columns of 256² tiles over 600 x 520
+    store.write_field(parse_well("A01"), 0, second)
+    assert not list((tmp_path / "p.zarr").rglob("*.partial"))
+    np.testing.assert_array_equal(store.read_field("A/01", 0)[:], second)
+    np.testing.assert_array_equal(store.read_field("A/01", 0, level=2)[:], downsample2(downsample2(second)))
+
+
 def test_create_refuses_existing(tmp_path):
     PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="a", fingerprint="fp")
     with pytest.raises(StoreError, match="--overwrite"):
