@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from skimage.metrics import contingency_table
 
+from conftest import DATA
+
 from hts.compute.engines import EngineError, engine_class, engines, segment_field
 from hts.compute.tiling import tile_grid
 from hts.synth import synth_field
@@ -118,3 +120,37 @@ def test_foci_assigned_to_cells_with_axis_position():
         # the focus lies (mostly) in its assigned cell
         sel = foci == p["label-value"]
         assert np.mean(cells[sel] == p["cell"]) > 0.5
+
+
+def _h_maxima_by_object(surface, mask, h):
+    """The reference: scikit-image's h_maxima on each 8-connected component alone, zero-padded."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    comps, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
+    out = np.zeros(mask.shape, bool)
+    for i, sl in enumerate(ndi.find_objects(comps), start=1):
+        own = comps[sl] == i
+        out[sl] |= h_maxima(np.pad(np.where(own, surface[sl], 0).astype(np.float32), 1), h)[1:-1, 1:-1].astype(bool) & own
+    return out
+
+
+@pytest.mark.parametrize("h", [0.5, 2.0, 6.0])
+def test_packed_h_maxima_equals_per_object_and_whole_field(h):
+    # real nuclei (DSB 2018 ground truth): the seeds of the classic engine, smoothed distance transform
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian
+    from skimage.morphology import h_maxima
+
+    from hts.compute.postprocess import h_maxima_in
+
+    mask = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif") > 0
+    dist = gaussian(ndi.distance_transform_edt(mask), sigma=1.0, preserve_range=True).astype(np.float32)
+    got = h_maxima_in(dist, mask, h)
+    assert got.any() and ndi.label(mask)[1] > 20
+    np.testing.assert_array_equal(got, _h_maxima_by_object(dist, mask, h))
+    np.testing.assert_array_equal(got, h_maxima(np.where(mask, dist, 0), h).astype(bool) & mask)
+    # objects whose height is below h have no maxima; an empty mask has none
+    assert dist.max() * 0.01 < 0.5 and not h_maxima_in(dist * 0.01, mask, h).any()
+    assert not h_maxima_in(dist, np.zeros_like(mask), h).any()
