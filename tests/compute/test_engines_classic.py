@@ -154,3 +154,20 @@ def test_packed_h_maxima_equals_per_object_and_whole_field(h):
     # objects whose height is below h have no maxima; an empty mask has none
     assert dist.max() * 0.01 < 0.5 and not h_maxima_in(dist * 0.01, mask, h).any()
     assert not h_maxima_in(dist, np.zeros_like(mask), h).any()
+
+
+def test_fill_holes_equals_scipy():
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from hts.compute.postprocess import fill_holes
+
+    # real nuclei outlines (holes inside every nucleus), a thresholded synthetic field, 3-D noise
+    lab = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif")
+    outlines = (lab > 0) & ~ndi.binary_erosion(lab > 0)
+    field = synth_field(shape=(256, 256), seed=4, channels=("DAPI", "GFP")).image[1]
+    noise = np.random.default_rng(0).random((12, 30, 40)) > 0.55
+    for mask in (outlines, field > np.median(field), noise, np.zeros((5, 7), bool), np.ones((5, 7), bool)):
+        want = ndi.binary_fill_holes(mask)
+        np.testing.assert_array_equal(fill_holes(mask), want)
+    assert fill_holes(outlines).sum() > outlines.sum() * 1.5  # the holes were filled

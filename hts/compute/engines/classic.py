@@ -106,7 +106,7 @@ class ClassicEngine(Engine):
         if cytoplasm is None:
             return segmentation.expand_labels(nuclei, distance=reach).astype(np.int32)
         csm = self._smoothed("cytoplasm", cytoplasm, ctx, "cyt_norm")
-        mask = ndi.binary_fill_holes(csm > ctx["cyt_threshold"])
+        mask = pp.fill_holes(csm > ctx["cyt_threshold"])
         # CellProfiler "Propagation"-like: distance from the nearest nucleus plus a
         # penalty for crossing intensity edges between cells.
         dist = ndi.distance_transform_edt(nuclei == 0)

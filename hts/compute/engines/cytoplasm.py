@@ -6,7 +6,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import ndimage as ndi
 from skimage import filters
 
 from hts.compute import postprocess as pp
@@ -46,7 +45,7 @@ class CytoplasmEngine(DeepEngine):
         p, px = self.params, ctx["pixel_size_um"]
         probs = self.head(maps, "classes")  # (3, y, x): background, cytoplasm, nucleus
         nuc_p, cell_p = probs[2], probs[1] + probs[2]
-        nuc_mask = pp.remove_small(ndi.binary_fill_holes(nuc_p > _otsu_high(nuc_p)), p.min_nucleus_area_um2 / px**2)
+        nuc_mask = pp.remove_small(pp.fill_holes(nuc_p > _otsu_high(nuc_p)), p.min_nucleus_area_um2 / px**2)
         nuclei = pp.split_touching(
             nuc_mask, seeds=p.seeds, diameter_px=pp.um_to_px(p.nucleus_diameter_um, px), h_px=pp.um_to_px(p.h_um, px), intensity=nuc_p
         )
