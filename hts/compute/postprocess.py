@@ -95,42 +95,85 @@ def hmax_seeds(mask: np.ndarray, *, h_px: float, smooth_px: float = 1.0) -> tupl
     distance transform separated by a saddle deeper than ``h_px``; shallower
     irregularities merge into one seed.
     """
-    dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    objects = PackedObjects(mask)
+    dist = objects.distance_transform().astype(np.float32)
     if smooth_px > 0:
         dist = filters.gaussian(dist, sigma=smooth_px, preserve_range=True).astype(np.float32)
-    markers, _ = ndi.label(h_maxima_in(dist, mask, h_px))
+    markers, _ = ndi.label(h_maxima_in(dist, mask, h_px, objects=objects))
     return markers.astype(np.int32), dist
 
 
-def h_maxima_in(surface: np.ndarray, mask: np.ndarray, h: float) -> np.ndarray:
-    """``skimage.morphology.h_maxima(np.where(mask, surface, 0), h) & mask``, without the background.
+def h_maxima_in(surface: np.ndarray, mask: np.ndarray, h: float, *, objects: PackedObjects | None = None) -> np.ndarray:
+    """``skimage.morphology.h_maxima(np.where(mask, surface, 0), h) & mask``, on the objects only.
 
-    The morphological reconstruction behind h-maxima sorts every pixel it is given. Here
-    each 8-connected component of ``mask``, cut out of ``surface`` by its bounding box
-    (zero outside the component), is packed beside the others into one small canvas
-    with zero gaps, and ``h_maxima`` runs once on it: the background, most of a field,
-    is never sorted, and scikit-image is called once instead of once per object (15 vs
-    60 ms for 91 nuclei on 512², 114 ms on the whole field). Components meet only
-    through zero-valued pixels in the field as in the canvas, so the result is the
-    same (tested against both).
+    The morphological reconstruction behind h-maxima sorts every pixel it is given; run
+    on the :class:`PackedObjects` canvas it skips the background (most of a field) and
+    calls scikit-image once (15 ms for 91 nuclei on 512², against 60 object by object and
+    114 on the whole field). Components meet only through zero-valued pixels in the
+    field as in the canvas, so the result is the same (tested). ``objects``: the packing
+    of ``mask``, when already made.
     """
-    comps, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
-    boxes = [(i, sl) for i, sl in enumerate(ndi.find_objects(comps), start=1) if sl is not None]
-    out = np.zeros(mask.shape, bool)
-    if not boxes:
+    objects = objects or PackedObjects(mask)
+    if not objects.boxes:
+        return np.zeros(mask.shape, bool)
+    return objects.unpack(morphology.h_maxima(objects.pack(np.asarray(surface, np.float32)), h).astype(bool))
+
+
+class PackedObjects:
+    """The 8-connected components of a 2-D mask, each cut out by its bounding box and packed
+    beside the others into a small canvas, with at least one zero pixel between any two.
+
+    Neighbourhood operations whose result on an object depends only on its own pixels and
+    the zeros around it (h-maxima, :meth:`distance_transform`) give the same values on the
+    canvas as on the field, and cost the objects' area, not the field's.
+    """
+
+    def __init__(self, mask: np.ndarray):
+        comps, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
+        self.shape = mask.shape
+        self.boxes = [(sl, comps[sl] == i) for i, sl in enumerate(ndi.find_objects(comps), start=1) if sl is not None]
+        shapes = [own.shape for _, own in self.boxes]
+        corners, self.canvas_shape = _shelf_pack(shapes) if shapes else ([], (0, 0))
+        self.places = [(slice(y, y + h), slice(x, x + w)) for (y, x), (h, w) in zip(corners, shapes)]
+
+    def pack(self, values: np.ndarray) -> np.ndarray:
+        """The canvas of ``values`` (field-shaped) on each object's pixels, zero elsewhere."""
+        canvas = np.zeros(self.canvas_shape, values.dtype)
+        for (sl, own), place in zip(self.boxes, self.places):
+            canvas[place] = np.where(own, values[sl], 0)
+        return canvas
+
+    def distance_transform(self) -> np.ndarray:
+        """``scipy.ndimage.distance_transform_edt(mask)``, at the cost of the objects' area (tested equal).
+
+        The background pixel nearest to a pixel of an object is 8-adjacent to that object
+        (a step from it towards the pixel lands on the object), so it lies in the object's
+        box or the gap around it. scipy counts nothing beyond the field's edge as
+        background, so an object touching the edge is measured alone, its box padded on
+        the inner sides only.
+        """
+        inner = [not any(s.start == 0 or s.stop == n for s, n in zip(sl, self.shape)) for sl, _ in self.boxes]
+        canvas = np.zeros(self.canvas_shape, bool)
+        for (_, own), place, keep in zip(self.boxes, self.places, inner):
+            if keep:
+                canvas[place] = own
+        dist = ndi.distance_transform_edt(canvas)
+        out = np.zeros(self.shape, np.float64)
+        for (sl, own), place, keep in zip(self.boxes, self.places, inner):
+            if keep:
+                out[sl][own] = dist[place][own]
+                continue
+            pads = [(int(s.start > 0), int(s.stop < n)) for s, n in zip(sl, self.shape)]
+            alone = ndi.distance_transform_edt(np.pad(own, pads))
+            out[sl][own] = alone[tuple(slice(a, a + k) for (a, _), k in zip(pads, own.shape))][own]
         return out
-    shapes = [(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for _, sl in boxes]
-    corners, canvas_shape = _shelf_pack(shapes)
-    canvas = np.zeros(canvas_shape, np.float32)
-    owns = []
-    for (i, sl), (y, x), (hy, wx) in zip(boxes, corners, shapes):
-        own = comps[sl] == i
-        owns.append(own)
-        canvas[y : y + hy, x : x + wx] = np.where(own, surface[sl], 0)
-    peaks = morphology.h_maxima(canvas, h).astype(bool)
-    for (_, sl), own, (y, x), (hy, wx) in zip(boxes, owns, corners, shapes):
-        out[sl] |= peaks[y : y + hy, x : x + wx] & own
-    return out
+
+    def unpack(self, canvas: np.ndarray) -> np.ndarray:
+        """The field-shaped array of ``canvas`` values on the objects' pixels, zero elsewhere."""
+        out = np.zeros(self.shape, canvas.dtype)
+        for (sl, own), place in zip(self.boxes, self.places):
+            out[sl][own] = canvas[place][own]
+        return out
 
 
 def _shelf_pack(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:

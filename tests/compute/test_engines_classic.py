@@ -156,6 +156,26 @@ def test_packed_h_maxima_equals_per_object_and_whole_field(h):
     assert not h_maxima_in(dist, np.zeros_like(mask), h).any()
 
 
+def test_distance_transform_on_packed_objects_equals_whole_field():
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from hts.compute.postprocess import PackedObjects
+
+    field = synth_field(shape=(256, 256), seed=5, channels=("DAPI", "GFP")).image[1]
+    rng = np.random.default_rng(1)
+    masks = [
+        tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif") > 0,  # real nuclei
+        field > np.percentile(field, 40),  # large, touching, irregular objects
+        rng.random((64, 80)) > 0.5,  # many small components, some 8-connected only
+        np.ones((20, 30), bool),  # one object filling the field
+    ]
+    for mask in masks:
+        objects = PackedObjects(mask)
+        assert objects.pack(mask).sum() == mask.sum()
+        np.testing.assert_array_equal(objects.distance_transform(), ndi.distance_transform_edt(mask))
+
+
 def test_fill_holes_equals_scipy():
     import tifffile
     from scipy import ndimage as ndi
