@@ -441,11 +441,11 @@ def _by_chunk(lead: tuple[int, ...], data: np.ndarray, chunks: tuple[int, ...]):
     of 62 ms of CPU (``docs/benchmarks.md``, *fifth round*).
     """
     full = data.reshape((1,) * len(lead) + data.shape)
+    ends = [i + 1 for i in lead] + list(data.shape)  # the region written, in array coordinates
     starts = [range(i, i + 1) for i in lead] + [range(0, n, c) for n, c in zip(data.shape, chunks[len(lead):])]
     for corner in itertools.product(*starts):
-        sel = tuple(slice(a, min(a + c, a + n)) for a, c, n in zip(corner, chunks, (1,) * len(lead) + data.shape))
-        local = tuple(slice(0, 1) for _ in lead) + sel[len(lead):]
-        yield sel, full[local]
+        sel = tuple(slice(a, min(a + c, end)) for a, c, end in zip(corner, chunks, ends))
+        yield sel, full[(slice(0, 1),) * len(lead) + sel[len(lead):]]
 
 
 class _ChunkFileStore(LocalStore):

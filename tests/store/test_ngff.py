@@ -109,6 +109,22 @@ def test_field_rewrite_replaces_every_chunk_in_place(tmp_path):
     np.testing.assert_array_equal(store.read_field("A/01", 0, level=2)[:], downsample2(downsample2(second)))
 
 
+def test_writes_split_into_chunks_that_tile_the_region_exactly():
+    from hts.store.ngff import _by_chunk
+
+    label = np.arange(600 * 520, dtype=np.int32).reshape(600, 520)
+    writes = list(_by_chunk((1, 0, 0), label, (1, 1, 1, 256, 256)))
+    assert len(writes) == 9
+    covered = np.zeros((600, 520), int)
+    for sel, value in writes:
+        assert sel[:3] == (slice(1, 2), slice(0, 1), slice(0, 1))
+        assert all(s.stop <= n for s, n in zip(sel[3:], label.shape))  # never past the array
+        assert value.shape == (1, 1, 1, sel[3].stop - sel[3].start, sel[4].stop - sel[4].start)
+        np.testing.assert_array_equal(value[0, 0, 0], label[sel[3], sel[4]])
+        covered[sel[3], sel[4]] += 1
+    assert (covered == 1).all()
+
+
 def test_create_refuses_existing(tmp_path):
     PlateStore.create(tmp_path / "p.zarr", _desc(), plate_id="a", fingerprint="fp")
     with pytest.raises(StoreError, match="--overwrite"):
