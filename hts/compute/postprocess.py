@@ -113,7 +113,7 @@ def h_maxima_in(surface: np.ndarray, mask: np.ndarray, h: float, *, objects: Pac
     field as in the canvas, so the result is the same (tested). ``objects``: the packing
     of ``mask``, when already made.
     """
-    objects = objects or PackedObjects(mask)
+    objects = objects if objects is not None else PackedObjects(mask)
     if not objects.boxes:
         return np.zeros(mask.shape, bool)
     return objects.unpack(morphology.h_maxima(objects.pack(np.asarray(surface, np.float32)), h).astype(bool))
