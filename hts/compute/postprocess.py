@@ -135,6 +135,7 @@ class PackedObjects:
         shapes = [own.shape for _, own in self.boxes]
         corners, self.canvas_shape = _shelf_pack(shapes) if shapes else ([], (0, 0))
         self.places = [(slice(y, y + h), slice(x, x + w)) for (y, x), (h, w) in zip(corners, shapes)]
+        self.on_edge = [any(s.start == 0 or s.stop == n for s, n in zip(sl, self.shape)) for sl, _ in self.boxes]
 
     def pack(self, values: np.ndarray) -> np.ndarray:
         """The canvas of ``values`` (field-shaped) on each object's pixels, zero elsewhere."""
@@ -152,20 +153,16 @@ class PackedObjects:
         background, so an object touching the edge is measured alone, its box padded on
         the inner sides only.
         """
-        inner = [not any(s.start == 0 or s.stop == n for s, n in zip(sl, self.shape)) for sl, _ in self.boxes]
         canvas = np.zeros(self.canvas_shape, bool)
-        for (_, own), place, keep in zip(self.boxes, self.places, inner):
-            if keep:
+        for (_, own), place, edge in zip(self.boxes, self.places, self.on_edge):
+            if not edge:
                 canvas[place] = own
-        dist = ndi.distance_transform_edt(canvas)
-        out = np.zeros(self.shape, np.float64)
-        for (sl, own), place, keep in zip(self.boxes, self.places, inner):
-            if keep:
-                out[sl][own] = dist[place][own]
-                continue
-            pads = [(int(s.start > 0), int(s.stop < n)) for s, n in zip(sl, self.shape)]
-            alone = ndi.distance_transform_edt(np.pad(own, pads))
-            out[sl][own] = alone[tuple(slice(a, a + k) for (a, _), k in zip(pads, own.shape))][own]
+        out = self.unpack(ndi.distance_transform_edt(canvas))  # zero on edge objects, set below
+        for (sl, own), edge in zip(self.boxes, self.on_edge):
+            if edge:
+                pads = [(int(s.start > 0), int(s.stop < n)) for s, n in zip(sl, self.shape)]
+                alone = ndi.distance_transform_edt(np.pad(own, pads))
+                out[sl][own] = alone[tuple(slice(a, a + k) for (a, _), k in zip(pads, own.shape))][own]
         return out
 
     def unpack(self, canvas: np.ndarray) -> np.ndarray:
