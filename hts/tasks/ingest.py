@@ -210,8 +210,9 @@ def ingest(
 
 
 # CPU seconds of ingest_field per stored pixel (read, pyramid, compress, write, statistics):
-# about 30 ns on a 1024² 3-channel 16-bit field on the 2-core benchmark machine. Only used to
-# group small fields several to a Dask task.
+# about 30 ns on a 1024² 3-channel 16-bit field on the 2-core benchmark machine (fourth round;
+# ~25 ns since the fifth round's cheaper chunk writes). Only a first estimate, to group small
+# fields several to a Dask task until map_fields has measured the finished tasks.
 _SECONDS_PER_PIXEL = 30e-9
 
 
