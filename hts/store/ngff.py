@@ -228,7 +228,13 @@ class PlateStore:
         max_project: bool = False,
         overwrite: bool = False,
     ) -> PlateStore:
-        """Write the plate skeleton: plate, well and field groups, empty level arrays, NGFF metadata."""
+        """Write the plate skeleton: plate, well and field groups, empty level arrays, NGFF metadata.
+
+        The plate group's attributes (with ``hts.plate_id``) are written last, so a store whose
+        plate id is readable holds a whole skeleton: an interrupted ``create`` leaves a store
+        that ``ingest`` recognises as unfinished and makes again. A skeleton that fails with an
+        error is removed (everything under ``path`` was written here).
+        """
         self = cls(path)
         if self._occupied():
             if not overwrite:
@@ -238,38 +244,35 @@ class PlateStore:
         levels = pyramid_levels(shape[-2:])
         wells = description.wells
         per_well = description.fields_per_well
-        root = self._open_group(mode="w-")
         rows = description.plate_type.row_names
         cols = description.plate_type.column_names
-        root.attrs.update(
-            {
-                "ome": {
+        root_attrs = {
+            "ome": {
+                "version": NGFF_VERSION,
+                "plate": {
                     "version": NGFF_VERSION,
-                    "plate": {
-                        "version": NGFF_VERSION,
-                        "name": description.name,
-                        "rows": [{"name": r} for r in rows],
-                        "columns": [{"name": c} for c in cols],
-                        "wells": [
-                            {"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells
-                        ],
-                        "field_count": max(per_well.values()),
-                        "acquisitions": [{"id": 0, "name": description.name}],
-                    },
-                },
-                "hts": {
-                    "plate_id": plate_id,
                     "name": description.name,
-                    "fingerprint": fingerprint,
-                    "source_format": description.format,
-                    "shape": list(shape),
-                    "dtype": description.dtype,
-                    "tile": tile,
-                    "levels": levels,
-                    "hts_version": __version__,
+                    "rows": [{"name": r} for r in rows],
+                    "columns": [{"name": c} for c in cols],
+                    "wells": [
+                        {"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells
+                    ],
+                    "field_count": max(per_well.values()),
+                    "acquisitions": [{"id": 0, "name": description.name}],
                 },
-            }
-        )
+            },
+            "hts": {
+                "plate_id": plate_id,
+                "name": description.name,
+                "fingerprint": fingerprint,
+                "source_format": description.format,
+                "shape": list(shape),
+                "dtype": description.dtype,
+                "tile": tile,
+                "levels": levels,
+                "hts_version": __version__,
+            },
+        }
         multiscales = _multiscales(description, shape, levels)
         omero = _omero(description.channels, description.dtype)
         # every field's group and level arrays have the same metadata: built once, shared
@@ -284,7 +287,12 @@ class PlateStore:
                 nodes[f"{w.path}/{i}"] = field_meta
                 for level, meta in enumerate(level_meta):
                     nodes[f"{w.path}/{i}/{level}"] = meta
-        self._create_nodes(nodes)
+        try:
+            self._create_nodes(nodes)  # and the row groups and an empty plate group, implicitly
+            self._update_attrs([""], lambda _path, _attrs: root_attrs)
+        except Exception:
+            self.remove()
+            raise
         return self
 
     def remove(self) -> None:

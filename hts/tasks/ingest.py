@@ -7,7 +7,8 @@ Plan once on the client, then one task per field:
 2. Decide what the target holds: a new plate; the same source half-ingested
    (resume: only fields not marked complete are written); the same source
    complete (nothing to do); or a different plate (error unless ``overwrite``).
-3. Write the plate skeleton and register the plate with every field ``pending``.
+3. Register the plate with every field ``pending``, then write the plate skeleton
+   (its plate id last, so an interrupted skeleton is recognised and written again).
 4. Fan out one task per pending field over Dask: the worker reads the field from
    the source, writes it and its pyramid into the store, and returns a checksum
    and per-channel statistics. The client marks fields ``complete`` in batches,
@@ -160,13 +161,17 @@ def ingest(
         store.remove()
 
     if record is None:
+        # registered before the skeleton is written: a run interrupted while writing it finds its
+        # plate in the catalog and a store without the plate id (written last), and starts afresh
         plate_id = str(uuid.uuid4())
-        store = PlateStore.create(
-            store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project
-        )
-        catalog.insert_plate(
-            _plate_tables(plate_id, desc, store_path, root, fp, tile, max_project)
-        )
+        catalog.insert_plate(_plate_tables(plate_id, desc, store_path, root, fp, tile, max_project))
+        try:
+            store = PlateStore.create(
+                store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project
+            )
+        except Exception:
+            catalog.delete_plate(plate_id)
+            raise
 
     pending = catalog.pending_fields(plate_id)
     todo = [f for f in desc.fields if (f.well.name, f.index) in pending]

@@ -183,6 +183,47 @@ def test_interrupted_ingest_resumes_to_an_identical_plate(nd2_plate, monkeypatch
     assert cat.query("SELECT status FROM plates")[0]["status"] == "complete"
 
 
+def test_ingest_interrupted_while_writing_the_skeleton_starts_afresh(nd2_plate, monkeypatch, tmp_path):
+    src = nd2_plate(wells="A01:B02", fields=2)
+    reference = ingest(src, out=tmp_path / "ref.zarr", db=tmp_path / "ref.duckdb")
+    real = PlateStore._create_nodes
+
+    def dying(self, nodes, **kw):
+        real(self, dict(list(nodes.items())[:5]), **kw)  # a few groups and arrays are on disk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PlateStore, "_create_nodes", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(src)
+    store = Path("plates/plate.zarr")
+    assert store.is_dir() and PlateStore(store).hts_attrs == {}  # no plate id: an unfinished skeleton
+    assert _catalog().query("SELECT status FROM plates")[0]["status"] == "ingesting"
+
+    monkeypatch.setattr(PlateStore, "_create_nodes", real)
+    rep = ingest(src)  # no --overwrite needed: the store is this catalog's own unfinished plate
+    assert rep.status == "ingested" and rep.fields_written == 8
+    assert len(_catalog().query("SELECT plate_id FROM plates")) == 1
+    arrays, ref = _all_fields(Path(rep.store)), _all_fields(Path(reference.store))
+    assert arrays.keys() == ref.keys() and all(np.array_equal(arrays[k], ref[k]) for k in ref)
+    q = "SELECT well, field_index, status, checksum FROM fields ORDER BY ALL"
+    assert _catalog().query(q) == Catalog(tmp_path / "ref.duckdb").query(q)
+
+
+def test_skeleton_that_fails_leaves_no_store_and_no_plate(nd2_plate, monkeypatch):
+    src = nd2_plate(wells="A01:B02", fields=2)
+    real = PlateStore._create_nodes
+
+    def failing(self, nodes, **kw):
+        real(self, dict(list(nodes.items())[:5]), **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PlateStore, "_create_nodes", failing)
+    with pytest.raises(OSError, match="No space left"):
+        ingest(src)
+    assert not Path("plates/plate.zarr").exists()
+    assert _catalog().query("SELECT count(*) AS n FROM plates")[0]["n"] == 0
+
+
 def test_local_dask_cluster_gives_the_same_plate(nd2_plate, tmp_path):
     src = nd2_plate(wells="A01:A03", fields=2)
     sync = ingest(src, out=tmp_path / "sync.zarr", db=tmp_path / "s.duckdb", scheduler="sync")
