@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hts.errors import HtsError
@@ -50,8 +51,12 @@ def errors(on_interrupt: str = "completed work is saved; run the same command ag
     try:
         yield
     except HtsError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except OSError as e:  # the file system said no: a path that cannot be made, permissions, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: {on_interrupt}")
         raise typer.Exit(130) from None

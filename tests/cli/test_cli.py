@@ -80,6 +80,7 @@ def test_info_renders_a_plate_grid():
         (["annotate", "x", "--platemap", "layout.csv"], "no plates in the catalog"),
         (["ingest", str(ND2_MULTI), "--tile", "8"], "tile size 8 is out of range"),
         (["ingest", str(CELLOMICS), "--format", "opera"], "no"),
+        (["ingest", str(ND2_MULTI), "--out", "/proc/hts-test.zarr"], "/proc/hts-test.zarr: No such file or directory"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message):
