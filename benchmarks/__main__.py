@@ -24,13 +24,20 @@ def _add_network(sub) -> None:
             msg = f"--device {args.device}: no CUDA GPU is present on this machine (torch.cuda.is_available() is False); nothing measured"
             print(msg)
             return {"benchmark": "network", "skipped": msg}
-        r = unet.unet_benchmark(args.engine, backend=args.backend, device=args.device, size=args.size, batch=args.batch)
-        print(json.dumps(r))
-        return {"benchmark": "network", **r}
+        backends = ["torch", "onnxruntime", "tensorrt"] if args.backend == "all" else args.backend.split(",")
+        precisions = ["fp32", "fp16"] if args.precision == "all" else args.precision.split(",")
+        rows = unet.network_matrix(
+            args.engine, backends=backends, precisions=precisions, device=args.device, size=args.size, batch=args.batch)
+        for r in rows:
+            print(json.dumps(r))
+        return {"benchmark": "network", **rows[0]} if len(rows) == 1 else {"benchmark": "network", "runs": rows}
 
     p = sub.add_parser("network", help="deep-engine network fields/s and fraction of peak FLOP/s")
     p.add_argument("--engine", default="nuclei")
-    p.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    p.add_argument("--backend", default="torch",
+                   help="torch, onnxruntime, tensorrt, a comma-separated list, or 'all' (combinations that cannot run here are reported as skipped)")
+    p.add_argument("--precision", default="auto",
+                   help="auto (the backend's default: fp16 on CUDA for torch and tensorrt), fp32, fp16, a list, or 'all' (fp32,fp16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)

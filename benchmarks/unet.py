@@ -44,21 +44,31 @@ def forward_flops(model, shape: tuple[int, ...]) -> int:
     return int(fc.get_total_flops())
 
 
-def unet_benchmark(engine: str, *, backend: str = "auto", device: str = "cpu", size: int = 512, batch: int = 1, repeat: int = 5) -> dict:
-    """Time the engine's runner (its backend and device) on ``batch`` random ``size``² inputs; FLOPs and fraction of peak."""
+PRECISIONS = {"auto": None, "fp32": False, "fp16": True}
+
+
+def unet_benchmark(
+    engine: str, *, backend: str = "auto", device: str = "cpu", precision: str = "auto", size: int = 512,
+    batch: int = 1, repeat: int = 5,
+) -> dict:
+    """Time the engine's runner (its backend, device and precision) on ``batch`` random ``size``² inputs;
+    FLOPs and fraction of peak. ``precision``: ``auto`` (the backend's default: fp16 on CUDA for torch
+    and TensorRT), ``fp32`` or ``fp16``."""
     import torch
 
     from hts.compute.backends import load_runner
     from hts.compute.engines import engine_class
     from hts.compute.nets import build_model
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     cls = engine_class(engine)
     eng = cls(backend=backend, device=device)
     spec = eng.spec
     model = build_model(spec.arch, spec.arch_config).eval()
     shape = (batch, spec.in_channels, size, size)
     flops = forward_flops(model, shape) if model is not None else None
-    runner = load_runner(spec, eng.backend, eng.device, max_batch=batch)
+    runner = load_runner(spec, eng.backend, eng.device, max_batch=batch, fp16=PRECISIONS[precision])
     x = np.random.default_rng(0).random(shape, np.float32)
     runner(x)  # warm-up (ONNX export / TensorRT build are cached)
     best = float("inf")
@@ -83,3 +93,22 @@ def unet_benchmark(engine: str, *, backend: str = "auto", device: str = "cpu", s
         out["fraction_of_fp16_peak"] = round(flops / best / peak16, 3) if flops else None
         out["gpu"] = torch.cuda.get_device_name(dev)
     return out
+
+
+def network_matrix(
+    engine: str, *, backends: list[str], precisions: list[str], device: str, size: int = 512, batch: int = 1,
+    repeat: int = 5,
+) -> list[dict]:
+    """:func:`unet_benchmark` of every backend × precision; a combination that cannot run here
+    (TensorRT not installed, fp16 on ONNX Runtime or on a CPU) is a row saying why, not a number."""
+    from hts.errors import EngineError
+
+    rows = []
+    for backend in backends:
+        for precision in precisions:
+            try:
+                rows.append(unet_benchmark(
+                    engine, backend=backend, device=device, precision=precision, size=size, batch=batch, repeat=repeat))
+            except EngineError as e:  # BackendUnavailable is an EngineError
+                rows.append({"engine": engine, "backend": backend, "device": device, "precision": precision, "skipped": str(e)})
+    return rows
