@@ -23,6 +23,7 @@ images 70 ms per field on the workers (``docs/benchmarks.md``, *third round: the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import shutil
@@ -193,7 +194,8 @@ class PlateStore:
             return fs.exists(f"{path}/zarr.json")
         return (self.path / "zarr.json").exists()
 
-    def _occupied(self) -> bool:
+    def occupied(self) -> bool:
+        """Whether anything (a plate, a half-written one, other files) is at the store's path."""
         if self.remote:
             fs, path = filesystem(self.path)
             return fs.exists(path) and bool(fs.ls(path, detail=False))
@@ -236,7 +238,7 @@ class PlateStore:
         error is removed (everything under ``path`` was written here).
         """
         self = cls(path)
-        if self._occupied():
+        if self.occupied():
             if not overwrite:
                 raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
             self.remove()
@@ -291,7 +293,8 @@ class PlateStore:
             self._create_nodes(nodes)  # and the row groups and an empty plate group, implicitly
             self._update_attrs([""], lambda _path, _attrs: root_attrs)
         except Exception:
-            self.remove()
+            with contextlib.suppress(Exception):  # the skeleton's own error is the one to report
+                self.remove()
             raise
         return self
 

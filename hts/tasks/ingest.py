@@ -150,19 +150,20 @@ def ingest(
             catalog.delete_plate(record.plate_id)
             store.remove()
             record = None
-    elif store.exists():
-        attrs = store.hts_attrs
+    elif store.occupied():  # a plate of another catalog, or other files: not ours to replace unasked
         if not overwrite:
-            what = f"plate {attrs['name']!r}" if attrs.get("name") else "data that is not an hts plate"
+            name = store.hts_attrs.get("name")
+            what = f"plate {name!r} not in catalog {catalog.path}" if name else "data that is not an hts plate"
             raise StoreError(
-                f"{store_path} already exists and holds {what} not in catalog {catalog.path}; "
+                f"{store_path} already exists and holds {what}; "
                 "pass --overwrite to replace it or --out to choose another store"
             )
         store.remove()
 
     if record is None:
-        # registered before the skeleton is written: a run interrupted while writing it finds its
-        # plate in the catalog and a store without the plate id (written last), and starts afresh
+        # Registered before the skeleton is written, on a path now empty: a run interrupted while
+        # writing it finds its plate in the catalog and a store without the plate id (written
+        # last), which only hts can have written, and starts afresh.
         plate_id = str(uuid.uuid4())
         catalog.insert_plate(_plate_tables(plate_id, desc, store_path, root, fp, tile, max_project))
         try:

@@ -148,6 +148,16 @@ def test_output_holding_another_plate_is_refused_and_untouched(nd2_plate):
     (Path("foreign.zarr") / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
     with pytest.raises(StoreError, match="not an hts plate"):
         ingest(b, out="foreign.zarr")
+    # nor a folder of other files (no zarr.json at all); nothing is registered for it either
+    Path("notes.zarr").mkdir()
+    (Path("notes.zarr") / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreError, match=r"notes\.zarr already exists and holds data that is not an hts plate.*--overwrite"):
+        ingest(b, out="notes.zarr")
+    assert (Path("notes.zarr") / "precious.txt").read_text() == "keep me"
+    assert [r["name"] for r in _catalog().query("SELECT name FROM plates")] == ["a"]
+    # replaced when asked
+    assert ingest(b, out="notes.zarr", overwrite=True).fields_written == 6
+    assert not (Path("notes.zarr") / "precious.txt").exists()
 
 
 def test_interrupted_ingest_resumes_to_an_identical_plate(nd2_plate, monkeypatch, tmp_path):
