@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -47,19 +47,37 @@ RodOpt = Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) le
 
 @contextmanager
 def errors(on_interrupt: str = "completed work is saved; run the same command again to resume"):
-    """Turn library errors into one line on stderr and a non-zero exit."""
+    """Turn library errors into one line on stderr and a non-zero exit (``HTS_DEBUG=1``: the traceback)."""
+    debug = os.environ.get("HTS_DEBUG", "") not in ("", "0")
     try:
         yield
     except HtsError as e:
+        if debug:
+            raise
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except OSError as e:  # the file system said no: a path that cannot be made, permissions, a full disk
-        where = f"{e.filename}: " if e.filename else ""
-        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}", soft_wrap=True)
+    except BrokenPipeError:  # the reader of our output went away (`hts query ... | head`): stop quietly
+        with suppress(Exception):  # so that flushing stdout at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    except OSError as e:  # the file system or network said no: a path that cannot be made, permissions, a full disk
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {escape(os_error_line(e))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: {on_interrupt}")
         raise typer.Exit(130) from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path(s) and the system's reason; else its message; else its type."""
+    if e.filename is not None:
+        where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        reason = f"{where}: {e.strerror or str(e) or type(e).__name__}"
+    else:  # the message, which says more than the bare reason (aiohttp: which host could not be reached)
+        reason = str(e) or e.strerror or type(e).__name__
+    return reason.splitlines()[0] if reason.strip() else type(e).__name__
 
 
 @contextmanager

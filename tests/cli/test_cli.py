@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import CELLOMICS, ND2_MULTI
 from hts import __version__
+from hts.cli.common import os_error_line
 from hts.cli.main import app
 
 runner = CliRunner()
@@ -89,6 +90,27 @@ def test_errors_are_one_line_without_traceback(args, message):
     out = r.output.strip()
     assert out.startswith("error:") and message in out
     assert "Traceback" not in out and len(out.splitlines()) <= 2  # one logical line (may wrap)
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (FileNotFoundError(2, "No such file or directory", "/data/x.zarr"), "/data/x.zarr: No such file or directory"),
+        (OSError(18, "Invalid cross-device link", "/a", None, "/b"), "/a -> /b: Invalid cross-device link"),
+        (ConnectionError("Cannot connect to host s3.example:443\nmore detail"), "Cannot connect to host s3.example:443"),
+        (TimeoutError(), "TimeoutError"),  # fsspec's FSTimeoutError carries no message
+    ],
+)
+def test_os_errors_are_one_line_naming_what_failed(error, line):
+    assert os_error_line(error) == line
+
+
+def test_hts_debug_shows_the_traceback(monkeypatch):
+    r = runner.invoke(app, ["ingest", str(ND2_MULTI), "--out", "/proc/hts-test.zarr"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    monkeypatch.setenv("HTS_DEBUG", "1")
+    r = runner.invoke(app, ["ingest", str(ND2_MULTI), "--out", "/proc/hts-test.zarr"])
+    assert isinstance(r.exception, FileNotFoundError)  # raised through, for a bug report
 
 
 def test_bad_platemap_row_names_the_line(tmp_path):
