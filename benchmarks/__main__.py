@@ -24,12 +24,14 @@ def _add_network(sub) -> None:
             msg = f"--device {args.device}: no CUDA GPU is present on this machine (torch.cuda.is_available() is False); nothing measured"
             print(msg)
             return {"benchmark": "network", "skipped": msg}
-        backends = ["torch", "onnxruntime", "tensorrt"] if args.backend == "all" else args.backend.split(",")
-        precisions = ["fp32", "fp16"] if args.precision == "all" else args.precision.split(",")
-        rows = unet.network_matrix(
-            args.engine, backends=backends, precisions=precisions, device=args.device, size=args.size, batch=args.batch)
-        for r in rows:
-            print(json.dumps(r))
+        backends = ["torch", "onnxruntime", "tensorrt"] if args.backend == "all" else [b.strip() for b in args.backend.split(",")]
+        precisions = ["fp32", "fp16"] if args.precision == "all" else [p.strip() for p in args.precision.split(",")]
+        try:
+            rows = unet.network_matrix(
+                args.engine, backends=backends, precisions=precisions, device=args.device, size=args.size,
+                batch=args.batch, on_row=lambda r: print(json.dumps(r), flush=True))
+        except ValueError as e:
+            raise SystemExit(f"network: {e}") from None
         return {"benchmark": "network", **rows[0]} if len(rows) == 1 else {"benchmark": "network", "runs": rows}
 
     p = sub.add_parser("network", help="deep-engine network fields/s and fraction of peak FLOP/s")

@@ -97,18 +97,31 @@ def unet_benchmark(
 
 def network_matrix(
     engine: str, *, backends: list[str], precisions: list[str], device: str, size: int = 512, batch: int = 1,
-    repeat: int = 5,
+    repeat: int = 5, on_row=None,
 ) -> list[dict]:
-    """:func:`unet_benchmark` of every backend × precision; a combination that cannot run here
-    (TensorRT not installed, fp16 on ONNX Runtime or on a CPU) is a row saying why, not a number."""
+    """:func:`unet_benchmark` of every backend × precision, each row also handed to ``on_row`` as it
+    finishes. A combination that cannot run here (TensorRT not installed, fp16 on ONNX Runtime or on
+    a CPU) is a row saying why (``skipped``), one that fails while running (a TensorRT build, GPU
+    memory) a row with the error (``failed``); neither stops the others."""
+    from hts.compute.backends import BACKENDS
     from hts.errors import EngineError
 
+    unknown = [b for b in backends if b not in BACKENDS] + [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown backend or precision {', '.join(map(repr, unknown))} "
+                         f"(backends: {', '.join(BACKENDS)}; precisions: {', '.join(PRECISIONS)})")
     rows = []
     for backend in backends:
         for precision in precisions:
+            key = {"engine": engine, "backend": backend, "device": device, "precision": precision}
             try:
-                rows.append(unet_benchmark(
-                    engine, backend=backend, device=device, precision=precision, size=size, batch=batch, repeat=repeat))
+                row = unet_benchmark(
+                    engine, backend=backend, device=device, precision=precision, size=size, batch=batch, repeat=repeat)
             except EngineError as e:  # BackendUnavailable is an EngineError
-                rows.append({"engine": engine, "backend": backend, "device": device, "precision": precision, "skipped": str(e)})
+                row = {**key, "skipped": str(e)}
+            except Exception as e:  # noqa: BLE001 - recorded, and the other combinations still run
+                row = {**key, "failed": f"{type(e).__name__}: {e}"}
+            rows.append(row)
+            if on_row:
+                on_row(row)
     return rows

@@ -22,6 +22,23 @@ def test_network_matrix_measures_what_runs_and_says_why_the_rest_cannot():
     assert "fp32 only" in by["onnxruntime", "fp16"]["skipped"]
 
 
-def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="precision 'fp8'"):
-        network_matrix("nuclei", backends=["torch"], precisions=["fp8"], device="cpu", size=64, repeat=1)
+def test_unknown_names_are_refused_before_anything_runs(monkeypatch):
+    import benchmarks.unet as unet
+
+    monkeypatch.setattr(unet, "unet_benchmark", lambda *a, **k: pytest.fail("ran before checking the names"))
+    with pytest.raises(ValueError, match="'fp8'.*'jax'|'jax'.*'fp8'"):
+        network_matrix("nuclei", backends=["torch", "jax"], precisions=["fp32", "fp8"], device="cpu", size=64)
+
+
+def test_a_combination_that_fails_is_a_row_and_the_rest_still_run(monkeypatch):
+    import benchmarks.unet as unet
+
+    def fake(engine, *, backend, precision, **kw):
+        if backend == "torch":
+            raise RuntimeError("CUDA out of memory")
+        return {"engine": engine, "backend": backend, "precision": precision, "fields_per_s": 1.0}
+
+    monkeypatch.setattr(unet, "unet_benchmark", fake)
+    seen = []
+    rows = network_matrix("nuclei", backends=["torch", "onnxruntime"], precisions=["fp32"], device="cpu", on_row=seen.append)
+    assert rows == seen and rows[0]["failed"] == "RuntimeError: CUDA out of memory" and rows[1]["fields_per_s"] == 1.0
