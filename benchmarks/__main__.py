@@ -24,8 +24,11 @@ def _add_network(sub) -> None:
             msg = f"--device {args.device}: no CUDA GPU is present on this machine (torch.cuda.is_available() is False); nothing measured"
             print(msg)
             return {"benchmark": "network", "skipped": msg}
-        backends = ["torch", "onnxruntime", "tensorrt"] if args.backend == "all" else [b.strip() for b in args.backend.split(",")]
-        precisions = ["fp32", "fp16"] if args.precision == "all" else [p.strip() for p in args.precision.split(",")]
+        from hts.compute.backends import BACKENDS
+
+        backends = list(BACKENDS) if args.backend == "all" else [b.strip() for b in args.backend.split(",")]
+        explicit = [p for p in unet.PRECISIONS if p != "auto"]
+        precisions = explicit if args.precision == "all" else [p.strip() for p in args.precision.split(",")]
         try:
             rows = unet.network_matrix(
                 args.engine, backends=backends, precisions=precisions, device=args.device, size=args.size,
