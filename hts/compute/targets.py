@@ -19,10 +19,8 @@ __all__ = ["foreground_distance", "three_class", "DIST_CLIP"]
 DIST_CLIP = 1.5
 
 
-def foreground_distance(labels: np.ndarray, *, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """(foreground, normalized distance) float32 maps of an instance label image."""
-    fg = (labels > 0).astype(np.float32)
-    # distance to the nearest pixel that is background or another object: erode boundaries between touching objects
+def _touching_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels of an object that have a 4-neighbour with another value (background or another object)."""
     boundary = np.zeros(labels.shape, bool)
     for axis in (0, 1):
         d = np.diff(labels, axis=axis) != 0
@@ -32,17 +30,43 @@ def foreground_distance(labels: np.ndarray, *, radius_px: float) -> tuple[np.nda
         sl_b[axis] = slice(1, None)
         boundary[tuple(sl_a)] |= d
         boundary[tuple(sl_b)] |= d
-    inside = (labels > 0) & ~boundary
+    return boundary
+
+
+def foreground_distance(labels: np.ndarray, *, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, normalized distance) float32 maps of an instance label image."""
+    fg = (labels > 0).astype(np.float32)
+    # distance to the nearest pixel that is background or another object: erode boundaries between touching objects
+    inside = (labels > 0) & ~_touching_boundaries(labels)
     dist = ndi.distance_transform_edt(inside).astype(np.float32)
     dist = np.clip(dist / max(radius_px, 1e-6), 0.0, DIST_CLIP).astype(np.float32)
     return fg, dist
 
 
 def three_class(nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """One-hot (3, y, x): background, cytoplasm (cell minus nucleus), nucleus."""
+    """One-hot (3, y, x): background, cytoplasm (cell minus nucleus), nucleus.
+
+    Where two cells touch, the pixels on their shared edge are background, so
+    the network learns the line that separates neighbouring cells (the cell
+    watershed then follows it).
+    """
     out = np.zeros((3, *cells.shape), np.float32)
-    nuc = nuclei > 0
-    cyt = (cells > 0) & ~nuc
+    cells = np.asarray(cells)
+    shared = _touching_boundaries(cells) & (cells > 0)
+    # an edge pixel is shared when a neighbour belongs to another cell (not to the background)
+    other = np.zeros(cells.shape, bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            nb = np.roll(cells, shift, axis=axis)
+            edge = np.zeros(cells.shape, bool)
+            if shift == 1:
+                (edge[1:, :] if axis == 0 else edge[:, 1:])[...] = True
+            else:
+                (edge[:-1, :] if axis == 0 else edge[:, :-1])[...] = True
+            other |= edge & (nb > 0) & (nb != cells)
+    shared &= other
+    nuc = (nuclei > 0) & ~shared
+    cyt = (cells > 0) & ~nuc & ~shared
     out[2][nuc] = 1
     out[1][cyt] = 1
     out[0][~nuc & ~cyt] = 1

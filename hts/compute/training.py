@@ -69,7 +69,7 @@ __all__ = [
     "normalize_channels", "make_sample", "synthetic_samples", "nucleus_folder_samples", "paired_stain_samples",
     "mask_folder_samples", "median_diameter_px", "split_samples", "make_targets", "random_crop", "make_batch",
     "train", "save_engine_model", "match_instances", "evaluate_engine", "load_image", "cpu_threads", "stain_nuclei",
-    "get_recipe", "head_loss", "total_loss", "load_init_weights",
+    "get_recipe", "head_loss", "total_loss", "load_init_weights", "labelled_folder_samples", "cell_cores",
 ]
 
 log = logging.getLogger(__name__)
@@ -461,6 +461,62 @@ def mask_folder_samples(
     return out
 
 
+def labelled_folder_samples(
+    folder: str | Path, names: Sequence[str], *, image_suffix: str, labels: dict[str, str], pixel_size_um: float,
+    train_pixel_um: float = 0.65, normalization: Sequence[float] = (1.0, 99.8), weight: float = 1.0,
+    derive_nuclei: float | None = None, meta: dict | None = None,
+) -> list[Sample]:
+    """Named images of one acquisition with instance labels: ``<name><image_suffix>.tif`` + ``<name><suffix>.tif``.
+
+    ``labels`` maps a label kind (``"nuclei"``, ``"cells"``) to its file suffix
+    (e.g. ``{"nuclei": "_mask"}``). Every image of the folder is taken at the one
+    ``pixel_size_um`` (a plate's fields share their optics), unlike
+    :func:`nucleus_folder_samples`, which rescales each image by its own nuclei.
+    ``derive_nuclei``: for whole-cell truth without nucleus truth, the
+    ``"nuclei"`` labels become each cell's core, the pixels whose distance to the
+    cell's edge is at least that fraction of the cell's largest distance (the
+    seeds the cell watershed grows from); recorded in the sample's ``meta``.
+    """
+    import tifffile
+
+    folder = Path(folder)
+    out = []
+    for name in names:
+        img_path = folder / f"{name}{image_suffix}.tif"
+        if not img_path.is_file():
+            raise EngineError(f"{img_path}: no such image")
+        labs = {}
+        for kind, suffix in labels.items():
+            lp = folder / f"{name}{suffix}.tif"
+            if not lp.is_file():
+                raise EngineError(f"{lp}: no such label image")
+            labs[kind] = np.asarray(tifffile.imread(str(lp))).astype(np.int32)
+        m = dict(meta or {})
+        if derive_nuclei is not None:
+            labs["nuclei"] = cell_cores(labs["cells"], derive_nuclei)
+            m["nuclei"] = f"cell cores (distance >= {derive_nuclei} x the cell's largest)"
+        img = np.asarray(tifffile.imread(str(img_path)))
+        out.append(make_sample(name, img, labs, pixel_size_um=pixel_size_um, train_pixel_um=train_pixel_um,
+                               normalization=normalization, source=str(img_path), weight=weight,
+                               meta={"pixel_size_um": pixel_size_um, **m}))
+    return out
+
+
+def cell_cores(cells: np.ndarray, fraction: float) -> np.ndarray:
+    """Each cell's core: its pixels at least ``fraction`` of the cell's largest distance from its edge (same ids)."""
+    from skimage.segmentation import find_boundaries
+
+    cells = np.asarray(cells).astype(np.int32)
+    inner = (cells > 0) & ~find_boundaries(cells, mode="inner")
+    dist = ndi.distance_transform_edt(inner)
+    n = int(cells.max())
+    if n == 0:
+        return np.zeros_like(cells)
+    peak = ndi.maximum(dist, cells, index=np.arange(n + 1))
+    peak = np.asarray(peak, np.float32)
+    return np.where((cells > 0) & (dist >= fraction * peak[cells]) & (dist > 0), cells, 0).astype(np.int32)
+
+
 def _read_stack(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
@@ -517,6 +573,14 @@ class Augment:
     px, probability ``blur_p``), additive Gaussian noise (std, probability
     ``noise_p``) and inversion (``invert_p``; for transmitted-light channels
     whose contrast sign varies). ``Augment.none()`` turns everything off.
+
+    Transmitted-light modalities (off by default; :meth:`label_free` turns them on):
+    uneven illumination (``illumination_p``: the crop multiplied by a smooth
+    random field of relative amplitude ``illumination``), DIC-like relief
+    (``relief_p``: a directional derivative of the smoothed image, at a random
+    angle, added with a random weight, as DIC's shear direction varies between
+    microscopes) and phase-contrast-like halos (``halo_p``: the difference to a
+    wide Gaussian blur added back, which brightens or darkens object rims).
     """
 
     flips: bool = True
@@ -530,11 +594,36 @@ class Augment:
     noise: tuple[float, float] = (0.005, 0.06)
     noise_p: float = 0.4
     invert_p: float = 0.0
+    illumination: tuple[float, float] = (0.1, 0.5)
+    illumination_p: float = 0.0
+    relief: tuple[float, float] = (0.3, 1.5)
+    relief_p: float = 0.0
+    halo: tuple[float, float] = (-0.6, 1.0)
+    halo_p: float = 0.0
 
     @classmethod
     def none(cls) -> Augment:
         return cls(flips=False, rot90=False, scale=(1.0, 1.0), gain=(1.0, 1.0), offset=(0.0, 0.0), gamma=(1.0, 1.0),
                    blur_p=0.0, noise_p=0.0, invert_p=0.0)
+
+    @classmethod
+    def label_free(cls) -> Augment:
+        """The augmentation of the transmitted-light engines: contrast sign, defocus, illumination, DIC relief, halos, scale."""
+        return cls(scale=(0.7, 1.4), blur=(0.5, 2.5), blur_p=0.3, invert_p=0.2, illumination_p=0.5, relief_p=0.2,
+                   halo_p=0.2)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], amplitude: float) -> np.ndarray:
+    """A smooth random multiplicative field ``1 + a * f`` (``f`` in [-1, 1]): a tilted plane plus a broad Gaussian bump."""
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    yy, xx = yy / max(ny - 1, 1) - 0.5, xx / max(nx - 1, 1) - 0.5
+    gy, gx = rng.uniform(-1, 1, 2)
+    cy, cx = rng.uniform(-0.7, 0.7, 2)
+    w = float(rng.uniform(0.3, 0.9))
+    f = gy * yy + gx * xx + float(rng.uniform(-1, 1)) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * w * w))
+    f = f / max(float(np.abs(f).max()), 1e-6)
+    return (1.0 + amplitude * f).astype(np.float32)
 
 
 def _pad_to(a: np.ndarray, ny: int, nx: int) -> np.ndarray:
@@ -590,6 +679,15 @@ def random_crop(
         x = im[c]
         if aug.invert_p and rng.random() < aug.invert_p:
             x = 1.0 - x
+        if aug.relief_p and rng.random() < aug.relief_p:
+            t = float(rng.uniform(0, 2 * np.pi))
+            sm = ndi.gaussian_filter(x, float(rng.uniform(0.7, 2.0)))
+            d = np.cos(t) * ndi.sobel(sm, axis=-1) + np.sin(t) * ndi.sobel(sm, axis=-2)
+            x = x + float(rng.uniform(*aug.relief)) * d / 4.0
+        if aug.halo_p and rng.random() < aug.halo_p:
+            x = x + float(rng.uniform(*aug.halo)) * (x - ndi.gaussian_filter(x, float(rng.uniform(3.0, 10.0))))
+        if aug.illumination_p and rng.random() < aug.illumination_p:
+            x = x * _smooth_field(rng, x.shape, float(rng.uniform(*aug.illumination)))
         g = float(rng.uniform(*aug.gamma))
         if g != 1.0:
             x = np.sign(x) * np.abs(x) ** g
