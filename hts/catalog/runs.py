@@ -108,7 +108,8 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
     """Record finished field tasks of a run, in one transaction (bulk).
 
     Each item has ``well``, ``field_index``, ``seconds``, ``worker``; items that
-    segmented also ``counts`` (objects per output), items that measured also
+    segmented also ``counts`` (objects per output) and optionally ``checks`` (the
+    sanity checks the field failed, :mod:`hts.compute.sanity`), items that measured also
     ``part`` (the Parquet part of its cells, or None when it has none), ``n_cells``
     and optionally ``cells`` (the part's rows as an Arrow table, loaded instead of
     reading the part back).
@@ -118,7 +119,12 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
         return
     segmented = [d for d in done if "counts" in d]
     measured = [d for d in done if "n_cells" in d]
-    fields = pa.Table.from_pylist([{k: d[k] for k in ("well", "field_index", "seconds", "worker")} for d in segmented]) if segmented else None
+    fields = pa.Table.from_pylist(
+        [{**{k: d[k] for k in ("well", "field_index", "seconds", "worker")},
+          "checks": json.dumps(d["checks"], sort_keys=True) if d.get("checks") else None} for d in segmented],
+        schema=pa.schema([("well", pa.string()), ("field_index", pa.int32()), ("seconds", pa.float64()),
+                          ("worker", pa.string()), ("checks", pa.string())]),
+    ) if segmented else None
     counts = pa.Table.from_pylist(
         [
             {"run_id": run_id, "well": d["well"], "field_index": d["field_index"], "output": out, "n_objects": n}
@@ -132,7 +138,8 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
         if fields is not None:
             con.register("_done", fields)
             con.execute(
-                "UPDATE run_fields SET status = 'complete', seconds = d.seconds, worker = d.worker, finished_at = current_timestamp "
+                "UPDATE run_fields SET status = 'complete', seconds = d.seconds, worker = d.worker, checks = d.checks, "
+                "finished_at = current_timestamp "
                 "FROM _done d WHERE run_fields.run_id = ? AND run_fields.well = d.well AND run_fields.field_index = d.field_index",
                 [run_id],
             )
@@ -175,3 +182,25 @@ def set_run_features(catalog: Catalog, run_id: str, features: dict[str, Any]) ->
 def finish_run(catalog: Catalog, run_id: str) -> None:
     with catalog.connect() as con:
         con.execute("UPDATE runs SET status = 'complete', completed_at = current_timestamp WHERE run_id = ?", [run_id])
+
+
+def field_checks(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
+    """The failed sanity checks of a run's fields: ``{"well", "field_index", "check", ...}`` one per check and field."""
+    rows = catalog.query(
+        "SELECT well, field_index, checks FROM run_fields WHERE run_id = ? AND checks IS NOT NULL ORDER BY well, field_index",
+        [run_id],
+    )
+    return [{"well": r["well"], "field_index": r["field_index"], **c} for r in rows for c in json.loads(r["checks"])]
+
+
+def estimated_pixel_size(catalog: Catalog, plate_id: str, engine: str, model_sha256: str | None, channels: dict[str, str]) -> float | None:
+    """The pixel size an earlier run of the same engine, model and channels estimated for this plate (None: none did)."""
+    rows = catalog.query(
+        "SELECT pixel_size_um, model_sha256, channels FROM runs WHERE plate_id = ? AND engine = ? AND pixel_size_source = 'estimated' "
+        "ORDER BY created_at DESC",
+        [plate_id, engine],
+    )
+    for r in rows:
+        if r["model_sha256"] == model_sha256 and json.loads(r["channels"]) == channels:
+            return float(r["pixel_size_um"])
+    return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from hts import __version__
 from hts.cli.common import (
@@ -258,6 +259,13 @@ def segment(
             f"labels {', '.join(r.labels.values())}; run {r.run_id[:8]}"
             + (f"; {r.cells} cells measured" if r.cells else "")
         )
+        for note in r.notes:
+            out.print(f"[yellow]{escape(note)}[/]")
+        for c in r.checks:
+            out.print(
+                f"[yellow]warning:[/] {c['fields']} of {c['of']} fields of {escape(r.plate)} (e.g. {c['example']}): "
+                f"{escape(c['message'])}; `hts qc {escape(r.plate)}` lists them"
+            )
 
 
 @app.command()

@@ -40,6 +40,8 @@ from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
 from hts.compute.engines import Engine, EngineError, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
+from hts.compute.sanity import field_checks
+from hts.compute.scale import engine_nucleus_diameter_um
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
@@ -47,7 +49,10 @@ from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, remove_run_parts, to_ipc, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
 
-__all__ = ["SegmentReport", "segment", "resolve_channels", "plate_pixel_size", "select_fields", "process_field", "execute_plans", "measure_spec"]
+__all__ = [
+    "SegmentReport", "segment", "resolve_channels", "plate_pixel_size", "resolve_pixel_size", "select_fields", "process_field",
+    "execute_plans", "measure_spec", "summarize_checks",
+]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -68,6 +73,10 @@ class SegmentReport:
     seconds: float
     fields_measured: int = 0
     cells: int = 0
+    pixel_size_um: float | None = None
+    pixel_size_source: str | None = None  # option, metadata, estimated
+    notes: list[str] = dataclasses.field(default_factory=list)  # one-line remarks for the user (estimated scale)
+    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # failed sanity checks, one per kind and channel
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -230,6 +239,45 @@ def plate_pixel_size(rec: PlateRecord, given: float | None) -> float:
     return px
 
 
+def resolve_pixel_size(
+    catalog: Catalog, rec: PlateRecord, probe: Engine, mapping: dict[str, str], plate_channels: list[str],
+    fields: list[tuple[str, int, str]], given: float | None,
+) -> tuple[float, str, str | None]:
+    """(µm per pixel, where it came from, a note for the user): ``given``, the plate's metadata, or estimated.
+
+    Without either, the pixel size is estimated from up to three fields of the
+    selection (first, middle, last) by :func:`hts.compute.scale.estimate_pixel_size`;
+    an estimate an earlier run of the same engine, model and channels made for
+    this plate is reused, so a re-run resumes the same run.
+    """
+    if given:
+        return float(given), "option", None
+    if rec.pixel_size_um[0]:
+        return float(rec.pixel_size_um[0]), "metadata", None
+    from hts.compute.scale import ScaleEstimate, engine_nucleus_diameter_um, estimate_pixel_size
+
+    px = runs_db.estimated_pixel_size(catalog, rec.plate_id, probe.name, probe.model_sha256, mapping)
+    if px is None:
+        store = PlateStore(rec.store_uri)
+        index = {name: i for i, name in enumerate(plate_channels)}
+        picks = sorted({0, len(fields) // 2, len(fields) - 1})
+        sample = []
+        for k in picks:
+            _, idx, path = fields[k]
+            planes = np.asarray(store.read_field(path.rsplit("/", 1)[0], idx)[0]).max(axis=1)
+            sample.append({role: planes[index[name]] for role, name in mapping.items()})
+        est = estimate_pixel_size(probe, sample)
+        if est is None:
+            raise EngineError(
+                f"plate {rec.name} has no pixel size in its metadata and none could be estimated from its fields "
+                f"({probe.name} found too few nuclei at any scale); pass --pixel-size (µm per pixel)"
+            )
+        px = est.pixel_size_um
+    else:
+        est = ScaleEstimate(px, engine_nucleus_diameter_um(probe) / px, engine_nucleus_diameter_um(probe), 0)
+    return px, "estimated", est.message()
+
+
 def select_fields(
     catalog: Catalog, rec: PlateRecord, wells: str | None, *, complete_only: bool = False
 ) -> tuple[set[str] | None, list[tuple[str, int, str]]]:
@@ -247,10 +295,10 @@ def select_fields(
 def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
     plate_channels = catalog.channel_names(rec.plate_id)
     mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name)
-    px = plate_pixel_size(rec, pixel_size_um)
     selected, fields = select_fields(catalog, rec, wells)
     if not fields:
         raise EngineError(f"plate {rec.name}: no fields in wells {wells}")
+    px, px_source, note = resolve_pixel_size(catalog, rec, probe, mapping, plate_channels, fields, pixel_size_um)
     suffix = f"_{label_suffix}" if label_suffix else ""
     labels = {out: f"{out}{suffix}" for out in cls.outputs}
     key_doc = {
@@ -297,6 +345,7 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
             "tile_size": tile,
             "halo": halo,
             "pixel_size_um": px,
+            "pixel_size_source": px_source,
             "status": "running",
             "hts_version": __version__,
         }
@@ -323,7 +372,8 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         unmeasured = runs_db.unmeasured_run_fields(catalog, run["run_id"], options.key())
         todo += [(w, i, p, "measure") for w, i, p in fields if (w, i) in unmeasured and (w, i) not in pending]
     finish = bool(pending) or status != "unchanged"
-    return {"record": rec, "run": run, "status": status, "spec": spec, "todo": todo, "fields": fields, "finish": finish}
+    return {"record": rec, "run": run, "status": status, "spec": spec, "todo": todo, "fields": fields, "finish": finish,
+            "pixel_size_source": px_source, "notes": [note] if note else []}
 
 
 def measure_spec(rec: PlateRecord, run: dict[str, Any], plate_channels: list[str], options: MeasureOptions | None) -> dict[str, Any]:
@@ -370,6 +420,7 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
     eng = _worker_engine(spec) if mode == "segment" else None
     options = MeasureOptions(**spec["measure"]) if spec.get("measure") is not None else None
     counts: dict[str, int] = {}
+    checks: list[dict[str, Any]] = []
     tables = []
     if eng is not None:
         # The field's label images, created here (in parallel) rather than by the client up front,
@@ -390,6 +441,11 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
             )
             for out, n in res.counts().items():
                 counts[out] = counts.get(out, 0) + n
+            names_by_role = {role: spec["channel_names"][c] for role, c in spec["channels"].items()}
+            for c in field_checks(images, res.labels, pixel_size_um=spec["pixel_size_um"],
+                                  nucleus_diameter_um=engine_nucleus_diameter_um(eng), channels=names_by_role):
+                if all(c["check"] != k["check"] for k in checks):  # once per field, whatever the time points
+                    checks.append(c)
             labels = res.labels
         else:
             labels = {out: np.asarray(store.read_labels(path, name)[t, 0, 0]) for out, name in spec["labels"].items()}
@@ -405,6 +461,7 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
     out: dict[str, Any] = {"seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     if eng is not None:
         out["counts"] = counts
+        out["checks"] = checks
     if options is not None:
         cells = pa.concat_tables(tables, promote_options="permissive") if tables else None
         n = cells.num_rows if cells is not None else 0
@@ -436,4 +493,20 @@ def _report(catalog: Catalog, plan: dict, seconds: float) -> SegmentReport:
         seconds=round(seconds, 3),
         fields_measured=len(plan["todo"]) if plan["spec"].get("measure") is not None else 0,
         cells=int(cells[0]["n"] or 0) if cells else 0,
+        pixel_size_um=float(run["pixel_size_um"]),
+        pixel_size_source=run.get("pixel_size_source") or plan.get("pixel_size_source"),
+        notes=list(plan.get("notes", [])),
+        checks=summarize_checks(runs_db.field_checks(catalog, run["run_id"]), len(plan["fields"])),
     )
+
+
+def summarize_checks(failed: list[dict[str, Any]], n_fields: int) -> list[dict[str, Any]]:
+    """One entry per (check, channel or output): how many fields failed it, an example field and its message."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in failed:
+        key = (c["check"], c.get("channel") or c.get("output") or "")
+        g = groups.setdefault(key, {"check": c["check"], "channel": c.get("channel"), "output": c.get("output"),
+                                    "fields": 0, "of": n_fields, "example": f"{c['well']}/{c['field_index']}",
+                                    "message": c["message"]})
+        g["fields"] += 1
+    return list(groups.values())

@@ -124,10 +124,20 @@ def test_no_plates_and_missing_pixel_size(tmp_path):
     with pytest.raises(CatalogError):
         segment(engine="classic")
     ingest(Path(__file__).parents[1] / "data" / "cellomics_cp_example")
-    with pytest.raises(EngineError, match="no pixel size .* --pixel-size"):
-        segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"})
-    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65)
+    # no pixel size in the metadata: estimated from the field
+    (est,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"})
+    assert est.pixel_size_source == "estimated" and est.objects["nuclei"] > 50
+    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65, overwrite=True)
     assert rep.objects["nuclei"] > 50  # the real CellProfiler ExampleHuman field holds ~80 nuclei
+    # nothing to estimate from (a blank field): refused, naming the option
+    import tifffile
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    tifffile.imwrite(blank / "A01_s1_DAPI.tif", np.full((128, 128), 50, np.uint16))
+    ingest(blank, pattern="{well}_s{field}_{channel}.tif")
+    with pytest.raises(EngineError, match="no pixel size .* none could be estimated .* --pixel-size"):
+        segment(["blank"], engine="classic")
 
 
 def test_local_cluster_matches_in_process(plate):
@@ -219,3 +229,50 @@ def test_deep_engine_run_through_segment(plate):
     from hts.compute.engines.nuclei import NucleiEngine
 
     assert run["model_sha256"] == ModelSpec.from_dir(NucleiEngine.model_path()).sha256
+
+
+# ---------------------------------------------------------------------------------------- scale and sanity
+
+
+@pytest.fixture
+def no_pixel_size_plate(tmp_path):
+    """A TIFF folder plate of the real DSB2018 nuclei (no pixel size anywhere), two wells."""
+    import tifffile
+
+    src = tmp_path / "tiffs"
+    src.mkdir()
+    img = tifffile.imread(Path(__file__).parents[1] / "data/nuclei_gt/dsb2018_img2d.tif")
+    for w in ("A01", "A02"):
+        tifffile.imwrite(src / f"{w}_s1_DAPI.tif", img)
+    ingest(src, pattern="{well}_s{field}_{channel}.tif")
+    return src
+
+
+def test_a_plate_without_pixel_size_is_segmented_at_an_estimated_one(no_pixel_size_plate):
+    (rep,) = segment(engine="classic", workers=1)
+    assert rep.pixel_size_source == "estimated" and 0.35 < rep.pixel_size_um < 0.55  # the nuclei measure ~23 px, 10 µm
+    assert rep.notes == [f"pixel size unknown: nuclei measure ~{10 / rep.pixel_size_um:.0f} px, segmenting as if "
+                         f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"]
+    assert rep.objects["nuclei"] > 150
+    (run,) = Catalog("hts.duckdb").query("SELECT pixel_size_um, pixel_size_source FROM runs")
+    assert run == {"pixel_size_um": rep.pixel_size_um, "pixel_size_source": "estimated"}
+    # run again: the recorded estimate is reused, so the same run is found complete
+    (again,) = segment(engine="classic", workers=1)
+    assert again.status == "unchanged" and again.run_id == rep.run_id
+    # --pixel-size wins
+    (given,) = segment(engine="classic", workers=1, pixel_size_um=0.3, label_suffix="given")
+    assert given.pixel_size_source == "option" and given.pixel_size_um == 0.3 and given.notes == []
+
+
+def test_fields_failing_sanity_checks_are_recorded_and_listed_by_qc(tmp_path):
+    from hts.tasks.qc import plate_qc
+
+    ingest(Path(__file__).parents[1] / "data/nd2/example-pbmc.nd2")
+    (rep,) = segment(engine="classic", workers=1, channels={"nucleus": "DAPI"})
+    kinds = {c["check"]: c for c in rep.checks}
+    assert "dark_objects" in kinds and kinds["dark_objects"]["channel"] == "DAPI"
+    assert kinds["dark_objects"]["fields"] == 1 and kinds["dark_objects"]["of"] == 1
+    (row,) = Catalog("hts.duckdb").query("SELECT flags FROM field_qc")
+    assert "dark_objects" in row["flags"]
+    (report,) = plate_qc()
+    assert len(report.flagged_fields) == 1 and "dark_objects" in report.flagged_fields[0]["flags"]
