@@ -324,7 +324,7 @@ def query(
             raise CatalogError("give either a SQL query or --preset NAME")
         table = run_query(sql if preset is None else preset_sql(preset), db=db, limit=limit)
         if out_file is not None:
-            path = write_result(table, out_file, "csv" if format_ == "table" else format_)
+            path = write_result(table, out_file, "csv" if format_ == "table" else format_, db=db)
             err.print(f"wrote {table.num_rows} rows to {path}")
             return
     if format_ == "json":

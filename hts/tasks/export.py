@@ -10,7 +10,10 @@ Cell files keep the partition columns inside them too, so a single file read on
 its own still has its ``Metadata_Plate`` / ``Metadata_Well``. DuckDB writes the
 files straight from the catalog (no rows pass through Python); the export goes
 to a temporary folder first and is renamed into place, so a failed export never
-leaves half a dataset where a complete one is expected.
+leaves half a dataset where a complete one is expected. The export carries
+hts's marker file (``.hts-output.json``, every file it wrote): ``overwrite``
+replaces only such a folder, never the catalog's or a plate store's folder, nor
+one holding files of the user's (:mod:`hts.tasks.outputs`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from hts.catalog import Catalog
 from hts.catalog.db import sql_literal
 from hts.config import load_workspace
 from hts.errors import CatalogError
+from hts.tasks.outputs import check_output_path, check_replaceable, write_marker
 
 __all__ = ["ExportReport", "export", "EXPORT_FORMATS"]
 
@@ -57,10 +61,10 @@ def export(
     """Write the cells of the current runs (of ``plates``, or run ``run``) and the well/field tables under ``out``."""
     if format not in EXPORT_FORMATS:
         raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    catalog = Catalog(db) if db else load_workspace(db=db).catalog
-    out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CatalogError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    ws = load_workspace(db=db)
+    catalog = Catalog(db) if db else ws.catalog
+    out = check_output_path(out, catalog, plates_dir=ws.plates_dir)
+    check_replaceable(out, "export", overwrite=overwrite)
     plate_ids = [catalog.find_plate(p).plate_id for p in plates] if plates else None
 
     def where(plate_col: str, run_col: str) -> str:
@@ -100,9 +104,15 @@ def export(
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
         files = sum(1 for p in tmp.rglob(f"*.{ext}"))
+        write_marker(tmp, "export")
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # checked above: empty, or an earlier export of hts's own (its marker lists every file in it)
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(out=str(out), format=format, cells=int(n), wells=int(wells), files=files, plates=names)

@@ -55,8 +55,12 @@ def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = Non
             raise CatalogError(str(e).strip().splitlines()[0]) from None
 
 
-def write_result(table: pa.Table, path: str | Path, fmt: str) -> Path:
-    """Write a query result as CSV, JSON (records) or Parquet."""
+def write_result(table: pa.Table, path: str | Path, fmt: str, *, db: str | Path | None = None) -> Path:
+    """Write a query result as CSV, JSON (records) or Parquet; never onto the catalog ``db`` or a plate store."""
+    from hts.tasks.outputs import check_output_path
+
+    ws = load_workspace(db=db)
+    check_output_path(path, Catalog(db) if db else ws.catalog, plates_dir=ws.plates_dir)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

@@ -24,6 +24,7 @@ from hts.catalog import runs as runs_db
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.store import PlateStore
+from hts.tasks.outputs import check_output_path
 from hts.tasks.qc import run_qc, well_metric
 
 __all__ = ["ReportResult", "report"]
@@ -122,6 +123,7 @@ def report(
     r = runs[-1]
     run_id, engine = r["run_id"], r["engine"]
     out_dir = Path(out) if out else Path("reports") / _slug(rec.name)
+    check_output_path(out_dir, catalog, plates_dir=ws.plates_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # per-well values ------------------------------------------------------------------
