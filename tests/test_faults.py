@@ -110,3 +110,102 @@ def test_report_out_never_writes_into_a_plate_store(ws: Path, measured_workspace
         r = run(*args)
         assert r.exit_code == 1 and "plate store DEMO-PLATE" in r.output, r.output
     assert _digest(store) == original
+
+
+# ---------------------------------------------------------------------------------------- the query path
+
+
+@pytest.mark.parametrize("sql, refused", [
+    ("SELECT 1; SELECT 2", "one statement at a time"),
+    ("COPY (SELECT * FROM plates) TO 'leak.csv'", "type COPY"),
+    ("ATTACH 'other.duckdb' AS o (READ_WRITE)", "type ATTACH"),
+    ("SET enable_external_access = true", "type SET"),
+    ("PRAGMA database_list", "type PRAGMA"),
+    ("DROP TABLE cells", "type DROP"),
+    ("INSERT INTO platemap SELECT * FROM platemap", "type INSERT"),
+    ("SELECT * FROM read_text('/etc/hostname')", "file system operations are disabled"),
+    ("SELECT * FROM glob('/root/**')", "file system operations are disabled"),
+    ("SELECT * FROM read_csv('raw/platemap.csv')", "file system operations are disabled"),
+])
+def test_query_is_one_read_only_statement_that_touches_no_file(ws: Path, sql: str, refused: str):
+    before = _digest(ws)
+    r = run("query", sql)
+    assert r.exit_code == 1 and refused in r.output and "Traceback" not in r.output, r.output
+    assert _digest(ws) == before and not (ws / "leak.csv").exists() and not (ws / "other.duckdb").exists()
+
+
+def test_allow_read_opens_one_folder_for_reading_only(ws: Path):
+    r = run("query", "SELECT count(*) AS n FROM read_csv('raw/platemap.csv')", "--allow-read", "raw", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["n"] == 6, r.output
+    r = run("query", "COPY (SELECT 1) TO 'raw/x.csv'", "--allow-read", "raw")
+    assert r.exit_code == 1 and not (ws / "raw/x.csv").exists()
+    (ws / "secret.txt").write_text("not for queries")
+    r = run("query", "SELECT * FROM read_text('secret.txt')", "--allow-read", "raw")
+    assert r.exit_code == 1 and "disabled" in r.output
+
+
+def test_report_sql_runs_through_the_same_guard(ws: Path):
+    r = run("report", "DEMO-PLATE", "--sql", "COPY (SELECT 1) TO 'leak.csv'", "--out", "rep")
+    assert r.exit_code == 1 and "type COPY" in r.output and not (ws / "leak.csv").exists()
+
+
+def test_query_keeps_duckdbs_hints(ws: Path):
+    r = run("query", "SELECT nme FROM plates")
+    assert r.exit_code == 1 and "Candidate bindings" in r.output and '"name"' in r.output
+    r = run("query", "SELECT * FROM plate")
+    assert r.exit_code == 1 and 'Did you mean "plates"' in r.output
+
+
+# ---------------------------------------------------------------------------------------- one bad field
+
+
+@pytest.fixture
+def plate_with_blank_wells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TIFF plate: two wells of real DSB2018 nuclei, and empty wells that are all 0, all 1000 and all 65535."""
+    import numpy as np
+    import tifffile
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "tiffs"
+    src.mkdir()
+    img = tifffile.imread(Path(__file__).parent / "data/nuclei_gt/dsb2018_img2d.tif")
+    for w, a in (("A01", img), ("A02", img), ("B01", np.zeros_like(img)), ("B02", np.full_like(img, 1000)),
+                 ("B03", np.full_like(img, 65535))):
+        tifffile.imwrite(src / f"{w}_s1_DAPI.tif", a)
+    assert run("ingest", str(src), "--pattern", "{well}_s{field}_{channel}.tif").exit_code == 0
+    return src
+
+
+def test_blank_and_constant_fields_never_fail_the_plate(plate_with_blank_wells):
+    from hts.catalog import Catalog
+
+    r = run("segment", "--engine", "classic", "--pixel-size", "0.45", "--workers", "1", "--json")
+    assert r.exit_code == 0, r.output
+    (rep,) = json.loads(r.output)
+    assert rep["fields_segmented"] == 5 and rep["objects"]["nuclei"] > 150
+    cat = Catalog("hts.duckdb")
+    assert [x["status"] for x in cat.query("SELECT status FROM runs")] == ["complete"]
+    flags = {x["well"]: x["flags"] for x in cat.query("SELECT well, flags FROM field_qc")}
+    assert all("no_cells" in flags[w] for w in ("B01", "B02", "B03")) and "no_cells" not in flags["A01"]
+
+
+def test_an_engine_failing_on_one_field_is_recorded_and_the_run_completes(plate_with_blank_wells, monkeypatch):
+    from hts.catalog import Catalog
+    from hts.compute.engines.classic import ClassicEngine
+
+    real = ClassicEngine.segment_tile
+
+    def fragile(self, images, maps, ctx):
+        if images["nucleus"].max() == 65535:
+            raise MemoryError("cannot allocate 23.9 TiB")
+        return real(self, images, maps, ctx)
+
+    monkeypatch.setattr(ClassicEngine, "segment_tile", fragile)
+    r = run("segment", "--engine", "classic", "--pixel-size", "0.45", "--workers", "1", "--scheduler", "sync")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps at the terminal width
+    assert "1 of 5 fields" in text and "classic failed on this field (MemoryError: cannot allocate 23.9 TiB)" in text
+    cat = Catalog("hts.duckdb")
+    assert [x["status"] for x in cat.query("SELECT status FROM runs")] == ["complete"]
+    (row,) = cat.query("SELECT well, flags FROM field_qc WHERE list_contains(flags, 'engine_failed')")
+    assert row["well"] == "B03"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ import pyarrow as pa
 from hts.errors import CatalogError
 from hts.resources import data_dir
 
-__all__ = ["Catalog", "PlateRecord", "migrations", "sql_literal", "sql_ident"]
+__all__ = ["Catalog", "PlateRecord", "migrations", "sql_literal", "sql_ident", "check_user_sql"]
 
 _LOCK_WAIT_S = 30.0
 
@@ -324,6 +324,44 @@ class Catalog:
         """A plate's channel names in channel order."""
         return [r["name"] for r in self.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [plate_id])]
 
+    @contextmanager
+    def user_connection(self, *, allow_read: Sequence[str | Path] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for SQL a user typed: the catalog attached read-only, nothing else reachable.
+
+        An in-memory DuckDB attaches the catalog ``READ_ONLY`` as its default
+        database, then turns external access off (no file is read or written:
+        no ``COPY ... TO``, ``ATTACH``, ``read_csv``, ``read_text``, ``glob``,
+        extension installs) and locks its configuration (no ``SET`` / ``PRAGMA``
+        turns it back on). ``allow_read`` names folders whose files queries may
+        read (e.g. a compound table to join); :func:`check_user_sql` keeps the
+        statement a single query, so nothing is ever written there either.
+        """
+        if not self.path.exists():
+            raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if not self._migrated:  # a catalog from an older hts is brought up to date once
+            with self.connect():
+                pass
+        con = duckdb.connect(":memory:")
+        try:
+            try:
+                con.execute(f"ATTACH {sql_literal(str(self.path))} AS catalog (READ_ONLY)")
+            except duckdb.Error as e:
+                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+            con.execute("USE catalog")
+            dirs = [str(Path(d).expanduser().resolve()) + "/" for d in allow_read]
+            for d in dirs:
+                if not Path(d).is_dir():
+                    raise CatalogError(f"--allow-read {d}: no such folder")
+            if dirs:
+                con.execute("SET allowed_directories = ?", [dirs])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET autoinstall_known_extensions = false")
+            con.execute("SET autoload_known_extensions = false")
+            con.execute("SET lock_configuration = true")
+            yield con
+        finally:
+            con.close()
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only query and return rows as dicts."""
         with self.connect(read_only=True) as con:
@@ -339,3 +377,30 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
     con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
     con.unregister("_incoming")
 
+
+
+#: Statement types a user's SQL may be: queries only.
+_QUERY_TYPES = ("SELECT", "EXPLAIN")
+
+
+def check_user_sql(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
+    """The one statement of ``sql``; raises :class:`CatalogError` for several statements or anything but a query."""
+    try:
+        stmts = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise CatalogError(_one_line(e)) from None
+    if len(stmts) != 1:
+        raise CatalogError(f"one statement at a time, please (got {len(stmts)}); queries only")
+    kind = stmts[0].type.name
+    if kind not in _QUERY_TYPES:
+        raise CatalogError(f"only queries are allowed (SELECT / WITH / FROM ...); refused: a statement of type {kind}")
+    return stmts[0]
+
+
+def _one_line(e: BaseException) -> str:
+    """DuckDB's message without its traceback, its hints kept ("Candidate bindings: ...", "Did you mean ...")."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    hints = [ln for ln in lines[1:] if not ln.startswith(("LINE ", "^")) and not set(ln) <= {"^", " "}]
+    return " ".join([lines[0], *hints])

@@ -295,8 +295,14 @@ def query(
     format_: Annotated[str, typer.Option("--format", help="table (default: printed), csv, json or parquet.")] = "table",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows.", show_default=False)] = None,
+    allow_read: Annotated[Optional[list[Path]], typer.Option("--allow-read", help="A folder whose files the query may read (read_csv, read_parquet), e.g. a compound table to join; repeatable. Nothing is ever written.", show_default=False)] = None,
 ) -> None:
-    """Run a read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
+    """Run one read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
+
+    Read-only means: one query (SELECT / WITH / FROM), the catalog attached
+    read-only, no file on this machine read or written by the SQL itself (no
+    COPY, ATTACH, SET, PRAGMA, read_csv, glob), except reading the folders given
+    with --allow-read.
 
     Tables: plates, wells, fields, channels, platemap, runs, run_fields, cells (one
     row per cell: Nuclei_*, Cells_*, Cytoplasm_* features). Views: well_stats
@@ -322,7 +328,7 @@ def query(
             raise CatalogError(f"unknown format {format_!r}; choose one of {', '.join(FORMATS)}")
         if (sql is None) == (preset is None):
             raise CatalogError("give either a SQL query or --preset NAME")
-        table = run_query(sql if preset is None else preset_sql(preset), db=db, limit=limit)
+        table = run_query(sql if preset is None else preset_sql(preset), db=db, limit=limit, allow_read=allow_read or ())
         if out_file is not None:
             path = write_result(table, out_file, "csv" if format_ == "table" else format_, db=db)
             err.print(f"wrote {table.num_rows} rows to {path}")

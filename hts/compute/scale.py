@@ -78,8 +78,8 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
 
 def _measure(engine: Engine, fields: Sequence[dict[str, np.ndarray]], px: float, crop: int, output: str) -> np.ndarray:
     train_px = getattr(engine, "train_pixel_um", None)
-    # keep the engine's own input under ~1024² pixels whatever the candidate's upscaling
-    side = crop if train_px is None else max(128, min(crop, int(1024 * train_px / px)))
+    # keep a deep engine's own input within ``crop``² pixels whatever the candidate's upscaling
+    side = crop if train_px is None else max(96, min(crop, int(crop * train_px / px)))
     ds = []
     for images in fields:
         sub = {role: _crop(np.asarray(im), side) for role, im in images.items()}
@@ -90,7 +90,7 @@ def _measure(engine: Engine, fields: Sequence[dict[str, np.ndarray]], px: float,
 
 def estimate_pixel_size(
     engine: Engine, fields: Sequence[dict[str, np.ndarray]], *, candidates: Sequence[float] = CANDIDATES,
-    crop: int = 768, min_objects: int = 5, output: str = "nuclei",
+    crop: int = 512, min_objects: int = 5, output: str = "nuclei",
 ) -> ScaleEstimate | None:
     """The pixel size (µm) at which ``engine`` finds nuclei of its typical size in ``fields``.
 

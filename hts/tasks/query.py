@@ -8,6 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from hts.catalog import Catalog
+from hts.catalog.db import _one_line, check_user_sql
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.resources import data_dir
@@ -33,17 +34,23 @@ def preset_sql(name: str) -> str:
     return path.read_text()
 
 
-def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = None) -> pa.Table:
-    """Run ``sql`` on the catalog opened read-only; return the result as an Arrow table.
+def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = None,
+              allow_read: list[str | Path] | tuple = ()) -> pa.Table:
+    """Run one query ``sql`` on the catalog; return the result as an Arrow table.
 
-    The catalog is opened read-only, so a query can never change stored data
-    (an ``INSERT`` or ``DROP`` fails with DuckDB's message). Errors come back
-    as one-line :class:`~hts.errors.CatalogError` messages.
+    What "read-only" guarantees (:meth:`~hts.catalog.Catalog.user_connection`):
+    the catalog is attached read-only, ``sql`` must be a single query (several
+    statements, ``SET``, ``PRAGMA``, ``ATTACH``, ``COPY``, ``INSERT``, DDL are
+    refused), and no file on the host is read or written (``read_csv``,
+    ``read_text``, ``glob``, ``COPY ... TO`` fail) except reading files under
+    the folders of ``allow_read``. Errors come back as one-line
+    :class:`~hts.errors.CatalogError` messages, DuckDB's hints kept.
     """
     catalog = Catalog(db) if db else load_workspace().catalog
-    with catalog.connect(read_only=True) as con:
+    with catalog.user_connection(allow_read=allow_read) as con:
+        stmt = check_user_sql(con, sql)
         try:
-            rel = con.sql(sql)
+            rel = con.sql(stmt.query)
             if rel is None:
                 raise CatalogError("the statement returned no rows (only queries are allowed)")
             if limit is not None:
@@ -52,7 +59,7 @@ def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = Non
             fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
             return fetch()
         except duckdb.Error as e:
-            raise CatalogError(str(e).strip().splitlines()[0]) from None
+            raise CatalogError(_one_line(e)) from None
 
 
 def write_result(table: pa.Table, path: str | Path, fmt: str, *, db: str | Path | None = None) -> Path:

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from hts import __version__
 from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
-from hts.compute.engines import Engine, EngineError, engine_class, segment_field
+from hts.compute.engines import Engine, EngineError, SegmentResult, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
 from hts.compute.sanity import field_checks
 from hts.compute.scale import engine_nucleus_diameter_um
@@ -430,7 +430,15 @@ def process_field(item: tuple[str, int, str, str], spec: dict[str, Any]) -> dict
         planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
         if eng is not None:
             images = {role: planes[c] for role, c in spec["channels"].items()}
-            res = segment_field(eng, images, pixel_size_um=spec["pixel_size_um"], tile=spec["tile"], halo=spec["halo"])
+            try:
+                res = segment_field(eng, images, pixel_size_um=spec["pixel_size_um"], tile=spec["tile"], halo=spec["halo"])
+            except Exception as e:  # noqa: BLE001 - one field the engine cannot handle must not fail the plate
+                res = SegmentResult({out: np.zeros(planes.shape[-2:], np.int32) for out in eng.outputs})
+                failed = {"check": "engine_failed", "output": eng.outputs[0],
+                          "message": f"{eng.name} failed on this field ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                     "stored with no objects"}
+                if all(c["check"] != "engine_failed" for c in checks):
+                    checks.append(failed)
             names = spec["labels"]
             store.write_labels(
                 path,

@@ -71,9 +71,13 @@ class ClassicEngine(Engine):
             clo, chi = np.percentile(cyt[::2, ::2], [0.5, 99.8])
             ctx["cyt_norm"] = (float(clo), float(chi))
             csm = ctx["smoothed"]["cytoplasm"] = pp.smooth(pp.normalize(cyt, clo, chi), sigma)
+            thr = None
             if p.cell_threshold == "multiotsu":
-                thr = filters.threshold_multiotsu(csm[::2, ::2], classes=3)[0]
-            else:
+                try:
+                    thr = filters.threshold_multiotsu(csm[::2, ::2], classes=3)[0]
+                except ValueError:  # fewer than 3 grey levels (a blank or constant field): plain Otsu
+                    thr = None
+            if thr is None:
                 thr = filters.threshold_otsu(csm)
             ctx["cyt_threshold"] = float(thr) * p.cell_threshold_factor
         return ctx
