@@ -209,3 +209,57 @@ def test_an_engine_failing_on_one_field_is_recorded_and_the_run_completes(plate_
     assert [x["status"] for x in cat.query("SELECT status FROM runs")] == ["complete"]
     (row,) = cat.query("SELECT well, flags FROM field_qc WHERE list_contains(flags, 'engine_failed')")
     assert row["well"] == "B03"
+
+
+# ---------------------------------------------------------------------------------------- one writer per plate
+
+
+def test_a_plate_being_segmented_is_refused_to_a_second_segment_or_measure(ws: Path):
+    import socket
+
+    from hts.catalog import Catalog
+    from hts.catalog.locks import plate_locks
+
+    cat = Catalog("hts.duckdb")
+    rec = cat.find_plate("DEMO-PLATE")
+    runs_before = cat.query("SELECT run_id, status FROM runs ORDER BY run_id")
+    with plate_locks(cat, [(rec.plate_id, rec.name)], command="segment --engine nuclei"):
+        for args in (("segment", "--engine", "classic", "-p", "h_um=2", "--overwrite"), ("measure", "--texture")):
+            r = run(*args)
+            text = " ".join(r.output.split())
+            assert r.exit_code == 1 and "plate DEMO-PLATE is busy: `hts segment --engine nuclei` started" in text, text
+            assert f"on {socket.gethostname()} (pid " in text and "Traceback" not in text
+    assert cat.query("SELECT run_id, status FROM runs ORDER BY run_id") == runs_before
+    assert cat.query("SELECT * FROM plate_locks") == []  # released
+    # free again
+    assert run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "b").exit_code == 0
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(ws: Path):
+    import subprocess
+    import sys
+    import time as _time
+    from datetime import datetime
+
+    from hts.catalog import Catalog
+
+    cat = Catalog("hts.duckdb")
+    rec = cat.find_plate("DEMO-PLATE")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with cat.connect() as con:  # as a SIGKILLed segment leaves it: its process is gone
+        con.execute("INSERT INTO plate_locks VALUES (?, 'x', 'segment --engine classic', ?, ?, 0, ?, ?)",
+                    [rec.plate_id, __import__("socket").gethostname(), dead.pid, datetime.now(), _time.time()])
+    r = run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "c")
+    assert r.exit_code == 0, r.output
+    # another host's lock: live while its heartbeat is fresh, taken over once it is older than the stale limit
+    from hts.catalog.locks import STALE_AFTER_S
+
+    with cat.connect() as con:
+        con.execute("INSERT INTO plate_locks VALUES (?, 'y', 'measure', 'node-7', 4242, 0, ?, ?)",
+                    [rec.plate_id, datetime.now(), _time.time()])
+    r = run("measure", "--texture")
+    assert r.exit_code == 1 and "busy" in r.output and "node-7" in r.output
+    with cat.connect() as con:
+        con.execute("UPDATE plate_locks SET heartbeat = ?", [_time.time() - STALE_AFTER_S - 5])
+    assert run("measure").exit_code == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from hts.catalog import Catalog
 from hts.catalog import runs as runs_db
+from hts.catalog.locks import plate_locks
 from hts.compute.measure import MeasureOptions
 from hts.config import load_workspace
 from hts.errors import CatalogError
@@ -59,7 +60,14 @@ def measure(
     options = measure_options(features) or MeasureOptions()
     key = options.key()
     plans = []
-    for rec in select_plates(catalog, plates):
+    records = select_plates(catalog, plates)
+    with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command="measure") as lock:
+        return _measure(catalog, ws, records, run, options, key, scheduler, workers, progress, lock)
+
+
+def _measure(catalog, ws, records, run, options, key, scheduler, workers, progress, lock) -> list[MeasureReport]:
+    plans = []
+    for rec in records:
         runs = runs_db.current_runs(catalog, rec.plate_id, run)
         if not runs:
             continue
@@ -71,7 +79,7 @@ def measure(
     if not plans:
         where = f"run {run!r}" if run else "the selected plates"
         raise CatalogError(f"{catalog.path}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)")
-    seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, progress=progress)
+    seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, progress=progress, lock=lock)
     reports = []
     for plan, s in zip(plans, seconds):
         run_id = plan["run"]["run_id"]

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from hts import __version__
 from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
+from hts.catalog.locks import HEARTBEAT_EVERY_S, heartbeat, plate_locks
 from hts.compute.engines import Engine, EngineError, SegmentResult, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
 from hts.compute.sanity import field_checks
@@ -164,14 +165,19 @@ def segment(
     probe = cls(eng_params, backend=backend, device=device)
     options = measure_options(features)
     with catalog.session():
-        plans = [
-            _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
-            for rec in select_plates(catalog, plates)
-        ]
-    gpu = probe.device.startswith("cuda")
-    seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, gpu=gpu, progress=progress)
-    with catalog.session():
-        return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
+        records = select_plates(catalog, plates)
+    # one writing command per plate: a second segment (or measure) of a plate being segmented is refused
+    with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command=f"segment --engine {cls.name}") as lock:
+        with catalog.session():
+            plans = [
+                _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
+                for rec in records
+            ]
+        gpu = probe.device.startswith("cuda")
+        seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, gpu=gpu,
+                                progress=progress, lock=lock)
+        with catalog.session():
+            return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
 
 
 def measure_options(features: MeasureOptions | dict[str, Any] | bool) -> MeasureOptions | None:
@@ -196,14 +202,17 @@ def execute_plans(
     workers: int | None,
     gpu: bool = False,
     progress: ProgressFn | None = None,
+    lock: str | None = None,
 ) -> list[float]:
     """Run every plan's field tasks on Dask, recording them in the catalog in batches; seconds per plan.
 
     A plan has ``record``, ``run``, ``spec``, ``todo`` (well, field index, path, mode)
-    items and ``finish`` (mark the run complete at the end).
+    items and ``finish`` (mark the run complete at the end). ``lock``: the token of
+    the plate locks held (:func:`hts.catalog.locks.plate_locks`), refreshed while the work runs.
     """
     todo_total = sum(len(p["todo"]) for p in plans)
     done_total = 0
+    beat = time.monotonic()
     out = []
     with dask_client(scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
         # CUDA engine on an external cluster: only workers started with --resources GPU=1 take the tasks
@@ -221,6 +230,9 @@ def execute_plans(
                         res["cells"] = from_ipc(res["cells"])
                     batch.add({"well": well, "field_index": idx, **res})
                     done_total += 1
+                    if lock is not None and time.monotonic() - beat > HEARTBEAT_EVERY_S:
+                        heartbeat(catalog, lock)
+                        beat = time.monotonic()
                     if progress:
                         progress(done_total, todo_total, f"{plan['record'].name} {well}")
             if plan.get("finish"):

@@ -1,0 +1,96 @@
+"""Plate locks: one writing command (segment, measure) per plate at a time, across processes and hosts.
+
+The catalog is the one place every client of a plate shares, and DuckDB lets one
+process write it at a time, so taking a lock is a read-check-insert in one
+transaction. A lock names its holder (command, host, pid, start time) so the
+refusal says who is busy; it is taken over when it is stale:
+
+- on the same host, when the holder's process is gone (pid and process start
+  time, so a reused pid does not count);
+- from another host, when its heartbeat is older than :data:`STALE_AFTER_S`
+  (the holder refreshes it while it works, :func:`heartbeat`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+import psutil
+
+from hts.catalog.db import Catalog
+from hts.errors import CatalogError
+
+__all__ = ["PlateBusyError", "plate_locks", "heartbeat", "STALE_AFTER_S", "HEARTBEAT_EVERY_S"]
+
+STALE_AFTER_S = 600.0
+HEARTBEAT_EVERY_S = 30.0
+
+
+class PlateBusyError(CatalogError):
+    """Another command holds the plate's lock."""
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def _stale(row: dict, now: float) -> bool:
+    if row["host"] == socket.gethostname():
+        started = _process_start(int(row["pid"]))
+        return started is None or (row["pid_started"] is not None and abs(started - float(row["pid_started"])) > 1.0)
+    return now - float(row["heartbeat"]) > STALE_AFTER_S
+
+
+@contextmanager
+def plate_locks(catalog: Catalog, plates: Sequence[tuple[str, str]], *, command: str) -> Iterator[str]:
+    """Hold the locks of ``plates`` (``(plate_id, name)`` pairs) for the block; yields the lock token.
+
+    All or nothing: when any plate is held by a live command, :class:`PlateBusyError`
+    names it and no lock is taken. Stale locks are taken over.
+    """
+    token = uuid.uuid4().hex
+    me = psutil.Process()
+    now = time.time()
+    with catalog.connect() as con:
+        con.execute("BEGIN")
+        try:
+            for plate_id, name in plates:
+                cur = con.execute("SELECT * FROM plate_locks WHERE plate_id = ?", [plate_id])
+                cols = [d[0] for d in cur.description]
+                row = cur.fetchone()
+                if row is not None:
+                    held = dict(zip(cols, row))
+                    if not _stale(held, now):
+                        raise PlateBusyError(
+                            f"plate {name} is busy: `hts {held['command']}` started {held['started_at']:%Y-%m-%d %H:%M:%S} "
+                            f"on {held['host']} (pid {held['pid']}); wait for it to finish, or stop it "
+                            f"(a lock whose process is gone is taken over)"
+                        )
+                    con.execute("DELETE FROM plate_locks WHERE plate_id = ?", [plate_id])
+                con.execute(
+                    "INSERT INTO plate_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [plate_id, token, command, socket.gethostname(), me.pid, me.create_time(), datetime.now(), now],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    try:
+        yield token
+    finally:
+        with catalog.connect() as con:
+            con.execute("DELETE FROM plate_locks WHERE token = ?", [token])
+
+
+def heartbeat(catalog: Catalog, token: str) -> None:
+    """Tell other hosts the holder of ``token`` is still working."""
+    with catalog.connect() as con:
+        con.execute("UPDATE plate_locks SET heartbeat = ? WHERE token = ?", [time.time(), token])
