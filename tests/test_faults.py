@@ -50,9 +50,13 @@ def measured_workspace(tmp_path_factory) -> Path:
 def ws(measured_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import shutil
 
+    from hts.catalog import Catalog
+
     dst = tmp_path / "w"
     shutil.copytree(measured_workspace, dst)
     monkeypatch.chdir(dst)
+    with Catalog("hts.duckdb").connect() as con:  # the copy's catalog names the copy's stores
+        con.execute("UPDATE plates SET store_uri = replace(store_uri, ?, ?)", [str(measured_workspace), str(dst)])
     return dst
 
 
@@ -95,16 +99,19 @@ def test_query_out_never_writes_onto_the_catalog_or_a_plate(ws: Path, target: st
     assert run("query", "SELECT count(*) AS n FROM plates", "--format", "json").exit_code == 0  # the catalog still opens
 
 
-def test_report_out_never_writes_into_a_plate_store(ws: Path, measured_workspace: Path):
+def test_report_out_never_writes_into_a_plate_store(ws: Path):
     before = _digest(ws)
     r = run("report", "DEMO-PLATE", "--out", "plates/DEMO-PLATE.zarr/report")
     assert r.exit_code == 1 and "choose another path" in r.output
     assert _digest(ws) == before
-    # a plate store outside the plates folder (this copy's catalog names the original workspace's store)
+    # a plate store outside the plates folder
     from hts.catalog import Catalog
 
-    store = Path(Catalog("hts.duckdb").find_plate("DEMO-PLATE").store_uri)
-    assert ws not in store.parents
+    store = ws / "stores/DEMO-PLATE.zarr"
+    store.parent.mkdir()
+    (ws / "plates/DEMO-PLATE.zarr").rename(store)
+    with Catalog("hts.duckdb").connect() as con:
+        con.execute("UPDATE plates SET store_uri = ?", [str(store)])
     original = _digest(store)
     for args in (("report", "DEMO-PLATE", "--out", str(store / "B")), ("export", "--out", str(store), "--overwrite")):
         r = run(*args)
@@ -263,3 +270,41 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(ws: Path):
     with cat.connect() as con:
         con.execute("UPDATE plate_locks SET heartbeat = ?", [_time.time() - STALE_AFTER_S - 5])
     assert run("measure").exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------- destructive steps in order
+
+
+def _catalog_rows(cat) -> dict[str, int]:
+    return {t: cat.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+            for t in ("plates", "fields", "platemap", "runs", "run_fields", "cells", "plate_labels")}
+
+
+def test_ingest_overwrite_that_cannot_remove_the_old_store_changes_nothing(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    from hts.catalog import Catalog
+
+    cat = Catalog("hts.duckdb")
+    store = Path(cat.find_plate("DEMO-PLATE").store_uri)
+    assert ws in store.parents
+    before_rows = _catalog_rows(cat)
+    real_rename = Path.rename
+
+    def read_only(self, target):
+        if self == store:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", read_only)
+    digest = _digest(store)
+    r = run("ingest", "raw/DEMO-PLATE.nd2", "--out", str(store), "--overwrite")
+    assert r.exit_code == 1 and "Read-only file system" in r.output and "nothing was changed" in r.output, r.output
+    assert _catalog_rows(cat) == before_rows and _digest(store) == digest
+    monkeypatch.setattr(Path, "rename", real_rename)
+    # when it can: the plate is replaced, and the old plate's runs, labels and cells go with it (no orphans)
+    r = run("ingest", "raw/DEMO-PLATE.nd2", "--out", str(store), "--overwrite")
+    assert r.exit_code == 0, r.output
+    after = _catalog_rows(cat)
+    assert after["plates"] == 1 and after["runs"] == after["run_fields"] == after["cells"] == after["plate_labels"] == 0
+    assert after["platemap"] == 0 and after["fields"] == before_rows["fields"]

@@ -265,9 +265,14 @@ class Catalog:
                 raise CatalogError(f"{self.path}: could not register plate ({str(e).splitlines()[0]})") from None
 
     def delete_plate(self, plate_id: str) -> None:
+        """Every row of the plate, its runs and their cells included, in one transaction."""
         with self.connect() as con:
             con.execute("BEGIN")
-            for table in ("field_channel_stats", "fields", "wells", "channels", "acquisitions", "platemap", "plates"):
+            runs = "SELECT run_id FROM runs WHERE plate_id = ?"
+            for table in ("run_object_counts", "run_fields"):
+                con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [plate_id])
+            for table in ("cells", "plate_labels", "runs", "field_channel_stats", "fields", "wells", "channels",
+                          "acquisitions", "platemap", "plates"):
                 con.execute(f"DELETE FROM {table} WHERE plate_id = ?", [plate_id])
             con.execute("COMMIT")
 

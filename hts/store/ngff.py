@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,22 @@ class PlateStore:
                 self.remove()
             raise
         return self
+
+    def set_aside(self) -> Path | None:
+        """Rename a local store out of the way (a hidden sibling) and return where it went; None for object storage.
+
+        The first step of replacing a store: a rename either happens whole or not
+        at all (a read-only file system refuses it), so callers change the catalog
+        only once the old store is out of the way, and delete it last.
+        """
+        if self.remote or not self.path.exists():
+            return None
+        aside = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
+        try:
+            self.path.rename(aside)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot replace the store ({e.strerror or e}); nothing was changed") from None
+        return aside
 
     def remove(self) -> None:
         """Delete the store from disk (or object storage)."""

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -147,8 +148,13 @@ def ingest(
             plate_id = record.plate_id
             status = "resumed"
         else:
+            # the old store out of the way first: when that fails (a read-only file system), nothing has changed
+            aside = store.set_aside()
+            if aside is None:
+                store.remove()
             catalog.delete_plate(record.plate_id)
-            store.remove()
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
             record = None
     elif store.occupied():  # a plate of another catalog, or other files: not ours to replace unasked
         if not overwrite:
@@ -158,7 +164,11 @@ def ingest(
                 f"{store_path} already exists and holds {what}; "
                 "pass --overwrite to replace it or --out to choose another store"
             )
-        store.remove()
+        aside = store.set_aside()
+        if aside is None:
+            store.remove()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
 
     if record is None:
         # Registered before the skeleton is written, on a path now empty: a run interrupted while
