@@ -308,3 +308,54 @@ def test_ingest_overwrite_that_cannot_remove_the_old_store_changes_nothing(ws: P
     after = _catalog_rows(cat)
     assert after["plates"] == 1 and after["runs"] == after["run_fields"] == after["cells"] == after["plate_labels"] == 0
     assert after["platemap"] == 0 and after["fields"] == before_rows["fields"]
+
+
+# ---------------------------------------------------------------------------------------- failed runs
+
+
+def test_a_failed_run_is_recorded_and_ignored_by_report_export_and_qc(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    from hts.catalog import Catalog
+    from hts.tasks import segment as seg_mod
+
+    real = seg_mod.process_field
+    calls = {"n": 0}
+
+    def crashing(item, spec):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("worker lost its disk")
+        return real(item, spec)
+
+    monkeypatch.setattr(seg_mod, "process_field", crashing)
+    r = run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "b", "--scheduler", "sync")
+    assert r.exit_code == 1 and "worker lost its disk" in r.output and "Traceback" not in r.output
+    cat = Catalog("hts.duckdb")
+    failed = cat.query("SELECT run_id, status, error FROM runs WHERE error IS NOT NULL")
+    assert len(failed) == 1 and failed[0]["status"] == "running" and "RuntimeError: worker lost its disk" in failed[0]["error"]
+    complete = cat.query("SELECT run_id FROM runs WHERE status = 'complete'")[0]["run_id"]
+    # report, qc and export use the complete run, not the failed (newer) one
+    r = run("report", "DEMO-PLATE", "--out", "rep", "--overlays", "0", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["run_id"] == complete, r.output
+    r = run("qc", "--json")
+    assert r.exit_code in (0, 3) and [q["run_id"] for q in json.loads(r.output)] == [complete]  # 3: Z' < 0 on this toy plate
+    r = run("export", "--out", "prof", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["wells"] == 6, r.output
+    # the same command again resumes the failed run, completes it and clears the error
+    monkeypatch.setattr(seg_mod, "process_field", real)
+    r = run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "b", "--scheduler", "sync", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["status"] == "resumed"
+    assert cat.query("SELECT count(*) AS n FROM runs WHERE error IS NOT NULL OR status != 'complete'")[0]["n"] == 0
+
+
+def test_report_and_qc_explain_a_plate_whose_only_run_failed(plate_with_blank_wells, monkeypatch: pytest.MonkeyPatch):
+    from hts.tasks import segment as seg_mod
+
+    def crashing(item, spec):
+        raise RuntimeError("scheduler went away")
+
+    monkeypatch.setattr(seg_mod, "process_field", crashing)
+    assert run("segment", "--engine", "classic", "--pixel-size", "0.45", "--scheduler", "sync").exit_code == 1
+    for args in (("report", "tiffs"), ("qc",)):
+        r = run(*args)
+        text = " ".join(r.output.split())
+        assert r.exit_code == 1 and "failed: RuntimeError: scheduler went away" in text and "hts segment" in text, text

@@ -19,6 +19,8 @@ __all__ = [
     "finish_run",
     "label_owners",
     "current_runs",
+    "unfinished_note",
+    "fail_run",
     "run_labels",
     "set_run_features",
 ]
@@ -90,12 +92,32 @@ def unmeasured_run_fields(catalog: Catalog, run_id: str, measured_key: str) -> s
     return {(r["well"], r["field_index"]) for r in rows}
 
 
-def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None) -> list[dict[str, Any]]:
-    """The runs of a plate whose labels are current (not replaced), oldest first; only ids starting with ``prefix``."""
+def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None, *, complete: bool = False) -> list[dict[str, Any]]:
+    """The runs of a plate whose labels are current (not replaced), oldest first; only ids starting with ``prefix``.
+
+    ``complete``: only finished runs (what report, export and qc use unless a run is named).
+    """
     rows = catalog.query(
         "SELECT * FROM runs WHERE plate_id = ? AND status != 'replaced' ORDER BY created_at", [plate_id]
     )
-    return [r for r in rows if not prefix or r["run_id"].startswith(prefix)]
+    return [r for r in rows if (not prefix or r["run_id"].startswith(prefix)) and (not complete or r["status"] == "complete")]
+
+
+def unfinished_note(catalog: Catalog, plate_id: str) -> str:
+    """Why a plate has no complete run: its unfinished runs, failed ones with their error ('' when it has none)."""
+    rows = [r for r in current_runs(catalog, plate_id) if r["status"] != "complete"]
+    if not rows:
+        return ""
+    r = rows[-1]
+    what = f"failed: {r['error']}" if r.get("error") else "unfinished"
+    return f"; run {r['run_id'][:8]} ({r['engine']}) is {what}; run the same `hts segment` again to finish it, or name it with --run"
+
+
+def fail_run(catalog: Catalog, run_id: str, reason: str) -> None:
+    """Record why a run stopped (it stays resumable: the same command finishes it)."""
+    with catalog.connect() as con:
+        con.execute("UPDATE runs SET error = ?, failed_at = current_timestamp WHERE run_id = ? AND status = 'running'",
+                    [reason[:2000], run_id])
 
 
 def run_labels(run: dict[str, Any]) -> dict[str, str]:
@@ -181,7 +203,8 @@ def set_run_features(catalog: Catalog, run_id: str, features: dict[str, Any]) ->
 
 def finish_run(catalog: Catalog, run_id: str) -> None:
     with catalog.connect() as con:
-        con.execute("UPDATE runs SET status = 'complete', completed_at = current_timestamp WHERE run_id = ?", [run_id])
+        con.execute("UPDATE runs SET status = 'complete', completed_at = current_timestamp, error = NULL, failed_at = NULL "
+                    "WHERE run_id = ?", [run_id])
 
 
 def field_checks(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:

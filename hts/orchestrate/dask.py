@@ -255,7 +255,13 @@ def map_fields(
     items = list(items)
     if client is None:
         for item in items:
-            yield item, fn(item, *args)
+            try:
+                res = fn(item, *args)
+            except HtsError:
+                raise
+            except Exception as e:
+                raise ClusterError(f"task for {item} failed: {type(e).__name__}: {e}") from e
+            yield item, res
         return
     from statistics import median
 

@@ -58,7 +58,7 @@ def export(
     format: str = "parquet",
     overwrite: bool = False,
 ) -> ExportReport:
-    """Write the cells of the current runs (of ``plates``, or run ``run``) and the well/field tables under ``out``."""
+    """Write the cells of the current complete runs (of ``plates``, or run ``run``, finished or not) and the well/field tables under ``out``."""
     if format not in EXPORT_FORMATS:
         raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     ws = load_workspace(db=db)
@@ -73,6 +73,8 @@ def export(
             conds.append(f"{plate_col} IN ({', '.join(sql_literal(p) for p in plate_ids)})")
         if run:
             conds.append(f"starts_with({run_col}, {sql_literal(run)})")
+        else:  # finished runs only: a failed or interrupted run's partial cells are not a dataset
+            conds.append(f"{run_col} IN (SELECT run_id FROM runs WHERE status = 'complete')")
         return " AND ".join(conds)
 
     cond, wcond = where("Metadata_PlateID", "Metadata_Run"), where("plate_id", "run_id")

@@ -77,11 +77,14 @@ def plate_qc(
     ws = load_workspace(db=db)
     catalog = Catalog(db) if db else ws.catalog
     reports = []
+    notes = []
     for rec in select_plates(catalog, plates):
-        for r in runs_db.current_runs(catalog, rec.plate_id, run):
+        for r in runs_db.current_runs(catalog, rec.plate_id, run, complete=run is None):
             reports.append(run_qc(catalog, rec.name, r["run_id"], r["engine"], metric))
+        notes.append(runs_db.unfinished_note(catalog, rec.plate_id))
     if not reports:
-        raise CatalogError(f"{catalog.path}: no segmentation runs to check (run `hts segment` first)")
+        note = next((n for n in notes if n), "")
+        raise CatalogError(f"{catalog.path}: no finished segmentation runs to check (run `hts segment` first){note}")
     return reports
 
 

@@ -117,8 +117,10 @@ def report(
     ws = load_workspace(db=db)
     catalog = Catalog(db) if db else ws.catalog
     rec = catalog.find_plate(plate)
-    runs = runs_db.current_runs(catalog, rec.plate_id, run)
+    runs = runs_db.current_runs(catalog, rec.plate_id, run, complete=run is None)
     if not runs:
+        if run is None and runs_db.unfinished_note(catalog, rec.plate_id):
+            raise CatalogError(f"plate {rec.name} has no finished segmentation run{runs_db.unfinished_note(catalog, rec.plate_id)}")
         raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
     r = runs[-1]
     run_id, engine = r["run_id"], r["engine"]

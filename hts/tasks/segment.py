@@ -44,7 +44,7 @@ from hts.compute.measure import MeasureOptions, measure_field
 from hts.compute.sanity import field_checks
 from hts.compute.scale import engine_nucleus_diameter_um
 from hts.config import load_workspace
-from hts.errors import CatalogError
+from hts.errors import CatalogError, HtsError
 from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, remove_run_parts, to_ipc, write_part
@@ -210,6 +210,19 @@ def execute_plans(
     items and ``finish`` (mark the run complete at the end). ``lock``: the token of
     the plate locks held (:func:`hts.catalog.locks.plate_locks`), refreshed while the work runs.
     """
+    try:
+        return _execute_plans(catalog, plans, scheduler=scheduler, workers=workers, gpu=gpu, progress=progress, lock=lock)
+    except Exception as e:
+        # a run that stopped on an error says why (Ctrl-C is not a failure: the run is simply unfinished)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = first if isinstance(e, HtsError) else f"{type(e).__name__}: {first}".rstrip(": ")
+        for plan in plans:
+            if plan["todo"] or plan.get("finish"):
+                runs_db.fail_run(catalog, plan["run"]["run_id"], reason)
+        raise
+
+
+def _execute_plans(catalog, plans, *, scheduler, workers, gpu, progress, lock) -> list[float]:
     todo_total = sum(len(p["todo"]) for p in plans)
     done_total = 0
     beat = time.monotonic()
