@@ -359,3 +359,27 @@ def test_report_and_qc_explain_a_plate_whose_only_run_failed(plate_with_blank_we
         r = run(*args)
         text = " ".join(r.output.split())
         assert r.exit_code == 1 and "failed: RuntimeError: scheduler went away" in text and "hts segment" in text, text
+
+
+# ---------------------------------------------------------------------------------------- options checked up front
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--pixel-size", "nan"), "--pixel-size nan: must be a positive number"),
+    (("--pixel-size", "-1"), "--pixel-size -1.0: must be a positive number"),
+    (("-p", "nucleus_diameter_um=inf"), "parameter nucleus_diameter_um"),
+    (("--label-suffix", "../../evil"), "--label-suffix '../../evil': use 1-64 letters"),
+    (("--workers", "64"), "--workers 64: this machine has"),
+])
+def test_bad_options_are_refused_before_any_work(ws: Path, args: tuple, says: str):
+    from hts.catalog import Catalog
+
+    cat = Catalog("hts.duckdb")
+    runs = cat.query("SELECT run_id, status FROM runs")
+    before = _digest(ws / "plates")
+    r = run("segment", "--engine", "classic", "--label-suffix", "x", *args) if "--label-suffix" not in args else \
+        run("segment", "--engine", "classic", *args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and says in text and "Traceback" not in text, text
+    assert cat.query("SELECT run_id, status FROM runs") == runs and _digest(ws / "plates") == before
+    assert not list((ws / "plates").rglob("evil*"))

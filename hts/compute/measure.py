@@ -46,7 +46,7 @@ POLE_FRACTION = 0.15
 class MeasureOptions(BaseModel):
     """Which feature families to compute (shape and intensity always)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     texture: bool = Field(False, description="Haralick texture of nuclei and cells, every channel")
     texture_scale: int = Field(3, ge=1, le=32, description="pixel offset of the co-occurrence matrices")

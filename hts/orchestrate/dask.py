@@ -124,9 +124,23 @@ def worker_environ() -> dict[str, Any]:
     return {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
 
 
+def check_workers(workers: int | None) -> None:
+    """A local cluster's worker count: 1 to this machine's cores (more only queue for the same cores)."""
+    if workers is None:
+        return
+    cores = default_workers()
+    if not 1 <= workers <= cores:
+        raise ClusterError(
+            f"--workers {workers}: this machine has {cores} core{'s' if cores > 1 else ''}; a local cluster takes 1 to "
+            f"{cores} workers (pass --scheduler ADDRESS to use a bigger cluster)"
+        )
+
+
 def _local_cluster(scheduler: str, *, workers: int | None, gpu: bool) -> Any:
     import dask
     from distributed import LocalCluster
+
+    check_workers(workers)
 
     # Only CRITICAL from Dask's own loggers: a worker whose heartbeat races the scheduler's
     # shutdown logs an ERROR with a traceback although nothing failed (seen at the end of an

@@ -39,7 +39,7 @@ from hts.config import Workspace, load_workspace
 from hts.errors import StoreError
 from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
 from hts.formats.base import checksum, fingerprint
-from hts.orchestrate.dask import Batcher, dask_client, map_fields
+from hts.orchestrate.dask import Batcher, check_workers, dask_client, is_external, map_fields
 from hts.store import PlateStore, pyramid_levels
 from hts.store.location import join, location
 from hts.store.ngff import field_shape
@@ -123,6 +123,8 @@ def ingest(
         raise StoreError(f"tile size {tile} is out of range (64..16384)")
     ws = workspace or load_workspace(db=db, scheduler=scheduler)
     catalog = Catalog(db) if db else ws.catalog
+    if not is_external(scheduler or ws.scheduler):
+        check_workers(workers)
     if name:
         reader_options["name"] = name
     reader = open_plate(source, format=format, pattern=pattern, **reader_options)

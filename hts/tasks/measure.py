@@ -20,6 +20,7 @@ from hts.catalog import runs as runs_db
 from hts.catalog.locks import plate_locks
 from hts.compute.measure import MeasureOptions
 from hts.config import load_workspace
+from hts.orchestrate.dask import check_workers, is_external
 from hts.errors import CatalogError
 from hts.tasks.segment import ProgressFn, execute_plans, measure_options, measure_spec, select_plates
 
@@ -57,6 +58,8 @@ def measure(
     """
     ws = load_workspace(db=db, scheduler=scheduler)
     catalog = Catalog(db) if db else ws.catalog
+    if not is_external(scheduler or ws.scheduler):
+        check_workers(workers)
     options = measure_options(features) or MeasureOptions()
     key = options.key()
     plans = []

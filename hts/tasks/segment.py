@@ -20,7 +20,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -45,7 +47,7 @@ from hts.compute.sanity import field_checks
 from hts.compute.scale import engine_nucleus_diameter_um
 from hts.config import load_workspace
 from hts.errors import CatalogError, HtsError
-from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
+from hts.orchestrate.dask import Batcher, check_workers, dask_client, gpu_resources, is_external, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, remove_run_parts, to_ipc, write_part
 from hts.wells import PLATE_TYPES, parse_well_range
@@ -160,6 +162,9 @@ def segment(
         raise EngineError(f"engine {engine}: parameter {'.'.join(map(str, err['loc'])) or '?'}: {err['msg']}") from None
     if tile < 64:
         raise EngineError(f"tile size {tile} is too small (at least 64)")
+    check_run_options(pixel_size_um=pixel_size_um, label_suffix=label_suffix, halo=halo, tile=tile)
+    if not is_external(scheduler or ws.scheduler):
+        check_workers(workers)
     # Validate backend/device and load the model once here, so bad weights or a
     # missing backend fail before any worker starts.
     probe = cls(eng_params, backend=backend, device=device)
@@ -178,6 +183,21 @@ def segment(
                                 progress=progress, lock=lock)
         with catalog.session():
             return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
+
+
+_SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_run_options(*, pixel_size_um: float | None, label_suffix: str | None, halo: int, tile: int) -> None:
+    """Options checked before any work starts (a bad value must not fail on a worker halfway through a plate)."""
+    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and 0 < pixel_size_um <= 1000):
+        raise EngineError(f"--pixel-size {pixel_size_um}: must be a positive number of µm per pixel (e.g. 0.325)")
+    if label_suffix is not None and not _SUFFIX.fullmatch(label_suffix):
+        raise EngineError(
+            f"--label-suffix {label_suffix!r}: use 1-64 letters, digits, '_' or '-' (it names label images in the store)"
+        )
+    if halo < 0 or tile > 65536:
+        raise EngineError(f"--halo {halo} / --tile {tile}: the halo must be >= 0 and the tile at most 65536 px")
 
 
 def measure_options(features: MeasureOptions | dict[str, Any] | bool) -> MeasureOptions | None:

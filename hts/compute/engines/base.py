@@ -34,9 +34,9 @@ __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
 
 
 class EngineParams(BaseModel):
-    """Base of every engine's parameters: unknown keys are errors."""
+    """Base of every engine's parameters: unknown keys are errors, and so are NaN and infinite values."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
