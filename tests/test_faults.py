@@ -383,3 +383,32 @@ def test_bad_options_are_refused_before_any_work(ws: Path, args: tuple, says: st
     assert r.exit_code == 1 and says in text and "Traceback" not in text, text
     assert cat.query("SELECT run_id, status FROM runs") == runs and _digest(ws / "plates") == before
     assert not list((ws / "plates").rglob("evil*"))
+
+
+# ---------------------------------------------------------------------------------------- CSV injection
+
+
+def test_platemap_text_that_spreadsheets_run_as_formulas_is_defused_in_csv(ws: Path):
+    import csv
+
+    rows = list(csv.DictReader(open("raw/platemap.csv")))
+    rows[0]["compound"] = "=cmd|' /C calc'!A0"
+    rows[1]["compound"] = "@SUM(1+1)"
+    with open("evil.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert run("annotate", "DEMO-PLATE", "--platemap", "evil.csv").exit_code == 0
+    assert run("export", "--out", "csvout", "--format", "csv").exit_code == 0
+    text = (ws / "csvout/wells.csv").read_text() + "".join(p.read_text() for p in (ws / "csvout/cells").rglob("*.csv"))
+    assert "'=cmd|' /C calc'!A0" in text and "'@SUM(1+1)" in text
+    assert ",=cmd" not in text and "\n=cmd" not in text and ",@SUM" not in text
+    r = run("query", "SELECT compound FROM platemap ORDER BY compound", "--format", "csv")
+    assert "'=cmd|" in r.output and "'@SUM(1+1)" in r.output
+    assert run("query", "SELECT compound FROM platemap", "--format", "csv", "--out", "q.csv").exit_code == 0
+    assert "'@SUM(1+1)" in (ws / "q.csv").read_text()
+    # Parquet keeps the values exactly
+    assert run("export", "--out", "pq").exit_code == 0
+    import polars as pl
+
+    assert "=cmd|' /C calc'!A0" in pl.read_parquet(ws / "pq/wells.parquet")["Metadata_Compound"].to_list()

@@ -338,8 +338,10 @@ def query(
     elif format_ == "csv":
         import pyarrow.csv as pcsv
 
+        from hts.tasks.outputs import spreadsheet_safe_table
+
         buf = __import__("io").BytesIO()
-        pcsv.write_csv(table, buf)
+        pcsv.write_csv(spreadsheet_safe_table(table), buf)
         sys.stdout.write(buf.getvalue().decode())
     elif format_ == "parquet":
         err.print("error: --format parquet needs --out FILE")

@@ -29,7 +29,7 @@ from hts.catalog import Catalog
 from hts.catalog.db import sql_literal
 from hts.config import load_workspace
 from hts.errors import CatalogError
-from hts.tasks.outputs import check_output_path, check_replaceable, write_marker
+from hts.tasks.outputs import check_output_path, check_replaceable, spreadsheet_safe_sql, write_marker
 
 __all__ = ["ExportReport", "export", "EXPORT_FORMATS"]
 
@@ -89,20 +89,22 @@ def export(
                 if n == 0:
                     raise CatalogError(f"{catalog.path}: no measured cells to export (run `hts segment` or `hts measure` first)")
                 names = [r[0] for r in con.execute(f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1").fetchall()]
+                # CSV opens in spreadsheets: text that would start a formula is prefixed with '
+                safe = (lambda q: spreadsheet_safe_sql(con, q)) if format == "csv" else (lambda q: q)
+                cells_q = f"SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber"
                 con.execute(
-                    f"COPY (SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber) "
+                    f"COPY ({safe(cells_q)}) "
                     f"TO {sql_literal(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
                 )
                 wells = con.execute(f"SELECT count(*) FROM well_stats WHERE {wcond}").fetchall()[0][0]
-                con.execute(
-                    f"COPY (SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
-                    f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
-                    f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} ORDER BY plate, engine, row_index, column_index) TO {sql_literal(str(tmp / ('wells.' + ext)))} ({opts})"
-                )
-                con.execute(
-                    f"COPY (SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} ORDER BY plate, engine, well, field_index) "
-                    f"TO {sql_literal(str(tmp / ('fields_qc.' + ext)))} ({opts})"
-                )
+                wells_q = (f"SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
+                           f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
+                           f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} "
+                           f"ORDER BY plate, engine, row_index, column_index")
+                con.execute(f"COPY ({safe(wells_q)}) TO {sql_literal(str(tmp / ('wells.' + ext)))} ({opts})")
+                qc_q = (f"SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} "
+                        f"ORDER BY plate, engine, well, field_index")
+                con.execute(f"COPY ({safe(qc_q)}) TO {sql_literal(str(tmp / ('fields_qc.' + ext)))} ({opts})")
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
         files = sum(1 for p in tmp.rglob(f"*.{ext}"))

@@ -26,7 +26,10 @@ from hts.catalog import Catalog
 from hts.errors import CatalogError
 from hts.store.location import is_url
 
-__all__ = ["MARKER", "check_output_path", "check_replaceable", "write_marker", "protected_paths"]
+__all__ = [
+    "MARKER", "check_output_path", "check_replaceable", "write_marker", "protected_paths", "spreadsheet_safe_sql",
+    "spreadsheet_safe_table",
+]
 
 MARKER = ".hts-output.json"
 
@@ -91,3 +94,38 @@ def write_marker(folder: Path, kind: str) -> None:
     """Record every file under ``folder`` as written by hts (``kind``: export, report, ...)."""
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     (folder / MARKER).write_text(json.dumps({"kind": kind, "hts_version": __version__, "files": files}, indent=1) + "\n")
+
+
+def spreadsheet_safe_sql(con, query: str) -> str:
+    """``query`` with every text column that would start a spreadsheet formula prefixed by ``'`` (CSV outputs only)."""
+    cols = con.execute(f"DESCRIBE {query}").fetchall()
+    text = [c[0] for c in cols if c[1] == "VARCHAR"]
+    if not text:
+        return query
+    repl = ", ".join(
+        f"CASE WHEN regexp_matches({_q(c)}, {_FORMULA_RE_SQL}) THEN chr(39) || {_q(c)} ELSE {_q(c)} END AS {_q(c)}"
+        for c in text
+    )
+    return f"SELECT * REPLACE ({repl}) FROM ({query})"
+
+
+def spreadsheet_safe_table(table):
+    """An Arrow table whose string cells that would start a spreadsheet formula are prefixed by ``'``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = []
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            risky = pc.fill_null(pc.match_substring_regex(col, _FORMULA_RE), False)
+            col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+_FORMULA_RE = "^[=+@\t\r-]"
+_FORMULA_RE_SQL = "'^[=+@' || chr(9) || chr(13) || '-]'"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -64,7 +64,7 @@ def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = Non
 
 def write_result(table: pa.Table, path: str | Path, fmt: str, *, db: str | Path | None = None) -> Path:
     """Write a query result as CSV, JSON (records) or Parquet; never onto the catalog ``db`` or a plate store."""
-    from hts.tasks.outputs import check_output_path
+    from hts.tasks.outputs import check_output_path, spreadsheet_safe_table
 
     ws = load_workspace(db=db)
     check_output_path(path, Catalog(db) if db else ws.catalog, plates_dir=ws.plates_dir)
@@ -77,7 +77,7 @@ def write_result(table: pa.Table, path: str | Path, fmt: str, *, db: str | Path 
     elif fmt == "csv":
         import pyarrow.csv as pcsv
 
-        pcsv.write_csv(table, path)
+        pcsv.write_csv(spreadsheet_safe_table(table), path)
     elif fmt == "json":
         import json
 
