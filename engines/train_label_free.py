@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=None)
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="load the data and write manifest.json only (no training)")
     args = ap.parse_args(argv)
 
     cfg = T.TrainConfig(engine=args.engine, steps=args.steps, lr=args.lr, seed=args.seed, val_every=100, patience=8,
@@ -222,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     train, val = build(args, cfg, manifest)
     print(f"{args.engine}: {len(train)} training, {len(val)} validation samples ({time.monotonic() - t0:.0f} s to load)",
           flush=True)
+    manifest["config"] = cfg.to_dict()
+    manifest["command"] = "python engines/train_label_free.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.dry_run:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        print(f"wrote {args.out / 'manifest.json'} (dry run)")
+        return 0
     ckpt = args.checkpoint or Path(f"/tmp/hts-train-{args.engine}-seed{args.seed}.pt")
 
     def cb(ev: dict) -> None:
@@ -230,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
 
     result = T.train(cfg, train, val, checkpoint=ckpt, callback=cb)
     out = T.save_engine_model(args.out, result)
-    manifest["config"] = cfg.to_dict()
-    manifest["command"] = "python engines/train_label_free.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (out / "training.json").write_text(json.dumps(result.metrics, indent=1) + "\n")
     print(f"wrote {out} ({result.metrics['parameters']} parameters, {result.metrics['elapsed_s']} s)")

@@ -2,17 +2,20 @@
 
     python engines/tune_postprocess.py engines/nuclei --data ../shared/data [--write]
     python engines/tune_postprocess.py engines/brightfield-unet --data ../shared/data [--write]
+    python engines/tune_postprocess.py engines/cytoplasm --data ../shared/data [--write]
 
 The network maps of every validation image are computed once (torch, no TTA),
 then the post-processing parameters of the ``nuclei`` engine family
-(``foreground_threshold``, ``split_h``, ``min_area_um2``) are swept over a grid
-and scored by pooled AP@0.5 (ties: mean AP over IoU 0.5-0.95). Only the
+(``foreground_threshold``, ``split_h``, ``min_area_um2``) or of ``cytoplasm``
+(``seeds``, ``h_um``, ``min_nucleus_area_um2``, ``cell_max_distance_um``; scored on
+cells) are swept over a grid and scored by pooled AP@0.5 (ties: mean AP over IoU 0.5-0.95). Only the
 ``validation`` items of the folder's ``manifest.json`` are used — never the test
 split or the held-out sets of ``docs/accuracy.md``. With ``--write`` the best
 values go into ``config.json`` under ``postprocess`` (the engine reads them as
 its defaults; the weights and their checksum are untouched).
 
-Validation items: real images (``source`` a ``*_img.tif`` of ``nuclei_train``,
+Validation items: labelled-folder images (``source`` a ``*_bf.tif`` / ``*_phase.tif``
+with its ``*_mask.tif`` / ``*_cells.tif``, at the recorded ``pixel_size_um``); real images (``source`` a ``*_img.tif`` of ``nuclei_train``,
 truth its ``*_mask.tif``, segmented at the pixel size that makes the median true
 nucleus 12 µm, as in the evaluation); paired-stain items (``source``
 ``IMAGE + STAIN``; truth the classic engine on the stain at the recorded pixel
@@ -39,6 +42,13 @@ GRID = {
     "split_h": (0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3),
     "min_area_um2": (0.0, 5.0, 10.0, 20.0, 30.0),
 }
+# cytoplasm: stage 1 sweeps the seeds (nucleus / cell-core split), stage 2 the cell extent; scored on cells
+CYTO_GRID = {
+    "seeds": ("hmin", "log"),
+    "h_um": (0.75, 1.5, 3.0, 6.0),
+    "min_nucleus_area_um2": (10.0, 40.0, 100.0),
+    "cell_max_distance_um": (20.0, 30.0, 45.0, 60.0, 90.0),
+}
 
 
 def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np.ndarray, float, str]]:
@@ -59,6 +69,11 @@ def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np
                 r0, r1 = v["rows"]
                 image, truth = image[r0:r1], truth[r0:r1]
             real.append(({role: image}, truth, px, v["name"]))
+        elif src.endswith(("_bf.tif", "_phase.tif")) and v.get("pixel_size_um"):  # labelled folder (one pixel size per source)
+            suffix = "_mask.tif" if src.endswith("_bf.tif") else "_cells.tif"
+            src = _rebase(src, data)
+            truth = tifffile.imread(src.rsplit("_", 1)[0] + suffix)
+            real.append(({role: tifffile.imread(src)}, truth, float(v["pixel_size_um"]), v["name"]))
         elif src.endswith("_img.tif"):
             src = _rebase(src, data)
             truth = tifffile.imread(src.replace("_img.tif", "_mask.tif"))
@@ -82,7 +97,7 @@ def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np
 
 def _rebase(path: str, data: Path) -> str:
     """A manifest path (written relative to the repository, e.g. ``../shared/data/...``) under ``data``."""
-    m = re.search(r"(nuclei_train/.*|nd2/.*)$", path)
+    m = re.search(r"(nuclei_train/.*|nd2/.*|brightfield_train/.*|phase_cells_train/.*)$", path)
     return str(data / m.group(1)) if m else path
 
 
@@ -100,7 +115,9 @@ def main(argv=None) -> int:
     items = validation_items(args.folder, args.data, role)
     print(f"{len(items)} validation images: {', '.join(i[3] for i in items)}", flush=True)
 
-    eng = folder_cls({k: v for k, v in base.Params().model_dump().items() if k in GRID}, backend="torch")
+    cyto = cfg["name"] == "cytoplasm"
+    grid, output = (CYTO_GRID, "cells") if cyto else (GRID, "nuclei")
+    eng = folder_cls({k: v for k, v in base.Params().model_dump().items() if k in grid}, backend="torch")
     cache: dict[int, np.ndarray] = {}
     predict = eng.predict
 
@@ -115,29 +132,31 @@ def main(argv=None) -> int:
 
     def score(params: dict) -> tuple[float, float, dict]:
         eng.params = eng.Params(**params)
-        per = [match_instances(t, segment_field(eng, im, pixel_size_um=px).labels["nuclei"], th)
+        per = [match_instances(t, segment_field(eng, im, pixel_size_um=px).labels[output], th)
                for im, t, px, _ in items]
         s = summarize(per, th)
         ap50 = s["0.5"]["ap"]
         ap_mean = float(np.mean([s[k]["ap"] for k in s if re.fullmatch(r"0\.\d+", k)]))
         return ap50, ap_mean, s
 
-    default = {k: base.Params().model_dump()[k] for k in GRID}
+    default = {k: base.Params().model_dump()[k] for k in grid}
     d50, dap, ds = score(default)
-    print(f"default {default}: AP50 {d50:.4f} AP {dap:.4f} merges? see evaluate", flush=True)
+    print(f"default {default}: AP50 {d50:.4f} AP {dap:.4f}", flush=True)
     results = []
-    # stage 1: threshold x h at the default min area; stage 2: min area at the best pair
-    for ft, h in itertools.product(GRID["foreground_threshold"], GRID["split_h"]):
-        p = {**default, "foreground_threshold": ft, "split_h": h}
-        a50, a, _ = score(p)
-        results.append((a50, a, p))
-        print(f"  fg {ft:.2f} h {h:.2f} min {p['min_area_um2']:.0f}: AP50 {a50:.4f} AP {a:.4f}", flush=True)
-    best = max(results, key=lambda r: (round(r[0], 4), r[1]))[2]
-    for ma in GRID["min_area_um2"]:
-        p = {**best, "min_area_um2": ma}
-        a50, a, _ = score(p)
-        results.append((a50, a, p))
-        print(f"  fg {p['foreground_threshold']:.2f} h {p['split_h']:.2f} min {ma:.0f}: AP50 {a50:.4f} AP {a:.4f}", flush=True)
+    keys = list(grid)
+    # stage 1: the first two parameters together at the defaults of the rest; then each other one at the best so far
+    for a, b in itertools.product(grid[keys[0]], grid[keys[1]]):
+        p = {**default, keys[0]: a, keys[1]: b}
+        a50, a_, _ = score(p)
+        results.append((a50, a_, p))
+        print(f"  {p}: AP50 {a50:.4f} AP {a_:.4f}", flush=True)
+    for k in keys[2:]:
+        best = max(results, key=lambda r: (round(r[0], 4), r[1]))[2]
+        for v in grid[k]:
+            p = {**best, k: v}
+            a50, a_, _ = score(p)
+            results.append((a50, a_, p))
+            print(f"  {p}: AP50 {a50:.4f} AP {a_:.4f}", flush=True)
     b50, bap, best = max(results, key=lambda r: (round(r[0], 4), r[1]))
     print(f"best {best}: AP50 {b50:.4f} AP {bap:.4f} (default AP50 {d50:.4f} AP {dap:.4f})", flush=True)
     if args.write:
@@ -145,7 +164,8 @@ def main(argv=None) -> int:
         cfg["postprocess"] = best
         cfg["postprocess_tuning"] = {
             "on": f"the {len(items)} validation images of manifest.json ({', '.join(i[3] for i in items)})",
-            "grid": {k: list(v) for k, v in GRID.items()}, "objective": "pooled AP@0.5, ties: mean AP@0.5:0.95",
+            "grid": {k: list(v) for k, v in grid.items()},
+            "objective": f"pooled AP@0.5 of {output}, ties: mean AP@0.5:0.95",
             "validation_ap50": round(b50, 4), "validation_ap": round(bap, 4),
             "default": default, "default_validation_ap50": round(d50, 4), "default_validation_ap": round(dap, 4),
         }
