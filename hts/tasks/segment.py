@@ -85,8 +85,14 @@ class SegmentReport:
         return dataclasses.asdict(self)
 
 
-def resolve_channels(engine: type[Engine], plate_channels: list[str], given: dict[str, str] | None, *, plate: str) -> dict[str, str]:
-    """Map each role of ``engine`` to a channel of the plate: given explicitly, else guessed from channel names."""
+def resolve_channels(
+    engine: type[Engine], plate_channels: list[str], given: dict[str, str] | None, *, plate: str, notes: list[str] | None = None,
+) -> dict[str, str]:
+    """Map each role of ``engine`` to a channel of the plate: given explicitly, else guessed from channel names.
+
+    A plate with a single channel fills an engine's single required role with it
+    (a line saying so is appended to ``notes``).
+    """
     given = dict(given or {})
     have = ", ".join(plate_channels)
     lower = {c.lower(): c for c in plate_channels}
@@ -105,6 +111,13 @@ def resolve_channels(engine: type[Engine], plate_channels: list[str], given: dic
             (c for g in spec.guess for c in plate_channels if c not in taken and (c.lower() == g or c.lower().startswith(g))),
             None,
         )
+        required = [r for r, sp in engine.roles.items() if sp.required]
+        if guess is None and spec.required and len(plate_channels) == 1 and required == [role] and not given:
+            # one channel, one role to fill: no doubt which (said once, so a wrong assumption is seen)
+            guess = plate_channels[0]
+            if notes is not None:
+                notes.append(f"plate {plate} has one channel, {guess}: used as the {role} channel of {engine.name} "
+                             f"(pass --channels {role}=NAME to say so)")
         if guess is not None:
             out[role] = guess
         elif spec.required:
@@ -339,7 +352,8 @@ def select_fields(
 
 def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options) -> dict:
     plate_channels = catalog.channel_names(rec.plate_id)
-    mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name)
+    notes: list[str] = []
+    mapping = resolve_channels(cls, plate_channels, channels, plate=rec.name, notes=notes)
     selected, fields = select_fields(catalog, rec, wells)
     if not fields:
         raise EngineError(f"plate {rec.name}: no fields in wells {wells}")
@@ -418,7 +432,7 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
         todo += [(w, i, p, "measure") for w, i, p in fields if (w, i) in unmeasured and (w, i) not in pending]
     finish = bool(pending) or status != "unchanged"
     return {"record": rec, "run": run, "status": status, "spec": spec, "todo": todo, "fields": fields, "finish": finish,
-            "pixel_size_source": px_source, "notes": [note] if note else []}
+            "pixel_size_source": px_source, "notes": notes + ([note] if note else [])}
 
 
 def measure_spec(rec: PlateRecord, run: dict[str, Any], plate_channels: list[str], options: MeasureOptions | None) -> dict[str, Any]:

@@ -252,7 +252,7 @@ def test_a_plate_without_pixel_size_is_segmented_at_an_estimated_one(no_pixel_si
     (rep,) = segment(engine="classic", workers=1)
     assert rep.pixel_size_source == "estimated" and 0.35 < rep.pixel_size_um < 0.55  # the nuclei measure ~23 px, 10 µm
     assert rep.notes == [f"pixel size unknown: nuclei measure ~{10 / rep.pixel_size_um:.0f} px, segmenting as if "
-                         f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"]
+                         f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"]  # DAPI: no doubt, no note
     assert rep.objects["nuclei"] > 150
     (run,) = Catalog("hts.duckdb").query("SELECT pixel_size_um, pixel_size_source FROM runs")
     assert run == {"pixel_size_um": rep.pixel_size_um, "pixel_size_source": "estimated"}
@@ -276,3 +276,16 @@ def test_fields_failing_sanity_checks_are_recorded_and_listed_by_qc(tmp_path):
     assert "dark_objects" in row["flags"]
     (report,) = plate_qc()
     assert len(report.flagged_fields) == 1 and "dark_objects" in report.flagged_fields[0]["flags"]
+
+
+def test_a_single_channel_plate_fills_the_engines_one_role_and_says_so(tmp_path):
+    import tifffile
+
+    src = tmp_path / "one"
+    src.mkdir()
+    img = tifffile.imread(Path(__file__).parents[1] / "data/nuclei_gt/dsb2018_img2d.tif")
+    tifffile.imwrite(src / "A01_s1_w1.tif", img)
+    ingest(src, pattern="{well}_s{field}_{channel}.tif")
+    (rep,) = segment(engine="classic", pixel_size_um=0.45, workers=1)
+    assert rep.objects["nuclei"] > 80
+    assert rep.notes == ["plate one has one channel, w1: used as the nucleus channel of classic (pass --channels nucleus=NAME to say so)"]
