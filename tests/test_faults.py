@@ -412,3 +412,46 @@ def test_platemap_text_that_spreadsheets_run_as_formulas_is_defused_in_csv(ws: P
     import polars as pl
 
     assert "=cmd|' /C calc'!A0" in pl.read_parquet(ws / "pq/wells.parquet")["Metadata_Compound"].to_list()
+
+
+# ---------------------------------------------------------------------------------------- read-only catalog
+
+
+def test_a_catalog_on_a_read_only_file_system_can_be_read(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    import duckdb
+
+    import hts.catalog.db as db_mod
+
+    real = duckdb.connect
+
+    def read_only_fs(database=":memory:", read_only=False, **kw):
+        if str(database).endswith("hts.duckdb") and not read_only:
+            raise duckdb.IOException(f'IO Error: Cannot open file "{database}": Read-only file system')
+        return real(database, read_only=read_only, **kw)
+
+    monkeypatch.setattr(db_mod.duckdb, "connect", read_only_fs)
+    for args in (("plates", "--json"), ("info", "DEMO-PLATE"), ("query", "SELECT count(*) AS n FROM cells", "--format", "json"),
+                 ("qc", "--json")):
+        r = run(*args)
+        assert r.exit_code in (0, 3), (args, r.output)  # qc: 3 = Z' < 0 on this toy plate
+    r = run("query", "SELECT count(*) AS n FROM cells", "--format", "json")
+    assert json.loads(r.output)[0]["n"] > 0
+    # writing commands say why they cannot
+    r = run("annotate", "DEMO-PLATE", "--platemap", "raw/platemap.csv")
+    assert r.exit_code == 1 and "Read-only file system" in r.output and "Traceback" not in r.output
+
+
+def test_an_old_catalog_on_a_read_only_file_system_says_it_needs_an_update(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    import duckdb
+
+    import hts.catalog.db as db_mod
+
+    with duckdb.connect("hts.duckdb") as con:  # as written by an hts before migration 006
+        con.execute("DELETE FROM schema_migrations WHERE version = 6")
+    real = duckdb.connect
+    monkeypatch.setattr(db_mod.duckdb, "connect", lambda database=":memory:", read_only=False, **kw: (
+        (_ for _ in ()).throw(duckdb.IOException("IO Error: Read-only file system"))
+        if str(database).endswith("hts.duckdb") and not read_only else real(database, read_only=read_only, **kw)))
+    r = run("plates")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "needs a schema update" in text and "v5 -> v6" in text and "Read-only file system" in text, text

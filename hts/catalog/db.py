@@ -138,9 +138,7 @@ class Catalog:
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
         if read_only and not self._migrated:
-            # A catalog from an older hts is brought up to date once, before reading it.
-            with self.connect():
-                pass
+            self._ensure_current()
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # The version check (and migration) is skipped when the file is exactly as this Catalog
@@ -170,6 +168,35 @@ class Catalog:
             con.close()
             # DuckDB's file lock kept other processes out while this connection was open
             self._checked = self._file_id() if self._migrated else None
+
+    def _ensure_current(self) -> None:
+        """Before the first read: a catalog already at this hts's schema is only read (it may sit on a
+        read-only file system); an older one is brought up to date once, and when it cannot be written
+        the error says that the update is what needs writing."""
+        try:
+            con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.Error as e:
+            raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+        try:
+            has = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+            ).fetchone()[0]
+            applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} if has else set()
+        finally:
+            con.close()
+        todo = [v for v, _, _ in migrations() if v not in applied]
+        if not todo:
+            self._migrated = True
+            return
+        try:
+            with self.connect():
+                pass
+        except CatalogError as e:
+            raise CatalogError(
+                f"{self.path}: this catalog needs a schema update to read it with this hts "
+                f"(v{max(applied) if applied else 0} -> v{max(v for v, _, _ in migrations())}) and cannot be written "
+                f"({str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else e}); run hts once where it is writable"
+            ) from None
 
     def _file_id(self) -> tuple[int, int, int, int] | None:
         try:
@@ -343,9 +370,8 @@ class Catalog:
         """
         if not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
-        if not self._migrated:  # a catalog from an older hts is brought up to date once
-            with self.connect():
-                pass
+        if not self._migrated:
+            self._ensure_current()
         con = duckdb.connect(":memory:")
         try:
             try:
