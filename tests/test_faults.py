@@ -455,3 +455,30 @@ def test_an_old_catalog_on_a_read_only_file_system_says_it_needs_an_update(ws: P
     r = run("plates")
     text = " ".join(r.output.split())
     assert r.exit_code == 1 and "needs a schema update" in text and "v5 -> v6" in text and "Read-only file system" in text, text
+
+
+# ---------------------------------------------------------------------------------------- options that were ignored
+
+
+def test_ingest_name_and_channel_names_of_a_tiff_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import numpy as np
+    import tifffile
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("run1", "run2"):
+        (tmp_path / folder).mkdir()
+        for c in ("w1", "w2"):
+            tifffile.imwrite(tmp_path / folder / f"PLATE7_A01_s1_{c}.tif", np.full((64, 64), 5 + len(folder), np.uint16))
+    r = run("ingest", "run1", "--name", "first", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["name"] == "first", r.output
+    r = run("ingest", "run2", "--name", "second", "--json")  # same file prefix, another plate: not "already ingested"
+    assert r.exit_code == 0 and json.loads(r.output)["name"] == "second", r.output
+    r = run("ingest", "run2", "--name", "third", "--channel-names", "DAPI,DAPI")
+    assert r.exit_code == 1 and "given twice: DAPI" in r.output
+
+
+def test_backend_and_device_options_are_not_silently_ignored(ws: Path):
+    r = run("segment", "--engine", "classic", "--backend", "foo")
+    assert r.exit_code == 1 and "runs with numpy on the CPU; --backend foo is for the deep engines" in " ".join(r.output.split())
+    r = run("segment", "--engine", "classic", "--device", "cuda")
+    assert r.exit_code == 1 and "--device cuda is for the deep engines" in " ".join(r.output.split())

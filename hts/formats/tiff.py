@@ -240,7 +240,7 @@ class _TiffFolderReader(PlateReader):
         elif len(plates) > 1:
             raise SourceError(
                 f"{self.source} holds {len(plates)} plates ({', '.join(plates)}); "
-                "choose one with plate= (--plate)"
+                "choose one with the reader option plate= (the folder of one plate, or a --pattern naming it)"
             )
         return images
 
@@ -310,8 +310,9 @@ class _TiffFolderReader(PlateReader):
         if hint is not None and hint not in PLATE_TYPES:
             raise SourceError(f"plate_wells={hint}: not a standard plate (96, 384 or 1536)")
         plate = images[0].plate
+        given = self.options.get("name")
         return PlateDescription(
-            name=plate if plate is not None else (self.source.resolve().name or str(self.source)),
+            name=str(given) if given else plate if plate is not None else (self.source.resolve().name or str(self.source)),
             format=self.format,
             plate_type=plate_type_for(sorted(sites), hint=hint),
             channels=[dataclasses.replace(meta.channels.get(c, Channel("")), name=names[c]) for c in chans],
@@ -332,6 +333,9 @@ class _TiffFolderReader(PlateReader):
                     f"{self.source}: {len(override)} channel names given ({', '.join(map(str, override))}) "
                     f"for {len(chans)} channels"
                 )
+            dup = sorted({str(n) for n in override if [str(x) for x in override].count(str(n)) > 1})
+            if dup:
+                raise SourceError(f"{self.source}: channel names must differ; given twice: {', '.join(dup)}")
             return {c: str(n) for c, n in zip(chans, override)}
         return {
             c: meta.channels[c].name if c in meta.channels else f"{self._channel_prefix}{c}" for c in chans

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hts.compute.features import object_ids
 from hts.compute.tiling import Tile, tiled_instances
+from hts.errors import EngineError
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
 
@@ -77,6 +78,11 @@ class Engine:
 
     def __init__(self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"):
         self.params = params if isinstance(params, EngineParams) else self.Params(**(params or {}))
+        if self.backends == ("numpy",):
+            if backend not in ("auto", "numpy"):
+                raise EngineError(f"engine {self.name} runs with numpy on the CPU; --backend {backend} is for the deep engines")
+            if device not in ("auto", "cpu"):
+                raise EngineError(f"engine {self.name} runs on the CPU; --device {device} is for the deep engines")
         self.backend = "numpy" if self.backends == ("numpy",) else backend
         self.device = "cpu" if self.backends == ("numpy",) else device
 
