@@ -482,3 +482,34 @@ def test_backend_and_device_options_are_not_silently_ignored(ws: Path):
     assert r.exit_code == 1 and "runs with numpy on the CPU; --backend foo is for the deep engines" in " ".join(r.output.split())
     r = run("segment", "--engine", "classic", "--device", "cuda")
     assert r.exit_code == 1 and "--device cuda is for the deep engines" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize("args, says", [
+    (("demo", "d", "--plate-type", "7"), "--plate-type: plate_type 7: not a standard plate"),
+    (("demo", "d", "--wells", "Z99"), "--wells: well Z99 is not on a 96-well plate"),
+    (("demo", "d", "--size", "100000000"), "--size: shape (100000000, 100000000) is too large"),
+    (("ingest", str(Path(__file__).parent / "data/nd2/example-pbmc.nd2"), "--plate-type", "7"),
+     "--plate-type 7: not a plate hts fits wells on"),
+])
+def test_bad_demo_and_ingest_options_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args, says):
+    monkeypatch.chdir(tmp_path)
+    r = run(*args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and says in text and "Traceback" not in text, text
+    assert not (tmp_path / "d").exists() and not (tmp_path / "hts.duckdb").exists()
+
+
+@pytest.mark.parametrize("cell, says", [(20_000, "the compound cell has 20000 characters"), (140_000, "unreadable CSV")])
+def test_a_huge_platemap_cell_is_a_one_line_error_naming_the_line(ws: Path, cell: int, says: str):
+    import csv
+
+    from hts.catalog import Catalog
+
+    with open("big.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["well", "compound", "concentration", "unit", "role"])
+        w.writerow(["A01", "x" * cell, "1", "uM", "sample"])
+    before = Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well")
+    r = run("annotate", "DEMO-PLATE", "--platemap", "big.csv")
+    assert r.exit_code == 1 and "big.csv line 2" in r.output and says in r.output, r.output
+    assert Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well") == before

@@ -52,6 +52,10 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+#: Longest text a platemap cell may hold (compound names, SMILES, notes).
+MAX_CELL = 10_000
+
+
 def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str, Any]]:
     """Parse and validate a platemap CSV. Returns one dict per well (normalized).
 
@@ -77,10 +81,21 @@ def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str
     plate = PLATE_TYPES[plate_wells]
     seen: dict[str, int] = {}
     out = []
-    for line_no, values in enumerate(reader, start=2):
+    rows = enumerate(reader, start=2)
+    while True:
+        try:
+            line_no, values = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a cell over the csv module's field limit, an unclosed quote
+            raise PlatemapError(f"{path} line {reader.line_num}: unreadable CSV ({e})") from None
         if not any(v.strip() for v in values):
             continue
         where = f"{path} line {line_no}"
+        long = next((i for i, v in enumerate(values) if len(v) > MAX_CELL), None)
+        if long is not None:
+            raise PlatemapError(f"{where}: the {cols[long] if long < len(cols) else 'extra'} cell has {len(values[long])} "
+                                f"characters (at most {MAX_CELL})")
         if len(values) != len(cols):
             raise PlatemapError(f"{where}: {len(values)} values for {len(cols)} columns")
         raw = {k: v.strip() for k, v in zip(lower, values)}

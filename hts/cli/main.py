@@ -368,10 +368,18 @@ def demo(
     """Write a synthetic demo plate (nuclei, cytoplasm, brightfield; dose-response; platemap CSV)."""
     from hts.synth import make_plate
 
+    from hts.errors import SourceError
+
     with _errors():
-        plate = make_plate(
-            out_dir, format=format_, plate_type=plate_type, wells=wells, fields=fields, shape=(size, size), seed=seed, masks=masks
-        )
+        try:
+            plate = make_plate(
+                out_dir, format=format_, plate_type=plate_type, wells=wells, fields=fields, shape=(size, size), seed=seed,
+                masks=masks,
+            )
+        except ValueError as e:  # make_plate's own checks of its arguments
+            opt = {"plate_type": "--plate-type", "well": "--wells", "wells": "--wells", "shape": "--size", "format": "--format"}
+            first = str(e).split(" ", 1)[0]
+            raise SourceError(f"{opt.get(first, 'demo')}: {e}") from None
     data = {
         "source": str(plate.source),
         "platemap": str(plate.platemap),

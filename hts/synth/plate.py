@@ -48,6 +48,9 @@ from hts.synth.field import _expose, _scene, _Scene, channel_kind
 from hts.synth.platemap import dose_of, dose_response_layout, write_platemap_csv
 from hts.wells import PLATE_TYPES, PlateType, WellRef, parse_well, parse_well_range
 
+#: Largest side of a synthetic field (a 16384² uint16 field is 512 MiB per channel).
+MAX_SIDE = 16384
+
 __all__ = ["FORMATS", "SynthPlate", "make_plate", "stage_position_um"]
 
 FORMATS = ("nd2", "imagexpress", "opera", "cellomics")
@@ -477,6 +480,8 @@ def make_plate(
     shape = (int(shape[0]), int(shape[1]))
     if min(shape) < 8:
         raise ValueError(f"shape {shape} is too small (at least 8 x 8)")
+    if max(shape) > MAX_SIDE:
+        raise ValueError(f"shape {shape} is too large for a demo field (at most {MAX_SIDE} x {MAX_SIDE})")
     well_list = (
         [WellRef(r, c) for r in range(plate.rows) for c in range(plate.columns)]
         if wells is None

@@ -36,7 +36,7 @@ import pyarrow as pa
 from hts import __version__
 from hts.catalog import Catalog
 from hts.config import Workspace, load_workspace
-from hts.errors import StoreError
+from hts.errors import SourceError, StoreError
 from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
 from hts.formats.base import checksum, fingerprint
 from hts.orchestrate.dask import Batcher, check_workers, dask_client, is_external, map_fields
@@ -125,6 +125,9 @@ def ingest(
     catalog = Catalog(db) if db else ws.catalog
     if not is_external(scheduler or ws.scheduler):
         check_workers(workers)
+    hint = reader_options.get("plate_wells")
+    if hint is not None and hint not in (96, 384, 1536):
+        raise SourceError(f"--plate-type {hint}: not a plate hts fits wells on (96, 384 or 1536)")
     if name:
         reader_options["name"] = name
     reader = open_plate(source, format=format, pattern=pattern, **reader_options)
