@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights of the four deep engines and their held-out numbers.
 #
-#   engines/train_all.sh                 # all four, then the evaluation (about 100 min on 2 CPU cores)
+#   engines/train_all.sh                 # all four, then the evaluation (about 4 h on 2 CPU cores)
 #   engines/train_all.sh nuclei fpf      # some of them (then the evaluation of those)
 #   engines/train_all.sh eval            # only the evaluation of the shipped weights
 #
@@ -40,33 +40,24 @@ if want nuclei; then
   "$PY" engines/tune_postprocess.py engines/nuclei --data "$DATA" --write
 fi
 
-# brightfield-unet: stage 1 (the initial weights): 60 synthetic brightfield fields + the In Silico
-#                   Labeling phase-contrast field rows 0-479 (nuclei from its DAPI by the classic engine).
-#                   Stage 2 fine-tunes from it on the real pairs (3/4 of the weight): ISL rows 0-359 and the
-#                   ND2 PBMC field rows 0-175 (targets: classic on its inverted "DAPI" channel, the dark
-#                   dye-excluding cell disks), validated on ISL rows 360-479 and PBMC rows 176-255.
-#                   ISL rows 480-703 and example-multichannel.nd2 stay held out.
+# brightfield-unet and cytoplasm: real transmitted-light data (engines/train_label_free.py has the split rules).
+#   The extra training pairs of the two sources are converted from clones of their repositories (full history
+#   for BriFiSeg) into $HTS_CACHE_DIR; without the clones only the development data's pairs are used.
+#   BRIFISEG_GIT / USIIGACI_GIT: git directories of clones of mgendarme/BriFiSeg and oist/Usiigaci.
+CACHE=${HTS_CACHE_DIR:-$HOME/.cache/hts}
+extra() {  # extra <name> <prepare script> <git dir>
+  if [ -n "${3:-}" ] && [ ! -f "$CACHE/$1/manifest.csv" ]; then "$PY" "engines/$2" --repo "$3" --out "$CACHE/$1" >&2; fi
+  if [ -f "$CACHE/$1/manifest.csv" ]; then echo "--extra $CACHE/$1"; fi
+}
 if want brightfield-unet; then
-  $TRAIN --engine brightfield-unet --out "$STAGE/brightfield-unet-stage1" --seed 0 --steps 500 --time-limit 480 \
-    --checkpoint "$STAGE/brightfield-unet-stage1.pt" --pixel-size 0.65 --object-diameter 12 \
-    --synthetic 60 --synthetic-val 4 --synthetic-channels Brightfield --synthetic-weight 3 \
-    --pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,0:480" --pair-weight 1 --invert-p 0.2
-  PBMC=$DATA/nd2/example-pbmc.nd2
-  nice -n 5 $TRAIN --engine brightfield-unet --out engines/brightfield-unet --seed 0 --steps 600 --time-limit 1200 \
-    --lr 1e-3 --patience 10 --init "$STAGE/brightfield-unet-stage1" --checkpoint "$STAGE/brightfield-unet-ft.pt" \
-    --pixel-size 0.65 --object-diameter 12 \
-    --synthetic 60 --synthetic-channels Brightfield --synthetic-weight 1 \
-    --pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,0:360" --pair "$PBMC#Mono,$PBMC#~DAPI,0:176" \
-    --val-pair "${ISL}_bf.tif,${ISL}_stain.tif,auto,360:480" --val-pair "$PBMC#Mono,$PBMC#~DAPI,176:256" \
-    --pair-weight 3 --invert-p 0.2
+  nice -n 5 "$PY" engines/train_label_free.py brightfield-unet --data "$DATA" $(extra brifiseg_tr prepare_brifiseg.py "${BRIFISEG_GIT:-}") \
+    --out engines/brightfield-unet --steps 2600 --time-limit 7200 --checkpoint "$STAGE/brightfield-unet-real.pt"
   "$PY" engines/tune_postprocess.py engines/brightfield-unet --data "$DATA" --write
 fi
-
-# cytoplasm: 60 synthetic fields, the cytoplasm role played by GFP (2/3) or Brightfield (1/3).
 if want cytoplasm; then
-  $TRAIN --engine cytoplasm --out engines/cytoplasm --seed 0 --steps 500 --time-limit 480 \
-    --pixel-size 0.65 --object-diameter 25 --nucleus-diameter 12 --cell-diameter 25 \
-    --synthetic 60 --synthetic-val 6 --synthetic-channels "GFP;GFP;Brightfield"
+  nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $(extra usiigaci_tr prepare_usiigaci.py "${USIIGACI_GIT:-}") \
+    --out engines/cytoplasm --steps 1500 --time-limit 4500 --checkpoint "$STAGE/cytoplasm-real.pt"
+  "$PY" engines/tune_postprocess.py engines/cytoplasm --data "$DATA" --write
 fi
 
 # fpf: 60 synthetic DAPI + GFP fields, 40 % of them dense (density 0.85-1.0); nucleus branch first
@@ -136,25 +127,6 @@ if (Path("engines/nuclei") / "config.json").exists():
                       "classic": brief(evaluate_engine(classic, items, thresholds=TH))}
     write("nuclei", out)
 
-# -- brightfield-unet: ISL rows 480-703 (held out), ND2 multichannel pair, synthetic brightfield; truth from the stain
-if (Path("engines/brightfield-unet") / "config.json").exists():
-    man = json.loads(Path("engines/brightfield-unet/manifest.json").read_text())
-    isl_px = next(t["pixel_size_um"] for t in man["train"] if t["name"].startswith("isl_"))
-    root = data / "nuclei_train/brightfield_pairs/isl_kevan08_wellA4_z06_rows0-703"
-    bf, st = tifffile.imread(f"{root}_bf.tif"), tifffile.imread(f"{root}_stain.tif")
-    truth = stain_nuclei(st, isl_px)
-    isl = [({"brightfield": bf[480:]}, truth[480:], isl_px)]
-    with nd2.ND2File(data / "nd2/example-multichannel.nd2") as f:
-        a, npx = np.asarray(f.asarray()), float(f.voxel_size().x)
-    nd = [({"brightfield": a[0]}, stain_nuclei(a[1], npx, threshold_factor=0.5), npx)]
-    syn = [({"brightfield": f.image[2]}, f.nuclei, 0.65) for f in SYN]
-    out = {"note": "truth of the real pairs = classic engine on the paired DAPI (ISL: whole field at the estimated "
-                   "pixel size, rows 480-703 scored; ND2: threshold_factor 0.5); synthetic: generator truth",
-           "isl_pixel_size_um": isl_px}
-    for label, items in (("isl_rows480-703_heldout", isl), ("nd2_example_multichannel", nd), ("synthetic_brightfield", syn)):
-        out[label] = {"brightfield-unet": brief(evaluate_engine(deep("brightfield-unet"), items, thresholds=TH))}
-    write("brightfield-unet", out)
-
 # -- cytoplasm and fpf on the same synthetic fields (classic with DAPI + GFP beside)
 both = {}
 for name, roles in (("cytoplasm", lambda f: {"cytoplasm": f.image[1]}),
@@ -173,7 +145,10 @@ if "cytoplasm" in both:
         deep("cytoplasm"), [({"cytoplasm": f.image[2]}, f.cells, 0.65) for f in SYN], output="cells", thresholds=TH))}
 note = ("10 held-out synthetic 512x512 fields (seeds 9000-9009, density 0.3-1.0), 0.65 µm/px; cytoplasm sees GFP "
         "(cytoplasm_brightfield: the Brightfield channel), fpf DAPI + GFP, classic DAPI + GFP")
-for name in ("cytoplasm", "fpf"):
-    if name in both:
-        write(name, {"note": note, "synthetic_heldout": both})
+if "fpf" in both:
+    write("fpf", {"note": note, "synthetic_heldout": both})
 EOF
+LF=""
+for e in brightfield-unet cytoplasm; do want $e && LF="$LF $e"; done
+if [ "$SELECTED" = "eval" ]; then LF="brightfield-unet cytoplasm"; fi
+[ -n "$LF" ] && "$PY" engines/evaluate_label_free.py $LF --data "$DATA"
