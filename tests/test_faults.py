@@ -73,9 +73,9 @@ def test_export_overwrite_never_deletes_the_workspace_or_plates(ws: Path, target
 def test_export_overwrite_replaces_only_its_own_export(ws: Path):
     assert run("export", "--out", "profiles").exit_code == 0
     marker = json.loads((ws / "profiles/.hts-output.json").read_text())
-    assert marker["kind"] == "export" and "wells.parquet" in marker["files"]
+    assert marker["kind"] == "export" and "wells/wells.parquet" in marker["files"]
     assert run("export", "--out", "profiles", "--overwrite", "--format", "csv").exit_code == 0
-    assert (ws / "profiles/wells.csv").is_file() and not (ws / "profiles/wells.parquet").exists()
+    assert (ws / "profiles/wells/wells.csv").is_file() and not (ws / "profiles/wells/wells.parquet").exists()
     # a file of the user's inside the export: --overwrite refuses and keeps everything
     (ws / "profiles/analysis.ipynb").write_text("{}")
     before = _digest(ws / "profiles")
@@ -400,7 +400,7 @@ def test_platemap_text_that_spreadsheets_run_as_formulas_is_defused_in_csv(ws: P
         w.writerows(rows)
     assert run("annotate", "DEMO-PLATE", "--platemap", "evil.csv").exit_code == 0
     assert run("export", "--out", "csvout", "--format", "csv").exit_code == 0
-    text = (ws / "csvout/wells.csv").read_text() + "".join(p.read_text() for p in (ws / "csvout/cells").rglob("*.csv"))
+    text = (ws / "csvout/wells/wells.csv").read_text() + "".join(p.read_text() for p in (ws / "csvout/cells").rglob("*.csv"))
     assert "'=cmd|' /C calc'!A0" in text and "'@SUM(1+1)" in text
     assert ",=cmd" not in text and "\n=cmd" not in text and ",@SUM" not in text
     r = run("query", "SELECT compound FROM platemap ORDER BY compound", "--format", "csv")
@@ -411,7 +411,7 @@ def test_platemap_text_that_spreadsheets_run_as_formulas_is_defused_in_csv(ws: P
     assert run("export", "--out", "pq").exit_code == 0
     import polars as pl
 
-    assert "=cmd|' /C calc'!A0" in pl.read_parquet(ws / "pq/wells.parquet")["Metadata_Compound"].to_list()
+    assert "=cmd|' /C calc'!A0" in pl.read_parquet(ws / "pq/wells/wells.parquet")["Metadata_Compound"].to_list()
 
 
 # ---------------------------------------------------------------------------------------- read-only catalog

@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (cells/ hive-partitioned by plate and well, wells.parquet, fields_qc.parquet).", show_default=False)],
+        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: cells/ (hive-partitioned by plate and well), wells/wells.parquet, fields_qc/fields_qc.parquet; a folder per table.", show_default=False)],
         plates: PlatesArg = None,
         run: RunOpt = None,
         format_: Annotated[str, typer.Option("--format", help="parquet (default) or csv.")] = "parquet",

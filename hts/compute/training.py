@@ -1294,6 +1294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="like --pair, a validation item (e.g. another row band of the same field)")
     ap.add_argument("--pair-weight", type=float, default=1.0, help="total sampling weight of the --pair samples")
     ap.add_argument("--invert-p", type=float, default=0.0, help="probability of inverting a channel (augmentation)")
+    ap.add_argument("--scale-range", default="0.8,1.2",
+                    help="LOW,HIGH: random zoom of the crops (augmentation); wider ranges teach objects of other sizes")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -1305,7 +1307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nucleus_diameter_um=args.nucleus_diameter or args.object_diameter,
         cell_diameter_um=args.cell_diameter, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         val_every=args.val_every, patience=args.patience, seed=args.seed, threads=args.threads,
-        time_limit_s=args.time_limit, augment=Augment(invert_p=args.invert_p),
+        time_limit_s=args.time_limit,
+        augment=Augment(invert_p=args.invert_p, scale=tuple(float(v) for v in args.scale_range.split(","))),
     )
     norm, px = cfg.normalization, cfg.pixel_size_um
     nuc_d = cfg.nucleus_diameter_um or cfg.object_diameter_um

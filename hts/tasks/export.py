@@ -3,8 +3,12 @@
 Layout under ``out``::
 
     cells/Metadata_Plate=<plate>/Metadata_Well=<well>/data_0.parquet   (hive partitions)
-    wells.parquet                                                      (well_stats)
-    fields_qc.parquet                                                  (field_qc)
+    wells/wells.parquet                                                (well_stats)
+    fields_qc/fields_qc.parquet                                        (field_qc)
+
+Each table has a folder of its own, so a glob or dataset over one folder never
+mixes tables. Object numbers and centroids are ``Metadata_`` columns (pycytominer
+infers features from the compartment prefixes).
 
 Cell files keep the partition columns inside them too, so a single file read on
 its own still has its ``Metadata_Plate`` / ``Metadata_Well``. DuckDB writes the
@@ -91,7 +95,7 @@ def export(
                 names = [r[0] for r in con.execute(f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1").fetchall()]
                 # CSV opens in spreadsheets: text that would start a formula is prefixed with '
                 safe = (lambda q: spreadsheet_safe_sql(con, q)) if format == "csv" else (lambda q: q)
-                cells_q = f"SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber"
+                cells_q = f"SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_ObjectNumber"
                 con.execute(
                     f"COPY ({safe(cells_q)}) "
                     f"TO {sql_literal(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
@@ -101,10 +105,12 @@ def export(
                            f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
                            f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} "
                            f"ORDER BY plate, engine, row_index, column_index")
-                con.execute(f"COPY ({safe(wells_q)}) TO {sql_literal(str(tmp / ('wells.' + ext)))} ({opts})")
+                (tmp / "wells").mkdir()
+                (tmp / "fields_qc").mkdir()
+                con.execute(f"COPY ({safe(wells_q)}) TO {sql_literal(str(tmp / 'wells' / ('wells.' + ext)))} ({opts})")
                 qc_q = (f"SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} "
                         f"ORDER BY plate, engine, well, field_index")
-                con.execute(f"COPY ({safe(qc_q)}) TO {sql_literal(str(tmp / ('fields_qc.' + ext)))} ({opts})")
+                con.execute(f"COPY ({safe(qc_q)}) TO {sql_literal(str(tmp / 'fields_qc' / ('fields_qc.' + ext)))} ({opts})")
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
         files = sum(1 for p in tmp.rglob(f"*.{ext}"))

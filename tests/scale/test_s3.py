@@ -154,7 +154,7 @@ def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
     e2 = export(tmp_path / "e2", db="s3.duckdb")
     assert (e1.cells, e1.wells, e1.files) == (e2.cells, e2.wells, e2.files)
     drop = ["Metadata_PlateID", "Metadata_Run"]
-    w1, w2 = (pq.read_table(Path(e) / "wells.parquet") for e in (e1.out, e2.out))
+    w1, w2 = (pq.read_table(Path(e) / "wells" / "wells.parquet") for e in (e1.out, e2.out))
     keep = [c for c in w1.column_names if c not in drop and not c.endswith("_id")]
     assert w1.select(keep).equals(w2.select(keep))
 

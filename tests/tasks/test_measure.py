@@ -76,7 +76,7 @@ def test_views_aggregate_per_well_with_the_platemap(plate):
     assert all(r["cell_count"] == n["n_cells"] for r, n in zip(qc, cat.query("SELECT n_cells FROM run_fields ORDER BY well, field_index")))
     prof = cat.query("SELECT * FROM cell_profiles LIMIT 1")[0]
     assert prof["Metadata_Plate"] == "DEMO-PLATE" and prof["Metadata_Well"] and prof["Metadata_Site"] in (0, 1)
-    assert "ObjectNumber" in prof and "plate_id" not in prof
+    assert "Metadata_ObjectNumber" in prof and "plate_id" not in prof
 
 
 def test_measure_an_unmeasured_run_then_skip_it(plate):
