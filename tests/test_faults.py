@@ -447,14 +447,14 @@ def test_an_old_catalog_on_a_read_only_file_system_says_it_needs_an_update(ws: P
     import hts.catalog.db as db_mod
 
     with duckdb.connect("hts.duckdb") as con:  # as written by an hts before migration 006
-        con.execute("DELETE FROM schema_migrations WHERE version = 6")
+        con.execute("DELETE FROM schema_migrations WHERE version >= 6")
     real = duckdb.connect
     monkeypatch.setattr(db_mod.duckdb, "connect", lambda database=":memory:", read_only=False, **kw: (
         (_ for _ in ()).throw(duckdb.IOException("IO Error: Read-only file system"))
         if str(database).endswith("hts.duckdb") and not read_only else real(database, read_only=read_only, **kw)))
     r = run("plates")
     text = " ".join(r.output.split())
-    assert r.exit_code == 1 and "needs a schema update" in text and "v5 -> v6" in text and "Read-only file system" in text, text
+    assert r.exit_code == 1 and "needs a schema update" in text and "v5 -> v7" in text and "Read-only file system" in text, text
 
 
 # ---------------------------------------------------------------------------------------- options that were ignored
@@ -499,7 +499,8 @@ def test_bad_demo_and_ingest_options_are_one_line(tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "d").exists() and not (tmp_path / "hts.duckdb").exists()
 
 
-@pytest.mark.parametrize("cell, says", [(20_000, "the compound cell has 20000 characters"), (140_000, "unreadable CSV")])
+@pytest.mark.parametrize("cell, says", [(900, "compound is 900 characters long (at most 200)"),
+                                         (20_000, "the compound cell has 20000 characters"), (140_000, "unreadable CSV")])
 def test_a_huge_platemap_cell_is_a_one_line_error_naming_the_line(ws: Path, cell: int, says: str):
     import csv
 
@@ -512,4 +513,36 @@ def test_a_huge_platemap_cell_is_a_one_line_error_naming_the_line(ws: Path, cell
     before = Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well")
     r = run("annotate", "DEMO-PLATE", "--platemap", "big.csv")
     assert r.exit_code == 1 and "big.csv line 2" in r.output and says in r.output, r.output
+    assert len(r.output) < 400  # the value itself is not echoed
+    assert Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well") == before
+
+
+def test_a_full_disk_under_the_catalog_is_one_line_and_loses_nothing(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    """DuckDB's own I/O errors (here: the commit of an annotate on a full disk) end as one line."""
+    import duckdb
+
+    import hts.catalog.db as db_mod
+    from hts.catalog import Catalog
+
+    before = Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well")
+    real = duckdb.connect
+
+    class FullDisk:
+        def __init__(self, con):
+            self._con = con
+
+        def execute(self, sql, *a, **k):
+            if sql.strip().upper() == "COMMIT":
+                raise duckdb.IOException('TransactionContext Error: Failed to commit: Could not write file '
+                                         '"hts.duckdb.wal": No space left on device')
+            return self._con.execute(sql, *a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(db_mod.duckdb, "connect", lambda *a, **k: FullDisk(real(*a, **k)))
+        r = run("annotate", "DEMO-PLATE", "--platemap", "raw/platemap.csv")
+    assert r.exit_code == 1 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) <= 2
     assert Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well") == before

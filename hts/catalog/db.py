@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,8 @@ class Catalog:
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
             ).fetchone()[0]
             applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} if has else set()
+        except duckdb.Error as e:
+            raise CatalogError(f"{self.path}: cannot read catalog ({str(e).splitlines()[0]})") from None
         finally:
             con.close()
         todo = [v for v, _, _ in migrations() if v not in applied]
@@ -193,9 +195,10 @@ class Catalog:
                 pass
         except CatalogError as e:
             raise CatalogError(
-                f"{self.path}: this catalog needs a schema update to read it with this hts "
-                f"(v{max(applied) if applied else 0} -> v{max(v for v, _, _ in migrations())}) and cannot be written "
-                f"({str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else e}); run hts once where it is writable"
+                f"{self.path}: this catalog needs a schema update for this hts "
+                f"(v{max(applied) if applied else 0} -> v{max(v for v, _, _ in migrations())}) and it cannot be written "
+                f"({str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else e}); "
+                "run hts once where it is writable (or free disk space); nothing was changed"
             ) from None
 
     def _file_id(self) -> tuple[int, int, int, int] | None:
@@ -237,8 +240,9 @@ class Catalog:
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except duckdb.Error as e:
-            con.execute("ROLLBACK")
-            raise CatalogError(f"{self.path}: migration failed ({str(e).splitlines()[0]})") from None
+            with suppress(duckdb.Error):  # a transaction DuckDB already aborted (e.g. a full disk) has nothing to roll back
+                con.execute("ROLLBACK")
+            raise CatalogError(f"{self.path}: schema update failed, catalog unchanged ({str(e).splitlines()[0]})") from None
 
     def schema_version(self) -> int:
         with self.connect(read_only=True) as con:

@@ -119,7 +119,11 @@ def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str
         if errors:
             e = errors[0]
             field = e.path[0] if e.path else ""
-            raise PlatemapError(f"{where}: {field} {e.message}".replace("  ", " "))
+            if e.validator == "maxLength":  # jsonschema's message repeats the whole value
+                msg = f"is {len(e.instance)} characters long (at most {e.validator_value})"
+            else:
+                msg = e.message if len(e.message) <= 200 else e.message[:200] + "..."
+            raise PlatemapError(f"{where}: {field} {msg}".replace("  ", " "))
         if well.name in seen:
             raise PlatemapError(f"{where}: well {well.name} is already described on line {seen[well.name]}")
         seen[well.name] = line_no

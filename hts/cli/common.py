@@ -68,6 +68,13 @@ def errors(on_interrupt: str = "completed work is saved; run the same command ag
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: {on_interrupt}")
         raise typer.Exit(130) from None
+    except Exception as e:  # DuckDB's own errors that reached here (a full disk under the catalog, I/O errors)
+        import duckdb
+
+        if debug or not isinstance(e, duckdb.Error):
+            raise
+        err.print(f"[bold red]error:[/] catalog: {escape(str(e).strip().splitlines()[0])}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def os_error_line(e: OSError) -> str:
