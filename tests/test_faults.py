@@ -546,3 +546,22 @@ def test_a_full_disk_under_the_catalog_is_one_line_and_loses_nothing(ws: Path, m
     assert r.exit_code == 1 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) <= 2
     assert Catalog("hts.duckdb").query("SELECT * FROM platemap ORDER BY well") == before
+
+
+# ---------------------------------------------------------------------------------------- first contact
+
+
+def test_info_lists_runs_as_the_run_option_says(ws: Path):
+    r = run("info", "DEMO-PLATE", "--json")
+    assert r.exit_code == 0
+    (only,) = json.loads(r.output)["runs"]
+    assert only["engine"] == "classic" and only["state"] == "complete" and only["fields_complete"] == only["fields"] == 6
+    assert only["run_id"][:8] in " ".join(run("info", "DEMO-PLATE").output.split())
+
+
+def test_query_json_flag_and_whole_preset_descriptions(ws: Path):
+    r = run("query", "SELECT count(*) AS n FROM plates", "--json")
+    assert r.exit_code == 0 and json.loads(r.output) == [{"n": 1}]
+    r = run("query", "--preset", "list", "--json")
+    descriptions = json.loads(r.output)
+    assert descriptions["qc"].endswith("by reason.") and descriptions["dose-response"].endswith("replicate wells.")

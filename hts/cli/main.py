@@ -295,6 +295,7 @@ def query(
     format_: Annotated[str, typer.Option("--format", help="table (default: printed), csv, json or parquet.")] = "table",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON (the same as --format json).")] = False,
     allow_read: Annotated[Optional[list[Path]], typer.Option("--allow-read", help="A folder whose files the query may read (read_csv, read_parquet), e.g. a compound table to join; repeatable. Nothing is ever written.", show_default=False)] = None,
 ) -> None:
     """Run one read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
@@ -319,9 +320,14 @@ def query(
     from hts.errors import CatalogError
     from hts.tasks.query import FORMATS, preset_sql, presets, run_query, write_result
 
+    if as_json:
+        format_ = "json"
     if preset == "list":
+        if as_json:
+            print_json(presets())
+            return
         for name, what in presets().items():
-            out.print(f"[bold]{name}[/]  {what}")
+            out.print(f"[bold]{name}[/]  {escape(what)}")
         return
     with _errors():
         if format_ not in FORMATS:

@@ -49,6 +49,14 @@ def render_info(console: Console, data: dict[str, Any]) -> None:
             str(c["channel_index"]), c["name"], _num(c["emission_nm"]), _num(c["excitation_nm"]), c["color"] or ""
         )
     console.print(ch)
+    if data.get("runs"):
+        rt = Table("run", "engine", "state", "fields", "cells", "flagged", "pixel µm", "labels", title="segmentation runs")
+        for r in data["runs"]:
+            px = f"{r['pixel_size_um']:.3g}" + (" (est.)" if r.get("pixel_size_source") == "estimated" else "")
+            state = r["state"] + (f": {r['error']}" if r.get("error") else "")
+            rt.add_row(r["run_id"][:8], r["engine"], state, f"{r['fields_complete']}/{r['fields']}", str(r["cells"]),
+                       str(r["fields_flagged"]), px, ", ".join(r["labels"].values()))
+        console.print(rt)
     for a in data["acquisitions"]:
         meta = Table(show_header=False, box=None, title=f"acquisition {a['acquisition_id']}")
         meta.add_row("files", f"{a['n_files']} ({a['size_bytes'] / 1e6:.1f} MB)")

@@ -67,8 +67,24 @@ def plate_info(plate: str | None = None, *, db: str | Path | None = None) -> dic
         "SELECT channel_index, name, emission_nm, excitation_nm, color FROM channels WHERE plate_id = ? ORDER BY channel_index",
         pid,
     )
+    runs = catalog.query(
+        """
+        SELECT r.run_id, r.engine, r.status, r.error, r.pixel_size_um, r.pixel_size_source, r.created_at, r.completed_at,
+               (SELECT count(*) FROM run_fields f WHERE f.run_id = r.run_id AND f.status = 'complete') AS fields_complete,
+               (SELECT count(*) FROM run_fields f WHERE f.run_id = r.run_id) AS fields,
+               (SELECT coalesce(sum(n_cells), 0) FROM run_fields f WHERE f.run_id = r.run_id) AS cells,
+               (SELECT count(*) FROM run_fields f WHERE f.run_id = r.run_id AND f.checks IS NOT NULL) AS fields_flagged,
+               r.labels
+        FROM runs r WHERE r.plate_id = ? AND r.status != 'replaced' ORDER BY r.created_at
+        """,
+        pid,
+    )
+    for r in runs:
+        r["labels"] = json.loads(r["labels"]) if r.get("labels") else {}
+        r["state"] = "failed" if r["error"] else r["status"]
     return {
         "plate": plate_row,
+        "runs": runs,
         "acquisitions": acq,
         "channels": channels,
         "wells": wells,

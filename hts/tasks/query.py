@@ -19,11 +19,15 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def presets() -> dict[str, str]:
-    """Named queries shipped in ``schemas/queries/<name>.sql``: name -> first comment line."""
+    """Named queries shipped in ``schemas/queries/<name>.sql``: name -> their leading comment, whole."""
     out = {}
     for p in sorted((data_dir("schemas") / "queries").glob("*.sql")):
-        first = p.read_text().splitlines()[0]
-        out[p.stem] = first.removeprefix("--").strip()
+        lines = []
+        for line in p.read_text().splitlines():
+            if not line.startswith("--"):
+                break
+            lines.append(line.removeprefix("--").strip())
+        out[p.stem] = " ".join(lines)
     return out
 
 
