@@ -3,7 +3,8 @@
 Benchmarks: ``ingest`` (memory and throughput as the plate grows), ``pipeline``
 (end-to-end ingest -> segment -> query with baselines and scaling), ``cells``
 (DuckDB bulk load and well_stats at millions of cells), ``field`` (per-field CPU
-cost, hts vs scikit-image), ``network`` (deep-engine
+cost, hts vs scikit-image), ``engine-cost`` (a deep engine's weight folders on a
+real-sized field: CPU seconds per field), ``network`` (deep-engine
 network fields/s and fraction of peak FLOP/s).
 """
 
@@ -13,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import cells, field, ingest, pipeline, unet
+from benchmarks import cells, engine_cost, field, ingest, pipeline, unet
 
 
 def _add_network(sub) -> None:
@@ -57,6 +58,7 @@ def main() -> None:
     pipeline.add_parser(sub)
     cells.add_parser(sub)
     field.add_parser(sub)
+    engine_cost.add_parser(sub)
     _add_network(sub)
     args = parser.parse_args()
     result = args.func(args)

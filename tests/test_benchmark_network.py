@@ -42,3 +42,14 @@ def test_a_combination_that_fails_is_a_row_and_the_rest_still_run(monkeypatch):
     seen = []
     rows = network_matrix("nuclei", backends=["torch", "onnxruntime"], precisions=["fp32"], device="cpu", on_row=seen.append)
     assert rows == seen and rows[0]["failed"] == "RuntimeError: CUDA out of memory" and rows[1]["fields_per_s"] == 1.0
+
+
+def test_engine_cost_measures_each_folder_on_a_real_field():
+    import argparse
+
+    from benchmarks.engine_cost import run
+
+    out = run(argparse.Namespace(engine="nuclei", folder=None, size=256, pixel_size=0.5, repeat=1))
+    (row,) = out["runs"]
+    assert row["folder"] == "engines/nuclei" and row["cpu_s"] > 0 and row["objects"]["nuclei"] > 5
+    assert row["model_pixels"] == round(256 * 0.5 / row["train_pixel_um"]) ** 2
