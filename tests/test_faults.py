@@ -565,3 +565,21 @@ def test_query_json_flag_and_whole_preset_descriptions(ws: Path):
     r = run("query", "--preset", "list", "--json")
     descriptions = json.loads(r.output)
     assert descriptions["qc"].endswith("by reason.") and descriptions["dose-response"].endswith("replicate wells.")
+
+
+def test_one_plate_without_a_usable_pixel_size_does_not_hold_up_the_others(plate_with_blank_wells, tmp_path: Path):
+    import numpy as np
+    import tifffile
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    tifffile.imwrite(blank / "A01_s1_DAPI.tif", np.full((128, 128), 50, np.uint16))
+    assert run("ingest", str(blank), "--pattern", "{well}_s{field}_{channel}.tif").exit_code == 0
+    r = run("segment", "--engine", "classic", "--workers", "1", "--json")
+    assert r.exit_code == 0, r.output
+    by = {x["plate"]: x for x in json.loads(r.output)}
+    assert by["tiffs"]["status"] == "segmented" and by["tiffs"]["objects"]["nuclei"] > 150  # estimated pixel size
+    assert by["blank"]["status"] == "skipped" and "--pixel-size" in by["blank"]["notes"][0]
+    r = run("segment", "--engine", "classic", "--workers", "1")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "skipped plate blank" in text and "none could be estimated" in text

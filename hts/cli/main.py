@@ -251,6 +251,9 @@ def segment(
         print_json([r.to_dict() for r in reports])
         return
     for r in reports:
+        if r.status == "skipped":
+            err.print(f"[yellow]skipped[/] plate [bold]{escape(r.plate)}[/]: {escape(r.notes[0])}")
+            continue
         verb = {"segmented": "Segmented", "resumed": "Resumed and finished", "unchanged": "Already segmented (same engine and parameters)"}[r.status]
         objs = ", ".join(f"{n} {k}" for k, n in sorted(r.objects.items()))
         out.print(

@@ -68,7 +68,7 @@ class SegmentReport:
     engine: str
     backend: str
     device: str
-    status: str  # "segmented", "resumed", "unchanged"
+    status: str  # "segmented", "resumed", "unchanged", "skipped" (the plate could not be planned: see notes)
     fields_total: int
     fields_segmented: int
     objects: dict[str, int]
@@ -186,16 +186,28 @@ def segment(
         records = select_plates(catalog, plates)
     # one writing command per plate: a second segment (or measure) of a plate being segmented is refused
     with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command=f"segment --engine {cls.name}") as lock:
+        plans, skipped = [], []
         with catalog.session():
-            plans = [
-                _plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix, pixel_size_um, options)
-                for rec in records
-            ]
+            for rec in records:
+                try:
+                    plans.append(_plan(catalog, rec, probe, cls, channels, wells, tile, halo, overwrite, label_suffix,
+                                       pixel_size_um, options))
+                except EngineError as e:
+                    # one plate that cannot be planned (no pixel size to be had, a missing channel) does not
+                    # hold up the others when several are segmented; alone, it is the error
+                    if len(records) == 1:
+                        raise
+                    skipped.append(SegmentReport(
+                        plate=rec.name, plate_id=rec.plate_id, run_id="", engine=cls.name, backend=probe.backend,
+                        device=probe.device, status="skipped", fields_total=0, fields_segmented=0, objects={}, labels={},
+                        seconds=0.0, notes=[str(e)]))
+        if not plans:
+            raise EngineError("; ".join(f"{r.plate}: {r.notes[0]}" for r in skipped))
         gpu = probe.device.startswith("cuda")
         seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, gpu=gpu,
                                 progress=progress, lock=lock)
         with catalog.session():
-            return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)]
+            return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)] + skipped
 
 
 _SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
