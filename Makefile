@@ -9,9 +9,14 @@ DEMO   := workspace
 
 .PHONY: setup demo test bench clean
 
+# torch is installed first, on its own: TORCH_INDEX picks the build (empty: pip's configured indexes; here that is
+# the CPU wheel on local disk). On a plain Linux machine PyPI's torch 2.13.0 is the CUDA build (several GB); for the
+# CPU build: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(BIN)/hts: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0' $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
