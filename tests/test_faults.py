@@ -583,3 +583,27 @@ def test_one_plate_without_a_usable_pixel_size_does_not_hold_up_the_others(plate
     r = run("segment", "--engine", "classic", "--workers", "1")
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "skipped plate blank" in text and "none could be estimated" in text
+
+
+def test_report_leads_with_the_assay_metric_and_shows_what_the_engine_read(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    import re
+
+    import hts.reports as reports_mod
+
+    captions = []
+    real_sheet = reports_mod.contact_sheet
+    monkeypatch.setattr(reports_mod, "contact_sheet", lambda tiles, **k: captions.extend(c for c, _ in tiles) or real_sheet(tiles, **k))
+    r = run("report", "DEMO-PLATE", "-v", "cell_count", "-v", "Nuclei_AreaShape_Area", "--metric", "Nuclei_AreaShape_Area",
+            "--out", "rep", "--overlays", "2")
+    assert r.exit_code == 0, r.output
+    html = (ws / "rep/report.html").read_text()
+    rows = re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">", html[html.index("<th>metric</th>"):])
+    assert rows[:2] == ["Nuclei_AreaShape_Area (assay metric)", "cell_count"]
+    assert captions and all(c == "" for c in captions)  # each overlay carries its title once
+    assert "on DAPI, GFP" in html  # classic read DAPI + GFP: the fluorescence composite
+    r = run("segment", "--engine", "brightfield-unet", "--label-suffix", "bf", "--workers", "1", "--json")
+    assert r.exit_code == 0, r.output
+    run_id = json.loads(r.output)[0]["run_id"]
+    r = run("report", "DEMO-PLATE", "--run", run_id[:8], "--out", "rep_bf", "--overlays", "1")
+    assert r.exit_code == 0, r.output
+    assert "on Brightfield" in (ws / "rep_bf/report.html").read_text()  # a brightfield-unet run is shown on its channel

@@ -145,6 +145,7 @@ def register(app: typer.Typer) -> None:
         field: Annotated[Optional[list[str]], typer.Option("--field", "-f", help="Overlay this field, e.g. B03 or B03/1 (repeatable). Default: a negative and a positive control and the extreme wells.", show_default=False)] = None,
         overlays: Annotated[int, typer.Option("--overlays", min=0, help="How many fields to overlay when --field is not given.")] = 4,
         out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs and report.html (default: reports/<plate>/).", show_default=False)] = None,
+        metric: Annotated[Optional[str], typer.Option("--metric", help="The assay metric whose Z' / SSMD lead the QC table (default: the first -v value); the other values follow.", show_default=False)] = None,
         db: DbOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -161,7 +162,7 @@ def register(app: typer.Typer) -> None:
         from hts.tasks.report import report as run_report
 
         with cli.errors():
-            res = run_report(plate, db=db, run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir)
+            res = run_report(plate, db=db, run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir, metric=metric)
         if as_json:
             cli.print_json(res.to_dict())
             return

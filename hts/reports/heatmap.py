@@ -174,6 +174,7 @@ def plate_heatmap(
     vmax: float | None = None,
     diverging: bool = False,
     annotate: bool | None = None,
+    marks: Mapping[str, str] | None = None,
 ) -> bytes:
     """A PNG heatmap of one value per well of a ``plate_type``-well plate.
 
@@ -183,6 +184,8 @@ def plate_heatmap(
     to ``viridis``, or ``RdBu_r`` with ``diverging``. Colour limits not given default to
     the 2nd/98th percentile of the finite values (symmetric about 0 with ``diverging``).
     ``annotate`` prints each value in its well (default: plates of up to 96 wells).
+    ``marks`` maps well names to a short text drawn in the well instead of its value
+    (e.g. ``"+"`` / ``"−"`` for the positive and negative controls of a layout map).
 
     Raises ``ValueError`` for an unknown plate type or a key that is not a well of it.
     """
@@ -249,10 +252,14 @@ def plate_heatmap(
             spine.set_linewidth(0.6)
             spine.set_color("#555555")
 
+        marked = {(w.row, w.column): str(t) for w, t in _grid(marks or {}, plate, "marks").items()}
+        for (r, c), text in marked.items():
+            ax.text(c, r, text, ha="center", va="center", fontsize=max(st.value_fontsize or 0, 6) + 2,
+                    fontweight="bold", color="black", zorder=4)
         show_values = (plate.wells <= 96) if annotate is None else annotate
         if show_values and st.value_fontsize:
             for (r, c), v in np.ndenumerate(grid):
-                if np.isfinite(v):
+                if np.isfinite(v) and (r, c) not in marked:
                     rgba = cm(norm(v))
                     luminance = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
                     ax.text(c, r, _fmt(float(v)), ha="center", va="center", fontsize=st.value_fontsize,

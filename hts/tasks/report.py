@@ -11,6 +11,7 @@ by :mod:`hts.reports`. Files written under ``out`` (default ``reports/<plate>/``
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ def report(
     fields: list[str] | None = None,
     n_overlays: int = 4,
     out: str | Path | None = None,
+    metric: str | None = None,
 ) -> ReportResult:
     """Write the report of one plate's segmentation run (default: its latest current run).
 
@@ -132,9 +134,14 @@ def report(
     maps: list[tuple[str, list[dict[str, Any]]]] = []
     for v in values or ["cell_count"]:
         maps.append((v, well_metric(catalog, run_id, v)))
+    n_metrics = len(maps)  # well_stats values; the --sql column (not a catalog metric) comes after them
     if sql:
         maps.append(_sql_values(catalog, sql))
-    qc = run_qc(catalog, rec.name, run_id, engine, maps[0][0])  # the first well_stats value (the --sql column comes last)
+    # QC of the assay metric first (--metric, else the first value), then of the other mapped values
+    chosen = metric or maps[0][0]
+    qc_names = [chosen] + [name for name, _ in maps[:n_metrics] if name != chosen]
+    qcs = [run_qc(catalog, rec.name, run_id, engine, name) for name in qc_names]
+    qc = qcs[0]
     flags = {w["well"]: w["reason"] for w in qc.flagged_wells}
 
     html = HtmlReport(f"{rec.name} — {engine} run {run_id[:8]}")
@@ -163,10 +170,10 @@ def report(
     html.heading("Quality control", 2)
     html.table(
         ["metric", "Z'", "assay", "SSMD", "positive mean ± sd (wells)", "negative mean ± sd (wells)", "fields flagged"],
-        [[qc.metric, qc.z_prime, qc.quality, qc.ssmd,
-          f"{qc.positive['mean']:.4g} ± {qc.positive['sd']:.3g} ({qc.positive['wells']})",
-          f"{qc.negative['mean']:.4g} ± {qc.negative['sd']:.3g} ({qc.negative['wells']})",
-          f"{len(qc.flagged_fields)} of {qc.fields}"]],
+        [[q.metric + (" (assay metric)" if i == 0 and len(qcs) > 1 else ""), q.z_prime, q.quality, q.ssmd,
+          f"{q.positive['mean']:.4g} ± {q.positive['sd']:.3g} ({q.positive['wells']})",
+          f"{q.negative['mean']:.4g} ± {q.negative['sd']:.3g} ({q.negative['wells']})",
+          f"{len(q.flagged_fields)} of {q.fields}"] for i, q in enumerate(qcs)],
     )  # fmt: skip
     if qc.flagged_fields:
         html.table(
@@ -182,11 +189,17 @@ def report(
         vals = {row["well"]: _finite(row["value"]) for row in rows}
         png = save(f"heatmap_{_slug(name)}.png", plate_heatmap(vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags))
         html.image(png, caption=f"{name} per well (red outline: flagged wells)")
-    layout = catalog.query("SELECT well, concentration FROM platemap WHERE plate_id = ?", [rec.plate_id])
+    layout = catalog.query("SELECT well, concentration, unit, role FROM platemap WHERE plate_id = ?", [rec.plate_id])
     if layout:
         conc = {r["well"]: (math.log10(r["concentration"]) if r["concentration"] else float("nan")) for r in layout}
-        png = save("heatmap_layout_log10_concentration.png", plate_heatmap(conc, plate_type=rec.plate_type, title="layout: log10 concentration", label="log10 concentration"))
-        html.image(png, caption="Platemap: log10 concentration (grey: controls and untreated wells at 0)")
+        marks = {r["well"]: {"positive_control": "+", "negative_control": "−", "empty": "∅"}[r["role"]]
+                 for r in layout if r["role"] in ("positive_control", "negative_control", "empty")}
+        unit = next((r["unit"] for r in layout if r["unit"]), None)
+        label = f"log10 concentration ({unit})" if unit else "log10 concentration"
+        png = save("heatmap_layout_log10_concentration.png", plate_heatmap(
+            conc, plate_type=rec.plate_type, title=f"layout: {label}", label=label, marks=marks))
+        html.image(png, caption="Platemap: log10 concentration; + positive control, − negative control, ∅ empty "
+                                "(hatched: no concentration)")
 
     # dose-response -------------------------------------------------------------------
     dose_rows = catalog.query(
@@ -230,8 +243,15 @@ def report(
     roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
     from hts.compute.engines.base import BRIGHTFIELD_NAMES
 
-    # transmitted light washes out a fluorescence composite: leave it out when there is fluorescence
-    shown = [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
+    # the channels the engine read (a brightfield-unet run is judged on its brightfield channel); otherwise
+    # the fluorescence channels, as transmitted light washes out a fluorescence composite
+    read = r.get("channels") or {}
+    read = json.loads(read) if isinstance(read, str) else read
+    read_idx = [channels.index(c) for c in read.values() if c in channels]
+    if any(channels[i].lower().startswith(BRIGHTFIELD_NAMES) for i in read_idx):
+        shown = read_idx
+    else:
+        shown = [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
     for well, idx in chosen:
         path = paths.get((well, idx))
         if path is None:
@@ -243,6 +263,9 @@ def report(
         tiles.append((title, png))
     if tiles:
         html.heading("Segmentation", 2)
-        html.image(contact_sheet(tiles, columns=min(len(tiles), 2)), caption=f"Label outlines ({', '.join(labels.values())}) on the fields' channels")
+        # each overlay carries its own title; the sheet adds no second caption under it
+        sheet = contact_sheet([("", png) for _, png in tiles], columns=min(len(tiles), 2))
+        html.image(sheet, caption=f"Label outlines ({', '.join(labels.values())}) on "
+                                  f"{', '.join(channels[i] for i in shown)}")
     html_path = html.write(out_dir / "report.html")
     return ReportResult(plate=rec.name, run_id=run_id, out=str(out_dir), html=str(html_path), images=images)
