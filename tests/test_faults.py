@@ -607,3 +607,17 @@ def test_report_leads_with_the_assay_metric_and_shows_what_the_engine_read(ws: P
     r = run("report", "DEMO-PLATE", "--run", run_id[:8], "--out", "rep_bf", "--overlays", "1")
     assert r.exit_code == 0, r.output
     assert "on Brightfield" in (ws / "rep_bf/report.html").read_text()  # a brightfield-unet run is shown on its channel
+
+
+def test_engines_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch):
+    from rich.console import Console
+
+    from hts.cli.render import render_engines
+    from hts.tasks.engines import describe_engines
+
+    console = Console(width=80, record=True)
+    render_engines(console, describe_engines(), full=False)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "brightfield-unet │" in text  # engine names never wrap
+    assert "classic, foci: numpy" in text

@@ -77,11 +77,19 @@ def _num(v: Any) -> str:
 def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool) -> None:
     """A table of engines, or one engine's card and parameters."""
     if not full:
-        t = Table("engine", "reads", "outputs", "backends", "what it does")
+        # fits 80 columns: the name never wraps, channels and outputs share a column, backends go in a footnote
+        t = Table("engine", "reads → outputs", "what it does")
+        t.columns[0].no_wrap = True
+        t.columns[2].ratio = 1
         for r in rows:
             reads = ", ".join(role if c["required"] else escape(f"[{role}]") for role, c in r["channels"].items())
-            t.add_row(f"[bold]{r['name']}[/]", reads, ", ".join(r["outputs"]), ", ".join(r["backends"]), r["summary"])
+            t.add_row(f"[bold]{r['name']}[/]", f"{reads} → {', '.join(r['outputs'])}", r["summary"])
         console.print(t)
+        by_backends: dict[str, list[str]] = {}
+        for r in rows:
+            by_backends.setdefault(", ".join(r["backends"]), []).append(r["name"])
+        for backends, names in by_backends.items():
+            console.print(f"[dim]{', '.join(names)}: {backends}[/]")
         console.print("[dim]\\[role] = optional channel. `hts engines --card NAME` shows a model card and parameters.[/]")
         return
     for r in rows:
