@@ -25,11 +25,14 @@ DATA = Path(__file__).parents[1] / "data"
 DSB_IMG = DATA / "nuclei_gt" / "dsb2018_img2d.tif"
 DSB_MASK = DATA / "nuclei_gt" / "dsb2018_mask2d.tif"
 DEEP = ("nuclei", "brightfield-unet", "cytoplasm", "fpf")
-# F1@0.5 floors; measured on held-out images (metrics.json): nuclei 0.80 on DSB2018, brightfield-unet 0.75 on
-# synthetic brightfield, cytoplasm cells 0.53, fpf cells 0.88 and nuclei 0.99 on synthetic DAPI + GFP fields
-# (on this module's field: brightfield-unet 0.80, cytoplasm cells 0.54, fpf cells 1.00, fpf nuclei 1.00)
+# F1@0.5 floors; measured on held-out images (metrics.json): nuclei 0.80 on DSB2018, brightfield-unet 0.80 / 0.85
+# on the BriFiSeg A549 / HeLa test fields (0.48 on synthetic brightfield), cytoplasm cells 0.66 on real Usiigaci
+# phase fields (0.61 on synthetic GFP), fpf cells 0.88 and nuclei 0.99 on synthetic DAPI + GFP fields
+# (on this module's field: brightfield-unet 0.61, fpf cells 1.00, fpf nuclei 1.00; on tests/data: brightfield-unet
+# 0.90 HeLa / 0.72 A549, cytoplasm 0.80 on the Usiigaci crop)
 NUCLEI_DSB_F1_FLOOR = 0.70
-BF_SYN_F1_FLOOR = 0.60
+BF_SYN_F1_FLOOR = 0.45
+BF_REAL_F1_FLOOR = {"brifiseg_hela_019": 0.80, "brifiseg_a549_054": 0.60}
 CYTO_CELL_F1_FLOOR = 0.40
 CYTO_REAL_F1_FLOOR = 0.65
 FPF_CELL_F1_FLOOR = 0.75
@@ -91,6 +94,17 @@ def test_nuclei_on_heldout_dsb2018(dsb, torch_engines: dict):
 def test_brightfield_unet_on_synthetic(field, torch_engines: dict):
     labels = segment_field(torch_engines["brightfield-unet"], {"brightfield": field.image[2]}, pixel_size_um=0.65).labels["nuclei"]
     assert f1(field.nuclei, labels) > BF_SYN_F1_FLOOR
+
+
+@pytest.mark.parametrize("name", sorted(BF_REAL_F1_FLOOR))
+def test_brightfield_unet_on_real_brightfield(name: str, torch_engines: dict):
+    """BriFiSeg fields of the test split (tests/data/brightfield), at the source's "as if" pixel size."""
+    img = tifffile.imread(DATA / "brightfield" / f"{name}_bf.tif")
+    gt = tifffile.imread(DATA / "brightfield" / f"{name}_mask.tif")
+    px = json.loads((data_dir("engines") / "brightfield-unet" / "manifest.json").read_text())["brifiseg_pixel_size_um"]
+    labels = segment_field(torch_engines["brightfield-unet"], {"brightfield": img}, pixel_size_um=px).labels["nuclei"]
+    assert f1(gt, labels) > BF_REAL_F1_FLOOR[name]
+    assert 0.7 * n_objects(gt) < n_objects(labels) < 1.4 * n_objects(gt)
 
 
 def test_cytoplasm_whole_cells_on_real_phase_contrast(torch_engines: dict):
