@@ -428,7 +428,7 @@ def check_user_sql(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement
         raise CatalogError(f"one statement at a time, please (got {len(stmts)}); queries only")
     kind = stmts[0].type.name
     if kind not in _QUERY_TYPES:
-        raise CatalogError(f"only queries are allowed (SELECT / WITH / FROM ...); refused: a statement of type {kind}")
+        raise CatalogError(f"SQL here is read-only: one query (SELECT / WITH / FROM ...); refused: a statement of type {kind}")
     return stmts[0]
 
 
