@@ -621,3 +621,45 @@ def test_engines_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "brightfield-unet │" in text  # engine names never wrap
     assert "classic, foci: numpy" in text
+
+
+def test_a_read_only_plate_store_is_one_line_before_any_task(ws: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    from hts.catalog import Catalog
+
+    store = Path(Catalog("hts.duckdb").find_plate("DEMO-PLATE").store_uri)
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if store in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    runs = Catalog("hts.duckdb").query("SELECT run_id, status FROM runs")
+    r = run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "ro", "--workers", "1")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "cannot write into the plate store (Read-only file system); nothing was changed" in text
+    assert "Task exception" not in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) <= 3
+    assert Catalog("hts.duckdb").query("SELECT run_id, status FROM runs") == runs
+    # a finished run on a read-only store is still "already segmented", not an error
+    r = run("segment", "--engine", "classic", "--workers", "1", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)[0]["status"] == "unchanged"
+
+
+def test_local_clusters_never_fight_over_the_dashboard_port(capfd):
+    import socket
+
+    from hts.orchestrate.dask import dask_client
+
+    with socket.socket() as busy:  # another hts command's cluster would hold Dask's default dashboard port
+        try:
+            busy.bind(("127.0.0.1", 8787))
+        except OSError:
+            pass
+        with dask_client("local", workers=1) as client:
+            assert client.submit(lambda: 41 + 1).result() == 42
+            # none, or one on a free port Dask picked: never the fixed 8787 another command may hold
+            assert client.scheduler_info().get("services", {}).get("dashboard") != 8787
+    assert "8787" not in capfd.readouterr().err

@@ -299,6 +299,26 @@ class PlateStore:
             raise
         return self
 
+    def check_writable(self, *paths: str) -> None:
+        """Raise :class:`StoreError` unless files can be created in the store's root and in ``paths`` (local stores).
+
+        Called before work that writes into a plate (labels), so that a read-only file system or
+        missing permissions is one line up front, not an error in every worker task. Object
+        stores are not probed (their permissions show on the first write).
+        """
+        if self.remote:
+            return
+        for rel in ("", *paths):
+            folder = self.path / rel if rel else self.path
+            probe = folder / f".hts-write-probe-{os.getpid()}"
+            try:
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise StoreError(
+                    f"{folder}: cannot write into the plate store ({e.strerror or e}); nothing was changed"
+                ) from None
+
     def set_aside(self) -> Path | None:
         """Rename a local store out of the way (a hidden sibling) and return where it went; None for object storage.
 

@@ -386,6 +386,10 @@ def _plan(catalog, rec: PlateRecord, probe: Engine, cls, channels, wells, tile, 
     }
     run_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
     existing = runs_db.find_run(catalog, rec.plate_id, run_key)
+    if overwrite or not existing or existing["status"] != "complete":
+        # labels will be written: a store that cannot take them is one line now (before the run is
+        # recorded), not an error in every worker task
+        PlateStore(rec.store_uri).check_writable(fields[0][2])
     owners = runs_db.label_owners(catalog, rec.plate_id)
     conflicts = {name: o for name, o in owners.items() if name in labels.values() and o["run_key"] != run_key}
     status = "segmented"
