@@ -650,12 +650,15 @@ def test_a_read_only_plate_store_is_one_line_before_any_task(ws: Path, monkeypat
 
 def test_local_clusters_never_fight_over_the_dashboard_port(capfd):
     import socket
+    import warnings
 
     from hts.orchestrate.dask import dask_client
 
-    with socket.socket() as busy:  # another hts command's cluster would hold Dask's default dashboard port
-        try:
+    with socket.socket() as busy, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:  # another hts command's cluster would hold Dask's default dashboard port
             busy.bind(("127.0.0.1", 8787))
+            busy.listen()
         except OSError:
             pass
         with dask_client("local", workers=1) as client:
@@ -663,3 +666,4 @@ def test_local_clusters_never_fight_over_the_dashboard_port(capfd):
             # none, or one on a free port Dask picked: never the fixed 8787 another command may hold
             assert client.scheduler_info().get("services", {}).get("dashboard") != 8787
     assert "8787" not in capfd.readouterr().err
+    assert not [w for w in caught if "8787" in str(w.message)]

@@ -146,7 +146,8 @@ def _local_cluster(scheduler: str, *, workers: int | None, gpu: bool) -> Any:
     # shutdown logs an ERROR with a traceback although nothing failed (seen at the end of an
     # ingest on a busy machine); failures that matter reach the client as task errors and are
     # reported by hts as one line.
-    quiet = {"dashboard_address": None, "silence_logs": logging.CRITICAL}
+    # a free port Dask picks (":0"): never the fixed 8787 another running hts command may hold
+    quiet = {"dashboard_address": ":0", "silence_logs": logging.CRITICAL}
     # the nanny reads the environment for its worker process when it starts it, i.e. here
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         if gpu and scheduler != "threads":
