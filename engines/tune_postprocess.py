@@ -45,9 +45,9 @@ GRID = {
 # cytoplasm: stage 1 sweeps the seeds (nucleus / cell-core split), stage 2 the cell extent; scored on cells
 CYTO_GRID = {
     "seeds": ("hmin", "log"),
-    "h_um": (0.75, 1.5, 3.0, 6.0),
-    "min_nucleus_area_um2": (10.0, 40.0, 100.0),
-    "cell_max_distance_um": (20.0, 30.0, 45.0, 60.0, 90.0),
+    "h_um": (0.75, 1.5, 3.0, 6.0, 12.0),
+    "min_nucleus_area_um2": (10.0, 40.0, 100.0, 200.0, 400.0),
+    "cell_max_distance_um": (15.0, 20.0, 30.0, 45.0, 60.0),
 }
 
 
