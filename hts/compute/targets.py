@@ -19,11 +19,15 @@ __all__ = ["foreground_distance", "three_class", "DIST_CLIP"]
 DIST_CLIP = 1.5
 
 
-def _touching_boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels of an object that have a 4-neighbour with another value (background or another object)."""
+def _touching_boundaries(labels: np.ndarray, *, between_objects: bool = False) -> np.ndarray:
+    """Pixels with a 4-neighbour of another value (background or another object; with
+    ``between_objects``, another object only: the shared edge of touching objects)."""
     boundary = np.zeros(labels.shape, bool)
     for axis in (0, 1):
         d = np.diff(labels, axis=axis) != 0
+        if between_objects:
+            a, b = (labels[:-1], labels[1:]) if axis == 0 else (labels[:, :-1], labels[:, 1:])
+            d &= (a > 0) & (b > 0)
         sl_a = [slice(None)] * 2
         sl_b = [slice(None)] * 2
         sl_a[axis] = slice(None, -1)
@@ -52,19 +56,7 @@ def three_class(nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """
     out = np.zeros((3, *cells.shape), np.float32)
     cells = np.asarray(cells)
-    shared = _touching_boundaries(cells) & (cells > 0)
-    # an edge pixel is shared when a neighbour belongs to another cell (not to the background)
-    other = np.zeros(cells.shape, bool)
-    for axis in (0, 1):
-        for shift in (1, -1):
-            nb = np.roll(cells, shift, axis=axis)
-            edge = np.zeros(cells.shape, bool)
-            if shift == 1:
-                (edge[1:, :] if axis == 0 else edge[:, 1:])[...] = True
-            else:
-                (edge[:-1, :] if axis == 0 else edge[:, :-1])[...] = True
-            other |= edge & (nb > 0) & (nb != cells)
-    shared &= other
+    shared = _touching_boundaries(cells, between_objects=True)
     nuc = (nuclei > 0) & ~shared
     cyt = (cells > 0) & ~nuc & ~shared
     out[2][nuc] = 1
