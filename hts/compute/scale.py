@@ -11,9 +11,10 @@ pixel sizes:
    centre crop of a few fields as if at ``c``;
 2. the median nucleus found measures ``d`` px, which implies the pixel size
    ``D / d`` (``D``: the engine's typical nucleus diameter in µm);
-3. the candidate whose implied pixel size agrees best with itself (a fixed
-   point of ``c -> D / d(c)``, with enough objects) wins, and one more pass at
-   its implied pixel size refines it.
+3. the smallest candidate whose implied pixel size agrees with itself within
+   :data:`AGREE` (a fixed point of ``c -> D / d(c)``, with enough objects) wins
+   (else the closest agreement), and one more pass at its implied pixel size
+   refines it.
 
 A candidate far from the truth makes the engine see objects at the wrong
 scale, so what it finds there does not imply ``c`` back; near the truth it does.
@@ -33,6 +34,8 @@ __all__ = ["ScaleEstimate", "estimate_pixel_size", "engine_nucleus_diameter_um",
 
 #: Candidate pixel sizes (µm): geometric steps of ~1.45x from 0.1 to 1.3.
 CANDIDATES: tuple[float, ...] = tuple(round(0.1 * (13.0 ** (i / 7)), 4) for i in range(8))
+#: A candidate agrees with itself when the pixel size it implies is within this factor of it.
+AGREE = 1.25
 
 
 @dataclass
@@ -119,7 +122,12 @@ def estimate_pixel_size(
     ok = [t for t in tried if math.isfinite(t["implied_um"])]
     if not ok:
         return None
-    best = min(ok, key=lambda t: abs(math.log(t["implied_um"] / t["pixel_size_um"])))
+    # The smallest candidate that (nearly) implies itself: past the true pixel size a network sees its
+    # objects too small and cuts texture into "nuclei" that imply larger sizes again (on real brightfield
+    # the ratio is within 15 % there too), so the first agreeing candidate from the fine end is taken;
+    # without one, the closest agreement.
+    agree = [t for t in ok if abs(math.log(t["implied_um"] / t["pixel_size_um"])) <= math.log(AGREE)]
+    best = agree[0] if agree else min(ok, key=lambda t: abs(math.log(t["implied_um"] / t["pixel_size_um"])))
     px = float(np.clip(best["implied_um"], min(candidates) / 1.5, max(candidates) * 1.5))
     ds = _measure(engine, fields, px, crop, output)
     if len(ds) >= min_objects:

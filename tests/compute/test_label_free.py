@@ -186,3 +186,12 @@ def test_prepare_scripts_refuse_held_out_data():
         prepare_brifiseg._blob(Path("/nonexistent"), "Dataset/Task011_MCF7/imagesTr/MCF7_001_0000.nii.gz")
     with pytest.raises(SystemExit, match="held out"):
         prepare_usiigaci.convert(Path("/nonexistent"), Path("/nonexistent"), range(40, 50))
+
+
+def test_estimate_pixel_size_on_real_brightfield_at_real_field_size(hela):
+    """A real HeLa field tiled to 2048²: the estimate must not lock onto the texture the network cuts
+    into small "nuclei" when it is told the pixels are coarse (the closest fixed point was 0.85 µm)."""
+    img, _ = hela
+    eng = engine_class("brightfield-unet")(backend="torch")
+    est = estimate_pixel_size(eng, [{"brightfield": np.tile(img, (4, 4))}])
+    assert est is not None and 0.2 < est.pixel_size_um < 0.35  # the source's as-if size is 0.277 µm
