@@ -25,7 +25,7 @@ def _add_network(sub) -> None:
             msg = f"--device {args.device}: no CUDA GPU is present on this machine (torch.cuda.is_available() is False); nothing measured"
             print(msg)
             return {"benchmark": "network", "skipped": msg}
-        from hts.compute.backends import BACKENDS
+        from hts.compute.segment.backends import BACKENDS
 
         backends = list(BACKENDS) if args.backend == "all" else [b.strip() for b in args.backend.split(",")]
         explicit = [p for p in unet.PRECISIONS if p != "auto"]

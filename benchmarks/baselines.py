@@ -152,7 +152,7 @@ def _best_time(fn, repeat: int) -> tuple[float, object]:
 
 
 def hts_features(labels: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from hts.compute import features as F
+    from hts.compute.measure import features as F
 
     return F.object_features(labels, images)
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> dict:
     import tifffile
 
     from benchmarks._util import machine_info
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
 
     role, src = SOURCES[args.engine]
     tile = np.asarray(tifffile.imread(Path(__file__).parents[1] / src))

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from benchmarks._util import machine_info
     from benchmarks.baselines import imagexpress_fields, measure_skimage, segment_skimage
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
     from hts.compute.measure import measure_field
     from hts.synth import make_plate
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
 def hts_kernels(n: int, size: int, repeat: int = 3) -> dict:
     """CPU seconds (this thread; the whole process) and wall seconds per field of segment_field +
     measure_field on ``n`` synthetic fields, best of ``repeat``."""
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
     from hts.compute.measure import measure_field
     from hts.synth import synth_field
 

@@ -31,7 +31,7 @@ from benchmarks._util import PeakRSS, mb, timer
 
 def make_nd2_plate(path: Path, *, wells: int, fields: int, size: int, channels: int, seed: int = 0) -> Path:
     from hts.formats.base import Channel
-    from hts.formats.nd2_writer import Position, write_nd2
+    from hts.synth.nd2_writer import Position, write_nd2
     from hts.synth import synth_field
     from hts.wells import PLATE_TYPES, WellRef
 

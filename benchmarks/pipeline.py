@@ -167,7 +167,7 @@ def features_baseline(folder: Path, names: list[str], n: int, *, cp_measure: boo
     import tifffile
 
     from benchmarks.baselines import feature_comparison, imagexpress_fields
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
 
     eng = engine_class("classic")()
     fields = []

@@ -56,9 +56,9 @@ def unet_benchmark(
     and TensorRT), ``fp32`` or ``fp16``."""
     import torch
 
-    from hts.compute.backends import load_runner
-    from hts.compute.engines import engine_class
-    from hts.compute.nets import build_model
+    from hts.compute.segment.backends import load_runner
+    from hts.compute.segment.engines import engine_class
+    from hts.compute.segment.nets import build_model
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
@@ -103,7 +103,7 @@ def network_matrix(
     finishes. A combination that cannot run here (TensorRT not installed, fp16 on ONNX Runtime or on
     a CPU) is a row saying why (``skipped``), one that fails while running (a TensorRT build, GPU
     memory) a row with the error (``failed``); neither stops the others."""
-    from hts.compute.backends import BACKENDS
+    from hts.compute.segment.backends import BACKENDS
     from hts.errors import EngineError
 
     unknown = [b for b in backends if b not in BACKENDS] + [p for p in precisions if p not in PRECISIONS]

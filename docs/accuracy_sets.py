@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from hts.compute.engines import engine_class, segment_field
-    from hts.compute.training import load_image, median_diameter_px, stain_nuclei
+    from hts.compute.segment.engines import engine_class, segment_field
+    from hts.compute.train.training import load_image, median_diameter_px, stain_nuclei
 
     torch.set_num_threads(2)
     data, out = args.data, args.out

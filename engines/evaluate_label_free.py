@@ -12,7 +12,7 @@ brightfield-unet, BriFiSeg test fields (per cell line): scored twice, at the
 source's "as if" pixel size (``brifiseg_pixel_size_um`` of the manifest: the one
 at which the median training nucleus is 12 µm; the source states none) and as a
 user without metadata would run it: the pixel size estimated from the line's
-test fields by :func:`hts.compute.scale.estimate_pixel_size`.
+test fields by :func:`hts.compute.segment.scale.estimate_pixel_size`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import nd2
 import numpy as np
 import tifffile
 
-from hts.compute.engines import engine_class
-from hts.compute.scale import estimate_pixel_size
-from hts.compute.training import evaluate_engine, stain_nuclei
+from hts.compute.segment.engines import engine_class
+from hts.compute.segment.scale import estimate_pixel_size
+from hts.compute.train.training import evaluate_engine, stain_nuclei
 from hts.synth import synth_field
 
 TH = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import tifffile
 
-from hts.compute.engines import engine_class
-from hts.compute.training import evaluate_engine, load_image, median_diameter_px
+from hts.compute.segment.engines import engine_class
+from hts.compute.train.training import evaluate_engine, load_image, median_diameter_px
 
 FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0)
 #: Images whose k = 2 model input would exceed this many pixels are left out (tiny-nucleus DSB tiles

@@ -17,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 DATA=${HTS_DEV_DATA:-../shared/data}
 NT=$DATA/nuclei_train
 ISL=$NT/brightfield_pairs/isl_kevan08_wellA4_z06_rows0-703
-TRAIN="$PY -m hts.compute.training --no-resume"
+TRAIN="$PY engines/train_recipe.py --no-resume"
 STAGE=${HTS_STAGE_DIR:-${TMPDIR:-/tmp}/hts-train-stage}  # first-stage weights and checkpoints (fine-tuning starts from them)
 want() { [ $# -eq 0 ] && return 0; for e in $SELECTED; do [ "$e" = "$1" ] && return 0; done; return 1; }
 SELECTED=${*:-nuclei brightfield-unet cytoplasm fpf eval}
@@ -78,8 +78,8 @@ import nd2
 import numpy as np
 import tifffile
 
-from hts.compute.engines import engine_class
-from hts.compute.training import evaluate_engine, load_image, median_diameter_px, stain_nuclei
+from hts.compute.segment.engines import engine_class
+from hts.compute.train.training import evaluate_engine, load_image, median_diameter_px, stain_nuclei
 from hts.synth import synth_field
 
 data = Path(os.environ["HTS_DEV_DATA"])

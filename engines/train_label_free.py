@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.compute import training as T
+from hts.compute.train import training as T
+from hts.synth.samples import synthetic_samples
 
 PBMC_ROWS, ISL_ROWS = ((0, 176), (176, 256)), ((0, 360), (360, 480))
 ISL = "nuclei_train/brightfield_pairs/isl_kevan08_wellA4_z06_rows0-703"
@@ -107,9 +108,9 @@ def build_brightfield(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, l
         return out
 
     nuc_d = cfg.nucleus_diameter_um
-    isl_img, isl_stain, _ = T._load_pair(str(data / f"{ISL}_bf.tif"), str(data / f"{ISL}_stain.tif"))
+    isl_img, isl_stain, _ = T.load_pair(str(data / f"{ISL}_bf.tif"), str(data / f"{ISL}_stain.tif"))
     pbmc = str(data / "nd2/example-pbmc.nd2")
-    pb_img, pb_stain, pb_px = T._load_pair(f"{pbmc}#Mono", f"{pbmc}#~DAPI")
+    pb_img, pb_stain, pb_px = T.load_pair(f"{pbmc}#Mono", f"{pbmc}#~DAPI")
 
     def pairs(i: int) -> list:
         common = dict(object_diameter_um=nuc_d, train_pixel_um=cfg.pixel_size_um, normalization=cfg.normalization)
@@ -125,7 +126,7 @@ def build_brightfield(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, l
     _add(manifest, train, "train", tp[:1], 0.10)
     _add(manifest, train, "train", tp[1:], 0.08)
     _add(manifest, val, "validation", vp, 0.18)
-    syn = T.synthetic_samples(range(10_000, 10_000 + args.synthetic), recipe="brightfield-unet", channels=("Brightfield",),
+    syn = synthetic_samples(range(10_000, 10_000 + args.synthetic), recipe="brightfield-unet", channels=("Brightfield",),
                               train_pixel_um=cfg.pixel_size_um, normalization=cfg.normalization)
     _add(manifest, train, "train", syn, 0.10)
     for n in split["test"]:
@@ -173,7 +174,7 @@ def build_cytoplasm(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, lis
     alts = [("GFP",), ("GFP",), ("Brightfield",)]
     syn = []
     for i, seed in enumerate(range(10_000, 10_000 + args.synthetic)):
-        syn += T.synthetic_samples([seed], recipe="cytoplasm", channels=alts[i % 3], train_pixel_um=cfg.pixel_size_um,
+        syn += synthetic_samples([seed], recipe="cytoplasm", channels=alts[i % 3], train_pixel_um=cfg.pixel_size_um,
                                    normalization=cfg.normalization)
     _add(manifest, train, "train", syn, 0.25)
     for n in split["test"]:
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cb(ev: dict) -> None:
         if ev["event"] != "step" or ev["step"] % 20 == 0:
-            print(T._fmt(ev), flush=True)
+            print(T.format_event(ev), flush=True)
 
     result = T.train(cfg, train, val, checkpoint=ckpt, callback=cb)
     out = T.save_engine_model(args.out, result)

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.compute.engines import engine_class, segment_field
-from hts.compute.metrics import match_instances, summarize
+from hts.compute.segment.engines import engine_class, segment_field
+from hts.compute.analysis.metrics import match_instances, summarize
 
 GRID = {
     "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
@@ -54,7 +54,7 @@ CYTO_GRID = {
 def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np.ndarray, float, str]]:
     import tifffile
 
-    from hts.compute.training import _load_pair, load_image, median_diameter_px, stain_nuclei
+    from hts.compute.train.training import load_pair, load_image, median_diameter_px, stain_nuclei
 
     man = json.loads((folder / "manifest.json").read_text())
     real, synth = [], []
@@ -62,7 +62,7 @@ def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np
         src = str(v["source"])
         if " + " in src:  # paired stain: IMAGE + STAIN
             img_spec, stain_spec = [_rebase(s, data) for s in src.split(" + ")]
-            image, stain, _ = _load_pair(img_spec, stain_spec)
+            image, stain, _ = load_pair(img_spec, stain_spec)
             px = float(v["pixel_size_um"])
             truth = stain_nuclei(stain, px)
             if v.get("rows"):

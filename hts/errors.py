@@ -44,3 +44,7 @@ class ClusterError(HtsError):
 
 class EngineError(HtsError):
     """Unknown engine, bad parameters, missing channels, or unusable model weights / backend."""
+
+
+class ImageFileError(SourceError):
+    """A single image file (training images, label images) is missing, unreadable or of an unknown kind."""

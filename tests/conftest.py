@@ -82,7 +82,7 @@ def annotated_plate(tmp_path: Path):
 def nd2_plate(tmp_path: Path):
     """Factory: write a small multi-position ND2 plate with the hts ND2 writer; returns its path."""
     from hts.formats.base import Channel
-    from hts.formats.nd2_writer import Position, write_nd2
+    from hts.synth.nd2_writer import Position, write_nd2
     from hts.wells import PLATE_TYPES, parse_well_range
 
     def make(

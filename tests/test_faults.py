@@ -198,7 +198,7 @@ def test_blank_and_constant_fields_never_fail_the_plate(plate_with_blank_wells):
 
 def test_an_engine_failing_on_one_field_is_recorded_and_the_run_completes(plate_with_blank_wells, monkeypatch):
     from hts.catalog import Catalog
-    from hts.compute.engines.classic import ClassicEngine
+    from hts.compute.segment.engines.classic import ClassicEngine
 
     real = ClassicEngine.segment_tile
 

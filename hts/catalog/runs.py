@@ -131,7 +131,7 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
 
     Each item has ``well``, ``field_index``, ``seconds``, ``worker``; items that
     segmented also ``counts`` (objects per output) and optionally ``checks`` (the
-    sanity checks the field failed, :mod:`hts.compute.sanity`), items that measured also
+    sanity checks the field failed, :mod:`hts.compute.segment.sanity`), items that measured also
     ``part`` (the Parquet part of its cells, or None when it has none), ``n_cells``
     and optionally ``cells`` (the part's rows as an Arrow table, loaded instead of
     reading the part back).

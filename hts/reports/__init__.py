@@ -6,7 +6,7 @@ whatever the user's matplotlibrc says. :class:`HtmlReport` puts them, with text 
 tables, into one self-contained HTML file.
 """
 
-from hts.compute.doseresponse import fit_4pl, logistic4
+from hts.compute.analysis.doseresponse import fit_4pl, logistic4
 from hts.reports.dose import dose_response_plot
 from hts.reports.heatmap import plate_heatmap
 from hts.reports.html import HtmlReport

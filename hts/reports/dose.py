@@ -2,7 +2,7 @@
 
 Concentrations are on a log axis. Zero-concentration wells (vehicle controls) have no
 place on it: they are drawn on a short separate axis labelled "0" at the left, with a
-break mark between the two. Each compound's curve is :func:`hts.compute.doseresponse.fit_4pl`;
+break mark between the two. Each compound's curve is :func:`hts.compute.analysis.doseresponse.fit_4pl`;
 a fit that is ``ok`` is drawn solid with its EC50 (marked on the curve) in the legend, a
 fit that is not trustworthy dashed with the reason, and no curve when none could be fitted.
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib import colormaps
 
-from hts.compute.doseresponse import fit_4pl, logistic4
+from hts.compute.analysis.doseresponse import fit_4pl, logistic4
 from hts.reports._render import new_figure, to_png
 
 __all__ = ["dose_response_plot", "dose_series"]

@@ -31,7 +31,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.patheffects import withStroke
 from skimage.segmentation import find_boundaries
 
-from hts.compute.features import object_ids
+from hts.compute.measure.features import object_ids
 from hts.reports._render import new_figure, read_png, to_png
 
 __all__ = ["segmentation_overlay", "contact_sheet", "channel_color", "OUTLINE_PALETTE"]

@@ -5,7 +5,7 @@
 platemap) and writes it as
 
 ``"nd2"``
-    one Nikon ``<out>/<name>.nd2`` file (via :mod:`hts.formats.nd2_writer`), XY
+    one Nikon ``<out>/<name>.nd2`` file (via :mod:`hts.synth.nd2_writer`), XY
     positions named ``A01``, ``A01#2``... (or unnamed) at SBS stage coordinates,
     Z and time loops when asked;
 ``"imagexpress"``
@@ -539,7 +539,7 @@ def make_plate(
         _write_mask(truth_dir / f"{stem}_cells.tif", scene.cells)
 
     if format == "nd2":
-        from hts.formats.nd2_writer import Position, write_nd2
+        from hts.synth.nd2_writer import Position, write_nd2
 
         order = list(fields_in_order())
         positions = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hts.compute.engines import engine_class, engines
+from hts.compute.segment.engines import engine_class, engines
 
 __all__ = ["describe_engines"]
 

@@ -23,7 +23,7 @@ What is compared
   for ``nuclei_<suffix>`` from ``--label-suffix``). Fields without a truth
   file, and fields the run has not finished, are left out (and listed).
 
-Metrics are those of :mod:`hts.compute.metrics` (definitions there): per image
+Metrics are those of :mod:`hts.compute.analysis.metrics` (definitions there): per image
 and overall, where overall counts are **pooled** — TP, FP and FN summed over
 all images, the scores computed from the sums.
 """
@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from hts.compute.metrics import AP_THRESHOLDS, pool, score_image
-from hts.errors import HtsError
+from hts.compute.analysis.metrics import AP_THRESHOLDS, pool, score_image
+from hts.errors import HtsError, ImageFileError
+from hts.formats.images import read_image
 
 __all__ = [
     "EvaluationError", "LabelFileError", "ShapeMismatchError", "NoPairsError", "EvaluationReport", "LABEL_SUFFIXES",
@@ -111,23 +112,12 @@ def read_label_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise LabelFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in LABEL_SUFFIXES:
+        raise LabelFileError(f"{path}: not a label image file (use {', '.join(LABEL_SUFFIXES)})")
     try:
-        if suffix == ".npy":
-            a = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            a = tifffile.imread(str(path))
-        elif suffix == ".png":
-            from skimage import io
-
-            a = io.imread(str(path))
-        else:
-            raise LabelFileError(f"{path}: not a label image file (use {', '.join(LABEL_SUFFIXES)})")
-    except LabelFileError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
-        raise LabelFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        a = read_image(path, rgb="keep")
+    except ImageFileError as e:
+        raise LabelFileError(str(e)) from None
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[-1] in (3, 4) and suffix == ".png":
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):

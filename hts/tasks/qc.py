@@ -18,7 +18,7 @@ import numpy as np
 from hts.catalog import Catalog
 from hts.catalog import runs as runs_db
 from hts.catalog.db import sql_ident
-from hts.compute.qc import assay_quality, robust_z, ssmd, z_prime
+from hts.compute.analysis.qc import assay_quality, robust_z, ssmd, z_prime
 from hts.config import load_workspace
 from hts.errors import CatalogError
 from hts.tasks.segment import select_plates

@@ -241,7 +241,7 @@ def report(
     store = PlateStore(rec.store_uri)
     tiles = []
     roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
-    from hts.compute.engines.base import BRIGHTFIELD_NAMES
+    from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES
 
     # the channels the engine read (a brightfield-unet run is judged on its brightfield channel); otherwise
     # the fluorescence channels, as transmitted light washes out a fluorescence composite

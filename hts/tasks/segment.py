@@ -41,10 +41,10 @@ from hts import __version__
 from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
 from hts.catalog.locks import HEARTBEAT_EVERY_S, heartbeat, plate_locks
-from hts.compute.engines import Engine, EngineError, SegmentResult, engine_class, segment_field
+from hts.compute.segment.engines import Engine, EngineError, SegmentResult, engine_class, segment_field
 from hts.compute.measure import MeasureOptions, measure_field
-from hts.compute.sanity import field_checks
-from hts.compute.scale import engine_nucleus_diameter_um
+from hts.compute.segment.sanity import field_checks
+from hts.compute.segment.scale import engine_nucleus_diameter_um
 from hts.config import load_workspace
 from hts.errors import CatalogError, HtsError
 from hts.orchestrate.dask import Batcher, check_workers, dask_client, gpu_resources, is_external, map_fields
@@ -316,7 +316,7 @@ def resolve_pixel_size(
     """(µm per pixel, where it came from, a note for the user): ``given``, the plate's metadata, or estimated.
 
     Without either, the pixel size is estimated from up to three fields of the
-    selection (first, middle, last) by :func:`hts.compute.scale.estimate_pixel_size`;
+    selection (first, middle, last) by :func:`hts.compute.segment.scale.estimate_pixel_size`;
     an estimate an earlier run of the same engine, model and channels made for
     this plate is reused, so a re-run resumes the same run.
     """
@@ -324,7 +324,7 @@ def resolve_pixel_size(
         return float(given), "option", None
     if rec.pixel_size_um[0]:
         return float(rec.pixel_size_um[0]), "metadata", None
-    from hts.compute.scale import ScaleEstimate, engine_nucleus_diameter_um, estimate_pixel_size
+    from hts.compute.segment.scale import ScaleEstimate, engine_nucleus_diameter_um, estimate_pixel_size
 
     px = runs_db.estimated_pixel_size(catalog, rec.plate_id, probe.name, probe.model_sha256, mapping)
     if px is None:

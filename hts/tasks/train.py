@@ -7,7 +7,7 @@ Training data (either or both):
   channels chosen as ``hts segment`` chooses them (``channels`` or guessed
   from the channel names), and the targets **derived from a paired stain
   channel of the same fields** (``labels_from``, e.g. ``DAPI``): nuclei by the
-  ``classic`` engine on that channel (:func:`hts.compute.training.stain_nuclei`);
+  ``classic`` engine on that channel (:func:`hts.compute.train.training.stain_nuclei`);
   for whole-cell engines (``cytoplasm``, ``fpf``) cells by the classic engine
   grown from those nuclei over the engine's cytoplasm channel. So a screen that
   imaged brightfield and DAPI once can train ``brightfield-unet`` without any
@@ -26,7 +26,7 @@ size is chosen so that it spans ~18.5 px, as for the shipped models (12 µm at
 any plate to that scale. Mask images without a pixel size are rescaled so that
 their median nucleus has that same measured (or, with nothing measured, 12 µm) size.
 
-The loop is :func:`hts.compute.training.train`: augmentation, a validation
+The loop is :func:`hts.compute.train.training.train`: augmentation, a validation
 split of the fields / images (``val_fraction``, seeded), early stopping on the
 validation loss (best weights kept), a checkpoint ``OUT/checkpoint.pt`` written
 at every validation (``resume`` continues an interrupted run from it; it is
@@ -54,6 +54,7 @@ import numpy as np
 
 from hts import __version__
 from hts.errors import EngineError
+from hts.formats.images import read_image
 
 __all__ = ["TrainReport", "train_engine", "PX_PER_NUCLEUS"]
 
@@ -107,7 +108,7 @@ def _plate_items(
     pixel_size_um: float | None, max_fields: int, seed: int, classic_params: dict[str, Any],
 ) -> tuple[list[_Raw], dict[str, Any]]:
     from hts.catalog import Catalog
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
     from hts.config import load_workspace
     from hts.store import PlateStore
     from hts.tasks.segment import plate_pixel_size, resolve_channels, select_fields
@@ -155,21 +156,6 @@ def _plate_items(
     return items, info
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from hts.compute.training import load_image
-
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        a = np.asarray(tifffile.imread(str(path)))
-        if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
-            return load_image(path)  # RGB(A): grayscale
-        return a
-    return load_image(path)
-
-
 def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
                 pixel_size_um: float | None) -> tuple[list[_Raw], dict[str, Any]]:
     from hts.tasks.evaluate import _key, _label_files, read_label_image
@@ -188,7 +174,7 @@ def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
         m = mask_files.get(p.stem) or mask_by_key.get(_key(p.stem))
         if m is None or m == p:
             continue
-        img = _read_image(p).astype(np.float32)
+        img = read_image(p).astype(np.float32)
         if img.ndim == 2:
             img = img[None]
         if img.ndim != 3 or img.shape[0] != len(recipe.inputs):
@@ -211,7 +197,7 @@ def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
 
 
 def _median_um(items: Sequence[_Raw], key: str) -> float | None:
-    from hts.compute.training import median_diameter_px
+    from hts.compute.train.training import median_diameter_px
 
     ds = [d * it.pixel_size_um for it in items if it.pixel_size_um and key in it.labels
           for d in [median_diameter_px(it.labels[key])] if d]
@@ -225,7 +211,7 @@ def _calibrate_steps(cfg, samples, minutes: float) -> int:
     """Steps that fit in ``minutes``: the cost of a few timed steps of this model on these samples (20 % kept for validation)."""
     import torch
 
-    from hts.compute import training as T
+    from hts.compute.train import training as T
 
     torch.set_num_threads(T.cpu_threads(cfg.threads))
     model, _ = T._build(cfg)
@@ -286,12 +272,12 @@ def train_engine(
 ) -> TrainReport:
     """Train ``engine``'s network and write the engine folder ``out`` (the module docstring has the details).
 
-    ``config``: overrides of :class:`~hts.compute.training.TrainConfig` fields
+    ``config``: overrides of :class:`~hts.compute.train.training.TrainConfig` fields
     (``arch_config``, ``batch_size``, ``crop_sizes``, ``val_every``, ``patience``,
     ``lr``, ...). ``progress``: called with every training event
-    (:func:`hts.compute.training.train`'s callback dicts).
+    (:func:`hts.compute.train.training.train`'s callback dicts).
     """
-    from hts.compute import training as T
+    from hts.compute.train import training as T
 
     t_start = time.monotonic()
     recipe = T.get_recipe(engine)
@@ -330,7 +316,7 @@ def train_engine(
     if "cells" in recipe.labels:
         cell_um = _median_um(items, "cells") or 25.0 * nuc_um / 12.0
     train_px = float(train_pixel_um or round(nuc_um / PX_PER_NUCLEUS, 4))
-    from hts.compute.training import make_sample, median_diameter_px, split_samples
+    from hts.compute.train.training import make_sample, median_diameter_px, split_samples
 
     samples = []
     for it in items:
@@ -405,8 +391,8 @@ def _entry(s) -> dict[str, Any]:
 
 def _validate(out: Path, recipe, samples, *, held_out: bool) -> dict[str, Any]:
     """The trained engine (from its folder, post-processing included) against the targets of ``samples``."""
-    from hts.compute.engines import engine_class, segment_field
-    from hts.compute.metrics import pool, score_image
+    from hts.compute.segment.engines import engine_class, segment_field
+    from hts.compute.analysis.metrics import pool, score_image
 
     eng = engine_class(out)(backend="torch", device="cpu")
     per: dict[str, list] = {k: [] for k in recipe.labels}
@@ -420,14 +406,14 @@ def _validate(out: Path, recipe, samples, *, held_out: bool) -> dict[str, Any]:
     return {
         "set": "validation" if held_out else "training (no held-out items: fewer than 2)",
         "note": "the trained engine through its post-processing against the training targets of these items; "
-                "counts pooled over the items (hts.compute.metrics)",
+                "counts pooled over the items (hts.compute.analysis.metrics)",
         **{k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in pool(v).items() if kk in keep}
            for k, v in per.items()},
     }
 
 
 def _card(engine, cfg, result, data, metrics, train_s, val_s, measured, command) -> str:
-    from hts.compute.training import get_recipe
+    from hts.compute.train.training import get_recipe
 
     recipe = get_recipe(engine)
     m = result.metrics

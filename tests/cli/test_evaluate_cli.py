@@ -84,7 +84,7 @@ def test_evaluate_errors_are_one_line(app, folders, args, message):
 
 
 def test_train_then_evaluate_the_trained_engine(app, tmp_path):
-    from hts.compute.engines import engine_class
+    from hts.compute.segment.engines import engine_class
     from hts.synth import synth_field
 
     imgs, masks = tmp_path / "imgs", tmp_path / "masks"

@@ -8,8 +8,8 @@ from skimage.metrics import contingency_table
 
 from conftest import DATA
 
-from hts.compute.engines import EngineError, engine_class, engines, segment_field
-from hts.compute.tiling import tile_grid
+from hts.compute.segment.engines import EngineError, engine_class, engines, segment_field
+from hts.compute.segment.tiling import tile_grid
 from hts.synth import synth_field
 
 
@@ -143,7 +143,7 @@ def test_packed_h_maxima_equals_per_object_and_whole_field(h):
     from skimage.filters import gaussian
     from skimage.morphology import h_maxima
 
-    from hts.compute.postprocess import h_maxima_in
+    from hts.compute.segment.postprocess import h_maxima_in
 
     mask = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif") > 0
     dist = gaussian(ndi.distance_transform_edt(mask), sigma=1.0, preserve_range=True).astype(np.float32)
@@ -160,7 +160,7 @@ def test_distance_transform_on_packed_objects_equals_whole_field():
     import tifffile
     from scipy import ndimage as ndi
 
-    from hts.compute.postprocess import PackedObjects
+    from hts.compute.segment.postprocess import PackedObjects
 
     field = synth_field(shape=(256, 256), seed=5, channels=("DAPI", "GFP")).image[1]
     rng = np.random.default_rng(1)
@@ -180,7 +180,7 @@ def test_fill_holes_equals_scipy():
     import tifffile
     from scipy import ndimage as ndi
 
-    from hts.compute.postprocess import fill_holes
+    from hts.compute.segment.postprocess import fill_holes
 
     # real nuclei outlines (holes inside every nucleus), a thresholded synthetic field, 3-D noise
     lab = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif")

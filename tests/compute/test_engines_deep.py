@@ -15,9 +15,10 @@ import tifffile
 import torch
 from skimage.transform import resize
 
-from hts.compute import training as T
-from hts.compute.backends import ModelSpec, _file_sha256
-from hts.compute.engines import engine_class, segment_field
+from hts.compute.train import training as T
+from hts.synth.samples import synthetic_samples
+from hts.compute.segment.backends import ModelSpec, _file_sha256
+from hts.compute.segment.engines import engine_class, segment_field
 from hts.resources import data_dir
 from hts.synth import synth_field
 
@@ -80,7 +81,7 @@ def test_shipped_model_folder_is_complete_and_verified(name: str, torch_engines:
     assert cfg["inputs"] == list(eng.roles) and cfg["pixel_size_um"] > 0 and cfg["object_diameter_um"] > 0
     assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
     card = (folder / "CARD.md").read_text()
-    assert "F1" in card and "python -m hts.compute.training" in card
+    assert "F1" in card and ("engines/train_recipe.py" in card or "engines/train_label_free.py" in card)
 
 
 def test_nuclei_on_heldout_dsb2018(dsb, torch_engines: dict):
@@ -200,7 +201,7 @@ def _tiny_config(**kw) -> T.TrainConfig:
 
 
 def test_training_smoke_writes_a_loadable_engine_folder(tmp_path: Path):
-    samples = T.synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
+    samples = synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
     events: list[dict] = []
     result = T.train(_tiny_config(), samples[:1], samples[1:], callback=events.append)
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 9))
@@ -218,7 +219,7 @@ def test_training_smoke_writes_a_loadable_engine_folder(tmp_path: Path):
 
 
 def test_training_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
-    samples = T.synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
+    samples = synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
     ckpt = tmp_path / "run.pt"
 
     class Interrupt(Exception):
@@ -246,7 +247,7 @@ def test_training_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path
 
 
 def test_fpf_trains_in_two_phases(tmp_path: Path):
-    samples = T.synthetic_samples([1, 2], recipe="fpf", channels=("DAPI", "GFP"), shape=(128, 128))
+    samples = synthetic_samples([1, 2], recipe="fpf", channels=("DAPI", "GFP"), shape=(128, 128))
     cfg = T.TrainConfig(engine="fpf", arch_config={"base": 4, "depth": 2}, steps=6, batch_size=2, crop_sizes=(64,),
                         val_crop=64, val_every=3, warmup=1, cell_diameter_um=25.0, threads=1)
     phases: list[int] = []

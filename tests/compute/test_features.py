@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from skimage.measure import label as cc_label
 from skimage.measure import regionprops
 
-from hts.compute.features import (
+from hts.compute.measure.features import (
     INTENSITY_FEATURES,
     compartment_features,
     intensity_features,
@@ -95,7 +95,7 @@ def _check_intensity(labels: np.ndarray, image: np.ndarray, *, legacy: bool = Fa
 def cellomics():
     """Nuclei and cells of the CellProfiler example field (uint8), segmented by the classic engine."""
     import tifffile
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
 
     d0, d1, d2 = (tifffile.imread(p) for p in sorted(CELLOMICS.glob("*.tif")))
     res = segment_field(engine_class("classic")(), {"nucleus": d0, "cytoplasm": d2}, pixel_size_um=0.65)

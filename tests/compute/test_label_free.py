@@ -12,12 +12,12 @@ import pytest
 import tifffile
 from skimage.transform import rescale
 
-from hts.compute import training as T
-from hts.compute.engines import engine_class, segment_field
-from hts.compute.metrics import match_instances
-from hts.compute.sanity import dark_background_skew, field_checks
-from hts.compute.scale import engine_nucleus_diameter_um, estimate_pixel_size, object_diameters_px
-from hts.compute.targets import three_class
+from hts.compute.train import training as T
+from hts.compute.segment.engines import engine_class, segment_field
+from hts.compute.analysis.metrics import match_instances
+from hts.compute.segment.sanity import dark_background_skew, field_checks
+from hts.compute.segment.scale import engine_nucleus_diameter_um, estimate_pixel_size, object_diameters_px
+from hts.compute.train.targets import three_class
 
 DATA = Path(__file__).parents[1] / "data"
 HELA = DATA / "brightfield/brifiseg_hela_019"

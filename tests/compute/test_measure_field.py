@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hts.compute import features as F
+from hts.compute.measure import features as F
 from hts.compute.measure import MeasureOptions, measure_field, parent_of
 from hts.synth import synth_field
 
@@ -130,8 +130,8 @@ def test_optional_families_texture_granularity_rod(field):
         {"nuclei": f.nuclei, "cells": f.cells}, images, pixel_size_um=0.5,
         options=MeasureOptions(texture=True, granularity=True, rod=True, texture_scale=2),
     ).to_pydict()
-    from hts.compute.rod import rod_features
-    from hts.compute.texture import granularity_features, texture_features
+    from hts.compute.measure.rod import rod_features
+    from hts.compute.measure.texture import granularity_features, texture_features
 
     ids = F.object_ids(f.cells)
     tex = texture_features(f.cells, images["DAPI"], channel="DAPI", scale=2)

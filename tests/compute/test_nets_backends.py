@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hts.compute.backends import (
+from hts.compute.segment.backends import (
     AUTO_ORDER, BackendUnavailable, EngineError, ModelSpec, OnnxRuntimeRunner, TorchRunner, available_backends,
     export_onnx, load_runner, resolve_device, save_model_dir,
 )
-from hts.compute.nets import FPFNet, InferenceModel, UNet, build_model, count_parameters
+from hts.compute.segment.nets import FPFNet, InferenceModel, UNet, build_model, count_parameters
 
 UNET_HEADS = [
     {"name": "foreground", "channels": 1, "activation": "sigmoid"},
@@ -321,7 +321,7 @@ def test_tensorrt_matches_torch(tmp_path):
     pytest.importorskip("tensorrt", reason=TRT_SKIP)
     if not HAVE_CUDA:
         pytest.skip(TRT_SKIP)
-    from hts.compute.backends import TensorRTRunner
+    from hts.compute.segment.backends import TensorRTRunner
 
     spec = ModelSpec.from_dir(_save(tmp_path / "m", "unet", {"in_channels": 1, "out_channels": 5, "base": 8, "depth": 3},
                                     UNET_HEADS, 1))

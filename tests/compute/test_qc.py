@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hts.compute.qc import assay_quality, robust_z, ssmd, z_prime
+from hts.compute.analysis.qc import assay_quality, robust_z, ssmd, z_prime
 
 
 def test_z_prime_and_ssmd_by_hand():

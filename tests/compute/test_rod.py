@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hts.compute.features import object_ids
-from hts.compute.rod import axial_position, rod_features
+from hts.compute.measure.features import object_ids
+from hts.compute.measure.rod import axial_position, rod_features
 
 BASE = ("Rod_Length", "Rod_Width", "Rod_Curvature", "Rod_Volume", "Rod_SurfaceArea")
 

@@ -11,8 +11,8 @@ import tifffile
 from skimage.filters import threshold_otsu
 from skimage.measure import label as cc_label
 
-from hts.compute.features import object_ids
-from hts.compute.texture import (
+from hts.compute.measure.features import object_ids
+from hts.compute.measure.texture import (
     HARALICK_FEATURES,
     TEXTURE_DIRECTIONS,
     granularity_features,

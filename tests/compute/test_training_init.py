@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hts.compute import training as T
-from hts.compute.engines import segment_field
-from hts.compute.engines._deep import DeepEngine
+from hts.compute.train import training as T
+from hts.synth.samples import synthetic_samples
+from hts.compute.segment.engines import segment_field
+from hts.compute.segment.engines._deep import DeepEngine
 from hts.errors import EngineError
 
 
@@ -21,7 +22,7 @@ def _tiny(**kw) -> T.TrainConfig:
 
 @pytest.fixture(scope="module")
 def samples():
-    return T.synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
+    return synthetic_samples([1, 2], recipe="nuclei", channels=("DAPI",), shape=(128, 128))
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +70,23 @@ def test_cli_init_option(samples, folder: Path, tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(T, "train", spy)
     out = tmp_path / "ft"
-    T.main(["--engine", "nuclei", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4", "--depth", "2",
+    _train_recipe().main(["--engine", "nuclei", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4", "--depth", "2",
             "--synthetic", "1", "--synthetic-val", "1", "--init", str(folder), "--no-resume", "--threads", "1",
             "--checkpoint", str(tmp_path / "c.pt"), "--quiet"])
     assert Path(seen["init"]) == folder and (out / "model.safetensors").is_file()
     assert "--init" in json.loads((out / "manifest.json").read_text())["command"]
+
+
+def _train_recipe():
+    """engines/train_recipe.py, the script that reproduces the shipped weights (not part of the package API)."""
+    import importlib.util
+
+    from hts.resources import data_dir
+
+    spec = importlib.util.spec_from_file_location("train_recipe", data_dir("engines") / "train_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _engine_class(folder: Path):
@@ -114,7 +127,7 @@ def test_cli_val_pair_and_inverted_stain(tmp_path: Path, monkeypatch: pytest.Mon
     tifffile.imwrite(tmp_path / "bf.tif", f.image[1])
     tifffile.imwrite(tmp_path / "st.tif", f.image[0])
     out = tmp_path / "bf"
-    T.main(["--engine", "brightfield-unet", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4",
+    _train_recipe().main(["--engine", "brightfield-unet", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4",
             "--depth", "2", "--pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,0:96",
             "--val-pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,96:128", "--no-resume", "--threads", "1",
             "--checkpoint", str(tmp_path / "c.pt"), "--quiet"])
@@ -150,6 +163,6 @@ def test_load_pair_inverts_an_nd2_channel(monkeypatch: pytest.MonkeyPatch):
             return types.SimpleNamespace(x=0.5)
 
     monkeypatch.setitem(sys.modules, "nd2", types.SimpleNamespace(ND2File=File))
-    image, stain, px = T._load_pair("x.nd2#Mono", "x.nd2#~DAPI")
+    image, stain, px = T.load_pair("x.nd2#Mono", "x.nd2#~DAPI")
     assert px == 0.5 and (image == arr[0]).all()
     assert stain[0, 0] == 0 and stain[1, 1] == 3

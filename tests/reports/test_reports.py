@@ -10,7 +10,7 @@ from matplotlib.colors import Normalize, to_rgb
 from skimage.segmentation import find_boundaries
 
 import hts
-from hts.compute.doseresponse import fit_4pl, logistic4
+from hts.compute.analysis.doseresponse import fit_4pl, logistic4
 from hts.reports import HtmlReport, contact_sheet, dose_response_plot, plate_heatmap, segmentation_overlay
 from hts.reports._render import read_png
 from hts.reports.heatmap import DPI, FLAG_COLOR, _cell_center_px

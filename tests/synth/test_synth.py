@@ -346,13 +346,13 @@ def test_make_plate_rejects_bad_arguments(tmp_path):
 
 def _nd2_writer_available() -> bool:
     try:
-        import hts.formats.nd2_writer  # noqa: F401
+        import hts.synth.nd2_writer  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-@pytest.mark.skipif(not _nd2_writer_available(), reason="hts.formats.nd2_writer is not there yet")
+@pytest.mark.skipif(not _nd2_writer_available(), reason="hts.synth.nd2_writer is not there yet")
 def test_make_plate_nd2(tmp_path):
     nd2 = pytest.importorskip("nd2")
     plate = make_plate(tmp_path / "a", format="nd2", masks=True, **SMALL)
@@ -379,7 +379,7 @@ def test_make_plate_nd2(tmp_path):
     assert first[9, 0][nuc > 0].mean() > 3 * first[9, 0][nuc == 0].mean()
 
 
-@pytest.mark.skipif(not _nd2_writer_available(), reason="hts.formats.nd2_writer is not there yet")
+@pytest.mark.skipif(not _nd2_writer_available(), reason="hts.synth.nd2_writer is not there yet")
 def test_make_plate_nd2_unnamed_positions_with_z_and_time(tmp_path):
     nd2 = pytest.importorskip("nd2")
     plate = make_plate(tmp_path, format="nd2", wells="A01,C05", fields=1, shape=(64, 64), n_z=3, n_time=2,

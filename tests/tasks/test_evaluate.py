@@ -1,4 +1,4 @@
-"""`hts.compute.metrics` and `hts.tasks.evaluate`: hand-built label images with known answers, files, plates."""
+"""`hts.compute.analysis.metrics` and `hts.tasks.evaluate`: hand-built label images with known answers, files, plates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from hts.compute.metrics import AP_THRESHOLDS, match_instances, pool, score_image, splits_and_merges
+from hts.compute.analysis.metrics import AP_THRESHOLDS, match_instances, pool, score_image, splits_and_merges
 from hts.errors import HtsError
 from hts.tasks.evaluate import (
     EvaluationError, LabelFileError, NoPairsError, ShapeMismatchError, evaluate, evaluate_arrays, parse_field_stem,
@@ -56,7 +56,7 @@ def test_known_tp_fp_fn_and_ap_over_thresholds():
     assert m2["ap"] == pytest.approx(0.32)
     assert m2["ap50"] == pytest.approx(0.5) and m2["ap75"] == pytest.approx(0.2)
     # the training library's match_instances is the same function
-    from hts.compute import training
+    from hts.compute.train import training
 
     assert training.match_instances is match_instances
     assert match_instances(gt, pred2, (0.5,))["0.5"]["tp"] == 2

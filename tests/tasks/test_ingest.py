@@ -281,7 +281,7 @@ def test_missing_source_and_empty_folder(tmp_path):
 
 def test_mixed_named_and_unnamed_positions(tmp_path):
     from hts.formats.base import Channel
-    from hts.formats.nd2_writer import Position, write_nd2
+    from hts.synth.nd2_writer import Position, write_nd2
 
     path = tmp_path / "mixed.nd2"
     pos = [Position("A01", 0, 0), Position(None, 9000, 0)]
@@ -314,7 +314,7 @@ def test_failure_midway_keeps_completed_fields_and_other_plates(nd2_plate, monke
 
 def test_duplicate_field_names_in_nd2(tmp_path):
     from hts.formats.base import Channel
-    from hts.formats.nd2_writer import Position, write_nd2
+    from hts.synth.nd2_writer import Position, write_nd2
 
     path = tmp_path / "dup.nd2"
     pos = [Position("A01", 0, 0), Position("B12#2", 9000, 0), Position("B12#2", 9000, 300)]
@@ -327,7 +327,7 @@ def test_duplicate_field_names_in_nd2(tmp_path):
 def test_laplacian_equals_scipy_and_focus_ranks_sharpness():
     from scipy import ndimage as ndi
 
-    from hts.tasks.ingest import focus_score, laplacian
+    from hts.compute.measure.imagestats import focus_score, laplacian
 
     rng = np.random.default_rng(3)
     ints = rng.integers(0, 4096, (67, 90)).astype(np.float32)
@@ -346,7 +346,7 @@ def test_laplacian_equals_scipy_and_focus_ranks_sharpness():
 
 
 def test_percentiles_from_histogram_equal_numpy():
-    from hts.tasks.ingest import percentiles
+    from hts.compute.measure.imagestats import percentiles
 
     rng = np.random.default_rng(5)
     qs = (0.0, 1.0, 33.3, 50.0, 99.9, 100.0)

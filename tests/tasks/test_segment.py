@@ -17,7 +17,7 @@ import zarr
 from ome_zarr_models.v05 import HCS, Image
 
 from hts.catalog import Catalog
-from hts.compute.engines import EngineError
+from hts.compute.segment.engines import EngineError
 from hts.errors import ClusterError
 from hts.store import PlateStore
 from hts.synth import make_plate
@@ -191,7 +191,7 @@ def test_external_dask_scheduler_and_workers(plate, tmp_path):
 
 
 def test_engine_is_built_once_per_worker_process(plate, monkeypatch):
-    from hts.compute.engines.classic import ClassicEngine
+    from hts.compute.segment.engines.classic import ClassicEngine
 
     built = []
     real_init = ClassicEngine.__init__
@@ -208,7 +208,7 @@ def test_engine_is_built_once_per_worker_process(plate, monkeypatch):
 
 
 def test_corrupt_weights_are_a_clear_error_before_any_work(plate, tmp_path, monkeypatch):
-    from hts.compute.engines.nuclei import NucleiEngine
+    from hts.compute.segment.engines.nuclei import NucleiEngine
 
     bad = tmp_path / "nuclei-model"
     shutil.copytree(NucleiEngine.model_path(), bad)
@@ -225,8 +225,8 @@ def test_deep_engine_run_through_segment(plate):
     (rep,) = segment(engine="nuclei", backend="torch", wells="A01")
     assert rep.backend == "torch" and rep.device == "cpu" and rep.objects["nuclei"] > 10
     run = Catalog("hts.duckdb").query("SELECT model_sha256 FROM runs")[0]
-    from hts.compute.backends import ModelSpec
-    from hts.compute.engines.nuclei import NucleiEngine
+    from hts.compute.segment.backends import ModelSpec
+    from hts.compute.segment.engines.nuclei import NucleiEngine
 
     assert run["model_sha256"] == ModelSpec.from_dir(NucleiEngine.model_path()).sha256
 

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from hts.catalog import Catalog
-from hts.compute.engines import EngineError, engine_class, segment_field
-from hts.compute.engines._deep import DeepEngine
+from hts.compute.segment.engines import EngineError, engine_class, segment_field
+from hts.compute.segment.engines._deep import DeepEngine
 from hts.errors import HtsError
 from hts.store import PlateStore
 from hts.synth import make_plate, synth_field

@@ -13,7 +13,7 @@ parameters as a pydantic model whose sizes are in µm.
 2. ``predict`` (deep engines): network maps for the whole field, computed on
    halo-padded tiles batched through the backend and stitched by their cores;
 3. ``segment_tile``: instances per tile (with a halo wider than the largest
-   object), stitched seam-free by :func:`hts.compute.tiling.tiled_instances`;
+   object), stitched seam-free by :func:`hts.compute.segment.tiling.tiled_instances`;
 4. ``finalize``: field-level steps that need all objects (foci assignment).
 """
 
@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from hts.compute.features import object_ids
-from hts.compute.tiling import Tile, tiled_instances
+from hts.compute.measure.features import object_ids
+from hts.compute.segment.tiling import Tile, tiled_instances
 from hts.errors import EngineError
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hts.compute.engines.base import BRIGHTFIELD_NAMES, Role
-from hts.compute.engines.nuclei import NucleiEngine
+from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES, Role
+from hts.compute.segment.engines.nuclei import NucleiEngine
 
 
 class BrightfieldUNetEngine(NucleiEngine):

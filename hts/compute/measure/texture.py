@@ -8,7 +8,7 @@ CellProfiler's ``MeasureTexture`` and ``MeasureGranularity``.
 Texture (:func:`texture_features`):
 
 - The image is divided by ``scale_intensity`` (default: the dtype maximum, 1 for floats,
-  as :func:`hts.compute.features.intensity_features`) and quantized to uint8 as
+  as :func:`hts.compute.measure.features.intensity_features`) and quantized to uint8 as
   ``skimage.util.img_as_ubyte`` does (``rint(x * 255)``, in the image's float type), then
   for ``levels != 256`` mapped to ``trunc(q / 255 * (levels - 1))`` as cp-measure's
   ``rescale_intensity(..., in_range=(0, 255), out_range=(0, levels - 1)).astype(uint8)``.
@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hts.compute.features import _default_scale, _Objects
+from hts.compute.measure.features import _default_scale, _Objects
 
 __all__ = ["texture_features", "granularity_features", "HARALICK_FEATURES", "TEXTURE_DIRECTIONS"]
 
@@ -91,7 +91,7 @@ def texture_features(
     """CellProfiler ``Texture_<Feature>_<channel>_<scale>_<direction:02d>_<levels>`` features.
 
     13 Haralick features for each of the 4 directions, aligned with
-    :func:`hts.compute.features.object_ids`; see the module docstring for the definitions.
+    :func:`hts.compute.measure.features.object_ids`; see the module docstring for the definitions.
     """
     o = _Objects(labels)
     image = o.image(image)

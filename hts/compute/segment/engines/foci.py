@@ -9,10 +9,10 @@ from pydantic import Field
 from scipy import ndimage as ndi
 from skimage import morphology
 
-from hts.compute import postprocess as pp
-from hts.compute.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role, SegmentResult
-from hts.compute.engines.classic import ClassicEngine, ClassicParams
-from hts.compute.rod import axial_position
+from hts.compute.segment import postprocess as pp
+from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role, SegmentResult
+from hts.compute.segment.engines.classic import ClassicEngine, ClassicParams
+from hts.compute.measure.rod import axial_position
 
 
 class FociParams(ClassicParams):

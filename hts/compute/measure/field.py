@@ -8,7 +8,7 @@ profiles name them:
   nucleus whose pixels overlap the cell most; NULL if it has none),
   ``Location_Center_X`` / ``Location_Center_Y`` (primary object centroid, pixels);
 - ``Nuclei_<feature>``, ``Cells_<feature>``, ``Cytoplasm_<feature>`` (cytoplasm =
-  cell minus every nucleus) from :mod:`hts.compute.features`, with
+  cell minus every nucleus) from :mod:`hts.compute.measure.features`, with
   ``Cells_Children_Nuclei_Count`` and ``Cells_Intensity_NucCytoRatio_<channel>``;
 - with foci: ``Cells_Children_Foci_Count``, ``Cells_Children_Foci_PolarCount``
   (foci within 15 % of a pole along the cell's long axis), ``Cells_Sum_Foci_AreaShape_Area``,
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from hts.compute import features as F
+from hts.compute.measure import features as F
 
 __all__ = ["MeasureOptions", "measure_field", "parent_of", "column_safe", "COMPARTMENTS", "FEATURE_PREFIXES"]
 
@@ -170,7 +170,7 @@ def measure_field(
     if foci is not None and cells is not None:
         cols.update(_foci_per_cell(foci, cells, ids, images))
     if options.texture or options.granularity:
-        from hts.compute import texture as T
+        from hts.compute.measure import texture as T
 
         for name, lab, want in (("Nuclei", nuclei, cols["nucleus_id"]), ("Cells", cells, ids)):
             if lab is None:
@@ -184,7 +184,7 @@ def measure_field(
                     fam.update(T.granularity_features(lab, im, channel=ch))
                 _add(cols, name, fam, own, want)
     if options.rod:
-        from hts.compute import rod
+        from hts.compute.measure import rod
 
         lab = primary_labels
         _add(cols, primary, rod.rod_features(lab, dict(images), pixel_size_um=pixel_size_um), F.object_ids(lab), ids)
@@ -200,7 +200,7 @@ def _add(cols: dict, prefix: str, feats: Mapping[str, np.ndarray], own_ids: np.n
 
 
 def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from hts.compute.rod import axial_position
+    from hts.compute.measure.rod import axial_position
 
     n = len(cell_ids)
     focus_ids, parent = parent_of(foci, cells)

@@ -35,8 +35,8 @@ import numpy as np
 from pydantic import Field
 from skimage.transform import resize
 
-from hts.compute.engines.base import Engine, EngineParams
-from hts.compute.tiling import stitch_maps, tile_grid
+from hts.compute.segment.engines.base import Engine, EngineParams
+from hts.compute.segment.tiling import stitch_maps, tile_grid
 from hts.errors import EngineError
 from hts.resources import data_dir
 
@@ -66,7 +66,7 @@ class DeepEngine(Engine):
 
     def __init__(self, params=None, *, backend: str = "auto", device: str = "auto"):
         super().__init__(params, backend=backend, device=device)
-        from hts.compute.backends import ModelSpec, load_runner
+        from hts.compute.segment.backends import ModelSpec, load_runner
 
         path = self.model_path()
         if not (path / "config.json").exists():
@@ -119,7 +119,7 @@ class DeepEngine(Engine):
         EngineError
             No such folder, no readable ``config.json``, or a ``name`` that is not a registered deep engine.
         """
-        from hts.compute.engines import engines
+        from hts.compute.segment.engines import engines
 
         folder = Path(path).expanduser().resolve()
         cfg_path = folder / "config.json"

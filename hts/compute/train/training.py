@@ -8,13 +8,13 @@ The pieces, each usable on its own (the ``hts train`` command is a thin layer on
   as at inference (field-level percentiles, :func:`normalize_channels`) and
   rescaled to the model's training pixel size, with its instance labels
   (``"nuclei"``, optionally ``"cells"``). Network targets are derived from the
-  labels with :mod:`hts.compute.targets` after augmentation
+  labels with :mod:`hts.compute.train.targets` after augmentation
   (:func:`make_targets`), so geometric augmentation never distorts them.
-- Loaders: :func:`synthetic_samples` (:mod:`hts.synth`, deterministic by seed),
-  :func:`nucleus_folder_samples` (a folder of ``<name>_img.tif`` /
+- Loaders: :func:`nucleus_folder_samples` (a folder of ``<name>_img.tif`` /
   ``<name>_mask.tif`` with a ``manifest.csv``), :func:`paired_stain_samples`
   (an image channel plus nuclei derived from a paired nuclear stain by the
-  classic engine), :func:`mask_folder_samples` (explicit image and mask folders).
+  classic engine), :func:`mask_folder_samples` (explicit image and mask folders);
+  synthetic fields come from :func:`hts.synth.samples.synthetic_samples`.
 - :class:`Augment` / :func:`random_crop`: flips, 90° rotations, scale jitter,
   intensity gain / offset / gamma, blur, noise, inversion; random crops whose
   sides are multiples of the network's ``multiple``; all drawn from a seeded
@@ -23,21 +23,21 @@ The pieces, each usable on its own (the ``hts train`` command is a thin layer on
   stopping (the best weights are kept), a checkpoint file per run
   (save / resume), an optional progress callback, ``torch`` threads set to the
   cores this process may use. FPF models train in two phases: the nucleus
-  branch on nucleus targets, then :meth:`~hts.compute.nets.FPFNet.freeze_nucleus`
+  branch on nucleus targets, then :meth:`~hts.compute.segment.nets.FPFNet.freeze_nucleus`
   and the cell branch.
 - :func:`save_engine_model`: the engine folder (``model.safetensors`` +
-  ``config.json`` with the keys :class:`~hts.compute.engines._deep.DeepEngine` reads).
-- :func:`match_instances` (from :mod:`hts.compute.metrics`, where the metrics are
+  ``config.json`` with the keys :class:`~hts.compute.segment.engines._deep.DeepEngine` reads).
+- :func:`match_instances` (from :mod:`hts.compute.analysis.metrics`, where the metrics are
   defined) / :func:`evaluate_engine`: AP, F1 and mean matched IoU at IoU
   thresholds, through a real engine (post-processing included).
 
-Run ``python -m hts.compute.training --help`` for the command-line entry used by
-``engines/train_all.sh``.
+``hts train`` (:mod:`hts.tasks.train`) is the command that trains an engine from a
+plate or image folders; ``engines/train_recipe.py`` is the script that reproduces the
+shipped weights from their recipes (what ``engines/train_all.sh`` calls).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -58,15 +58,16 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from hts.compute.backends import save_model_dir
-from hts.compute.metrics import match_instances, summarize
-from hts.compute.nets import build_model, count_parameters
-from hts.compute.targets import foreground_distance, three_class
+from hts.compute.segment.backends import save_model_dir
+from hts.compute.analysis.metrics import match_instances, summarize
+from hts.compute.segment.nets import build_model, count_parameters
+from hts.compute.train.targets import foreground_distance, three_class
 from hts.errors import EngineError
+from hts.formats.images import read_image
 
 __all__ = [
     "Recipe", "RECIPES", "HeadLoss", "Sample", "Augment", "TrainConfig", "TrainResult",
-    "normalize_channels", "make_sample", "synthetic_samples", "nucleus_folder_samples", "paired_stain_samples",
+    "normalize_channels", "make_sample", "parse_pair", "load_pair", "format_event", "nucleus_folder_samples", "paired_stain_samples",
     "mask_folder_samples", "median_diameter_px", "split_samples", "make_targets", "random_crop", "make_batch",
     "train", "save_engine_model", "match_instances", "evaluate_engine", "load_image", "cpu_threads", "stain_nuclei",
     "get_recipe", "head_loss", "total_loss", "load_init_weights", "labelled_folder_samples", "cell_cores",
@@ -226,7 +227,7 @@ def normalize_channels(image: np.ndarray, normalization: Sequence[float] = (1.0,
     """``(C, Y, X)`` (or ``(Y, X)``) -> float32 with each channel mapped ``(x - p_low) / (p_high - p_low)``.
 
     The percentiles are taken over every second pixel of the whole field, exactly as
-    :meth:`hts.compute.engines._deep.DeepEngine.prepare` does at inference.
+    :meth:`hts.compute.segment.engines._deep.DeepEngine.prepare` does at inference.
     """
     img = np.asarray(image)
     if img.ndim == 2:
@@ -274,66 +275,9 @@ def median_diameter_px(labels: np.ndarray) -> float | None:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """A 2-D image from a TIFF / PNG / ND2 file; RGB(A) images become grayscale (mean of the colour channels)."""
-    path = Path(path)
-    if path.suffix.lower() == ".nd2":
-        import nd2
-
-        return np.asarray(nd2.imread(str(path)))
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        img = tifffile.imread(str(path))
-    else:
-        from skimage import io
-
-        img = io.imread(str(path))
-    if img.ndim == 3 and img.shape[-1] in (3, 4):
-        img = img[..., :3].astype(np.float32).mean(-1)
-    return np.asarray(img)
-
-
-def synthetic_samples(
-    seeds: Iterable[int], *, recipe: Recipe | str, channels: Sequence[str], train_pixel_um: float = 0.65,
-    normalization: Sequence[float] = (1.0, 99.8), shape: tuple[int, int] = (320, 320), weight: float = 1.0,
-    vary: bool = True, **synth_kwargs: Any,
-) -> list[Sample]:
-    """Synthetic fields from :func:`hts.synth.synth_field`, one per seed (deterministic).
-
-    ``channels`` are synth channel names, one per recipe input in order (e.g.
-    ``("DAPI",)`` for nuclei, ``("Brightfield",)``, ``("DAPI", "GFP")`` for fpf).
-    With ``vary`` each seed also draws (from its own generator) the density,
-    nucleus size, dose, illumination, noise and defocus, so the set spans
-    sparse to crowded fields; ``synth_kwargs`` override those draws. Synthetic
-    fields are rendered at 0.65 µm/px.
-    """
-    from hts.synth import synth_field
-
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    if len(channels) != len(recipe.inputs):
-        raise EngineError(f"synthetic_samples: {len(channels)} channels for inputs {recipe.inputs}")
-    out = []
-    for seed in seeds:
-        kw: dict[str, Any] = {}
-        if vary:
-            r = np.random.default_rng([int(seed), 7919])
-            kw = dict(
-                density=float(r.uniform(0.25, 0.95)), nucleus_radius_px=float(r.uniform(7.5, 10.5)),
-                cell_radius_px=float(r.uniform(18, 26)), dose=float(r.choice([0.0, 0.0, r.uniform(0, 1)])),
-                illumination=float(r.uniform(0.0, 0.4)), noise=float(r.uniform(0.5, 2.5)),
-                defocus=float(r.choice([0.0, r.uniform(-1.0, 1.0)])),
-            )
-        kw.update(synth_kwargs)
-        f = synth_field(shape=shape, seed=int(seed), channels=tuple(channels), **kw)
-        labels = {"nuclei": f.nuclei}
-        if "cells" in recipe.labels:
-            labels["cells"] = f.cells
-        src = f"hts.synth.synth_field(shape={tuple(shape)}, seed={int(seed)}, channels={tuple(channels)}, " + ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in kw.items()) + ")"
-        out.append(make_sample(f"synth-{'+'.join(channels)}-{seed}", f.image, labels, pixel_size_um=0.65,
-                               train_pixel_um=train_pixel_um, normalization=normalization, source=src, weight=weight,
-                               meta={"seed": int(seed), **kw}))
-    return out
+    """A 2-D image from a TIFF / PNG / ND2 / ``.npy`` file; RGB(A) images become grayscale
+    (:func:`hts.formats.images.read_image`)."""
+    return read_image(path)
 
 
 def nucleus_folder_samples(
@@ -372,14 +316,12 @@ def nucleus_folder_samples(
         img_path, mask_path = folder / f"{r['name']}_img.tif", folder / f"{r['name']}_mask.tif"
         if not mask_path.is_file():
             continue
-        import tifffile
-
-        raw = tifffile.imread(str(img_path))
+        raw = read_image(img_path, rgb="keep")
         colour = raw.ndim == 3
-        img = load_image(img_path)
+        img = read_image(img_path)
         if colour and invert_colour:
             img = img.max() - img
-        mask = tifffile.imread(str(mask_path)).astype(np.int32)
+        mask = read_image(mask_path).astype(np.int32)
         d = median_diameter_px(mask)
         px_est = train_pixel_um if d is None else object_diameter_um / d  # "as if" pixel size
         out.append(make_sample(r["name"], img, {"nuclei": mask}, pixel_size_um=px_est, train_pixel_um=train_pixel_um,
@@ -391,7 +333,7 @@ def nucleus_folder_samples(
 
 def stain_nuclei(stain: np.ndarray, pixel_size_um: float, **classic_params: Any) -> np.ndarray:
     """Nucleus instance labels of a nuclear-stain image by the classic engine."""
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
 
     eng = engine_class("classic")(classic_params or None)
     return segment_field(eng, {"nucleus": stain}, pixel_size_um=pixel_size_um).labels["nuclei"]
@@ -477,8 +419,6 @@ def labelled_folder_samples(
     cell's edge is at least that fraction of the cell's largest distance (the
     seeds the cell watershed grows from); recorded in the sample's ``meta``.
     """
-    import tifffile
-
     folder = Path(folder)
     out = []
     for name in names:
@@ -490,12 +430,12 @@ def labelled_folder_samples(
             lp = folder / f"{name}{suffix}.tif"
             if not lp.is_file():
                 raise EngineError(f"{lp}: no such label image")
-            labs[kind] = np.asarray(tifffile.imread(str(lp))).astype(np.int32)
+            labs[kind] = read_image(lp, rgb="keep").astype(np.int32)
         m = dict(meta or {})
         if derive_nuclei is not None:
             labs["nuclei"] = cell_cores(labs["cells"], derive_nuclei)
             m["nuclei"] = f"cell cores (distance >= {derive_nuclei} x the cell's largest)"
-        img = np.asarray(tifffile.imread(str(img_path)))
+        img = read_image(img_path, rgb="keep")
         out.append(make_sample(name, img, labs, pixel_size_um=pixel_size_um, train_pixel_um=train_pixel_um,
                                normalization=normalization, source=str(img_path), weight=weight,
                                meta={"pixel_size_um": pixel_size_um, **m}))
@@ -518,11 +458,7 @@ def cell_cores(cells: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def _read_stack(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(str(path)))
-    return load_image(path)
+    return read_image(path, rgb="keep" if path.suffix.lower() in (".tif", ".tiff") else "gray")
 
 
 def split_samples(items: Sequence[Any], fractions: Sequence[float], *, seed: int = 0, key: Callable[[Any], str] = str) -> list[list[Any]]:
@@ -546,7 +482,7 @@ def split_samples(items: Sequence[Any], fractions: Sequence[float], *, seed: int
 
 def make_targets(recipe: Recipe, labels: dict[str, np.ndarray], *, nucleus_radius_px: float,
                  cell_radius_px: float | None = None) -> dict[str, np.ndarray]:
-    """The training targets of ``recipe`` from instance labels (definitions: :mod:`hts.compute.targets`).
+    """The training targets of ``recipe`` from instance labels (definitions: :mod:`hts.compute.train.targets`).
 
     Keys: ``nucleus_foreground``, ``nucleus_distance`` (all recipes with nuclei
     heads), ``cell_foreground``, ``cell_distance`` (fpf), ``classes`` (cytoplasm).
@@ -952,7 +888,7 @@ def load_init_weights(model: torch.nn.Module, init: str | Path) -> None:
 
     path = Path(init)
     if path.is_dir():
-        from hts.compute.backends import ModelSpec
+        from hts.compute.segment.backends import ModelSpec
 
         spec = ModelSpec.from_dir(path)
         spec.sha256  # noqa: B018 - verifies the file
@@ -1189,7 +1125,7 @@ def evaluate_engine(
     with the torch backend). Returns pooled metrics (:func:`match_instances`
     counts summed over the images) plus ``per_image``.
     """
-    from hts.compute.engines import engine_class, segment_field
+    from hts.compute.segment.engines import engine_class, segment_field
 
     if isinstance(engine, str):
         cls = engine_class(engine)
@@ -1206,7 +1142,7 @@ def evaluate_engine(
 # ============================================================================ command line
 
 
-def _parse_pair(spec: str) -> tuple[str, str, float | None, tuple[int, int] | None]:
+def parse_pair(spec: str) -> tuple[str, str, float | None, tuple[int, int] | None]:
     """``IMAGE,STAIN[,PIXEL_UM][,ROW0:ROW1]``"""
     parts = spec.split(",")
     if len(parts) < 2:
@@ -1222,7 +1158,7 @@ def _parse_pair(spec: str) -> tuple[str, str, float | None, tuple[int, int] | No
     return parts[0], parts[1], px, rows
 
 
-def _load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+def load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Two files, or one ND2 file given twice as ``FILE.nd2#CHANNEL`` (channel name or index; ``#~CHANNEL``: inverted)."""
     def one(spec: str) -> tuple[np.ndarray, float | None]:
         path, _, ch = spec.partition("#")
@@ -1244,7 +1180,7 @@ def _load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | 
     return a, b, pa
 
 
-def _fmt(ev: dict) -> str:
+def format_event(ev: dict) -> str:
     if ev["event"] == "step":
         return f"step {ev['step']}/{ev['steps']} phase {ev['phase']} loss {ev['loss']:.4f} lr {ev['lr']:.2e} t {ev['elapsed_s']:.0f}s"
     if ev["event"] == "val":
@@ -1253,145 +1189,3 @@ def _fmt(ev: dict) -> str:
     if ev["event"] == "phase":
         return f"phase {ev['phase']} from step {ev['step']}"
     return "done " + json.dumps({k: v for k, v in ev.items() if k != "event"})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line training: ``python -m hts.compute.training --engine nuclei --out engines/nuclei ...``."""
-    ap = argparse.ArgumentParser(prog="python -m hts.compute.training", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", required=True, choices=sorted(RECIPES))
-    ap.add_argument("--out", required=True, type=Path, help="model folder to write (model.safetensors, config.json, manifest.json, metrics.json)")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--base", type=int, help="network width (channels of the first level)")
-    ap.add_argument("--depth", type=int, help="network depth (down-samplings)")
-    ap.add_argument("--pixel-size", type=float, default=0.65, help="training pixel size, µm")
-    ap.add_argument("--object-diameter", type=float, default=12.0, help="typical object diameter, µm (halo; nucleus target radius)")
-    ap.add_argument("--nucleus-diameter", type=float, help="typical nucleus diameter, µm (nucleus distance target; default --object-diameter)")
-    ap.add_argument("--cell-diameter", type=float, help="typical cell diameter, µm (cell distance target)")
-    ap.add_argument("--val-every", type=int, default=50)
-    ap.add_argument("--patience", type=int, default=6)
-    ap.add_argument("--time-limit", type=float, help="stop after this many seconds (best weights kept)")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--checkpoint", type=Path, help="checkpoint file (default: <cache>/training/<engine>-seed<seed>.pt)")
-    ap.add_argument("--no-resume", action="store_true")
-    ap.add_argument("--init", type=Path, help="starting weights: an engine folder or a .safetensors file (fine-tuning)")
-    ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic training fields")
-    ap.add_argument("--synthetic-val", type=int, default=0, help="number of synthetic validation fields")
-    ap.add_argument("--synthetic-channels", default=None,
-                    help="synth channel names per input, ';' between alternatives, e.g. 'GFP;Brightfield' (default per engine)")
-    ap.add_argument("--synthetic-seed", type=int, default=10_000, help="first synthetic seed")
-    ap.add_argument("--synthetic-weight", type=float, default=1.0, help="total sampling weight of the synthetic fields")
-    ap.add_argument("--dense", type=float, default=0.0, help="fraction of synthetic fields drawn dense (density 0.85-1.0)")
-    ap.add_argument("--nuclei-folder", type=Path, help="folder of <name>_img.tif/<name>_mask.tif with manifest.csv")
-    ap.add_argument("--nuclei-split", default="0.70,0.15,0.15", help="train,val,test fractions of --nuclei-folder")
-    ap.add_argument("--nuclei-weight", type=float, default=1.0, help="total sampling weight of the real nucleus images")
-    ap.add_argument("--pair", action="append", default=[],
-                    help="IMAGE,STAIN[,PIXEL_UM|auto][,ROW0:ROW1]: label-free image + nuclear stain (ND2: FILE.nd2#CHANNEL, "
-                         "FILE.nd2#~CHANNEL for a channel used inverted)")
-    ap.add_argument("--val-pair", action="append", default=[],
-                    help="like --pair, a validation item (e.g. another row band of the same field)")
-    ap.add_argument("--pair-weight", type=float, default=1.0, help="total sampling weight of the --pair samples")
-    ap.add_argument("--invert-p", type=float, default=0.0, help="probability of inverting a channel (augmentation)")
-    ap.add_argument("--scale-range", default="0.8,1.2",
-                    help="LOW,HIGH: random zoom of the crops (augmentation); wider ranges teach objects of other sizes")
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    recipe = get_recipe(args.engine)
-    arch_over = {k: v for k, v in (("base", args.base), ("depth", args.depth)) if v is not None}
-    cfg = TrainConfig(
-        engine=args.engine, arch_config=arch_over, pixel_size_um=args.pixel_size, object_diameter_um=args.object_diameter,
-        nucleus_diameter_um=args.nucleus_diameter or args.object_diameter,
-        cell_diameter_um=args.cell_diameter, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        val_every=args.val_every, patience=args.patience, seed=args.seed, threads=args.threads,
-        time_limit_s=args.time_limit,
-        augment=Augment(invert_p=args.invert_p, scale=tuple(float(v) for v in args.scale_range.split(","))),
-    )
-    norm, px = cfg.normalization, cfg.pixel_size_um
-    nuc_d = cfg.nucleus_diameter_um or cfg.object_diameter_um
-    train_s: list[Sample] = []
-    val_s: list[Sample] = []
-    manifest: dict[str, Any] = {"engine": args.engine, "train": [], "validation": [], "test": []}
-
-    def add(samples: list[Sample], into: list[Sample], part: str, total_weight: float) -> None:
-        for s in samples:
-            s.weight = total_weight / max(len(samples), 1)
-            into.append(s)
-            manifest[part].append({"name": s.name, "source": s.source,
-                                   **{k: v for k, v in s.meta.items() if k in ("modality", "scale", "rows", "pixel_size_um", "dataset")}})
-
-    default_channels = {"nuclei": "DAPI", "brightfield-unet": "Brightfield", "cytoplasm": "GFP", "fpf": "DAPI+GFP"}
-    alts = [a.split("+") for a in (args.synthetic_channels or default_channels[args.engine]).split(";")]
-    if args.synthetic or args.synthetic_val:
-        def synth(seeds: range) -> list[Sample]:
-            out = []
-            for i, seed in enumerate(seeds):
-                kw = {}
-                r = np.random.default_rng([seed, 31337])
-                if args.dense and r.random() < args.dense:
-                    kw["density"] = float(r.uniform(0.85, 1.0))
-                out += synthetic_samples([seed], recipe=recipe, channels=alts[i % len(alts)], train_pixel_um=px,
-                                         normalization=norm, **kw)
-            return out
-
-        s0 = args.synthetic_seed
-        add(synth(range(s0, s0 + args.synthetic)), train_s, "train", args.synthetic_weight)
-        add(synth(range(s0 + 5000, s0 + 5000 + args.synthetic_val)), val_s, "validation", args.synthetic_weight)
-    if args.nuclei_folder:
-        rows = nucleus_folder_samples(args.nuclei_folder, object_diameter_um=nuc_d, train_pixel_um=px, normalization=norm)
-        fr = [float(v) for v in args.nuclei_split.split(",")]
-        tr, va, te = split_samples(rows, fr, seed=args.seed, key=lambda s: s.name)
-        add(tr, train_s, "train", args.nuclei_weight)
-        add(va, val_s, "validation", args.nuclei_weight)
-        for s in te:
-            manifest["test"].append({"name": s.name, "source": s.source, "modality": s.meta.get("modality"),
-                                     "median_diameter_px": s.meta.get("median_diameter_px")})
-    def load_pairs(specs: list[str]) -> list[Sample]:
-        pairs = []
-        for spec in specs:
-            img_spec, stain_spec, ppx, rows_ = _parse_pair(spec)
-            image, stain, file_px = _load_pair(img_spec, stain_spec)
-            name = Path(img_spec.partition("#")[0]).stem + (f"_rows{rows_[0]}-{rows_[1]}" if rows_ else "")
-            pairs += paired_stain_samples(image, stain, name=name, pixel_size_um=ppx or file_px, object_diameter_um=nuc_d,
-                                          train_pixel_um=px, normalization=norm, rows=rows_, source=f"{img_spec} + {stain_spec}")
-        return pairs
-
-    pairs = load_pairs(args.pair)
-    if pairs:
-        add(pairs, train_s, "train", args.pair_weight)
-    val_pairs = load_pairs(args.val_pair)
-    if val_pairs:
-        add(val_pairs, val_s, "validation", args.pair_weight)
-    if not train_s:
-        raise SystemExit("no training data: give --synthetic, --nuclei-folder and/or --pair")
-
-    ckpt = args.checkpoint
-    if ckpt is None:
-        from hts.compute.backends import default_cache_dir
-
-        ckpt = default_cache_dir() / "training" / f"{args.engine}-seed{args.seed}.pt"
-    every = max(1, args.val_every // 5)
-
-    def cb(ev: dict) -> None:
-        if args.quiet:
-            return
-        if ev["event"] != "step" or ev["step"] % every == 0:
-            print(_fmt(ev), flush=True)
-
-    print(f"{args.engine}: {len(train_s)} training and {len(val_s)} validation samples, {cfg.steps} steps, "
-          f"{cpu_threads(cfg.threads)} threads; checkpoint {ckpt}", flush=True)
-    result = train(cfg, train_s, val_s, checkpoint=ckpt, resume=not args.no_resume, callback=cb, init=args.init)
-    out = save_engine_model(args.out, result)
-    manifest["config"] = cfg.to_dict()
-    manifest["command"] = "python -m hts.compute.training " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    (out / "training.json").write_text(json.dumps(result.metrics, indent=1) + "\n")
-    print(f"wrote {out} ({result.metrics['parameters']} parameters, {result.metrics['elapsed_s']} s)")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hts.compute.scale import object_diameters_px
+from hts.compute.segment.scale import object_diameters_px
 
 __all__ = ["field_checks", "dark_background_skew", "FLUORESCENCE_ROLES", "SKEW_LIMIT", "FILL_LIMIT", "SIZE_RANGE"]
 

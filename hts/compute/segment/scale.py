@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hts.compute.engines.base import Engine, segment_field
+from hts.compute.segment.engines.base import Engine, segment_field
 
 __all__ = ["ScaleEstimate", "estimate_pixel_size", "engine_nucleus_diameter_um", "object_diameters_px", "CANDIDATES"]
 

@@ -1,12 +1,12 @@
 """Segmentation engines: a registry. Adding an engine is adding one module here.
 
-Every module in this package that defines an :class:`~hts.compute.engines.base.Engine`
+Every module in this package that defines an :class:`~hts.compute.segment.engines.base.Engine`
 subclass with a ``name`` is registered under that name.
 
 :func:`engine_class` also accepts the path of an *engine folder* (what ``hts train``
 writes: ``config.json`` naming a registered deep engine, ``model.safetensors``,
 ``CARD.md``): it returns that engine's class with its weights taken from the
-folder (see :meth:`~hts.compute.engines._deep.DeepEngine.from_folder`).
+folder (see :meth:`~hts.compute.segment.engines._deep.DeepEngine.from_folder`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pkgutil
 from functools import cache
 from pathlib import Path
 
-from hts.compute.engines.base import Engine, EngineParams, Role, SegmentResult, segment_field
+from hts.compute.segment.engines.base import Engine, EngineParams, Role, SegmentResult, segment_field
 from hts.errors import EngineError
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "engine_class", "engines", "segment_field", "EngineError"]
@@ -49,7 +49,7 @@ def engine_class(name: str | os.PathLike[str]) -> type[Engine]:
     if isinstance(name, str) and name in known:
         return known[name]
     if isinstance(name, os.PathLike) or _looks_like_path(name):
-        from hts.compute.engines._deep import DeepEngine
+        from hts.compute.segment.engines._deep import DeepEngine
 
         return DeepEngine.from_folder(name)
     raise EngineError(f"unknown engine {name!r}; engines: {', '.join(known)} (or the path of an engine folder)")

@@ -718,7 +718,7 @@ def _text_info(spec: _Spec) -> bytes:
     items = {f"TextInfoItem_{i}": "" for i in range(15)}
     items["TextInfoItem_5"] = "\r\n".join(lines)
     items["TextInfoItem_13"] = optics
-    items["TextInfoItem_14"] = "synthetic ND2 (hts.formats.nd2_writer)"
+    items["TextInfoItem_14"] = "synthetic ND2 (hts.synth.nd2_writer)"
     return _clx_chunk("SLxImageTextInfo", items)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from hts.compute import postprocess as pp
-from hts.compute.engines._deep import DeepEngine
-from hts.compute.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role
-from hts.compute.engines.nuclei import NucleiParams, instances_from_fg_dist
+from hts.compute.segment import postprocess as pp
+from hts.compute.segment.engines._deep import DeepEngine
+from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role
+from hts.compute.segment.engines.nuclei import NucleiParams, instances_from_fg_dist
 
 
 class FPFParams(NucleiParams):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hts.compute.features import object_ids
+from hts.compute.measure.features import object_ids
 
 __all__ = ["Tile", "tile_grid", "stitch_maps", "tiled_instances"]
 

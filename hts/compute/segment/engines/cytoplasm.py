@@ -8,9 +8,9 @@ import numpy as np
 from pydantic import Field
 from skimage import filters
 
-from hts.compute import postprocess as pp
-from hts.compute.engines._deep import DeepEngine, DeepParams
-from hts.compute.engines.base import BRIGHTFIELD_NAMES, CYTOPLASM_NAMES, Role
+from hts.compute.segment import postprocess as pp
+from hts.compute.segment.engines._deep import DeepEngine, DeepParams
+from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES, CYTOPLASM_NAMES, Role
 
 
 class CytoplasmParams(DeepParams):

@@ -9,8 +9,8 @@ from pydantic import Field
 from scipy import ndimage as ndi
 from skimage import filters, segmentation
 
-from hts.compute import postprocess as pp
-from hts.compute.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Engine, EngineParams, Role
+from hts.compute.segment import postprocess as pp
+from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Engine, EngineParams, Role
 
 
 class ClassicParams(EngineParams):

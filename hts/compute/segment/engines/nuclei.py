@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from hts.compute import postprocess as pp
-from hts.compute.engines._deep import DeepEngine, DeepParams
-from hts.compute.engines.base import NUCLEUS_NAMES, Role
+from hts.compute.segment import postprocess as pp
+from hts.compute.segment.engines._deep import DeepEngine, DeepParams
+from hts.compute.segment.engines.base import NUCLEUS_NAMES, Role
 
 
 class NucleiParams(DeepParams):

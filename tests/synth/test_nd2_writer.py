@@ -1,4 +1,4 @@
-"""Round-trip tests: files from ``hts.formats.nd2_writer`` read back with the real ``nd2`` library."""
+"""Round-trip tests: files from ``hts.synth.nd2_writer`` read back with the real ``nd2`` library."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hts.formats.base import Channel
-from hts.formats.nd2_writer import Position, write_nd2
+from hts.synth.nd2_writer import Position, write_nd2
 
 CHANNELS = [
     Channel("DAPI", emission_nm=455.0, excitation_nm=405.0, color="0000FF"),

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hts.compute.nets import ACTIVATIONS, ARCHS, InferenceModel, build_model
+from hts.compute.segment.nets import ACTIVATIONS, ARCHS, InferenceModel, build_model
 from hts.errors import EngineError
 
 __all__ = [
@@ -120,9 +120,9 @@ class ModelSpec:
     path : Path
         The folder.
     name, arch : str
-        Model name; architecture (a key of :data:`hts.compute.nets.ARCHS`).
+        Model name; architecture (a key of :data:`hts.compute.segment.nets.ARCHS`).
     arch_config : dict
-        Keyword arguments of the architecture (see :func:`hts.compute.nets.build_model`).
+        Keyword arguments of the architecture (see :func:`hts.compute.segment.nets.build_model`).
     heads : list of dict
         Output heads, ``{"name", "channels", "activation"}`` in channel order.
     in_channels : int
@@ -244,7 +244,7 @@ class ModelSpec:
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
     def load_torch(self, device: str | torch.device = "cpu") -> InferenceModel:
-        """The :class:`~hts.compute.nets.InferenceModel` with these weights, in eval mode on ``device``.
+        """The :class:`~hts.compute.segment.nets.InferenceModel` with these weights, in eval mode on ``device``.
 
         Raises
         ------

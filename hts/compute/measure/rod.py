@@ -18,7 +18,7 @@ one batched 3x3 solve; no per-object Python loop:
   that foot. Its **position** 0..1 is the midline arc length from pole 0 to the foot
   (clipped to the poles) divided by the length.
 
-Features (all in pixels unless ``_um``), aligned with :func:`hts.compute.features.object_ids`:
+Features (all in pixels unless ``_um``), aligned with :func:`hts.compute.measure.features.object_ids`:
 
 - ``Rod_Length``: arc length of the midline between the smallest and the largest axial
   projection s of the object's pixel centres, nothing added. Pixel centres lie up to
@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hts.compute.features import _check_labels, _default_scale, _Objects
+from hts.compute.measure.features import _check_labels, _default_scale, _Objects
 
 __all__ = ["rod_features", "axial_position"]
 
