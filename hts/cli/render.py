@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -74,26 +75,39 @@ def _num(v: Any) -> str:
     return "" if v is None else f"{v:g}"
 
 
-def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool) -> None:
-    """A table of engines, or one engine's card and parameters."""
+def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool, errors: Sequence[object] = ()) -> None:
+    """A table of engines with the package of each, or one engine's card and parameters.
+
+    ``errors``: plug-ins that did not load, one line each under the table (one line even when piped: soft wrap).
+    """
     if not full:
-        # fits 80 columns: the name never wraps, channels and outputs share a column, backends go in a footnote
-        t = Table("engine", "reads → outputs", "what it does")
+        # fits 80 columns: name and package never wrap, channels and outputs share a column, backends go in a footnote
+        t = Table("engine", "package", "reads → outputs", "what it does")
         t.columns[0].no_wrap = True
-        t.columns[2].ratio = 1
+        t.columns[1].no_wrap = True
+        t.columns[3].ratio = 1
         for r in rows:
             reads = ", ".join(role if c["required"] else escape(f"[{role}]") for role, c in r["channels"].items())
-            t.add_row(f"[bold]{r['name']}[/]", f"{reads} → {', '.join(r['outputs'])}", r["summary"])
+            name = f"[bold]{escape(r['name'])}[/]" if r.get("available", True) else f"[dim]{escape(r['name'])}[/]"
+            t.add_row(name, escape(r.get("package", "")), f"{reads} → {', '.join(r['outputs'])}", r["summary"])
         console.print(t)
         by_backends: dict[str, list[str]] = {}
         for r in rows:
             by_backends.setdefault(", ".join(r["backends"]), []).append(r["name"])
         for backends, names in by_backends.items():
             console.print(f"[dim]{', '.join(names)}: {backends}[/]")
+        for r in rows:
+            if not r.get("available", True):
+                console.print(f"[yellow]{escape(r['name'])} unavailable:[/] {escape(r.get('unavailable') or '')}")
         console.print("[dim]\\[role] = optional channel. `hts engines --card NAME` shows a model card and parameters.[/]")
+        for e in errors:
+            console.print(f"[red]not loaded:[/] {escape(str(e))}", soft_wrap=True)
         return
     for r in rows:
-        console.print(f"[bold]{r['name']}[/] v{r['version']} — {r['summary']}\n")
+        package = f" ({escape(r['package'])})" if r.get("package") else ""
+        console.print(f"[bold]{r['name']}[/] v{r['version']}{package} — {r['summary']}\n")
+        if not r.get("available", True):
+            console.print(f"[yellow]unavailable:[/] {escape(r.get('unavailable') or '')}\n")
         console.print(r["card"] + "\n")
         ch = Table("channel role", "required", "description", title="channels")
         for role, c in r["channels"].items():

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from hts.compute.segment.engines import engine_class, engines
+from hts.compute.segment.engines import EngineRef, engine_package, engines
 
 __all__ = ["describe_engines"]
 
 
 def describe_engines(name: str | None = None) -> list[dict[str, Any]]:
-    """One dict per engine (or just ``name``): roles, outputs, backends, parameters with defaults, card."""
-    classes = [engine_class(name)] if name else list(engines().values())
+    """One dict per engine (or just ``name``): package, availability, roles, outputs, backends, parameters with defaults, card.
+
+    ``package`` is the distribution that provides the engine (``"hts"`` for the
+    built-ins, a plug-in's package otherwise). ``available`` is False for an
+    engine listed without its optional dependency (``unavailable`` says what
+    to install), so a missing extra is visible instead of the engine vanishing.
+    """
+    refs = [EngineRef.parse(name)] if name else [EngineRef(name=n) for n in engines()]
     out = []
-    for cls in classes:
+    for ref in refs:
+        cls = ref.resolve()
         schema = cls.Params.model_json_schema()
+        missing = _unavailable(cls)
         out.append(
             {
                 "name": cls.name,
+                "package": engine_package(ref),
+                "available": missing is None,
+                "unavailable": missing,
                 "summary": cls.summary,
                 "version": cls.version,
                 "channels": {
@@ -33,3 +44,15 @@ def describe_engines(name: str | None = None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _unavailable(cls: type) -> str | None:
+    """The engine's own word on why it cannot run here (its optional ``unavailable()`` classmethod), or None."""
+    check = getattr(cls, "unavailable", None)
+    if not callable(check):
+        return None
+    try:
+        reason = check()
+    except Exception as e:  # noqa: BLE001 - a plug-in's failing check marks it unavailable, it does not stop the listing
+        return f"its availability check failed ({type(e).__name__}: {e})"
+    return None if reason is None else " ".join(str(reason).split())
