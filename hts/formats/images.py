@@ -4,10 +4,13 @@ One reader for every kind hts accepts: TIFF (tifffile), ND2 (nd2), ``.npy`` and 
 formats scikit-image reads (PNG, JPEG, BMP).
 
 >>> import numpy as np, tempfile, tifffile, pathlib
->>> path = pathlib.Path(tempfile.mkdtemp()) / "a.tif"
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = pathlib.Path(tmp.name) / "a.tif"
 >>> tifffile.imwrite(path, np.arange(12, dtype=np.uint16).reshape(3, 4))
->>> read_image(path).shape
-(3, 4)
+>>> image = read_image(path)
+>>> image.shape, image.dtype.name
+((3, 4), 'uint16')
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -597,9 +597,31 @@ class PatternReader(_TiffFolderReader):
 
     Examples
     --------
-    >>> reader = PatternReader(".", pattern="{plate}/{row}{col}-*-{channel}.tiff")
-    >>> reader._regex.fullmatch("P1/B3-x1-DAPI.tiff").groupdict()
-    {'plate': 'P1', 'row': 'B', 'col': '3', 'channel': 'DAPI'}
+    A folder ``P1/`` of files named ``<well>-<site>-<channel>.tiff``:
+
+    >>> import numpy as np, tempfile, tifffile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = pathlib.Path(tmp.name)
+    >>> (root / "P1").mkdir()
+    >>> for name in ["B3-x1-DAPI", "B3-x1-GFP", "B3-x2-DAPI", "B3-x2-GFP", "C10-x1-DAPI", "C10-x1-GFP"]:
+    ...     tifffile.imwrite(root / "P1" / f"{name}.tiff", np.zeros((8, 8), "uint16"))
+    >>> reader = PatternReader(root, pattern="{plate}/{row}{col}-{field}-{channel}.tiff")
+    >>> plate = reader.describe()
+    >>> plate.name, [w.name for w in plate.wells], [c.name for c in plate.channels]
+    ('P1', ['B03', 'C10'], ['DAPI', 'GFP'])
+    >>> [(f.well.name, f.index, f.name) for f in plate.fields]
+    [('B03', 0, 'x1'), ('B03', 1, 'x2'), ('C10', 0, 'x1')]
+    >>> plate.shape  # per field: t, c, z, y, x
+    (1, 2, 1, 8, 8)
+
+    The wildcard ``*`` matches a token without naming it, so here the two sites of B03
+    can no longer be told apart:
+
+    >>> PatternReader(root, pattern="{plate}/{row}{col}-*-{channel}.tiff").describe()
+    Traceback (most recent call last):
+    ...
+    hts.errors.SourceError: two files for B03 channel DAPI: ...
+    >>> tmp.cleanup()
     """
 
     format = "pattern"

@@ -64,11 +64,17 @@ The file is written under a temporary name in the destination folder and
 renamed into place only once complete, so a crashed write never leaves a file
 that looks finished.
 
->>> import numpy as np
+>>> import numpy as np, tempfile, pathlib, nd2
 >>> from hts.formats.base import Channel
+>>> tmp = tempfile.TemporaryDirectory()
 >>> data = np.zeros((1, 2, 1, 1, 16, 16), "uint16")          # T, P, Z, C, Y, X
->>> write_nd2("plate.nd2", data, positions=[Position("A01", 0, 0), Position("A02", 9000, 0)],
-...           channels=[Channel("DAPI", emission_nm=455)], shape_yx=(16, 16))  # doctest: +SKIP
+>>> path = write_nd2(pathlib.Path(tmp.name) / "plate.nd2", data,
+...                  positions=[Position("A01", 0, 0), Position("A02", 9000, 0)],
+...                  channels=[Channel("DAPI", emission_nm=455)], shape_yx=(16, 16))
+>>> with nd2.ND2File(path) as f:
+...     dict(f.sizes)
+{'P': 2, 'Y': 16, 'X': 16}
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
