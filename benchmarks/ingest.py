@@ -68,6 +68,7 @@ def raw_read(path: Path, *, compress: bool) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from hts.config import Workspace
     from hts.tasks.ingest import ingest
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="hts-bench-"))
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
             t_rc = raw_read(src, compress=True)
             out = root / f"plate_x{scale}.zarr"
             with PeakRSS() as rss, timer() as t:
-                rep = ingest(src, out=out, db=root / f"x{scale}.duckdb", scheduler=args.scheduler, workers=args.workers, overwrite=True)
+                rep = ingest(src, out=out, workspace=Workspace(db=root / f"x{scale}.duckdb", plates_dir=root, scheduler=args.scheduler),
+                             workers=args.workers, overwrite=True)
             store_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
             rows.append(
                 {

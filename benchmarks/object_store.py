@@ -39,7 +39,8 @@ def run(store: str, n_workers: int, source: Path, work: Path) -> dict:
     from distributed import Client
 
     from hts.tasks.ingest import ingest
-    from hts.tasks.segment import segment
+    from hts.api import segment
+    from hts.config import Workspace
 
     port = _port()
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
@@ -57,9 +58,10 @@ def run(store: str, n_workers: int, source: Path, work: Path) -> dict:
             c.wait_for_workers(n_workers, timeout=60)
         db = work / f"{uuid.uuid4().hex[:6]}.duckdb"
         t0 = time.perf_counter()
-        rep = ingest(source, out=store, db=db, scheduler=addr)
+        ws = Workspace(db=db, plates_dir=work, scheduler=addr)
+        rep = ingest(source, out=store, workspace=ws)
         t1 = time.perf_counter()
-        (seg,) = segment(engine="classic", db=db, scheduler=addr)
+        (seg,) = segment(engine="classic", workspace=ws)
         t2 = time.perf_counter()
         return {"store": "s3 (moto)" if store.startswith("s3://") else "local disk", "workers": n_workers,
                 "fields": rep.fields_total, "ingest_s": round(t1 - t0, 2), "segment_s": round(t2 - t1, 2),

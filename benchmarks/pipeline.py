@@ -75,12 +75,13 @@ def _stage(name: str, fn, *, fields: int, cells: int | None = None, source_mb: f
 
 
 def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: bool) -> dict:
-    from hts.catalog import Catalog, annotate
+    from hts.api import segment
+    from hts.catalog import annotate
+    from hts.config import Workspace
     from hts.synth import make_plate
     from hts.tasks.ingest import ingest
     from hts.tasks.measure import measure
     from hts.tasks.query import run_query
-    from hts.tasks.segment import segment
 
     from benchmarks.ingest import raw_read
 
@@ -96,25 +97,26 @@ def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: b
     res: dict = {"scale": scale, "workers": workers, "wells": len(plate.wells), "fields": n_fields, "source_MB": round(src_mb, 1),
                  "make_plate_s": round(t_make["s"], 1), "stages": []}  # fmt: skip
     db, store = root / f"{tag}.duckdb", root / f"{tag}.zarr"
-    sched = dict(scheduler=args.scheduler, workers=workers)
+    ws = Workspace(db=db, plates_dir=root, scheduler=args.scheduler)
+    sched = dict(workspace=ws, workers=workers)
     os.system(f"cat {plate.source} > /dev/null")
 
-    row, rep = _stage("ingest", lambda: ingest(plate.source, out=store, db=db, overwrite=True, **sched), fields=n_fields, source_mb=pixels_mb)
+    row, rep = _stage("ingest", lambda: ingest(plate.source, out=store, overwrite=True, **sched), fields=n_fields, source_mb=pixels_mb)
     res["stages"].append(row)
-    catalog = Catalog(db)
+    catalog = ws.catalog
     annotate(catalog, catalog.find_plate(rep.plate_id), plate.platemap)
 
-    seg_kw = dict(engine=args.engine, db=db, backend=args.backend, device=args.device, **sched)
+    seg_kw = dict(engine=args.engine, backend=args.backend, device=args.device, **sched)
     row, reps = _stage("segment+features", lambda: segment(**seg_kw, features=True), fields=n_fields, cells=lambda r: sum(x.cells for x in r), source_mb=pixels_mb)
     res["stages"].append(row)
     cells = row["cells"]
     res["backend"], res["device"] = reps[0].backend, reps[0].device
 
-    row, tab = _stage("query well_stats", lambda: run_query("SELECT * FROM well_stats", db=db), fields=n_fields, cells=cells)
+    row, tab = _stage("query well_stats", lambda: run_query("SELECT * FROM well_stats", workspace=ws), fields=n_fields, cells=cells)
     row["result"] = f"{tab.num_rows} rows x {tab.num_columns} columns"
     res["stages"].append(row)
     ch = names[1] if len(names) > 1 else names[0]
-    row, tab = _stage("query dose-response", lambda: run_query(DOSE_SQL.format(ch=ch), db=db), fields=n_fields, cells=cells)
+    row, tab = _stage("query dose-response", lambda: run_query(DOSE_SQL.format(ch=ch), workspace=ws), fields=n_fields, cells=cells)
     row["result"] = f"{tab.num_rows} rows x {tab.num_columns} columns"
     res["stages"].append(row)
     e2e = sum(r["seconds"] for r in res["stages"])
@@ -125,7 +127,7 @@ def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: b
     if args.split:
         row, _ = _stage("segment only", lambda: segment(**seg_kw, features=False, overwrite=True), fields=n_fields, source_mb=pixels_mb)
         res["stages"].append(row)
-        row, _ = _stage("measure", lambda: measure(db=db, **sched), fields=n_fields, cells=lambda r: sum(x.cells for x in r), source_mb=pixels_mb)
+        row, _ = _stage("measure", lambda: measure(**sched), fields=n_fields, cells=lambda r: sum(x.cells for x in r), source_mb=pixels_mb)
         res["stages"].append(row)
 
     if baselines:

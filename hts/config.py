@@ -1,6 +1,8 @@
-"""The workspace: where the catalog and the plate stores live.
+"""The workspace: where the catalog and the plate stores live, and where work runs.
 
-Resolution, first match wins:
+Library code takes a :class:`Workspace` as an argument and never looks anything up
+itself; build one explicitly (``Workspace.at("screen1")``, or with its fields).
+The command line resolves one with :func:`load_workspace`, which reads, first match wins:
 
 1. explicit arguments (``--db``, ``--plates-dir`` / ``--out``);
 2. environment variables ``HTS_DB``, ``HTS_PLATES_DIR``, ``HTS_SCHEDULER``;
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from hts.errors import ConfigError
@@ -35,15 +39,45 @@ __all__ = ["Workspace", "load_workspace"]
 
 @dataclass(frozen=True)
 class Workspace:
+    """A catalog file, a folder (or object-store URL) for plate stores, and a Dask scheduler.
+
+    ``scheduler``: ``None`` or ``"local"`` (a local cluster), ``"sync"`` (in this
+    process, no Dask: for debugging), or a scheduler address (``tcp://host:8786``).
+
+    >>> ws = Workspace.at("/data/screen1")
+    >>> ws.db.name, ws.plates_dir.name
+    ('hts.duckdb', 'plates')
+    """
+
     db: Path
     plates_dir: Path | str  # a local Path, or a URL string (s3://bucket/plates)
     scheduler: str | None = None
 
-    @property
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "db", Path(self.db).expanduser().absolute())
+        plates = self.plates_dir
+        if isinstance(plates, str) and "://" in plates:
+            plates = location(plates)  # s3://... stays a URL; file://... becomes a Path
+        if isinstance(plates, (str, Path)) and not (isinstance(plates, str) and "://" in plates):
+            plates = Path(plates).expanduser().absolute()
+        object.__setattr__(self, "plates_dir", plates)
+
+    @classmethod
+    def at(cls, root: str | Path, *, scheduler: str | None = None) -> Workspace:
+        """The workspace in folder ``root``: ``root/hts.duckdb`` and ``root/plates/`` (nothing is created yet)."""
+        root = Path(root).expanduser()
+        return cls(db=root / "hts.duckdb", plates_dir=root / "plates", scheduler=scheduler)
+
+    @cached_property
     def catalog(self):
+        """The :class:`~hts.catalog.Catalog` (one object per workspace, so its schema check is done once)."""
         from hts.catalog import Catalog
 
         return Catalog(self.db)
+
+    def with_scheduler(self, scheduler: str | None) -> Workspace:
+        """The same workspace with work run on ``scheduler`` (unchanged when None)."""
+        return self if scheduler is None else dataclasses.replace(self, scheduler=scheduler)
 
 
 def _config_file() -> tuple[dict, Path | None]:
@@ -66,7 +100,7 @@ def _config_file() -> tuple[dict, Path | None]:
 def load_workspace(
     *, db: str | Path | None = None, plates_dir: str | Path | None = None, scheduler: str | None = None
 ) -> Workspace:
-    """Resolve the workspace from arguments, environment, ``hts.toml`` and defaults."""
+    """Resolve the workspace from arguments, environment, ``hts.toml`` and defaults (what the CLI does)."""
     conf, base = _config_file()
 
     def pick(arg, env, key, default, urls=False):

@@ -13,6 +13,16 @@ ND2_PBMC = DATA / "nd2" / "example-pbmc.nd2"
 CELLOMICS = DATA / "cellomics_cp_example"
 
 
+def here(db=None, scheduler=None, plates_dir=None):
+    """The workspace a command run in this test's folder resolves (options, then HTS_* variables, then defaults).
+
+    Library calls take their workspace explicitly; tests build it the way the CLI does.
+    """
+    from hts.config import load_workspace
+
+    return load_workspace(db=db, scheduler=scheduler, plates_dir=plates_dir)
+
+
 @pytest.fixture(autouse=True)
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run every test in an empty folder with no workspace settings leaking in.
@@ -32,7 +42,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def interrupt_field_task(monkeypatch: pytest.MonkeyPatch):
     """``arm(n)``: the segment/measure field task raises KeyboardInterrupt on its n-th call
     (as Ctrl-C in the middle of a run); ``arm`` returns a function that restores the real task."""
-    from hts.tasks import segment as seg_mod
+    from hts.tasks import plan as seg_mod
 
     real = seg_mod.process_field
 
@@ -70,7 +80,7 @@ def annotated_plate(tmp_path: Path):
 
     def make(*, wells: str, fields: int, shape: tuple[int, int]):
         p = make_plate(tmp_path / "raw", format="nd2", wells=wells, fields=fields, shape=shape)
-        ingest(p.source)
+        ingest(p.source, workspace=here())
         cat = Catalog("hts.duckdb")
         annotate(cat, cat.find_plate("DEMO-PLATE"), p.platemap)
         return p

@@ -315,7 +315,7 @@ def test_ingest_overwrite_that_cannot_remove_the_old_store_changes_nothing(ws: P
 
 def test_a_failed_run_is_recorded_and_ignored_by_report_export_and_qc(ws: Path, monkeypatch: pytest.MonkeyPatch):
     from hts.catalog import Catalog
-    from hts.tasks import segment as seg_mod
+    from hts.tasks import plan as seg_mod
 
     real = seg_mod.process_field
     calls = {"n": 0}
@@ -348,7 +348,7 @@ def test_a_failed_run_is_recorded_and_ignored_by_report_export_and_qc(ws: Path, 
 
 
 def test_report_and_qc_explain_a_plate_whose_only_run_failed(plate_with_blank_wells, monkeypatch: pytest.MonkeyPatch):
-    from hts.tasks import segment as seg_mod
+    from hts.tasks import plan as seg_mod
 
     def crashing(item, spec):
         raise RuntimeError("scheduler went away")

@@ -1,16 +1,37 @@
-"""Segmentation runs in the catalog: creation, resume bookkeeping, label ownership."""
+"""Segmentation runs in the catalog: the run state machine, resume bookkeeping, label ownership.
+
+A run is one engine with one set of parameters, channels, model and pixel size over
+a plate's fields (its identity, ``run_key``, is a hash of all that). Its life:
+
+- :func:`open_run` decides, for the run a command asks for: **new** (no run with
+  that key: created with every field ``pending``, taking over its label names from
+  the runs that wrote them, which become ``replaced``), **resumed** (a run with the
+  key exists and is unfinished: its pending fields are what is left), **unchanged**
+  (the run is complete: nothing to segment), or **replaced** anew with ``overwrite``.
+  Labels another run owns are refused unless ``overwrite``.
+- :func:`complete_run_fields` records finished fields in batches (labels, object
+  counts and cells land together or not at all); :func:`fail_run` records why a run
+  stopped (it stays resumable); :func:`finish_run` marks it complete.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from hts.catalog import cells as cells_db
 from hts.catalog.db import Catalog
+from hts.errors import EngineError
 
 __all__ = [
+    "Run",
+    "FieldResult",
+    "open_run",
     "find_run",
     "create_run",
     "pending_run_fields",
@@ -25,13 +46,118 @@ __all__ = [
     "set_run_features",
 ]
 
+_JSON = ("params", "channels", "labels", "features")
 
-def find_run(catalog: Catalog, plate_id: str, run_key: str) -> dict[str, Any] | None:
+
+@dataclass(frozen=True)
+class Run:
+    """One row of the ``runs`` table."""
+
+    run_id: str
+    plate_id: str
+    run_key: str
+    engine: str
+    engine_version: str
+    backend: str
+    device: str
+    params: dict[str, Any]
+    channels: dict[str, str]  # role -> channel name
+    model_sha256: str | None
+    labels: dict[str, str]  # output -> label image name
+    wells: str | None
+    tile_size: int
+    halo: int
+    pixel_size_um: float
+    pixel_size_source: str | None
+    status: str  # running, complete, replaced
+    hts_version: str
+    error: str | None = None
+    features: dict[str, Any] | None = None
+    created_at: Any = None
+    completed_at: Any = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Run:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in row.items() if k in names}
+        for k in _JSON:
+            if isinstance(values.get(k), str):
+                values[k] = json.loads(values[k])
+        return cls(**values)
+
+    def _insert_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in dataclasses.asdict(self).items()
+               if k not in ("error", "features", "created_at", "completed_at")}
+        for k in ("params", "channels", "labels"):
+            row[k] = json.dumps(row[k], sort_keys=True)
+        return row
+
+
+@dataclass
+class FieldResult:
+    """What a finished field task reports, as the catalog records it.
+
+    ``counts`` (objects per output) and ``checks`` (the sanity checks the field
+    failed, :mod:`hts.compute.segment.sanity`) when it segmented; ``n_cells``, ``part``
+    (its cells' Parquet part, None when it has none) and ``cells`` (those rows, loaded
+    instead of reading the part back) when it measured.
+    """
+
+    well: str
+    field_index: int
+    seconds: float
+    worker: str
+    counts: dict[str, int] | None = None
+    checks: list[dict[str, Any]] | None = None
+    n_cells: int | None = None
+    part: str | None = None
+    cells: pa.Table | None = None
+
+
+def open_run(
+    catalog: Catalog,
+    draft: Run,
+    fields: list[tuple[str, int]],
+    *,
+    overwrite: bool = False,
+    plate_name: str = "",
+    on_replaced: Callable[[str], None] | None = None,
+) -> tuple[Run, str]:
+    """The run that does ``draft``'s work and its state: ``"segmented"`` (new), ``"resumed"`` or ``"unchanged"``.
+
+    ``draft`` is the run as it would be created (its ``run_key`` decides identity).
+    A new run takes over its label names: runs that own one of them (and, with
+    ``overwrite``, an existing run of the same key) become replaced, their cells
+    deleted, and ``on_replaced(run_id)`` is called for each (to remove its files).
+    Labels owned by another run are an :class:`~hts.errors.EngineError` unless ``overwrite``.
+    """
+    existing = find_run(catalog, draft.plate_id, draft.run_key)
+    if existing is not None and not overwrite:
+        return existing, "unchanged" if existing.status == "complete" else "resumed"
+    owners = label_owners(catalog, draft.plate_id)
+    conflicts = {name: o for name, o in owners.items() if name in draft.labels.values() and o["run_key"] != draft.run_key}
+    if conflicts and not overwrite:
+        name = next(n for n in draft.labels.values() if n in conflicts)
+        o = conflicts[name]
+        raise EngineError(
+            f"plate {plate_name or draft.plate_id} already has labels {name!r} from run {o['run_id'][:8]} (engine {o['engine']}); "
+            "pass --overwrite to replace them or --label-suffix NAME to keep both"
+        )
+    replaces = sorted({o["run_id"] for o in conflicts.values()} | ({existing.run_id} if existing else set()))
+    create_run(catalog, draft, fields, replaces=replaces)
+    for old in replaces:
+        if on_replaced is not None:
+            on_replaced(old)
+    return draft, "segmented"
+
+
+def find_run(catalog: Catalog, plate_id: str, run_key: str) -> Run | None:
+    """The current (not replaced) run of a plate with this identity."""
     rows = catalog.query(
         "SELECT * FROM runs WHERE plate_id = ? AND run_key = ? AND status != 'replaced' ORDER BY created_at DESC",
         [plate_id, run_key],
     )
-    return rows[0] if rows else None
+    return Run.from_row(rows[0]) if rows else None
 
 
 def label_owners(catalog: Catalog, plate_id: str) -> dict[str, dict[str, Any]]:
@@ -44,11 +170,9 @@ def label_owners(catalog: Catalog, plate_id: str) -> dict[str, dict[str, Any]]:
     return {r["label_name"]: r for r in rows}
 
 
-def create_run(catalog: Catalog, run: dict[str, Any], fields: list[tuple[str, int]], *, replaces: list[str]) -> None:
+def create_run(catalog: Catalog, run: Run, fields: list[tuple[str, int]], *, replaces: list[str]) -> None:
     """Insert a run with its fields pending; take over its label names (marking ``replaces`` runs replaced)."""
-    row = dict(run)
-    for k in ("params", "channels", "labels"):
-        row[k] = json.dumps(row[k], sort_keys=True)
+    row = run._insert_row()
     with catalog.connect() as con:
         con.execute("BEGIN")
         for old in replaces:
@@ -61,7 +185,7 @@ def create_run(catalog: Catalog, run: dict[str, Any], fields: list[tuple[str, in
             "_rf",
             pa.table(
                 {
-                    "run_id": [run["run_id"]] * len(fields),
+                    "run_id": [run.run_id] * len(fields),
                     "well": [w for w, _ in fields],
                     "field_index": pa.array([i for _, i in fields], pa.int32()),
                     "status": ["pending"] * len(fields),
@@ -69,10 +193,10 @@ def create_run(catalog: Catalog, run: dict[str, Any], fields: list[tuple[str, in
             ),
         )
         con.execute("INSERT INTO run_fields (run_id, well, field_index, status) SELECT * FROM _rf")
-        for name in run["labels"].values():
+        for name in run.labels.values():
             con.execute(
                 "INSERT OR REPLACE INTO plate_labels (plate_id, label_name, run_id) VALUES (?, ?, ?)",
-                [run["plate_id"], name, run["run_id"]],
+                [run.plate_id, name, run.run_id],
             )
         con.execute("COMMIT")
 
@@ -92,7 +216,7 @@ def unmeasured_run_fields(catalog: Catalog, run_id: str, measured_key: str) -> s
     return {(r["well"], r["field_index"]) for r in rows}
 
 
-def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None, *, complete: bool = False) -> list[dict[str, Any]]:
+def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None, *, complete: bool = False) -> list[Run]:
     """The runs of a plate whose labels are current (not replaced), oldest first; only ids starting with ``prefix``.
 
     ``complete``: only finished runs (what report, export and qc use unless a run is named).
@@ -100,17 +224,18 @@ def current_runs(catalog: Catalog, plate_id: str, prefix: str | None = None, *, 
     rows = catalog.query(
         "SELECT * FROM runs WHERE plate_id = ? AND status != 'replaced' ORDER BY created_at", [plate_id]
     )
-    return [r for r in rows if (not prefix or r["run_id"].startswith(prefix)) and (not complete or r["status"] == "complete")]
+    runs = [Run.from_row(r) for r in rows]
+    return [r for r in runs if (not prefix or r.run_id.startswith(prefix)) and (not complete or r.status == "complete")]
 
 
 def unfinished_note(catalog: Catalog, plate_id: str) -> str:
     """Why a plate has no complete run: its unfinished runs, failed ones with their error ('' when it has none)."""
-    rows = [r for r in current_runs(catalog, plate_id) if r["status"] != "complete"]
+    rows = [r for r in current_runs(catalog, plate_id) if r.status != "complete"]
     if not rows:
         return ""
     r = rows[-1]
-    what = f"failed: {r['error']}" if r.get("error") else "unfinished"
-    return f"; run {r['run_id'][:8]} ({r['engine']}) is {what}; run the same `hts segment` again to finish it, or name it with --run"
+    what = f"failed: {r.error}" if r.error else "unfinished"
+    return f"; run {r.run_id[:8]} ({r.engine}) is {what}; run the same `hts segment` again to finish it, or name it with --run"
 
 
 def fail_run(catalog: Catalog, run_id: str, reason: str) -> None:
@@ -120,38 +245,32 @@ def fail_run(catalog: Catalog, run_id: str, reason: str) -> None:
                     [reason[:2000], run_id])
 
 
-def run_labels(run: dict[str, Any]) -> dict[str, str]:
-    """Output -> label image name of a run (a catalog row stores them as JSON)."""
-    labels = run["labels"]
+def run_labels(run: Run | dict[str, Any]) -> dict[str, str]:
+    """Output -> label image name of a run (a raw catalog row stores them as JSON)."""
+    labels = run.labels if isinstance(run, Run) else run["labels"]
     return labels if isinstance(labels, dict) else json.loads(labels)
 
 
-def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]], *, measured_key: str | None = None) -> None:
+def complete_run_fields(catalog: Catalog, run_id: str, done: list[FieldResult], *, measured_key: str | None = None) -> None:
     """Record finished field tasks of a run, in one transaction (bulk).
 
-    Each item has ``well``, ``field_index``, ``seconds``, ``worker``; items that
-    segmented also ``counts`` (objects per output) and optionally ``checks`` (the
-    sanity checks the field failed, :mod:`hts.compute.segment.sanity`), items that measured also
-    ``part`` (the Parquet part of its cells, or None when it has none), ``n_cells``
-    and optionally ``cells`` (the part's rows as an Arrow table, loaded instead of
-    reading the part back).
     Labels complete, object counts and the field's cells land together or not at all.
     """
     if not done:
         return
-    segmented = [d for d in done if "counts" in d]
-    measured = [d for d in done if "n_cells" in d]
+    segmented = [d for d in done if d.counts is not None]
+    measured = [d for d in done if d.n_cells is not None]
     fields = pa.Table.from_pylist(
-        [{**{k: d[k] for k in ("well", "field_index", "seconds", "worker")},
-          "checks": json.dumps(d["checks"], sort_keys=True) if d.get("checks") else None} for d in segmented],
+        [{"well": d.well, "field_index": d.field_index, "seconds": d.seconds, "worker": d.worker,
+          "checks": json.dumps(d.checks, sort_keys=True) if d.checks else None} for d in segmented],
         schema=pa.schema([("well", pa.string()), ("field_index", pa.int32()), ("seconds", pa.float64()),
                           ("worker", pa.string()), ("checks", pa.string())]),
     ) if segmented else None
     counts = pa.Table.from_pylist(
         [
-            {"run_id": run_id, "well": d["well"], "field_index": d["field_index"], "output": out, "n_objects": n}
+            {"run_id": run_id, "well": d.well, "field_index": d.field_index, "output": out, "n_objects": n}
             for d in segmented
-            for out, n in d["counts"].items()
+            for out, n in d.counts.items()
         ],
         schema=pa.schema([("run_id", pa.string()), ("well", pa.string()), ("field_index", pa.int32()), ("output", pa.string()), ("n_objects", pa.int32())]),
     )
@@ -172,9 +291,9 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
                 "_measured",
                 pa.table(
                     {
-                        "well": [d["well"] for d in measured],
-                        "field_index": pa.array([d["field_index"] for d in measured], pa.int32()),
-                        "n_cells": pa.array([d["n_cells"] for d in measured], pa.int32()),
+                        "well": [d.well for d in measured],
+                        "field_index": pa.array([d.field_index for d in measured], pa.int32()),
+                        "n_cells": pa.array([d.n_cells for d in measured], pa.int32()),
                     }
                 ),
             )
@@ -186,8 +305,8 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[dict[str, Any]
             ).fetchall()
             cells_db.delete_fields(con, run_id, had)
             # the cells the workers returned go in from memory; items that only name their part are read back
-            cells_db.load_tables(con, [d["cells"] for d in measured if d.get("cells") is not None])
-            cells_db.load_parts(con, [d["part"] for d in measured if d.get("part") and d.get("cells") is None])
+            cells_db.load_tables(con, [d.cells for d in measured if d.cells is not None])
+            cells_db.load_parts(con, [d.part for d in measured if d.part and d.cells is None])
             con.execute(
                 "UPDATE run_fields SET measured_key = ?, n_cells = m.n_cells FROM _measured m "
                 "WHERE run_fields.run_id = ? AND run_fields.well = m.well AND run_fields.field_index = m.field_index",

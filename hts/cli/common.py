@@ -22,8 +22,19 @@ from hts.errors import HtsError
 
 __all__ = [
     "err", "out", "DbOpt", "JsonOpt", "SchedulerOpt", "WorkersOpt",
-    "errors", "progress_bar", "print_json", "pairs", "param_values",
+    "errors", "progress_bar", "print_json", "pairs", "param_values", "workspace",
 ]  # fmt: skip
+
+def workspace(db: Path | None = None, scheduler: str | None = None, plates_dir: str | Path | None = None):
+    """The workspace of this command: options, then HTS_* variables, ./hts.toml, defaults.
+
+    The one place the command line looks at the environment; everything below it
+    gets the resolved :class:`~hts.config.Workspace` as an argument.
+    """
+    from hts.config import load_workspace
+
+    return load_workspace(db=db, scheduler=scheduler, plates_dir=plates_dir)
+
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

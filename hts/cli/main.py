@@ -29,6 +29,7 @@ from hts.cli.common import (
     param_values,
     print_json,
     progress_bar,
+    workspace,
 )
 from hts.cli.common import errors as _errors
 
@@ -75,7 +76,8 @@ def ingest(
     out_: Annotated[Optional[str], typer.Option("--out", help="Plate store: a path or a URL such as s3://bucket/plates/NAME.zarr (default: <plates dir>/<plate name>.zarr).", show_default=False)] = None,
     db: DbOpt = None,
     pattern: Annotated[Optional[str], typer.Option("--pattern", help="File naming for other TIFF layouts, e.g. '{well}_s{field}_{channel}.tif' (placeholders: plate well row col field channel z t; * wildcard).", show_default=False)] = None,
-    format_: Annotated[Optional[str], typer.Option("--format", help="Force a reader: nd2, imagexpress, opera, cellomics.", show_default=False)] = None,
+    reader: Annotated[Optional[str], typer.Option("--reader", help="Force a reader: nd2, imagexpress, opera, cellomics, pattern (or a plug-in's; default: detected).", show_default=False)] = None,
+    reader_old: Annotated[Optional[str], typer.Option("--format", hidden=True, help="Old name of --reader (one release).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Plate name (default: from the file or folder).", show_default=False)] = None,
     plate_type: Annotated[Optional[int], typer.Option("--plate-type", help="96, 384 or 1536: the plate to fit wells on when positions carry no well names.", show_default=False)] = None,
     channel_names: Annotated[Optional[str], typer.Option("--channel-names", help="Comma-separated channel names for TIFF plates whose files only number them (e.g. 'DAPI,GFP').", show_default=False)] = None,
@@ -97,15 +99,14 @@ def ingest(
     with _errors(), progress_bar("ingest", not as_json) as progress:
         report = run(
             source,
+            workspace=workspace(db, scheduler),
             out=out_,
-            db=db,
             overwrite=overwrite,
             max_project=max_project,
             tile=tile,
-            format=format_,
+            format=reader or reader_old,
             pattern=pattern,
             name=name,
-            scheduler=scheduler,
             workers=workers,
             progress=progress,
             **opts,
@@ -129,7 +130,7 @@ def plates(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     from hts.tasks.info import list_plates
 
     with _errors():
-        rows = list_plates(db=db)
+        rows = list_plates(workspace=workspace(db))
     if as_json:
         print_json(rows)
         return
@@ -151,7 +152,7 @@ def info(
     from hts.tasks.info import plate_info
 
     with _errors():
-        data = plate_info(plate, db=db)
+        data = plate_info(plate, workspace=workspace(db))
     if as_json:
         print_json(data)
         return
@@ -169,11 +170,9 @@ def annotate(
 ) -> None:
     """Attach per-well treatments (compound, concentration, control role) from a platemap CSV."""
     from hts.catalog import annotate as run
-    from hts.config import load_workspace
 
     with _errors():
-        ws = load_workspace(db=db)
-        catalog = ws.catalog
+        catalog = workspace(db).catalog
         record = catalog.find_plate(plate)
         n = run(catalog, record, platemap)
     if as_json:
@@ -185,8 +184,8 @@ def annotate(
 @app.command()
 def segment(
     plates: Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every ingested plate in the catalog.", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", "-e", help="Segmentation engine; `hts engines` lists them.")] = "classic",
-    engine_path: Annotated[Optional[Path], typer.Option("--engine-path", help="An engine folder written by `hts train` (overrides --engine).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", "-e", help="Segmentation engine: a name (`hts engines` lists them) or the folder of an engine trained with `hts train`.")] = "classic",
+    engine_path: Annotated[Optional[Path], typer.Option("--engine-path", hidden=True, help="Old way to give an engine folder (one release): use --engine FOLDER.")] = None,
     db: DbOpt = None,
     channels: Annotated[Optional[str], typer.Option("--channels", help="Which channel plays which role, e.g. 'nucleus=DAPI,cytoplasm=GFP' (default: guessed from channel names).", show_default=False)] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.", show_default=False)] = None,
@@ -222,27 +221,22 @@ def segment(
 
       hts segment --engine foci --channels nucleus=DAPI,foci=FITC
     """
+    from hts.tasks.segment import SegmentOptions
     from hts.tasks.segment import segment as run
 
     params = param_values(pairs(",".join(param or []), "--param"))
     if tta:
         params["tta"] = True
     with _errors(), progress_bar("segment", not as_json) as progress:
+        options = SegmentOptions(
+            channels=pairs(channels, "--channels"), params=params, backend=backend, device=device, tile=tile,
+            halo=halo, wells=wells, overwrite=overwrite, label_suffix=label_suffix, pixel_size_um=pixel_size,
+        )
         reports = run(
             plates or None,
-            engine=str(engine_path.expanduser().resolve()) if engine_path else engine,
-            db=db,
-            channels=pairs(channels, "--channels"),
-            params=params,
-            backend=backend,
-            device=device,
-            tile=tile,
-            halo=halo,
-            wells=wells,
-            overwrite=overwrite,
-            label_suffix=label_suffix,
-            pixel_size_um=pixel_size,
-            scheduler=scheduler,
+            engine=engine_path.expanduser() if engine_path else engine,
+            workspace=workspace(db, scheduler),
+            options=options,
             workers=workers,
             features={"texture": texture, "granularity": granularity, "rod": rod} if features else False,
             progress=progress,
@@ -276,17 +270,21 @@ def engines(
     card: Annotated[Optional[str], typer.Option("--card", help="Print one engine's model card and parameters.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List segmentation engines: channels they read, what they output, backends, model cards."""
+    """List segmentation engines and the package of each (plug-ins too): channels they read, outputs, backends, model cards."""
+    from hts.compute.segment.engines import plugin_errors
     from hts.tasks.engines import describe_engines
 
     with _errors():
         rows = describe_engines(card)
+    problems = plugin_errors()
     if as_json:
         print_json(rows)
+        for e in problems:  # on stderr: stdout stays the JSON list
+            err.print(f"not loaded: {escape(str(e))}", soft_wrap=True)
         return
     from hts.cli.render import render_engines
 
-    render_engines(out, rows, full=card is not None)
+    render_engines(out, rows, full=card is not None, errors=[] if card else problems)
 
 
 # --------------------------------------------------------------------------- query
@@ -337,9 +335,10 @@ def query(
             raise CatalogError(f"unknown format {format_!r}; choose one of {', '.join(FORMATS)}")
         if (sql is None) == (preset is None):
             raise CatalogError("give either a SQL query or --preset NAME")
-        table = run_query(sql if preset is None else preset_sql(preset), db=db, limit=limit, allow_read=allow_read or ())
+        ws = workspace(db)
+        table = run_query(sql if preset is None else preset_sql(preset), workspace=ws, limit=limit, allow_read=allow_read or ())
         if out_file is not None:
-            path = write_result(table, out_file, "csv" if format_ == "table" else format_, db=db)
+            path = write_result(table, out_file, "csv" if format_ == "table" else format_, workspace=ws)
             err.print(f"wrote {table.num_rows} rows to {path}")
             return
     if format_ == "json":

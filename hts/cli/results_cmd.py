@@ -52,10 +52,9 @@ def register(app: typer.Typer) -> None:
         with cli.errors(), cli.progress_bar("measure", not as_json) as progress:
             reports = run_measure(
                 plates or None,
-                db=db,
+                workspace=cli.workspace(db, scheduler),
                 run=run,
                 features={"texture": texture, "granularity": granularity, "rod": rod},
-                scheduler=scheduler,
                 workers=workers,
                 progress=progress,
             )
@@ -87,7 +86,7 @@ def register(app: typer.Typer) -> None:
         from hts.tasks.qc import plate_qc
 
         with cli.errors():
-            reports = plate_qc(plates or None, db=db, run=run, metric=metric)
+            reports = plate_qc(plates or None, workspace=cli.workspace(db), run=run, metric=metric)
         if as_json:
             cli.print_json([r.to_dict() for r in reports])
         else:
@@ -130,7 +129,7 @@ def register(app: typer.Typer) -> None:
         from hts.tasks.export import export as run_export
 
         with cli.errors():
-            rep = run_export(out_dir, db=db, plates=plates or None, run=run, format=format_, overwrite=overwrite)
+            rep = run_export(out_dir, workspace=cli.workspace(db), plates=plates or None, run=run, format=format_, overwrite=overwrite)
         if as_json:
             cli.print_json(rep.to_dict())
             return
@@ -162,7 +161,7 @@ def register(app: typer.Typer) -> None:
         from hts.tasks.report import report as run_report
 
         with cli.errors():
-            res = run_report(plate, db=db, run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir, metric=metric)
+            res = run_report(plate, workspace=cli.workspace(db), run=run, values=value or None, sql=sql, fields=field or None, n_overlays=overlays, out=out_dir, metric=metric)
         if as_json:
             cli.print_json(res.to_dict())
             return

@@ -1,6 +1,6 @@
 """Whole synthetic plates on disk, in the acquisition formats hts reads.
 
-:func:`make_plate` renders every field of every well with
+:func:`make_plate` renders every field of every well of a :class:`PlateDesign` with
 :func:`hts.synth.synth_field` (the well's treatment from a dose-response
 platemap) and writes it as
 
@@ -32,10 +32,11 @@ byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from hts.wells import PLATE_TYPES, PlateType, WellRef, parse_well, parse_well_ra
 #: Largest side of a synthetic field (a 16384² uint16 field is 512 MiB per channel).
 MAX_SIDE = 16384
 
-__all__ = ["FORMATS", "SynthPlate", "make_plate", "stage_position_um"]
+__all__ = ["FORMATS", "PlateDesign", "SynthPlate", "make_plate", "stage_position_um"]
 
 FORMATS = ("nd2", "imagexpress", "opera", "cellomics")
 
@@ -383,34 +384,18 @@ def _check_name(name: str) -> str:
     return name
 
 
-def make_plate(
-    out: str | os.PathLike[str],
-    *,
-    format: str = "nd2",
-    plate_type: int = 96,
-    wells: str | None = None,
-    fields: int = 2,
-    shape: tuple[int, int] = (512, 512),
-    channels: Sequence[str] = ("DAPI", "GFP", "Brightfield"),
-    n_z: int = 1,
-    n_time: int = 1,
-    seed: int = 0,
-    named_positions: bool = True,
-    name: str = "DEMO-PLATE",
-    masks: bool = False,
-    dtype: str = "uint16",
-    pixel_size_um: float = 0.65,
-    z_step_um: float = 1.0,
-    time_interval_s: float = 60.0,
-    platemap_rows: Sequence[Mapping[str, Any]] | None = None,
-    field_options: Mapping[str, Any] | None = None,
-) -> SynthPlate:
-    """Write a synthetic screening plate, its platemap and optionally its ground truth.
+_FIELD_OPTIONS = frozenset({"n_cells", "nucleus_radius_px", "cell_radius_px", "illumination", "noise", "density"})
+
+
+@dataclass(frozen=True)
+class PlateDesign:
+    """The design of a synthetic plate: what :func:`make_plate` images, and how it records it.
+
+    Checked when made (also by :func:`dataclasses.replace`); ``channels`` becomes a
+    tuple of str and ``shape`` a tuple of int.
 
     Parameters
     ----------
-    out : path
-        Destination folder (created). TIFF formats write their images straight into it.
     format : {"nd2", "imagexpress", "opera", "cellomics"}
         Acquisition format (see the module docstring for the layouts).
     plate_type : int
@@ -430,29 +415,127 @@ def make_plate(
     n_time : int
         Time points: cells drift and bleach slightly from one to the next.
         Not possible with ``"cellomics"`` (nor ``n_z > 1``), whose names have no such token.
-    seed : int
-        Seed of the plate; the same arguments give byte-identical files.
     named_positions : bool
         ``"nd2"`` only: name the XY positions ``A01``, ``A01#2``, ... (else leave them
         unnamed, so that readers must map the stage coordinates onto wells).
     name : str
         Plate name (file names, HTD, Harmony index, ND2 file name).
-    masks : bool
-        Also write ground-truth nucleus and cell masks under ``<out>/truth``.
     dtype : str
         Pixel type (``"uint16"``, ``"uint8"``; ``"float32"`` for ND2 and TIFF too).
     pixel_size_um : float
         Pixel size recorded in the files.
     z_step_um, time_interval_s : float
         Plane spacing and time-lapse period recorded in the files.
-    platemap_rows : sequence of mapping, optional
-        The treatments (rows with ``well``, ``role``, ``compound``,
-        ``concentration``, ``unit``); by default :func:`hts.synth.dose_response_layout`.
-        Wells it does not mention are rendered untreated.
     field_options : mapping, optional
         Extra :func:`hts.synth.synth_field` arguments for every field
         (``n_cells``, ``nucleus_radius_px``, ``cell_radius_px``, ``illumination``,
         ``noise``, ``density``).
+
+    Raises
+    ------
+    ValueError
+        Unknown format or plate type, wells off the plate, bad sizes, or Z/time with Cellomics.
+    """
+
+    format: str = "nd2"
+    plate_type: int = 96
+    wells: str | None = None
+    fields: int = 2
+    shape: tuple[int, int] = (512, 512)
+    channels: Sequence[str] = ("DAPI", "GFP", "Brightfield")
+    n_z: int = 1
+    n_time: int = 1
+    named_positions: bool = True
+    name: str = "DEMO-PLATE"
+    dtype: str = "uint16"
+    pixel_size_um: float = 0.65
+    z_step_um: float = 1.0
+    time_interval_s: float = 60.0
+    field_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if self.plate_type not in PLATE_TYPES:
+            raise ValueError(
+                f"plate_type {self.plate_type!r}: not a standard plate ({', '.join(map(str, PLATE_TYPES))})"
+            )
+        _check_name(self.name)
+        if self.fields < 1 or self.n_z < 1 or self.n_time < 1:
+            raise ValueError(f"fields, n_z and n_time must be >= 1 (got {self.fields}, {self.n_z}, {self.n_time})")
+        if self.format == "cellomics" and (self.n_z > 1 or self.n_time > 1):
+            raise ValueError("Cellomics file names carry no Z or time point: use n_z=1 and n_time=1")
+        channels = tuple(str(c) for c in self.channels)
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channels must be distinct and at least one: {channels}")
+        object.__setattr__(self, "channels", channels)
+        shape = (int(self.shape[0]), int(self.shape[1]))
+        if min(shape) < 8:
+            raise ValueError(f"shape {shape} is too small (at least 8 x 8)")
+        if max(shape) > MAX_SIDE:
+            raise ValueError(f"shape {shape} is too large for a demo field (at most {MAX_SIDE} x {MAX_SIDE})")
+        object.__setattr__(self, "shape", shape)
+        self.well_list()  # wells on the plate
+        unknown = set(self.field_options or {}) - _FIELD_OPTIONS
+        if unknown:
+            raise ValueError(f"field_options: unknown {', '.join(sorted(unknown))}")
+
+    @property
+    def plate(self) -> PlateType:
+        """The plate's geometry."""
+        return PLATE_TYPES[self.plate_type]
+
+    def well_list(self) -> list[WellRef]:
+        """The wells imaged, in order (checked to lie on the plate)."""
+        plate = self.plate
+        well_list = (
+            [WellRef(r, c) for r in range(plate.rows) for c in range(plate.columns)]
+            if self.wells is None
+            else parse_well_range(self.wells, plate)
+        )
+        if not well_list:
+            raise ValueError(f"wells {self.wells!r} selects no well")
+        for w in well_list:
+            if w.row >= plate.rows or w.column >= plate.columns:
+                raise ValueError(f"well {w.name} is not on a {plate.wells}-well plate")
+        return well_list
+
+
+_DESIGN_FIELDS = tuple(f.name for f in dataclasses.fields(PlateDesign))
+
+
+def make_plate(
+    out: str | os.PathLike[str],
+    design: PlateDesign | None = None,
+    *,
+    seed: int = 0,
+    masks: bool = False,
+    platemap_rows: Sequence[Mapping[str, Any]] | None = None,
+    **changes: Any,
+) -> SynthPlate:
+    """Write a synthetic screening plate, its platemap and optionally its ground truth.
+
+    Parameters
+    ----------
+    out : path
+        Destination folder (created). TIFF formats write their images straight into it.
+    design : PlateDesign, optional
+        What to image and how to record it (default ``PlateDesign()``: a whole
+        96-well ND2 plate, 2 fields of 512 x 512, DAPI / GFP / Brightfield).
+    seed : int
+        Seed of the plate; the same arguments give byte-identical files.
+    masks : bool
+        Also write ground-truth nucleus and cell masks under ``<out>/truth``.
+    platemap_rows : sequence of mapping, optional
+        The treatments (rows with ``well``, ``role``, ``compound``,
+        ``concentration``, ``unit``); by default :func:`hts.synth.dose_response_layout`.
+        Wells it does not mention are rendered untreated.
+    **changes
+        :class:`PlateDesign` fields to change in ``design`` (``format``, ``plate_type``,
+        ``wells``, ``fields``, ``shape``, ``channels``, ``n_z``, ``n_time``,
+        ``named_positions``, ``name``, ``dtype``, ``pixel_size_um``, ``z_step_um``,
+        ``time_interval_s``, ``field_options``; described there), e.g.
+        ``make_plate(out, format="opera", wells="A01:B03", fields=1, shape=(256, 256))``.
 
     Returns
     -------
@@ -463,179 +546,197 @@ def make_plate(
     ------
     ValueError
         Unknown format or plate type, wells off the plate, bad sizes, or Z/time with Cellomics.
+    TypeError
+        A keyword that is not a :class:`PlateDesign` field.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
-    if plate_type not in PLATE_TYPES:
-        raise ValueError(f"plate_type {plate_type!r}: not a standard plate ({', '.join(map(str, PLATE_TYPES))})")
-    plate = PLATE_TYPES[plate_type]
-    _check_name(name)
-    if fields < 1 or n_z < 1 or n_time < 1:
-        raise ValueError(f"fields, n_z and n_time must be >= 1 (got {fields}, {n_z}, {n_time})")
-    if format == "cellomics" and (n_z > 1 or n_time > 1):
-        raise ValueError("Cellomics file names carry no Z or time point: use n_z=1 and n_time=1")
-    channels = tuple(str(c) for c in channels)
-    if not channels or len(set(channels)) != len(channels):
-        raise ValueError(f"channels must be distinct and at least one: {channels}")
-    shape = (int(shape[0]), int(shape[1]))
-    if min(shape) < 8:
-        raise ValueError(f"shape {shape} is too small (at least 8 x 8)")
-    if max(shape) > MAX_SIDE:
-        raise ValueError(f"shape {shape} is too large for a demo field (at most {MAX_SIDE} x {MAX_SIDE})")
-    well_list = (
-        [WellRef(r, c) for r in range(plate.rows) for c in range(plate.columns)]
-        if wells is None
-        else parse_well_range(wells, plate)
-    )
-    if not well_list:
-        raise ValueError(f"wells {wells!r} selects no well")
-    for w in well_list:
-        if w.row >= plate.rows or w.column >= plate.columns:
-            raise ValueError(f"well {w.name} is not on a {plate.wells}-well plate")
-    options = dict(field_options or {})
-    unknown = set(options) - {"n_cells", "nucleus_radius_px", "cell_radius_px", "illumination", "noise", "density"}
+    unknown = [k for k in changes if k not in _DESIGN_FIELDS]
     if unknown:
-        raise ValueError(f"field_options: unknown {', '.join(sorted(unknown))}")
-
+        raise TypeError(
+            f"make_plate() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"the plate's design fields are: {', '.join(_DESIGN_FIELDS)}"
+        )
+    design = dataclasses.replace(design, **changes) if design is not None else PlateDesign(**changes)
+    well_list = design.well_list()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [dict(r) for r in platemap_rows] if platemap_rows is not None else dose_response_layout(plate, well_list)
+    rows = (
+        [dict(r) for r in platemap_rows] if platemap_rows is not None else dose_response_layout(design.plate, well_list)
+    )
     by_well = {parse_well(str(r["well"])): r for r in rows}
     doses = {w: (dose_of(by_well[w]) if w in by_well else 0.0) for w in well_list}
     platemap = write_platemap_csv(rows, out / "platemap.csv")
 
-    renderer = _Renderer(
-        seed=seed,
-        shape=shape,
-        channels=channels,
-        doses=doses,
-        dtype=dtype,
-        n_z=n_z,
-        z_step_um=z_step_um,
-        options=options,
+    writer = _PlateWriter(design, out, well_list, seed=seed, doses=doses, truth_dir=out / "truth" if masks else None)
+    source = writer.write_nd2() if design.format == "nd2" else writer.write_tiffs()
+    return SynthPlate(
+        source=Path(source),
+        platemap=platemap,
+        truth_dir=writer.truth_dir,
+        wells=list(well_list),
+        fields=design.fields,
+        channels=tuple(design.channels),
+        shape=design.shape,
+        pixel_size_um=float(design.pixel_size_um),
+        format=design.format,
+        n_z=design.n_z,
+        n_time=design.n_time,
+        name=design.name,
+        plate_type=design.plate_type,
+        rows=rows,
     )
-    fov_um = max(shape) * pixel_size_um
-    magnification, na = 20.0, 0.75
-    truth_dir = out / "truth" if masks else None
 
-    def fields_in_order() -> Iterator[tuple[int, WellRef, int]]:
+
+class _PlateWriter:
+    """Writes the frames (and truth masks) of one checked :class:`PlateDesign` into ``out``."""
+
+    magnification = 20.0
+    na = 0.75
+
+    def __init__(
+        self,
+        design: PlateDesign,
+        out: Path,
+        well_list: Sequence[WellRef],
+        *,
+        seed: int,
+        doses: Mapping[WellRef, float],
+        truth_dir: Path | None,
+    ) -> None:
+        self.d = design
+        self.out = out
+        self.well_list = list(well_list)
+        self.plate = design.plate
+        self.truth_dir = truth_dir
+        self.fov_um = max(design.shape) * design.pixel_size_um
+        self.renderer = _Renderer(
+            seed=seed,
+            shape=design.shape,
+            channels=tuple(design.channels),
+            doses=doses,
+            dtype=design.dtype,
+            n_z=design.n_z,
+            z_step_um=design.z_step_um,
+            options=dict(design.field_options or {}),
+        )
+
+    def fields_in_order(self) -> Iterator[tuple[int, WellRef, int]]:
         p = 0
-        for w in well_list:
-            for f in range(fields):
+        for w in self.well_list:
+            for f in range(self.d.fields):
                 yield p, w, f
                 p += 1
 
-    def z_um(w: WellRef, f: int, z: int) -> float:
-        x, y = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
+    def xy(self, w: WellRef, f: int) -> tuple[float, float]:
+        return stage_position_um(w, f, fields=self.d.fields, plate=self.plate, fov_um=self.fov_um)
+
+    def z_um(self, w: WellRef, f: int, z: float) -> float:
+        x, y = self.xy(w, f)
         focus = _FOCUS_Z_UM + 2e-4 * (x - A01_XY_UM[0]) - 1e-4 * (y - A01_XY_UM[1])  # a slightly tilted plate
-        return focus + (z - (n_z - 1) / 2) * z_step_um
+        return focus + (z - (self.d.n_z - 1) / 2) * self.d.z_step_um
 
-    def write_truth(w: WellRef, f: int, t: int) -> None:
-        if truth_dir is None:
+    def write_truth(self, w: WellRef, f: int, t: int) -> None:
+        if self.truth_dir is None:
             return
-        scene = renderer.scene(w, f, t)
+        scene = self.renderer.scene(w, f, t)
         stem = f"{w.name}_f{f}" + (f"_t{t}" if t else "")
-        _write_mask(truth_dir / f"{stem}_nuclei.tif", scene.nuclei)
-        _write_mask(truth_dir / f"{stem}_cells.tif", scene.cells)
+        _write_mask(self.truth_dir / f"{stem}_nuclei.tif", scene.nuclei)
+        _write_mask(self.truth_dir / f"{stem}_cells.tif", scene.cells)
 
-    if format == "nd2":
+    def write_nd2(self) -> Path:
+        """One ND2 file of every field (truth masks written as the frames are)."""
         from hts.synth.nd2_writer import Position, write_nd2
 
-        order = list(fields_in_order())
+        d = self.d
+        order = list(self.fields_in_order())
         positions = []
         for _p, w, f in order:
-            x, y = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
-            label = (w.name if f == 0 else f"{w.name}#{f + 1}") if named_positions else None
-            positions.append(Position(label, x, y, round(z_um(w, f, (n_z - 1) / 2), 3)))
+            x, y = self.xy(w, f)
+            label = (w.name if f == 0 else f"{w.name}#{f + 1}") if d.named_positions else None
+            positions.append(Position(label, x, y, round(self.z_um(w, f, (d.n_z - 1) / 2), 3)))
 
         def frames(t: int, p: int, z: int) -> np.ndarray:
             _, w, f = order[p]
             if z == 0:
-                write_truth(w, f, t)
-            return renderer.frame(w, f, t, z)
+                self.write_truth(w, f, t)
+            return self.renderer.frame(w, f, t, z)
 
-        source = write_nd2(
-            out / f"{name}.nd2",
+        return write_nd2(
+            self.out / f"{d.name}.nd2",
             frames,
             positions=positions,
-            channels=[channel_metadata(c) for c in channels],
-            shape_yx=shape,
-            dtype=dtype,
-            n_time=n_time,
-            n_z=n_z,
-            pixel_size_um=pixel_size_um,
-            z_step_um=z_step_um,
-            time_interval_s=time_interval_s,
-            objective=f"Plan Apo {magnification:g}x",
-            magnification=magnification,
-            numerical_aperture=na,
+            channels=[channel_metadata(c) for c in d.channels],
+            shape_yx=d.shape,
+            dtype=d.dtype,
+            n_time=d.n_time,
+            n_z=d.n_z,
+            pixel_size_um=d.pixel_size_um,
+            z_step_um=d.z_step_um,
+            time_interval_s=d.time_interval_s,
+            objective=f"Plan Apo {self.magnification:g}x",
+            magnification=self.magnification,
+            numerical_aperture=self.na,
         )
-    else:
-        source = out
-        index_images: list[dict[str, Any]] = []
-        naming: dict[str, Callable[[WellRef, int, int, int, int], str]] = {
-            "imagexpress": lambda w, f, t, z, c: (
-                (f"TimePoint_{t + 1}/" if n_time > 1 else "")
-                + (f"ZStep_{z + 1}/" if n_z > 1 else "")
-                + f"{name}_{w.name}_s{f + 1}_w{c + 1}.tif"
-            ),
-            "opera": lambda w, f, t, z, c: (
-                f"r{w.row + 1:02d}c{w.column + 1:02d}f{f + 1:02d}p{z + 1:02d}-ch{c + 1}sk{t + 1}fk1fl1.tiff"
-            ),
-            "cellomics": lambda w, f, t, z, c: f"{name}_{w.name}f{f:02d}d{c}.tif",
-        }
-        file_name = naming[format]
-        for _p, w, f in fields_in_order():
-            xy = stage_position_um(w, f, fields=fields, plate=plate, fov_um=fov_um)
-            for t in range(n_time):
-                write_truth(w, f, t)
-                for z in range(n_z):
-                    frame = renderer.frame(w, f, t, z)
-                    for c, ch in enumerate(channels):
-                        rel = file_name(w, f, t, z, c)
-                        desc = None
-                        if format == "imagexpress":
-                            desc = _metamorph_description(ch, c, pixel_size_um, xy, z_um(w, f, z), magnification)
-                        _write_tiff(out / rel, frame[c], pixel_size_um, desc)
-                        if format == "opera":
-                            index_images.append(
-                                {
-                                    "id": f"{w.row + 1:02d}{w.column + 1:02d}K{t + 1}F{f + 1}P{z + 1}R{c + 1}",
-                                    "url": rel,
-                                    "row": w.row + 1,
-                                    "col": w.column + 1,
-                                    "field": f + 1,
-                                    "plane": z + 1,
-                                    "timepoint": t + 1,
-                                    "channel": c + 1,
-                                    "channel_name": ch,
-                                    "x_um": xy[0],
-                                    "y_um": xy[1],
-                                    "z_um": z_um(w, f, z),
-                                }
-                            )
-        if format == "imagexpress":
-            (out / f"{name}.HTD").write_bytes(
-                _htd_text(name, plate, well_list, fields, channels, n_z, n_time).encode("utf-8")
-            )
-        elif format == "opera":
-            (out / "Index.idx.xml").write_bytes(
-                _harmony_index(name, plate, channels, pixel_size_um, index_images, magnification, na)
-            )
 
-    return SynthPlate(
-        source=Path(source),
-        platemap=platemap,
-        truth_dir=truth_dir,
-        wells=list(well_list),
-        fields=fields,
-        channels=channels,
-        shape=shape,
-        pixel_size_um=float(pixel_size_um),
-        format=format,
-        n_z=n_z,
-        n_time=n_time,
-        name=name,
-        plate_type=plate_type,
-        rows=rows,
-    )
+    def file_name(self, w: WellRef, f: int, t: int, z: int, c: int) -> str:
+        """The image file of one plane of one channel, relative to ``out``."""
+        d = self.d
+        if d.format == "imagexpress":
+            return (
+                (f"TimePoint_{t + 1}/" if d.n_time > 1 else "")
+                + (f"ZStep_{z + 1}/" if d.n_z > 1 else "")
+                + f"{d.name}_{w.name}_s{f + 1}_w{c + 1}.tif"
+            )
+        if d.format == "opera":
+            return f"r{w.row + 1:02d}c{w.column + 1:02d}f{f + 1:02d}p{z + 1:02d}-ch{c + 1}sk{t + 1}fk1fl1.tiff"
+        return f"{d.name}_{w.name}f{f:02d}d{c}.tif"  # cellomics
+
+    def write_tiffs(self) -> Path:
+        """One TIFF per plane and channel, and the format's side file (HTD, Harmony index)."""
+        d = self.d
+        index_images: list[dict[str, Any]] = []
+        for _p, w, f in self.fields_in_order():
+            xy = self.xy(w, f)
+            for t in range(d.n_time):
+                self.write_truth(w, f, t)
+                for z in range(d.n_z):
+                    frame = self.renderer.frame(w, f, t, z)
+                    for c, ch in enumerate(d.channels):
+                        rel = self.file_name(w, f, t, z, c)
+                        desc = None
+                        if d.format == "imagexpress":
+                            desc = _metamorph_description(
+                                ch, c, d.pixel_size_um, xy, self.z_um(w, f, z), self.magnification
+                            )
+                        _write_tiff(self.out / rel, frame[c], d.pixel_size_um, desc)
+                        if d.format == "opera":
+                            index_images.append(self._index_entry(w, f, t, z, c, ch, rel, xy))
+        if d.format == "imagexpress":
+            (self.out / f"{d.name}.HTD").write_bytes(
+                _htd_text(d.name, self.plate, self.well_list, d.fields, d.channels, d.n_z, d.n_time).encode("utf-8")
+            )
+        elif d.format == "opera":
+            (self.out / "Index.idx.xml").write_bytes(
+                _harmony_index(
+                    d.name, self.plate, d.channels, d.pixel_size_um, index_images, self.magnification, self.na
+                )
+            )
+        return self.out
+
+    def _index_entry(
+        self, w: WellRef, f: int, t: int, z: int, c: int, ch: str, rel: str, xy: tuple[float, float]
+    ) -> dict[str, Any]:
+        """One image of the Harmony index."""
+        return {
+            "id": f"{w.row + 1:02d}{w.column + 1:02d}K{t + 1}F{f + 1}P{z + 1}R{c + 1}",
+            "url": rel,
+            "row": w.row + 1,
+            "col": w.column + 1,
+            "field": f + 1,
+            "plane": z + 1,
+            "timepoint": t + 1,
+            "channel": c + 1,
+            "channel_name": ch,
+            "x_um": xy[0],
+            "y_um": xy[1],
+            "z_um": self.z_um(w, f, z),
+        }

@@ -10,7 +10,8 @@ What is compared
   (``img01_mask.tif`` pairs with ``img01.tif``). A file and a folder: the
   folder's file with the file's stem.
 - ``plate`` (instead of ``pred``): the label images ``labels`` (e.g. ``nuclei``)
-  that ``hts segment`` wrote into a plate store. ``truth`` is then a folder
+  that ``hts segment`` wrote into a plate store of the ``workspace`` (an
+  :class:`hts.config.Workspace`, needed only here). ``truth`` is then a folder
   whose files are named by well and field (the field index of the store,
   0-based)::
 
@@ -31,16 +32,20 @@ all images, the scores computed from the sums.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hts.compute.analysis.metrics import AP_THRESHOLDS, pool, score_image
 from hts.errors import HtsError, ImageFileError
 from hts.formats.images import read_image
+
+if TYPE_CHECKING:
+    from hts.catalog import Catalog
+    from hts.config import Workspace
 
 __all__ = [
     "EvaluationError", "LabelFileError", "ShapeMismatchError", "NoPairsError", "EvaluationReport", "LABEL_SUFFIXES",
@@ -214,11 +219,13 @@ def evaluate(
     *,
     plate: str | None = None,
     labels: str = "nuclei",
-    db: str | Path | None = None,
+    workspace: Workspace | None = None,
     thresholds: Sequence[float] = AP_THRESHOLDS,
     overlap: float = 0.5,
 ) -> EvaluationReport:
     """Compare predicted label images with ground truth (the module docstring says what each argument can be).
+
+    ``workspace`` is the workspace whose catalog holds ``plate`` (needed only with ``plate``).
 
     Raises
     ------
@@ -234,7 +241,11 @@ def evaluate(
     if plate is not None:
         if pred is not None:
             raise EvaluationError("give either --pred (label images) or --plate (labels in a plate store), not both")
-        return _evaluate_plate(plate, truth, labels=labels, db=db, thresholds=thresholds, overlap=overlap)
+        if workspace is None:
+            raise EvaluationError(f"evaluating plate {plate} needs the workspace whose catalog holds it: "
+                                  "evaluate(..., workspace=hts.config.load_workspace())")
+        return _evaluate_plate(plate, truth, labels=labels, catalog=workspace.catalog, thresholds=thresholds,
+                               overlap=overlap)
     if pred is None:
         raise EvaluationError("--pred is needed (a label image or a folder of them), or --plate PLATE --labels NAME")
     pred = Path(pred)
@@ -270,13 +281,13 @@ def evaluate(
                             overlap=overlap)
 
 
-def _evaluate_plate(plate: str, truth: Path, *, labels: str, db, thresholds, overlap) -> EvaluationReport:
-    from hts.catalog import Catalog
+def _evaluate_plate(
+    plate: str, truth: Path, *, labels: str, catalog: Catalog, thresholds: Sequence[float], overlap: float
+) -> EvaluationReport:
+    """The labels ``labels`` of a plate's store against truth files named by well and field."""
     from hts.catalog import runs as runs_db
-    from hts.config import load_workspace
     from hts.store import PlateStore
 
-    catalog = Catalog(db) if db else load_workspace().catalog
     rec = catalog.find_plate(plate)
     owners = runs_db.label_owners(catalog, rec.plate_id)
     if labels not in owners:
@@ -285,30 +296,7 @@ def _evaluate_plate(plate: str, truth: Path, *, labels: str, db, thresholds, ove
     pending = runs_db.pending_run_fields(catalog, owners[labels]["run_id"])
     fields = catalog.field_paths(rec.plate_id)
     base_name = labels.split("_", 1)[0]
-    if truth.is_dir():
-        truth_files = sorted(p for p in truth.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
-    elif len(fields) == 1:
-        (w, f), = fields
-        truth_files = [truth]
-    else:
-        raise EvaluationError(f"--plate needs --truth to be a folder of files named by well and field "
-                              f"(e.g. B03_0.tif); {truth} is one file and plate {rec.name} has {len(fields)} fields")
-    wanted: dict[tuple[str, int, int], Path] = {}
-    unmatched_t: list[str] = []
-    for p in truth_files:
-        parsed = parse_field_stem(p.stem) if truth.is_dir() else (w, f, 0, None)
-        if parsed is None:
-            unmatched_t.append(p.name)
-            continue
-        well, fi, t, name = parsed
-        if name is not None and name not in (labels, base_name):
-            continue  # the truth of another output (B03_f0_cells.tif when evaluating nuclei)
-        if (well, fi) not in fields:
-            unmatched_t.append(p.name)
-            continue
-        if (well, fi, t) in wanted:
-            raise EvaluationError(f"{truth}: two truth files for well {well} field {fi}: {wanted[(well, fi, t)].name} and {p.name}")
-        wanted[(well, fi, t)] = p
+    wanted, unmatched_t = _plate_truth(truth, fields, labels=labels, plate=rec.name)
     store = PlateStore(rec.store_uri)
     per, skipped = [], []
     for (well, fi, t), tp in sorted(wanted.items()):
@@ -335,3 +323,38 @@ def _evaluate_plate(plate: str, truth: Path, *, labels: str, db, thresholds, ove
     return EvaluationReport(pred=pred_desc, truth=str(truth), overall=pool(per, thresholds=thresholds), per_image=per,
                             unmatched_truth=sorted(unmatched_t), skipped=skipped, thresholds=tuple(thresholds),
                             overlap=overlap)
+
+
+def _plate_truth(
+    truth: Path, fields: Mapping[tuple[str, int], str], *, labels: str, plate: str
+) -> tuple[dict[tuple[str, int, int], Path], list[str]]:
+    """Truth files by ``(well, field, t)`` of the plate's ``fields``, and the names of the files left unused.
+
+    ``truth`` is a folder of files named by well and field, or one file when the plate has one field.
+    """
+    base_name = labels.split("_", 1)[0]
+    if truth.is_dir():
+        truth_files = sorted(p for p in truth.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
+    elif len(fields) == 1:
+        (w, f), = fields
+        truth_files = [truth]
+    else:
+        raise EvaluationError(f"--plate needs --truth to be a folder of files named by well and field "
+                              f"(e.g. B03_0.tif); {truth} is one file and plate {plate} has {len(fields)} fields")
+    wanted: dict[tuple[str, int, int], Path] = {}
+    unmatched_t: list[str] = []
+    for p in truth_files:
+        parsed = parse_field_stem(p.stem) if truth.is_dir() else (w, f, 0, None)
+        if parsed is None:
+            unmatched_t.append(p.name)
+            continue
+        well, fi, t, name = parsed
+        if name is not None and name not in (labels, base_name):
+            continue  # the truth of another output (B03_f0_cells.tif when evaluating nuclei)
+        if (well, fi) not in fields:
+            unmatched_t.append(p.name)
+            continue
+        if (well, fi, t) in wanted:
+            raise EvaluationError(f"{truth}: two truth files for well {well} field {fi}: {wanted[(well, fi, t)].name} and {p.name}")
+        wanted[(well, fi, t)] = p
+    return wanted, unmatched_t

@@ -31,7 +31,7 @@ import duckdb
 
 from hts.catalog import Catalog
 from hts.catalog.db import sql_literal
-from hts.config import load_workspace
+from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.tasks.outputs import check_output_path, check_replaceable, spreadsheet_safe_sql, write_marker
 
@@ -56,7 +56,7 @@ class ExportReport:
 def export(
     out: str | Path,
     *,
-    db: str | Path | None = None,
+    workspace: Workspace,
     plates: list[str] | None = None,
     run: str | None = None,
     format: str = "parquet",
@@ -65,9 +65,8 @@ def export(
     """Write the cells of the current complete runs (of ``plates``, or run ``run``, finished or not) and the well/field tables under ``out``."""
     if format not in EXPORT_FORMATS:
         raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    ws = load_workspace(db=db)
-    catalog = Catalog(db) if db else ws.catalog
-    out = check_output_path(out, catalog, plates_dir=ws.plates_dir)
+    catalog = workspace.catalog
+    out = check_output_path(out, catalog, plates_dir=workspace.plates_dir)
     check_replaceable(out, "export", overwrite=overwrite)
     plate_ids = [catalog.find_plate(p).plate_id for p in plates] if plates else None
 

@@ -7,19 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from hts.catalog import Catalog
-from hts.config import load_workspace
+from hts.config import Workspace
 from hts.errors import CatalogError
 
 __all__ = ["list_plates", "plate_info"]
 
 
-def _catalog(db: str | Path | None) -> Catalog:
-    return Catalog(db) if db else load_workspace().catalog
-
-
-def list_plates(*, db: str | Path | None = None) -> list[dict[str, Any]]:
+def list_plates(*, workspace: Workspace) -> list[dict[str, Any]]:
     """One row per plate: name, id, wells, fields (complete/total), channels, status, store."""
-    catalog = _catalog(db)
+    catalog = workspace.catalog
     if not catalog.path.exists():
         return []
     return catalog.query(
@@ -34,9 +30,9 @@ def list_plates(*, db: str | Path | None = None) -> list[dict[str, Any]]:
     )
 
 
-def plate_info(plate: str | None = None, *, db: str | Path | None = None) -> dict[str, Any]:
+def plate_info(plate: str | None = None, *, workspace: Workspace) -> dict[str, Any]:
     """Everything about one plate (by name, id or store path; the only plate when None)."""
-    catalog = _catalog(db)
+    catalog = workspace.catalog
     if plate is None:
         plates = catalog.plates() if catalog.path.exists() else []
         if len(plates) != 1:

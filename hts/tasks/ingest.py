@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from hts import __version__
 from hts.catalog import Catalog
-from hts.config import Workspace, load_workspace
+from hts.config import Workspace
 from hts.errors import SourceError, StoreError
 from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
 from hts.compute.measure.imagestats import channel_stats
@@ -78,42 +78,45 @@ def _safe_name(name: str) -> str:
 def ingest(
     source: str | Path,
     *,
+    workspace: Workspace,
     out: str | Path | None = None,
-    db: str | Path | None = None,
-    workspace: Workspace | None = None,
     overwrite: bool = False,
     max_project: bool = False,
     tile: int = 1024,
     format: str | None = None,
     pattern: str | None = None,
     name: str | None = None,
-    scheduler: str | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
     **reader_options: Any,
 ) -> IngestReport:
-    """Ingest ``source`` into an OME-Zarr HCS plate registered in the catalog.
+    """Ingest ``source`` into an OME-Zarr HCS plate registered in the workspace's catalog.
 
     Parameters
     ----------
     source : path
         An ``.nd2`` file or a folder of TIFFs (ImageXpress, Opera/Operetta,
         Cellomics, or any naming given by ``pattern``).
+    workspace : Workspace
+        The catalog, the plates folder and the Dask scheduler.
     out : path or URL, optional
         The plate store (a local path or an fsspec URL such as ``s3://bucket/plates/X.zarr``);
         default ``<plates_dir>/<plate name>.zarr`` of the workspace.
-    db : path, optional
-        The catalog; default the workspace's (``./hts.duckdb``).
     overwrite : bool
         Replace a store that holds a different plate, or re-ingest a complete one.
     max_project : bool
         Store the maximum-intensity projection over Z instead of the stack.
     tile : int
         Chunk size in y and x (pixels).
-    scheduler, workers
-        Where to run (see :mod:`hts.orchestrate.dask`).
+    format, pattern, name
+        Force a reader (:data:`hts.formats.FORMATS`), give a TIFF file-name pattern,
+        name the plate (default: from the source).
+    workers : int, optional
+        Local Dask workers (see :mod:`hts.orchestrate.dask`).
     progress : callable, optional
         ``progress(done, total, message)`` after each field.
+    reader_options
+        Passed to the reader (e.g. ``plate_wells=384``).
 
     Returns
     -------
@@ -122,9 +125,8 @@ def ingest(
     t0 = time.perf_counter()
     if tile < 64 or tile > 16384:
         raise StoreError(f"tile size {tile} is out of range (64..16384)")
-    ws = workspace or load_workspace(db=db, scheduler=scheduler)
-    catalog = Catalog(db) if db else ws.catalog
-    if not is_external(scheduler or ws.scheduler):
+    catalog = workspace.catalog
+    if not is_external(workspace.scheduler):
         check_workers(workers)
     hint = reader_options.get("plate_wells")
     if hint is not None and hint not in (96, 384, 1536):
@@ -133,14 +135,45 @@ def ingest(
         reader_options["name"] = name
     reader = open_plate(source, format=format, pattern=pattern, **reader_options)
     desc = reader.describe()
-    store_path = location(out) if out else join(ws.plates_dir, f"{_safe_name(desc.name)}.zarr")
+    store_path = location(out) if out else join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")
     files = sorted(desc.files)
     root = Path(source).expanduser().resolve()
     fp = fingerprint([f.resolve() for f in files], root=root)
 
+    target = _open_target(catalog, store_path, fp, max_project=max_project, tile=tile, overwrite=overwrite)
+    if target == "unchanged":
+        record = catalog.plate_by_store(str(store_path))
+        return _report(record.plate_id, desc, store_path, catalog, "unchanged", 0, t0, max_project)
+    if target is None:
+        # Registered before the skeleton is written, on a path now empty: a run interrupted while
+        # writing it finds its plate in the catalog and a store without the plate id (written
+        # last), which only hts can have written, and starts afresh.
+        plate_id, status = str(uuid.uuid4()), "ingested"
+        catalog.insert_plate(_plate_tables(plate_id, desc, store_path, root, fp, tile, max_project))
+        try:
+            PlateStore.create(store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project)
+        except Exception:
+            catalog.delete_plate(plate_id)
+            raise
+    else:
+        plate_id, status = target, "resumed"
+    written, acq_checksum = _write_fields(catalog, reader, desc, plate_id, store_path, files, workspace.scheduler,
+                                          workers, max_project, progress)
+    _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
+    catalog.finish_plate(plate_id, checksum=acq_checksum)
+    return _report(plate_id, desc, store_path, catalog, status, written, t0, max_project)
+
+
+def _open_target(catalog: Catalog, store_path: Any, fp: str, *, max_project: bool, tile: int,
+                 overwrite: bool) -> str | None:
+    """What the store holds for this source: ``"unchanged"`` (complete), a plate id to resume, or None (start afresh).
+
+    A different plate there (in this catalog, or one hts does not know) is an error unless
+    ``overwrite``; replacing it moves the old store aside first, so a file system that refuses
+    changes nothing.
+    """
     record = catalog.plate_by_store(str(store_path))
     store = PlateStore(store_path)
-    status = "ingested"
     if record is not None:
         same = record.source_fingerprint == fp and record.max_projected == max_project and record.tile_size == tile
         if not same and not overwrite:
@@ -149,20 +182,17 @@ def ingest(
                 "pass --overwrite to replace it or --out to choose another store"
             )
         if same and record.status == "complete" and not overwrite:
-            return _report(record.plate_id, desc, store_path, catalog, "unchanged", 0, t0, max_project)
+            return "unchanged"
         if same and not overwrite and store.exists() and store.hts_attrs.get("plate_id") == record.plate_id:
-            plate_id = record.plate_id
-            status = "resumed"
-        else:
-            # the old store out of the way first: when that fails (a read-only file system), nothing has changed
-            aside = store.set_aside()
-            if aside is None:
-                store.remove()
-            catalog.delete_plate(record.plate_id)
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
-            record = None
-    elif store.occupied():  # a plate of another catalog, or other files: not ours to replace unasked
+            return record.plate_id
+        aside = store.set_aside()
+        if aside is None:
+            store.remove()
+        catalog.delete_plate(record.plate_id)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return None
+    if store.occupied():  # a plate of another catalog, or other files: not ours to replace unasked
         if not overwrite:
             name = store.hts_attrs.get("name")
             what = f"plate {name!r} not in catalog {catalog.path}" if name else "data that is not an hts plate"
@@ -175,37 +205,31 @@ def ingest(
             store.remove()
         else:
             shutil.rmtree(aside, ignore_errors=True)
+    return None
 
-    if record is None:
-        # Registered before the skeleton is written, on a path now empty: a run interrupted while
-        # writing it finds its plate in the catalog and a store without the plate id (written
-        # last), which only hts can have written, and starts afresh.
-        plate_id = str(uuid.uuid4())
-        catalog.insert_plate(_plate_tables(plate_id, desc, store_path, root, fp, tile, max_project))
-        try:
-            store = PlateStore.create(
-                store_path, desc, plate_id=plate_id, fingerprint=fp, tile=tile, max_project=max_project
-            )
-        except Exception:
-            catalog.delete_plate(plate_id)
-            raise
 
+def _write_fields(catalog: Catalog, reader: PlateReader, desc: PlateDescription, plate_id: str, store_path: Any,
+                  files: list[Path], scheduler: str | None, workers: int | None, max_project: bool,
+                  progress: ProgressFn | None) -> tuple[int, str]:
+    """Write the plate's pending fields on Dask, marking them complete in batches.
+
+    Returns the number written and the acquisition's checksum (computed on a worker meanwhile).
+    """
     pending = catalog.pending_fields(plate_id)
     todo = [f for f in desc.fields if (f.well.name, f.index) in pending]
     total = len(desc.fields)
     done = total - len(todo)
     if progress:
         progress(done, total, "resuming" if done else "starting")
-
     light = dataclasses.replace(desc, fields=[], files=[])
-    levels = int(store.hts_attrs["levels"])
+    levels = int(PlateStore(store_path).hts_attrs["levels"])
 
     def record(items: list[tuple[dict, list[dict]]]) -> None:
         fields = [f for f, _ in items]
         stats = [st for _, rows in items for st in rows]
         catalog.complete_fields(plate_id, pa.Table.from_pylist(fields), pa.Table.from_pylist(stats))
 
-    with dask_client(scheduler or ws.scheduler, workers=workers) as client:
+    with dask_client(scheduler, workers=workers) as client:
         acq_future = client.submit(checksum, files, pure=False) if client is not None else None
         # whatever completed is recorded, also when interrupted (the batcher flushes on exit)
         with Batcher(record) as batch:
@@ -225,10 +249,7 @@ def ingest(
                 if progress:
                     progress(done, total, well)
         acq_checksum = acq_future.result() if acq_future is not None else checksum(files)
-
-    _set_display_windows(catalog, plate_id, store, desc)
-    catalog.finish_plate(plate_id, checksum=acq_checksum)
-    return _report(plate_id, desc, store_path, catalog, status, len(todo), t0, max_project)
+    return len(todo), acq_checksum
 
 
 # CPU seconds of ingest_field per stored pixel (read, pyramid, compress, write, statistics):

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hts.catalog import Catalog
+from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
 from hts.catalog.locks import plate_locks
 from hts.compute.measure import MeasureOptions
-from hts.config import load_workspace
-from hts.orchestrate.dask import check_workers, is_external
+from hts.config import Workspace
 from hts.errors import CatalogError
-from hts.tasks.segment import ProgressFn, execute_plans, measure_options, measure_spec, select_plates
+from hts.orchestrate.dask import check_workers, is_external
+from hts.tasks.plan import FieldTask, ProgressFn, RunPlan, execute_plans, measure_spec
+from hts.tasks.segment import measure_options, select_plates
 
 __all__ = ["MeasureReport", "measure"]
 
@@ -45,10 +46,9 @@ class MeasureReport:
 def measure(
     plates: list[str] | None = None,
     *,
-    db: str | Path | None = None,
+    workspace: Workspace,
     run: str | None = None,
     features: MeasureOptions | dict[str, Any] | bool = True,
-    scheduler: str | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[MeasureReport]:
@@ -56,19 +56,21 @@ def measure(
 
     Only fields whose labels are complete are measured; one report per run.
     """
-    ws = load_workspace(db=db, scheduler=scheduler)
-    catalog = Catalog(db) if db else ws.catalog
-    if not is_external(scheduler or ws.scheduler):
+    catalog = workspace.catalog
+    if not is_external(workspace.scheduler):
         check_workers(workers)
     options = measure_options(features) or MeasureOptions()
-    key = options.key()
-    plans = []
     records = select_plates(catalog, plates)
     with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command="measure") as lock:
-        return _measure(catalog, ws, records, run, options, key, scheduler, workers, progress, lock)
+        plans = _plan(catalog, records, run, options)
+        seconds = execute_plans(catalog, plans, scheduler=workspace.scheduler, workers=workers, progress=progress,
+                                lock=lock)
+        return [_report(catalog, plan, s, options) for plan, s in zip(plans, seconds)]
 
 
-def _measure(catalog, ws, records, run, options, key, scheduler, workers, progress, lock) -> list[MeasureReport]:
+def _plan(catalog: Catalog, records: list[PlateRecord], run: str | None, options: MeasureOptions) -> list[RunPlan]:
+    """One plan per current run of the plates: its complete fields not measured with these options."""
+    key = options.key()
     plans = []
     for rec in records:
         runs = runs_db.current_runs(catalog, rec.plate_id, run)
@@ -77,26 +79,27 @@ def _measure(catalog, ws, records, run, options, key, scheduler, workers, progre
         channels = catalog.channel_names(rec.plate_id)
         paths = catalog.field_paths(rec.plate_id)
         for r in runs:
-            todo = [(w, i, paths[(w, i)], "measure") for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r["run_id"], key))]
-            plans.append({"record": rec, "run": r, "spec": measure_spec(rec, r, channels, options), "todo": todo, "finish": False})
+            todo = [FieldTask(w, i, paths[(w, i)], "measure")
+                    for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r.run_id, key))]
+            plans.append(RunPlan(record=rec, run=r, status="measured" if todo else "unchanged",
+                                 spec=measure_spec(rec, r, channels, options), todo=todo,
+                                 fields=[(w, i, paths[(w, i)]) for w, i in sorted(paths)]))
     if not plans:
         where = f"run {run!r}" if run else "the selected plates"
         raise CatalogError(f"{catalog.path}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)")
-    seconds = execute_plans(catalog, plans, scheduler=scheduler or ws.scheduler, workers=workers, progress=progress, lock=lock)
-    reports = []
-    for plan, s in zip(plans, seconds):
-        run_id = plan["run"]["run_id"]
-        n = catalog.query("SELECT coalesce(sum(n_cells), 0) AS n FROM run_fields WHERE run_id = ?", [run_id])[0]["n"]
-        reports.append(
-            MeasureReport(
-                plate=plan["record"].name,
-                run_id=run_id,
-                engine=plan["run"]["engine"],
-                status="measured" if plan["todo"] else "unchanged",
-                fields_measured=len(plan["todo"]),
-                cells=int(n),
-                features=json.loads(json.dumps(options.model_dump(mode="json"))),
-                seconds=round(s, 3),
-            )
-        )
-    return reports
+    return plans
+
+
+def _report(catalog: Catalog, plan: RunPlan, seconds: float, options: MeasureOptions) -> MeasureReport:
+    run_id = plan.run.run_id
+    n = catalog.query("SELECT coalesce(sum(n_cells), 0) AS n FROM run_fields WHERE run_id = ?", [run_id])[0]["n"]
+    return MeasureReport(
+        plate=plan.record.name,
+        run_id=run_id,
+        engine=plan.run.engine,
+        status=plan.status,
+        fields_measured=len(plan.todo),
+        cells=int(n),
+        features=json.loads(json.dumps(options.model_dump(mode="json"))),
+        seconds=round(seconds, 3),
+    )

@@ -19,7 +19,7 @@ from hts.catalog import Catalog
 from hts.catalog import runs as runs_db
 from hts.catalog.db import sql_ident
 from hts.compute.analysis.qc import assay_quality, robust_z, ssmd, z_prime
-from hts.config import load_workspace
+from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.tasks.segment import select_plates
 
@@ -69,18 +69,17 @@ def well_metric(catalog: Catalog, run_id: str, metric: str) -> list[dict[str, An
 def plate_qc(
     plates: list[str] | None = None,
     *,
-    db: str | Path | None = None,
+    workspace: Workspace,
     run: str | None = None,
     metric: str = "cell_count",
 ) -> list[QCReport]:
     """QC of each current run of ``plates`` (default: all), or only run ``run`` (id prefix)."""
-    ws = load_workspace(db=db)
-    catalog = Catalog(db) if db else ws.catalog
+    catalog = workspace.catalog
     reports = []
     notes = []
     for rec in select_plates(catalog, plates):
         for r in runs_db.current_runs(catalog, rec.plate_id, run, complete=run is None):
-            reports.append(run_qc(catalog, rec.name, r["run_id"], r["engine"], metric))
+            reports.append(run_qc(catalog, rec.name, r.run_id, r.engine, metric))
         notes.append(runs_db.unfinished_note(catalog, rec.plate_id))
     if not reports:
         note = next((n for n in notes if n), "")

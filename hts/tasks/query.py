@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from hts.catalog import Catalog
 from hts.catalog.db import _one_line, check_user_sql
-from hts.config import load_workspace
+from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.resources import data_dir
 
@@ -38,7 +38,7 @@ def preset_sql(name: str) -> str:
     return path.read_text()
 
 
-def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = None,
+def run_query(sql: str, *, workspace: Workspace, limit: int | None = None,
               allow_read: list[str | Path] | tuple = ()) -> pa.Table:
     """Run one query ``sql`` on the catalog; return the result as an Arrow table.
 
@@ -50,7 +50,7 @@ def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = Non
     the folders of ``allow_read``. Errors come back as one-line
     :class:`~hts.errors.CatalogError` messages, DuckDB's hints kept.
     """
-    catalog = Catalog(db) if db else load_workspace().catalog
+    catalog = workspace.catalog
     with catalog.user_connection(allow_read=allow_read) as con:
         stmt = check_user_sql(con, sql)
         try:
@@ -66,12 +66,11 @@ def run_query(sql: str, *, db: str | Path | None = None, limit: int | None = Non
             raise CatalogError(_one_line(e)) from None
 
 
-def write_result(table: pa.Table, path: str | Path, fmt: str, *, db: str | Path | None = None) -> Path:
-    """Write a query result as CSV, JSON (records) or Parquet; never onto the catalog ``db`` or a plate store."""
+def write_result(table: pa.Table, path: str | Path, fmt: str, *, workspace: Workspace) -> Path:
+    """Write a query result as CSV, JSON (records) or Parquet; never onto the workspace's catalog or a plate store."""
     from hts.tasks.outputs import check_output_path, spreadsheet_safe_table
 
-    ws = load_workspace(db=db)
-    check_output_path(path, Catalog(db) if db else ws.catalog, plates_dir=ws.plates_dir)
+    check_output_path(path, workspace.catalog, plates_dir=workspace.plates_dir)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

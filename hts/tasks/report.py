@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hts.catalog import Catalog
+from hts.catalog import Catalog, PlateRecord
 from hts.catalog import runs as runs_db
-from hts.config import load_workspace
+from hts.catalog.runs import Run
+from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.store import PlateStore
 from hts.tasks.outputs import check_output_path
@@ -55,11 +56,11 @@ def _finite(v: Any) -> float:
     return f if math.isfinite(f) else float("nan")
 
 
-def _sql_values(catalog: Catalog, sql: str) -> tuple[str, list[dict[str, Any]]]:
+def _sql_values(workspace: Workspace, sql: str) -> tuple[str, list[dict[str, Any]]]:
     """A query returning a ``well`` column and one numeric column -> (column name, rows)."""
     from hts.tasks.query import run_query
 
-    table = run_query(sql, db=catalog.path)
+    table = run_query(sql, workspace=workspace)
     cols = table.column_names
     if "well" not in cols:
         raise CatalogError(f"--sql must return a 'well' column; it returned {', '.join(cols)}")
@@ -95,10 +96,27 @@ def _pick_fields(catalog: Catalog, run_id: str, values: dict[str, float], n: int
     return [(w, 0) for w in picked[:n]]
 
 
+class _Page:
+    """The report being written: the HTML page and the PNG files beside it."""
+
+    def __init__(self, out_dir: Path, title: str):
+        from hts.reports import HtmlReport
+
+        self.out_dir = out_dir
+        self.html = HtmlReport(title)
+        self.images: list[str] = []
+
+    def save(self, name: str, png: bytes) -> bytes:
+        path = self.out_dir / name
+        path.write_bytes(png)
+        self.images.append(str(path))
+        return png
+
+
 def report(
     plate: str,
     *,
-    db: str | Path | None = None,
+    workspace: Workspace,
     run: str | None = None,
     values: list[str] | None = None,
     sql: str | None = None,
@@ -107,66 +125,71 @@ def report(
     out: str | Path | None = None,
     metric: str | None = None,
 ) -> ReportResult:
-    """Write the report of one plate's segmentation run (default: its latest current run).
+    """Write the report of one plate's segmentation run (default: its latest complete run).
 
     ``values``: per-well values to map (``cell_count`` and/or well_stats columns or
     features, a feature meaning its per-well median); ``sql``: a query returning
     ``well`` and a numeric column, mapped as well; ``fields``: overlay fields as
-    ``B03`` or ``B03/1`` (default: controls and extreme wells).
+    ``B03`` or ``B03/1`` (default: controls and extreme wells); ``metric``: the
+    assay metric the QC table leads with (default the first value).
     """
-    from hts.reports import HtmlReport, contact_sheet, dose_response_plot, fit_4pl, plate_heatmap, segmentation_overlay
-
-    ws = load_workspace(db=db)
-    catalog = Catalog(db) if db else ws.catalog
+    catalog = workspace.catalog
     rec = catalog.find_plate(plate)
-    runs = runs_db.current_runs(catalog, rec.plate_id, run, complete=run is None)
-    if not runs:
-        if run is None and runs_db.unfinished_note(catalog, rec.plate_id):
-            raise CatalogError(f"plate {rec.name} has no finished segmentation run{runs_db.unfinished_note(catalog, rec.plate_id)}")
-        raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
-    r = runs[-1]
-    run_id, engine = r["run_id"], r["engine"]
+    r = _report_run(catalog, rec, run)
     out_dir = Path(out) if out else Path("reports") / _slug(rec.name)
-    check_output_path(out_dir, catalog, plates_dir=ws.plates_dir)
+    check_output_path(out_dir, catalog, plates_dir=workspace.plates_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # per-well values ------------------------------------------------------------------
-    maps: list[tuple[str, list[dict[str, Any]]]] = []
-    for v in values or ["cell_count"]:
-        maps.append((v, well_metric(catalog, run_id, v)))
+    maps: list[tuple[str, list[dict[str, Any]]]] = [(v, well_metric(catalog, r.run_id, v)) for v in values or ["cell_count"]]
     n_metrics = len(maps)  # well_stats values; the --sql column (not a catalog metric) comes after them
     if sql:
-        maps.append(_sql_values(catalog, sql))
+        maps.append(_sql_values(workspace, sql))
+    page = _Page(out_dir, f"{rec.name} — {r.engine} run {r.run_id[:8]}")
+    _summary_section(page, catalog, rec, r)
     # QC of the assay metric first (--metric, else the first value), then of the other mapped values
     chosen = metric or maps[0][0]
     qc_names = [chosen] + [name for name, _ in maps[:n_metrics] if name != chosen]
-    qcs = [run_qc(catalog, rec.name, run_id, engine, name) for name in qc_names]
-    qc = qcs[0]
-    flags = {w["well"]: w["reason"] for w in qc.flagged_wells}
+    qcs = [run_qc(catalog, rec.name, r.run_id, r.engine, name) for name in qc_names]
+    _qc_section(page, qcs)
+    _maps_section(page, catalog, rec, maps, flags={w["well"]: w["reason"] for w in qcs[0].flagged_wells})
+    _dose_section(page, catalog, rec, r, maps)
+    if fields:
+        picked = [(w.upper(), int(i or 0)) for w, _, i in (f.partition("/") for f in fields)]
+    else:
+        picked = _pick_fields(catalog, r.run_id, {row["well"]: _finite(row["value"]) for row in maps[0][1]}, n_overlays)
+    _overlay_section(page, catalog, rec, r, picked)
+    html_path = page.html.write(out_dir / "report.html")
+    return ReportResult(plate=rec.name, run_id=r.run_id, out=str(out_dir), html=str(html_path), images=page.images)
 
-    html = HtmlReport(f"{rec.name} — {engine} run {run_id[:8]}")
-    images: list[str] = []
 
-    def save(name: str, png: bytes) -> bytes:
-        path = out_dir / name
-        path.write_bytes(png)
-        images.append(str(path))
-        return png
+def _report_run(catalog: Catalog, rec: PlateRecord, run: str | None) -> Run:
+    """The run a report shows: ``run`` (id prefix), else the plate's latest complete run."""
+    runs = runs_db.current_runs(catalog, rec.plate_id, run, complete=run is None)
+    if not runs:
+        note = runs_db.unfinished_note(catalog, rec.plate_id)
+        if run is None and note:
+            raise CatalogError(f"plate {rec.name} has no finished segmentation run{note}")
+        raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
+    return runs[-1]
 
+
+def _summary_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run) -> None:
     summary = catalog.query(
         "SELECT n_wells, n_fields, cell_count, round(cells_per_well_mean, 1) AS cells_per_well, "
         "round(cells_per_well_cv, 3) AS cv FROM plate_stats WHERE run_id = ?",
-        [run_id],
+        [r.run_id],
     )
-    channels = catalog.channel_names(rec.plate_id)
-    html.heading("Plate", 2)
-    html.table(
+    s = summary[0] if summary else {"n_wells": 0, "n_fields": 0, "cell_count": 0, "cells_per_well": None, "cv": None}
+    page.html.heading("Plate", 2)
+    page.html.table(
         ["plate", "wells", "fields", "cells", "cells / well", "CV", "channels", "pixel (µm)", "engine", "run"],
-        [[rec.name, summary[0]["n_wells"] if summary else 0, summary[0]["n_fields"] if summary else 0,
-          summary[0]["cell_count"] if summary else 0, summary[0]["cells_per_well"] if summary else None,
-          summary[0]["cv"] if summary else None, ", ".join(channels), rec.pixel_size_um[0], engine, run_id[:8]]],
-    )  # fmt: skip
+        [[rec.name, s["n_wells"], s["n_fields"], s["cell_count"], s["cells_per_well"], s["cv"],
+          ", ".join(catalog.channel_names(rec.plate_id)), rec.pixel_size_um[0], r.engine, r.run_id[:8]]],
+    )
 
+
+def _qc_section(page: _Page, qcs: list) -> None:
+    html, qc = page.html, qcs[0]
     html.heading("Quality control", 2)
     html.table(
         ["metric", "Z'", "assay", "SSMD", "positive mean ± sd (wells)", "negative mean ± sd (wells)", "fields flagged"],
@@ -178,17 +201,23 @@ def report(
     if qc.flagged_fields:
         html.table(
             ["well", "field", "cells", "focus z", "saturated", "flags"],
-            [[f["well"], f["field_index"], f["cell_count"], f["focus_z"], f["saturated_fraction_max"], ", ".join(f["flags"])] for f in qc.flagged_fields],
+            [[f["well"], f["field_index"], f["cell_count"], f["focus_z"], f["saturated_fraction_max"], ", ".join(f["flags"])]
+             for f in qc.flagged_fields],
             caption="Flagged fields (field_qc)",
         )
     if qc.flagged_wells:
         html.table(["well", "reason"], [[w["well"], w["reason"]] for w in qc.flagged_wells], caption="Flagged wells")
 
-    html.heading("Plate maps", 2)
+
+def _maps_section(page: _Page, catalog: Catalog, rec: PlateRecord, maps: list, flags: dict[str, str]) -> None:
+    from hts.reports import plate_heatmap
+
+    page.html.heading("Plate maps", 2)
     for name, rows in maps:
         vals = {row["well"]: _finite(row["value"]) for row in rows}
-        png = save(f"heatmap_{_slug(name)}.png", plate_heatmap(vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags))
-        html.image(png, caption=f"{name} per well (red outline: flagged wells)")
+        png = page.save(f"heatmap_{_slug(name)}.png", plate_heatmap(
+            vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags))
+        page.html.image(png, caption=f"{name} per well (red outline: flagged wells)")
     layout = catalog.query("SELECT well, concentration, unit, role FROM platemap WHERE plate_id = ?", [rec.plate_id])
     if layout:
         conc = {r["well"]: (math.log10(r["concentration"]) if r["concentration"] else float("nan")) for r in layout}
@@ -196,76 +225,76 @@ def report(
                  for r in layout if r["role"] in ("positive_control", "negative_control", "empty")}
         unit = next((r["unit"] for r in layout if r["unit"]), None)
         label = f"log10 concentration ({unit})" if unit else "log10 concentration"
-        png = save("heatmap_layout_log10_concentration.png", plate_heatmap(
+        png = page.save("heatmap_layout_log10_concentration.png", plate_heatmap(
             conc, plate_type=rec.plate_type, title=f"layout: {label}", label=label, marks=marks))
-        html.image(png, caption="Platemap: log10 concentration; + positive control, − negative control, ∅ empty "
-                                "(hatched: no concentration)")
+        page.html.image(png, caption="Platemap: log10 concentration; + positive control, − negative control, ∅ empty "
+                                     "(hatched: no concentration)")
 
-    # dose-response -------------------------------------------------------------------
+
+def _dose_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, maps: list) -> None:
+    from hts.reports import dose_response_plot, fit_4pl
+
     dose_rows = catalog.query(
-        "SELECT well, compound, concentration, unit, role FROM well_stats WHERE run_id = ? AND concentration IS NOT NULL", [run_id]
+        "SELECT well, compound, concentration, unit, role FROM well_stats WHERE run_id = ? AND concentration IS NOT NULL",
+        [r.run_id],
     )
-    if dose_rows and any(d["role"] == "sample" for d in dose_rows):
-        html.heading("Dose response", 2)
-        unit = next((d["unit"] for d in dose_rows if d["unit"]), "µM")
-        for name, rows in maps:
-            by_well = {row["well"]: _finite(row["value"]) for row in rows}
-            vehicle = [d for d in dose_rows if d["role"] == "negative_control"]
-            data = []
-            for d in dose_rows:
-                if d["role"] != "sample":
-                    continue
-                data.append({"compound": d["compound"], "concentration": d["concentration"], "value": by_well.get(d["well"], float("nan"))})
-            compounds = sorted({d["compound"] for d in data})
-            for c in compounds:  # the vehicle wells are every compound's zero dose
-                data += [{"compound": c, "concentration": 0.0, "value": by_well.get(v["well"], float("nan"))} for v in vehicle]
-            png = save(f"dose_{_slug(name)}.png", dose_response_plot(data, unit=unit, ylabel=name, title=f"{rec.name}: {name}"))
-            html.image(png, caption=f"{name}: wells and 4-parameter logistic fits")
-            fits = []
-            for c in compounds:
-                pts = [(d["concentration"], d["value"]) for d in data if d["compound"] == c]
-                fit = fit_4pl(np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float))
-                fits.append([c, fit["ec50"], fit["hill"], fit["bottom"], fit["top"], fit["r2"], "yes" if fit["ok"] else f"no ({fit.get('reason') or ''})"])
-            html.table(["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"], fits, caption=f"4PL fits of {name}")
+    if not (dose_rows and any(d["role"] == "sample" for d in dose_rows)):
+        return
+    page.html.heading("Dose response", 2)
+    unit = next((d["unit"] for d in dose_rows if d["unit"]), "µM")
+    vehicle = [d for d in dose_rows if d["role"] == "negative_control"]
+    for name, rows in maps:
+        by_well = {row["well"]: _finite(row["value"]) for row in rows}
+        data = [{"compound": d["compound"], "concentration": d["concentration"], "value": by_well.get(d["well"], float("nan"))}
+                for d in dose_rows if d["role"] == "sample"]
+        compounds = sorted({d["compound"] for d in data})
+        for c in compounds:  # the vehicle wells are every compound's zero dose
+            data += [{"compound": c, "concentration": 0.0, "value": by_well.get(v["well"], float("nan"))} for v in vehicle]
+        png = page.save(f"dose_{_slug(name)}.png", dose_response_plot(data, unit=unit, ylabel=name, title=f"{rec.name}: {name}"))
+        page.html.image(png, caption=f"{name}: wells and 4-parameter logistic fits")
+        fits = []
+        for c in compounds:
+            pts = [(d["concentration"], d["value"]) for d in data if d["compound"] == c]
+            fit = fit_4pl(np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float))
+            fits.append([c, fit["ec50"], fit["hill"], fit["bottom"], fit["top"], fit["r2"],
+                         "yes" if fit["ok"] else f"no ({fit.get('reason') or ''})"])
+        page.html.table(["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"], fits,
+                        caption=f"4PL fits of {name}")
 
-    # overlays ----------------------------------------------------------------------------
-    labels = runs_db.run_labels(r)
-    paths = catalog.field_paths(rec.plate_id)
-    if fields:
-        chosen = []
-        for f in fields:
-            well, _, idx = f.partition("/")
-            chosen.append((well.upper(), int(idx or 0)))
-    else:
-        chosen = _pick_fields(catalog, run_id, {row["well"]: _finite(row["value"]) for row in maps[0][1]}, n_overlays)
-    store = PlateStore(rec.store_uri)
-    tiles = []
-    roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
+
+def _shown_channels(channels: list[str], read: dict[str, str]) -> list[int]:
+    """The channels an overlay shows: those the engine read when one is brightfield (a brightfield-unet run is
+    judged on its brightfield channel), else the fluorescence channels (transmitted light washes out a composite)."""
     from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES
 
-    # the channels the engine read (a brightfield-unet run is judged on its brightfield channel); otherwise
-    # the fluorescence channels, as transmitted light washes out a fluorescence composite
-    read = r.get("channels") or {}
-    read = json.loads(read) if isinstance(read, str) else read
     read_idx = [channels.index(c) for c in read.values() if c in channels]
     if any(channels[i].lower().startswith(BRIGHTFIELD_NAMES) for i in read_idx):
-        shown = read_idx
-    else:
-        shown = [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
-    for well, idx in chosen:
+        return read_idx
+    return [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
+
+
+def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, picked: list[tuple[str, int]]) -> None:
+    from hts.reports import contact_sheet, segmentation_overlay
+
+    channels = catalog.channel_names(rec.plate_id)
+    paths = catalog.field_paths(rec.plate_id)
+    store = PlateStore(rec.store_uri)
+    roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
+    shown = _shown_channels(channels, r.channels or {})
+    tiles = []
+    for well, idx in picked:
         path = paths.get((well, idx))
         if path is None:
             raise CatalogError(f"plate {rec.name} has no field {well}/{idx}")
         pix = np.asarray(store.read_field(path.rsplit("/", 1)[0], idx)[0]).max(axis=1)
-        labs = {out: np.asarray(store.read_labels(path, name)[0, 0, 0]) for out, name in labels.items()}
+        labs = {out: np.asarray(store.read_labels(path, name)[0, 0, 0]) for out, name in r.labels.items()}
         title = f"{well} field {idx}" + (f" ({roles[well]})" if roles.get(well) else "")
-        png = save(f"overlay_{well}_{idx}.png", segmentation_overlay({channels[i]: pix[i] for i in shown}, labs, pixel_size_um=rec.pixel_size_um[0], title=title))
-        tiles.append((title, png))
+        png = page.save(f"overlay_{well}_{idx}.png", segmentation_overlay(
+            {channels[i]: pix[i] for i in shown}, labs, pixel_size_um=rec.pixel_size_um[0], title=title))
+        tiles.append(png)
     if tiles:
-        html.heading("Segmentation", 2)
+        page.html.heading("Segmentation", 2)
         # each overlay carries its own title; the sheet adds no second caption under it
-        sheet = contact_sheet([("", png) for _, png in tiles], columns=min(len(tiles), 2))
-        html.image(sheet, caption=f"Label outlines ({', '.join(labels.values())}) on "
-                                  f"{', '.join(channels[i] for i in shown)}")
-    html_path = html.write(out_dir / "report.html")
-    return ReportResult(plate=rec.name, run_id=run_id, out=str(out_dir), html=str(html_path), images=images)
+        sheet = contact_sheet([("", png) for png in tiles], columns=min(len(tiles), 2))
+        page.html.image(sheet, caption=f"Label outlines ({', '.join(r.labels.values())}) on "
+                                       f"{', '.join(channels[i] for i in shown)}")

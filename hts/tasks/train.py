@@ -1,5 +1,11 @@
 """Train: a deep engine's network on a lab's own images, written as an engine folder (``hts train``).
 
+:func:`train_engine` takes the engine, the output folder, a :class:`TrainData`
+(where the examples come from, their scale and split) and a
+:class:`TrainOptions` (length and seed of the run, resume / overwrite, training
+settings); training from a plate also needs the
+:class:`~hts.config.Workspace` whose catalog holds it.
+
 Training data (either or both):
 
 - **A plate** already ingested (``plate``): fields of the plate store (time
@@ -45,10 +51,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,11 +62,119 @@ from hts import __version__
 from hts.errors import EngineError
 from hts.formats.images import read_image
 
-__all__ = ["TrainReport", "train_engine", "PX_PER_NUCLEUS"]
+if TYPE_CHECKING:
+    from hts.config import Workspace
+
+__all__ = ["TrainData", "TrainOptions", "TrainReport", "train_engine", "PX_PER_NUCLEUS"]
 
 #: Median nucleus diameter in training pixels (the shipped models: 12 µm at 0.65 µm/px).
 PX_PER_NUCLEUS = 12.0 / 0.65
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nd2")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Where the training examples come from (a plate, mask images, or both), their scale and their split.
+
+    Checked when made: :class:`~hts.errors.EngineError` with the same one-line
+    messages as the ``hts train`` options they stand for.
+
+    Parameters
+    ----------
+    plate : str, optional
+        An ingested plate to train on (name or id) ...
+    labels_from : str, optional
+        ... with targets derived from this stain channel of the same fields (needed with ``plate``).
+    wells : str, optional
+        With ``plate``: wells to train on (``"A01:H12"``, ``"B,C05"``); default all.
+    channels : mapping of str to str, optional
+        With ``plate``: which plate channel plays which input role (``{"brightfield": "Mono"}``);
+        default guessed from the channel names, as ``hts segment`` does.
+    images, masks : path, optional
+        Together: a folder of images and a folder of their instance masks (nuclei), paired by file stem.
+    cells : path, optional
+        With ``images``: a folder of whole-cell masks (``cytoplasm``, ``fpf``).
+    pixel_size_um : float, optional
+        µm per pixel of the training images (plates: overrides the metadata; masks:
+        default unknown, scaled by nucleus size).
+    train_pixel_um : float, optional
+        The training pixel size; default chosen so the median nucleus spans
+        :data:`PX_PER_NUCLEUS` pixels.
+    max_fields : int
+        With ``plate``: use at most this many fields (a seeded spread).
+    val_fraction : float
+        Share of the items held out for validation, in ``[0, 1)``.
+    classic_params : mapping, optional
+        Classic-engine parameters for deriving the targets from the stain.
+    """
+
+    plate: str | None = None
+    labels_from: str | None = None
+    wells: str | None = None
+    channels: Mapping[str, str] | None = None
+    images: Path | None = None
+    masks: Path | None = None
+    cells: Path | None = None
+    pixel_size_um: float | None = None
+    train_pixel_um: float | None = None
+    max_fields: int = 48
+    val_fraction: float = 0.15
+    classic_params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("images", "masks", "cells"):
+            value = getattr(self, name)
+            if name == "cells" and not value:
+                value = None
+            object.__setattr__(self, name, None if value is None else Path(value))
+        if not 0 <= self.val_fraction < 1:
+            raise EngineError(f"validation fraction {self.val_fraction} must be in [0, 1)")
+        if (self.images is None) != (self.masks is None):
+            raise EngineError("--images and --masks go together: image files and their instance masks (same file stems)")
+        if self.plate is None and self.masks is None:
+            raise EngineError("no training data: give --plate PLATE --labels-from CHANNEL, or --images DIR --masks DIR")
+        if self.plate is not None and not self.labels_from:
+            raise EngineError("--plate needs --labels-from CHANNEL: the stain the training targets are derived from (e.g. DAPI)")
+        if self.max_fields < 1:
+            raise EngineError(f"--max-fields {self.max_fields}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How long and how the run goes.
+
+    Checked when made (:class:`~hts.errors.EngineError`, one line).
+
+    Parameters
+    ----------
+    minutes : float, optional
+        Time budget: without ``steps`` the run is sized to it; it is stopped at it (best weights kept).
+    steps : int, optional
+        Optimizer steps (default: those of the checkpoint being resumed, else fitted
+        to ``minutes``, else 1000).
+    seed : int
+        Seeds the field choice, the split, the weights, sampling and augmentation.
+    resume : bool
+        Continue an interrupted run from ``OUT/checkpoint.pt``.
+    overwrite : bool
+        Replace an engine already in ``OUT``.
+    config : mapping, optional
+        Overrides of :class:`~hts.compute.train.training.TrainConfig` fields
+        (``arch_config``, ``batch_size``, ``crop_sizes``, ``val_every``, ``patience``, ``lr``, ...).
+    """
+
+    minutes: float | None = None
+    steps: int | None = None
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    config: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.minutes is not None and self.minutes <= 0:
+            raise EngineError(f"--minutes {self.minutes}: must be positive")
+        if self.steps is not None and self.steps < 1:
+            raise EngineError(f"--steps {self.steps}: must be at least 1")
 
 
 @dataclass
@@ -103,28 +217,24 @@ class _Raw:
 # ----------------------------------------------------------------------------- data
 
 
-def _plate_items(
-    recipe, *, plate: str, labels_from: str | None, wells: str | None, channels: dict[str, str] | None, db,
-    pixel_size_um: float | None, max_fields: int, seed: int, classic_params: dict[str, Any],
-) -> tuple[list[_Raw], dict[str, Any]]:
-    from hts.catalog import Catalog
+def _plate_items(recipe, data: TrainData, *, workspace: Workspace, seed: int) -> tuple[list[_Raw], dict[str, Any]]:
+    """The fields of ``data.plate`` (at most ``data.max_fields``) with targets derived from ``data.labels_from``."""
     from hts.compute.segment.engines import engine_class, segment_field
-    from hts.config import load_workspace
     from hts.store import PlateStore
     from hts.tasks.segment import plate_pixel_size, resolve_channels, select_fields
 
-    if not labels_from:
-        raise EngineError("--plate needs --labels-from CHANNEL: the stain the training targets are derived from (e.g. DAPI)")
-    catalog = Catalog(db) if db else load_workspace().catalog
-    rec = catalog.find_plate(plate)
+    labels_from, wells, max_fields = str(data.labels_from), data.wells, data.max_fields
+    classic_params = dict(data.classic_params or {})
+    catalog = workspace.catalog
+    rec = catalog.find_plate(data.plate)
     plate_channels = catalog.channel_names(rec.plate_id)
     lower = {c.lower(): i for i, c in enumerate(plate_channels)}
     if labels_from.lower() not in lower:
         raise EngineError(f"plate {rec.name} has no channel {labels_from!r}; its channels are: {', '.join(plate_channels)}")
     stain_c = lower[labels_from.lower()]
-    mapping = resolve_channels(engine_class(recipe.engine), plate_channels, channels, plate=rec.name)
+    mapping = resolve_channels(engine_class(recipe.engine), plate_channels, dict(data.channels or {}), plate=rec.name)
     input_c = [lower[mapping[role].lower()] for role in recipe.inputs]
-    px = plate_pixel_size(rec, pixel_size_um)
+    px = plate_pixel_size(rec, data.pixel_size_um)
     _, fields = select_fields(catalog, rec, wells, complete_only=True)
     if not fields:
         raise EngineError(f"plate {rec.name}: no ingested fields" + (f" in wells {wells}" if wells else ""))
@@ -247,35 +357,38 @@ def _checkpoint_config(path: Path) -> dict | None:
 def train_engine(
     engine: str,
     out: str | Path,
+    data: TrainData,
+    options: TrainOptions = TrainOptions(),
     *,
-    plate: str | None = None,
-    labels_from: str | None = None,
-    wells: str | None = None,
-    channels: dict[str, str] | None = None,
-    db: str | Path | None = None,
-    images: str | Path | None = None,
-    masks: str | Path | None = None,
-    cells: str | Path | None = None,
-    pixel_size_um: float | None = None,
-    train_pixel_um: float | None = None,
-    minutes: float | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    max_fields: int = 48,
-    val_fraction: float = 0.15,
-    classic_params: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
+    workspace: Workspace | None = None,
     progress: Callable[[dict], Any] | None = None,
     command: str | None = None,
 ) -> TrainReport:
     """Train ``engine``'s network and write the engine folder ``out`` (the module docstring has the details).
 
-    ``config``: overrides of :class:`~hts.compute.train.training.TrainConfig` fields
-    (``arch_config``, ``batch_size``, ``crop_sizes``, ``val_every``, ``patience``,
-    ``lr``, ...). ``progress``: called with every training event
-    (:func:`hts.compute.train.training.train`'s callback dicts).
+    Parameters
+    ----------
+    engine : str
+        The deep engine whose network is trained (``nuclei``, ``brightfield-unet``, ``cytoplasm``, ``fpf``).
+    out : path
+        The engine folder to write.
+    data : TrainData
+        Where the examples come from, their scale and split.
+    options : TrainOptions
+        Length, seed, resume / overwrite and training settings of the run.
+    workspace : hts.config.Workspace, optional
+        The workspace whose catalog holds ``data.plate``; needed only when training from a plate.
+    progress : callable, optional
+        Called with every training event (:func:`hts.compute.train.training.train`'s callback dicts).
+    command : str, optional
+        The command line, recorded in the folder.
+
+    Raises
+    ------
+    EngineError
+        One-line messages: unknown engine, an engine already in ``out``, unusable
+        data, a plate without ``workspace``; plate look-ups raise
+        :class:`~hts.errors.CatalogError` / :class:`~hts.errors.StoreError`.
     """
     from hts.compute.train import training as T
 
@@ -283,39 +396,80 @@ def train_engine(
     recipe = T.get_recipe(engine)
     out = Path(out).expanduser().resolve()
     ckpt = out / "checkpoint.pt"
-    if (out / "config.json").exists() and not overwrite and not (resume and ckpt.exists()):
+    _check_out(out, ckpt, options)
+    items, info = _load_items(recipe, data, seed=options.seed, workspace=workspace)
+    scale = _Scale.of(recipe, items, data.train_pixel_um)
+    train_s, val_s = _split(items, scale, data.val_fraction, seed=options.seed)
+    cfg = _train_config(engine, recipe, scale, options)
+    cfg, status = _fit_steps(cfg, train_s, options, ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    result = T.train(cfg, train_s, val_s, checkpoint=ckpt, resume=options.resume, callback=progress)
+
+    metrics = _write_folder(out, _Run(engine, recipe, cfg, result, info, train_s, val_s, scale, status, command))
+    if ckpt.exists() and not result.metrics["timed_out"]:
+        ckpt.unlink()
+    best = result.metrics["best"].get(str(recipe.phases[-1]), {}).get("val_loss")
+    return TrainReport(
+        engine=engine, out=str(out), status=status, steps_run=result.metrics["steps_run"], steps=cfg.steps,
+        best_val_loss=best, stopped_early=result.metrics["stopped_early"], timed_out=result.metrics["timed_out"],
+        seconds=round(time.monotonic() - t_start, 1), train_items=len(train_s), val_items=len(val_s),
+        pixel_size_um=scale.train_px, object_diameter_um=cfg.object_diameter_um,
+        nucleus_diameter_um=cfg.nucleus_diameter_um, cell_diameter_um=cfg.cell_diameter_um, metrics=metrics,
+    )
+
+
+def _check_out(out: Path, ckpt: Path, options: TrainOptions) -> None:
+    """Refuse to replace an engine folder unless told to (or resuming its run)."""
+    if (out / "config.json").exists() and not options.overwrite and not (options.resume and ckpt.exists()):
         raise EngineError(f"{out} already holds an engine; pass --overwrite to replace it (or --resume to continue its run)")
     if out.exists() and not out.is_dir():
         raise EngineError(f"{out}: exists and is not a folder")
-    if minutes is not None and minutes <= 0:
-        raise EngineError(f"--minutes {minutes}: must be positive")
-    if not 0 <= val_fraction < 1:
-        raise EngineError(f"validation fraction {val_fraction} must be in [0, 1)")
-    if (images is None) != (masks is None):
-        raise EngineError("--images and --masks go together: image files and their instance masks (same file stems)")
-    if plate is None and masks is None:
-        raise EngineError("no training data: give --plate PLATE --labels-from CHANNEL, or --images DIR --masks DIR")
 
+
+def _load_items(
+    recipe, data: TrainData, *, seed: int, workspace: Workspace | None
+) -> tuple[list[_Raw], dict[str, Any]]:
+    """The raw training items of the plate and / or the mask folders, and what they were (by source)."""
     items: list[_Raw] = []
-    data: dict[str, Any] = {}
-    if plate is not None:
-        got, data["plate"] = _plate_items(recipe, plate=plate, labels_from=labels_from, wells=wells, channels=channels,
-                                          db=db, pixel_size_um=pixel_size_um, max_fields=max_fields, seed=seed,
-                                          classic_params=dict(classic_params or {}))
+    info: dict[str, Any] = {}
+    if data.plate is not None:
+        if workspace is None:
+            raise EngineError(
+                f"training from plate {data.plate} needs the workspace whose catalog holds it: "
+                "train_engine(..., workspace=hts.config.load_workspace())"
+            )
+        got, info["plate"] = _plate_items(recipe, data, workspace=workspace, seed=seed)
         items += got
-    if masks is not None:
-        got, data["masks"] = _mask_items(recipe, images=Path(images), masks=Path(masks),
-                                         cells=Path(cells) if cells else None, pixel_size_um=pixel_size_um)
+    if data.masks is not None:
+        got, info["masks"] = _mask_items(recipe, images=Path(data.images), masks=data.masks, cells=data.cells,
+                                         pixel_size_um=data.pixel_size_um)
         items += got
+    return items, info
 
-    # -- scale: measured object sizes, training pixel size
-    nuc_um = _median_um(items, "nuclei")
-    measured = nuc_um is not None
-    nuc_um = nuc_um or 12.0
-    cell_um = None
-    if "cells" in recipe.labels:
-        cell_um = _median_um(items, "cells") or 25.0 * nuc_um / 12.0
-    train_px = float(train_pixel_um or round(nuc_um / PX_PER_NUCLEUS, 4))
+
+@dataclass(frozen=True)
+class _Scale:
+    """Median object sizes of the targets (µm) and the training pixel size chosen from them."""
+
+    nucleus_um: float
+    cell_um: float | None
+    train_px: float
+    measured: bool  # False: no pixel size known, nucleus_um is the assumed 12 µm
+
+    @classmethod
+    def of(cls, recipe, items: Sequence[_Raw], train_pixel_um: float | None) -> _Scale:
+        nuc_um = _median_um(items, "nuclei")
+        measured = nuc_um is not None
+        nuc_um = nuc_um or 12.0
+        cell_um = None
+        if "cells" in recipe.labels:
+            cell_um = _median_um(items, "cells") or 25.0 * nuc_um / 12.0
+        train_px = float(train_pixel_um or round(nuc_um / PX_PER_NUCLEUS, 4))
+        return cls(nuc_um, cell_um, train_px, measured)
+
+
+def _split(items: Sequence[_Raw], scale: _Scale, val_fraction: float, *, seed: int) -> tuple[list, list]:
+    """The items rescaled to the training pixel size, split (seeded) into training and validation samples."""
     from hts.compute.train.training import make_sample, median_diameter_px, split_samples
 
     samples = []
@@ -323,21 +477,28 @@ def train_engine(
         px = it.pixel_size_um
         if not px:  # unknown pixel size: scale so that the median nucleus has the measured (or assumed) size
             d = median_diameter_px(it.labels["nuclei"])
-            px = nuc_um / d if d else train_px
-        samples.append(make_sample(it.name, it.image, it.labels, pixel_size_um=px, train_pixel_um=train_px,
+            px = scale.nucleus_um / d if d else scale.train_px
+        samples.append(make_sample(it.name, it.image, it.labels, pixel_size_um=px, train_pixel_um=scale.train_px,
                                    source=it.source, meta={**it.meta, "pixel_size_um": px}))
     n = len(samples)
     n_val = 0 if n < 2 or val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
     train_s, val_s = split_samples(samples, [(n - n_val) / n, n_val / n], seed=seed, key=lambda s: s.name)
+    return train_s, val_s
 
+
+def _train_config(engine: str, recipe, scale: _Scale, options: TrainOptions):
+    """The :class:`~hts.compute.train.training.TrainConfig` of the run (steps still to be fitted)."""
+    from hts.compute.train import training as T
+
+    nuc_um, cell_um = scale.nucleus_um, scale.cell_um
     cfg = T.TrainConfig(
-        engine=engine, pixel_size_um=train_px,
+        engine=engine, pixel_size_um=scale.train_px,
         object_diameter_um=round(cell_um if cell_um else nuc_um, 3), nucleus_diameter_um=round(nuc_um, 3),
-        cell_diameter_um=round(cell_um, 3) if cell_um else None, seed=seed,
-        time_limit_s=minutes * 60.0 if minutes else None,
+        cell_diameter_um=round(cell_um, 3) if cell_um else None, seed=options.seed,
+        time_limit_s=options.minutes * 60.0 if options.minutes else None,
         augment=T.Augment(invert_p=0.2) if "brightfield" in recipe.inputs else T.Augment(),
     )
-    over = dict(config or {})
+    over = dict(options.config or {})
     for k in ("crop_sizes", "phase_fractions", "normalization"):
         if k in over:
             over[k] = tuple(over[k])
@@ -346,42 +507,63 @@ def train_engine(
             cfg = dataclasses.replace(cfg, **over)
         except TypeError as e:
             raise EngineError(f"training settings: {e}") from None
+    return cfg
+
+
+def _fit_steps(cfg, train_s, options: TrainOptions, ckpt: Path):
+    """``cfg`` with its steps (given, the resumed run's, fitted to the minutes, or 1000) and the run's status."""
+    from hts.compute.train import training as T
+
     status = "trained"
-    prior = _checkpoint_config(ckpt) if resume and ckpt.exists() else None
+    prior = _checkpoint_config(ckpt) if options.resume and ckpt.exists() else None
+    steps = options.steps
     if steps is None and prior is not None:
         steps = int(prior["steps"])
     if steps is None:
-        steps = _calibrate_steps(cfg, train_s, minutes) if minutes else 1000
+        steps = _calibrate_steps(cfg, train_s, options.minutes) if options.minutes else 1000
     cfg = dataclasses.replace(cfg, steps=int(steps))
     if prior is not None:
         cfg_resumed = T.TrainConfig.from_dict({**prior, "time_limit_s": cfg.time_limit_s, "threads": cfg.threads})
         if cfg_resumed.key() == cfg.key():
             status = "resumed"
-    out.mkdir(parents=True, exist_ok=True)
-    result = T.train(cfg, train_s, val_s, checkpoint=ckpt, resume=resume, callback=progress)
+    return cfg, status
 
-    extra = {"trained_with": f"hts train (hts {__version__})"}
-    T.save_engine_model(out, result, extra=extra)
-    metrics = _validate(out, recipe, val_s or train_s, held_out=bool(val_s))
-    manifest = {"engine": engine, "data": data, "config": cfg.to_dict(), "command": command,
-                "train": [_entry(s) for s in train_s], "validation": [_entry(s) for s in val_s]}
-    run = {**result.metrics, "status": status, "pixel_size_um": train_px, "object_diameter_um": cfg.object_diameter_um,
-           "nucleus_diameter_um": cfg.nucleus_diameter_um, "cell_diameter_um": cfg.cell_diameter_um,
-           "object_size_measured": measured, "data": data, "command": command}
+
+@dataclass(frozen=True)
+class _Run:
+    """A finished training run: what the engine folder's files are written from."""
+
+    engine: str
+    recipe: Any
+    cfg: Any  # TrainConfig
+    result: Any  # hts.compute.train.training.train's result
+    data: dict[str, Any]  # the training data, by source ("plate", "masks")
+    train_s: list
+    val_s: list
+    scale: _Scale
+    status: str
+    command: str | None
+
+
+def _write_folder(out: Path, run: _Run) -> dict[str, Any]:
+    """The model, ``manifest.json``, ``training.json``, ``metrics.json`` and ``CARD.md``; returns the metrics."""
+    from hts.compute.train import training as T
+
+    cfg, result, data, command = run.cfg, run.result, run.data, run.command
+    T.save_engine_model(out, result, extra={"trained_with": f"hts train (hts {__version__})"})
+    metrics = _validate(out, run.recipe, run.val_s or run.train_s, held_out=bool(run.val_s))
+    manifest = {"engine": run.engine, "data": data, "config": cfg.to_dict(), "command": command,
+                "train": [_entry(s) for s in run.train_s], "validation": [_entry(s) for s in run.val_s]}
+    summary = {**result.metrics, "status": run.status, "pixel_size_um": run.scale.train_px,
+               "object_diameter_um": cfg.object_diameter_um, "nucleus_diameter_um": cfg.nucleus_diameter_um,
+               "cell_diameter_um": cfg.cell_diameter_um, "object_size_measured": run.scale.measured, "data": data,
+               "command": command}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-    (out / "training.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+    (out / "training.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "CARD.md").write_text(_card(engine, cfg, result, data, metrics, train_s, val_s, measured, command))
-    if ckpt.exists() and not result.metrics["timed_out"]:
-        ckpt.unlink()
-    best = result.metrics["best"].get(str(recipe.phases[-1]), {}).get("val_loss")
-    return TrainReport(
-        engine=engine, out=str(out), status=status, steps_run=result.metrics["steps_run"], steps=cfg.steps,
-        best_val_loss=best, stopped_early=result.metrics["stopped_early"], timed_out=result.metrics["timed_out"],
-        seconds=round(time.monotonic() - t_start, 1), train_items=len(train_s), val_items=len(val_s),
-        pixel_size_um=train_px, object_diameter_um=cfg.object_diameter_um, nucleus_diameter_um=cfg.nucleus_diameter_um,
-        cell_diameter_um=cfg.cell_diameter_um, metrics=metrics,
-    )
+    (out / "CARD.md").write_text(_card(run.engine, cfg, result, data, metrics, run.train_s, run.val_s,
+                                       run.scale.measured, command))
+    return metrics
 
 
 def _entry(s) -> dict[str, Any]:

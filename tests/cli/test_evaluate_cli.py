@@ -114,12 +114,25 @@ def test_train_then_evaluate_the_trained_engine(app, tmp_path):
     from hts.cli.main import app as hts_app
     from hts.synth import make_plate
 
-    plate = make_plate(tmp_path / "raw", wells="A01", fields=1, shape=(128, 128), channels=("DAPI",))
+    plate = make_plate(tmp_path / "raw", wells="A01", fields=1, shape=(128, 128), channels=("DAPI",), masks=True)
     assert runner.invoke(hts_app, ["ingest", str(plate.source)]).exit_code == 0
     r = runner.invoke(hts_app, ["segment", "--engine-path", str(out), "--json"])
     assert r.exit_code == 0, r.output
     (seg,) = json.loads(r.output)
     assert seg["engine"] == str(out.resolve()) and seg["fields_segmented"] == 1
+
+    # --plate: the commands resolve the workspace (--db) and hand it to the library
+    ev = ["evaluate", "--plate", "DEMO-PLATE", "--truth", str(plate.truth_dir), "--json"]
+    r = runner.invoke(app, [*ev, "--db", "hts.duckdb"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["overall"]["images"] == 1
+    r = runner.invoke(app, [*ev, "--db", str(tmp_path / "other.duckdb")])
+    assert r.exit_code == 1 and r.output.startswith("error:") and "other.duckdb" in r.output
+    r = runner.invoke(app, ["train", "--engine", "nuclei", "--out", str(tmp_path / "from-plate"), "--plate", "DEMO-PLATE",
+                            "--labels-from", "DAPI", "--steps", "2", "--batch-size", "2", "--base", "4", "--depth", "2",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["train_items"] == 1
 
 
 def test_registered_on_the_hts_app(folders):

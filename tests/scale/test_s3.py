@@ -27,7 +27,8 @@ from hts.synth import make_plate  # noqa: E402
 from hts.tasks.export import export  # noqa: E402
 from hts.tasks.ingest import ingest  # noqa: E402
 from hts.tasks.query import run_query  # noqa: E402
-from hts.tasks.segment import segment  # noqa: E402
+from hts.api import segment  # noqa: E402
+from conftest import here
 
 pytestmark = pytest.mark.s3
 BIN = Path(sys.executable).parent
@@ -124,17 +125,17 @@ def _labels(store: PlateStore, fields: list[str], name: str) -> dict[str, np.nda
 
 def _cells(db: str, run_id: str):
     return run_query(f"SELECT * EXCLUDE (plate_id, run_id) FROM cells WHERE run_id = '{run_id}' "
-                     "ORDER BY well, field_index, t, object_id", db=db)
+                     "ORDER BY well, field_index, t, object_id", workspace=here(db=db))
 
 
 def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
     """ingest -> segment (with features) -> query -> export on s3://, equal to the same plate on disk."""
-    ingest(source, db="local.duckdb", out=tmp_path / "local" / "P.zarr")
-    (loc,) = segment(engine="classic", db="local.duckdb")
+    ingest(source, out=tmp_path / "local" / "P.zarr", workspace=here(db="local.duckdb"))
+    (loc,) = segment(engine="classic", workspace=here(db="local.duckdb"))
     monkeypatch.setenv("HTS_PLATES_DIR", f"s3://{bucket}/plates")
-    rep = ingest(source, db="s3.duckdb")
+    rep = ingest(source, workspace=here(db="s3.duckdb"))
     assert rep.store == f"s3://{bucket}/plates/DEMO-PLATE.zarr"
-    (s3,) = segment(engine="classic", db="s3.duckdb")
+    (s3,) = segment(engine="classic", workspace=here(db="s3.duckdb"))
     assert s3.objects == loc.objects and s3.cells == loc.cells > 50
     # the plate is readable where it is named by URL, the catalog finds it by URL
     assert Catalog("s3.duckdb").find_plate(rep.store).name == "DEMO-PLATE"
@@ -149,9 +150,9 @@ def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
     assert len(parts) == 12 and all(p.endswith(".parquet") for p in parts)
     assert _cells("local.duckdb", loc.run_id).equals(_cells("s3.duckdb", s3.run_id))
     ws = "SELECT * EXCLUDE (plate_id, run_id) FROM well_stats ORDER BY well"
-    assert run_query(ws, db="local.duckdb").equals(run_query(ws, db="s3.duckdb"))
-    e1 = export(tmp_path / "e1", db="local.duckdb")
-    e2 = export(tmp_path / "e2", db="s3.duckdb")
+    assert run_query(ws, workspace=here(db="local.duckdb")).equals(run_query(ws, workspace=here(db="s3.duckdb")))
+    e1 = export(tmp_path / "e1", workspace=here(db="local.duckdb"))
+    e2 = export(tmp_path / "e2", workspace=here(db="s3.duckdb"))
     assert (e1.cells, e1.wells, e1.files) == (e2.cells, e2.wells, e2.files)
     drop = ["Metadata_PlateID", "Metadata_Run"]
     w1, w2 = (pq.read_table(Path(e) / "wells" / "wells.parquet") for e in (e1.out, e2.out))
@@ -162,12 +163,12 @@ def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
 def test_s3_interrupted_segment_resumes(bucket, tmp_path, monkeypatch, interrupt_field_task):
     src = make_plate(tmp_path / "raw", format="nd2", wells="A01:A02", fields=2, shape=(128, 128)).source
     monkeypatch.setenv("HTS_PLATES_DIR", f"s3://{bucket}/plates")
-    ingest(src)
+    ingest(src, workspace=here())
     restore = interrupt_field_task(3)
     with pytest.raises(KeyboardInterrupt):
-        segment(engine="classic")
+        segment(engine="classic", workspace=here())
     restore()
-    (rep,) = segment(engine="classic")
+    (rep,) = segment(engine="classic", workspace=here())
     assert rep.status == "resumed" and rep.fields_segmented == 2 and rep.fields_total == 4
     per_field = Catalog("hts.duckdb").query(
         "SELECT rf.n_cells, (SELECT count(*) FROM cells c WHERE c.run_id = rf.run_id AND c.well = rf.well "
@@ -181,11 +182,11 @@ def test_cluster_on_s3_survives_a_killed_worker(bucket, tmp_path, monkeypatch):
     source = make_plate(tmp_path / "raw", format="nd2", wells="A01:A04", fields=2, shape=(160, 160)).source
     monkeypatch.setenv("HTS_PLATES_DIR", f"s3://{bucket}/plates")
     t0 = time.monotonic()
-    rep = ingest(source)
+    rep = ingest(source, workspace=here())
     print(f"ingest {time.monotonic() - t0:.1f}s")
     with cluster(tmp_path / "cl") as (address, workers):
         t0 = time.monotonic()
-        (ref,) = segment(engine="classic", scheduler=address, label_suffix="ref")
+        (ref,) = segment(engine="classic", label_suffix="ref", workspace=here(scheduler=address))
         print(f"cluster up + ref run {time.monotonic() - t0:.1f}s")
         assert ref.fields_segmented == 8
         cat = Catalog("hts.duckdb")
@@ -197,7 +198,7 @@ def test_cluster_on_s3_survives_a_killed_worker(bucket, tmp_path, monkeypatch):
                 victim.send_signal(signal.SIGKILL)
 
         t0 = time.monotonic()
-        (run,) = segment(engine="classic", scheduler=address, progress=kill_midway)
+        (run,) = segment(engine="classic", progress=kill_midway, workspace=here(scheduler=address))
         print(f"killed run {time.monotonic() - t0:.1f}s")
         assert victim.poll() == -signal.SIGKILL
     assert run.status == "segmented" and run.fields_segmented == 8

@@ -10,11 +10,13 @@ import pytest
 import tifffile
 
 from hts.compute.analysis.metrics import AP_THRESHOLDS, match_instances, pool, score_image, splits_and_merges
+from hts.config import load_workspace
 from hts.errors import HtsError
 from hts.tasks.evaluate import (
     EvaluationError, LabelFileError, NoPairsError, ShapeMismatchError, evaluate, evaluate_arrays, parse_field_stem,
     read_label_image,
 )
+from conftest import here
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -206,37 +208,41 @@ def test_field_stem_naming():
 def segmented_plate(tmp_path):
     from hts.synth import make_plate
     from hts.tasks.ingest import ingest
-    from hts.tasks.segment import segment
+    from hts.api import segment
 
     p = make_plate(tmp_path / "raw", format="nd2", wells="A01:A02", fields=2, shape=(128, 128), masks=True)
-    ingest(p.source)
-    segment(engine="classic")
+    ws = load_workspace()
+    ingest(p.source, workspace=ws)
+    segment(engine="classic", workspace=ws)
     return p
 
 
 def test_evaluate_plate_labels_against_truth_named_by_well_and_field(segmented_plate, tmp_path):
     truth = segmented_plate.truth_dir  # hts demo --masks naming: A01_f0_nuclei.tif, A01_f0_cells.tif
-    r = evaluate(plate="DEMO-PLATE", truth=truth, labels="nuclei")
+    ws = load_workspace()
+    r = evaluate(plate="DEMO-PLATE", truth=truth, labels="nuclei", workspace=ws)
     assert [x["name"] for x in r.per_image] == ["A01_0", "A01_1", "A02_0", "A02_1"]
     assert r.overall["ap50"] > 0.8 and r.overall["n_true"] > 10
-    cells = evaluate(plate="DEMO-PLATE", truth=truth, labels="cells")
+    cells = evaluate(plate="DEMO-PLATE", truth=truth, labels="cells", workspace=ws)
     assert cells.overall["n_true"] == r.overall["n_true"] and cells.per_image[0]["truth_file"].endswith("_cells.tif")
     # plain <well>_<field> names; fields without truth are left out
     plain = tmp_path / "plain"
     plain.mkdir()
     shutil.copy(truth / "A02_f1_nuclei.tif", plain / "A2_1.tif")
     shutil.copy(truth / "A01_f0_nuclei.tif", plain / "notes.tif")
-    r2 = evaluate(plate="DEMO-PLATE", truth=plain)
+    r2 = evaluate(plate="DEMO-PLATE", truth=plain, workspace=ws)
     assert [x["name"] for x in r2.per_image] == ["A02_1"] and r2.unmatched_truth == ["notes.tif"]
     assert r2.per_image[0]["ap"] == r.per_image[3]["ap"]
     with pytest.raises(EvaluationError, match=r"plate DEMO-PLATE has no labels 'nuclei_x' \(labels: cells, nuclei\)"):
-        evaluate(plate="DEMO-PLATE", truth=truth, labels="nuclei_x")
+        evaluate(plate="DEMO-PLATE", truth=truth, labels="nuclei_x", workspace=ws)
     with pytest.raises(NoPairsError, match="name them by well and field"):
-        evaluate(plate="DEMO-PLATE", truth=tmp_path / "raw")
+        evaluate(plate="DEMO-PLATE", truth=tmp_path / "raw", workspace=ws)
     with pytest.raises(EvaluationError, match="not both"):
-        evaluate(truth / "A01_f0_nuclei.tif", truth, plate="DEMO-PLATE")
+        evaluate(truth / "A01_f0_nuclei.tif", truth, plate="DEMO-PLATE", workspace=ws)
     small = tmp_path / "small"
     small.mkdir()
     tifffile.imwrite(small / "A01_0.tif", np.zeros((64, 64), np.uint16))
     with pytest.raises(ShapeMismatchError, match=r"A/01/0/labels/nuclei has shape \(128, 128\) but .*A01_0\.tif has \(64, 64\)"):
-        evaluate(plate="DEMO-PLATE", truth=small)
+        evaluate(plate="DEMO-PLATE", truth=small, workspace=ws)
+    with pytest.raises(EvaluationError, match="evaluating plate DEMO-PLATE needs the workspace"):
+        evaluate(plate="DEMO-PLATE", truth=truth)  # library code does not read ./hts.toml or the environment

@@ -14,7 +14,7 @@ import tifffile
 import zarr
 from ome_zarr_models.v05 import HCS, Image
 
-from conftest import CELLOMICS, ND2_MULTI, frame_values
+from conftest import here, CELLOMICS, ND2_MULTI, frame_values
 from hts.catalog import Catalog
 from hts.errors import SourceError, StoreError
 from hts.store import PlateStore
@@ -39,7 +39,7 @@ def _all_fields(store_path: Path) -> dict[str, np.ndarray]:
 
 
 def test_real_nd2_pixels_metadata_and_checksum():
-    rep = ingest(ND2_MULTI, tile=128)
+    rep = ingest(ND2_MULTI, tile=128, workspace=here())
     assert rep.status == "ingested" and rep.fields_total == 1 and rep.wells == 1
     assert Path(rep.store) == Path("plates/example-multichannel.zarr").resolve()
     expected = nd2.imread(ND2_MULTI)  # (C, Y, X)
@@ -67,7 +67,7 @@ def test_real_nd2_pixels_metadata_and_checksum():
 
 def test_96_well_nd2_plate_with_named_positions(nd2_plate):
     src = nd2_plate(wells="A01:H12", fields=2, shape=(32, 40))
-    rep = ingest(src, tile=64)
+    rep = ingest(src, tile=64, workspace=here())
     assert (rep.wells, rep.fields_total, rep.fields_written) == (96, 192, 192)
     root = zarr.open_group(rep.store, mode="r")
     with warnings.catch_warnings():
@@ -85,7 +85,7 @@ def test_96_well_nd2_plate_with_named_positions(nd2_plate):
 
 def test_unnamed_positions_are_snapped_to_the_plate_grid(nd2_plate):
     src = nd2_plate(wells="C03:D05", fields=2, named=False, plate_wells=384)
-    rep = ingest(src)
+    rep = ingest(src, workspace=here())
     rows = _catalog().query("SELECT DISTINCT well FROM fields ORDER BY well")
     # the grid is fitted to the positions: the top-left imaged well becomes A01
     assert [r["well"] for r in rows] == ["A01", "A02", "A03", "B01", "B02", "B03"]
@@ -97,14 +97,14 @@ def test_unnamed_positions_are_snapped_to_the_plate_grid(nd2_plate):
 
 def test_z_and_time_are_kept_or_max_projected(nd2_plate):
     src = nd2_plate(wells="A01:A02", fields=1, n_z=3, n_time=2, shape=(32, 32))
-    rep = ingest(src, out="stack.zarr")
+    rep = ingest(src, out="stack.zarr", workspace=here())
     a = PlateStore(rep.store).read_field("A/02", 0)[:]
     assert a.shape == (2, 2, 3, 32, 32)
     # ND2 order: T outer, P, Z inner -> position index 1 for A02
     for t in range(2):
         for z in range(3):
             np.testing.assert_array_equal(a[t, :, z], frame_values(t, 1, z, 2, (32, 32)))
-    rep2 = ingest(src, out="mip.zarr", max_project=True)
+    rep2 = ingest(src, out="mip.zarr", max_project=True, workspace=here())
     m = PlateStore(rep2.store).read_field("A/02", 0)[:]
     assert m.shape == (2, 2, 1, 32, 32)
     np.testing.assert_array_equal(m[:, :, 0], a.max(axis=2))
@@ -113,7 +113,7 @@ def test_z_and_time_are_kept_or_max_projected(nd2_plate):
 
 
 def test_cellomics_folder_real_images():
-    rep = ingest(CELLOMICS)
+    rep = ingest(CELLOMICS, workspace=here())
     assert rep.name == "AS_09125_050116030001" and rep.channels == ["d0", "d1", "d2"]
     a = PlateStore(rep.store).read_field("D/03", 0)[:]
     for c in range(3):
@@ -122,11 +122,11 @@ def test_cellomics_folder_real_images():
 
 def test_reingest_is_a_noop_and_overwrite_redoes(nd2_plate):
     src = nd2_plate()
-    first = ingest(src)
+    first = ingest(src, workspace=here())
     before = _all_fields(Path(first.store))
-    again = ingest(src)
+    again = ingest(src, workspace=here())
     assert again.status == "unchanged" and again.fields_written == 0 and again.plate_id == first.plate_id
-    redo = ingest(src, overwrite=True)
+    redo = ingest(src, overwrite=True, workspace=here())
     assert redo.status == "ingested" and redo.fields_written == 12 and redo.plate_id != first.plate_id
     after = _all_fields(Path(redo.store))
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
@@ -136,10 +136,10 @@ def test_reingest_is_a_noop_and_overwrite_redoes(nd2_plate):
 def test_output_holding_another_plate_is_refused_and_untouched(nd2_plate):
     a = nd2_plate("a.nd2", wells="A01:A02")
     b = nd2_plate("b.nd2", wells="B01:B03")
-    rep = ingest(a, out="p.zarr")
+    rep = ingest(a, out="p.zarr", workspace=here())
     before = _all_fields(Path(rep.store))
     with pytest.raises(StoreError, match=r"p\.zarr already holds plate 'a'.*--overwrite"):
-        ingest(b, out="p.zarr")
+        ingest(b, out="p.zarr", workspace=here())
     after = _all_fields(Path(rep.store))
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
     assert [r["name"] for r in _catalog().query("SELECT name FROM plates")] == ["a"]
@@ -147,22 +147,22 @@ def test_output_holding_another_plate_is_refused_and_untouched(nd2_plate):
     Path("foreign.zarr").mkdir()
     (Path("foreign.zarr") / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
     with pytest.raises(StoreError, match="not an hts plate"):
-        ingest(b, out="foreign.zarr")
+        ingest(b, out="foreign.zarr", workspace=here())
     # nor a folder of other files (no zarr.json at all); nothing is registered for it either
     Path("notes.zarr").mkdir()
     (Path("notes.zarr") / "precious.txt").write_text("keep me")
     with pytest.raises(StoreError, match=r"notes\.zarr already exists and holds data that is not an hts plate.*--overwrite"):
-        ingest(b, out="notes.zarr")
+        ingest(b, out="notes.zarr", workspace=here())
     assert (Path("notes.zarr") / "precious.txt").read_text() == "keep me"
     assert [r["name"] for r in _catalog().query("SELECT name FROM plates")] == ["a"]
     # replaced when asked
-    assert ingest(b, out="notes.zarr", overwrite=True).fields_written == 6
+    assert ingest(b, out="notes.zarr", overwrite=True, workspace=here()).fields_written == 6
     assert not (Path("notes.zarr") / "precious.txt").exists()
 
 
 def test_interrupted_ingest_resumes_to_an_identical_plate(nd2_plate, monkeypatch, tmp_path):
     src = nd2_plate(wells="A01:B04", fields=2)
-    reference = ingest(src, out=tmp_path / "ref.zarr", db=tmp_path / "ref.duckdb")
+    reference = ingest(src, out=tmp_path / "ref.zarr", workspace=here(db=tmp_path / "ref.duckdb"))
     ref_arrays = _all_fields(Path(reference.store))
 
     real = ingest_mod.ingest_field
@@ -176,13 +176,13 @@ def test_interrupted_ingest_resumes_to_an_identical_plate(nd2_plate, monkeypatch
 
     monkeypatch.setattr(ingest_mod, "ingest_field", dying)
     with pytest.raises(KeyboardInterrupt):
-        ingest(src)
+        ingest(src, workspace=here())
     cat = _catalog()
     assert cat.query("SELECT status FROM plates")[0]["status"] == "ingesting"
     assert cat.query("SELECT count(*) AS n FROM fields WHERE status = 'complete'")[0]["n"] == 6
 
     monkeypatch.setattr(ingest_mod, "ingest_field", real)
-    rep = ingest(src)
+    rep = ingest(src, workspace=here())
     assert rep.status == "resumed" and rep.fields_written == 16 - 6
     arrays = _all_fields(Path(rep.store))
     assert arrays.keys() == ref_arrays.keys()
@@ -195,7 +195,7 @@ def test_interrupted_ingest_resumes_to_an_identical_plate(nd2_plate, monkeypatch
 
 def test_ingest_interrupted_while_writing_the_skeleton_starts_afresh(nd2_plate, monkeypatch, tmp_path):
     src = nd2_plate(wells="A01:B02", fields=2)
-    reference = ingest(src, out=tmp_path / "ref.zarr", db=tmp_path / "ref.duckdb")
+    reference = ingest(src, out=tmp_path / "ref.zarr", workspace=here(db=tmp_path / "ref.duckdb"))
     real = PlateStore._create_nodes
 
     def dying(self, nodes, **kw):
@@ -204,13 +204,13 @@ def test_ingest_interrupted_while_writing_the_skeleton_starts_afresh(nd2_plate, 
 
     monkeypatch.setattr(PlateStore, "_create_nodes", dying)
     with pytest.raises(KeyboardInterrupt):
-        ingest(src)
+        ingest(src, workspace=here())
     store = Path("plates/plate.zarr")
     assert store.is_dir() and PlateStore(store).hts_attrs == {}  # no plate id: an unfinished skeleton
     assert _catalog().query("SELECT status FROM plates")[0]["status"] == "ingesting"
 
     monkeypatch.setattr(PlateStore, "_create_nodes", real)
-    rep = ingest(src)  # no --overwrite needed: the store is this catalog's own unfinished plate
+    rep = ingest(src, workspace=here())  # no --overwrite needed: the store is this catalog's own unfinished plate
     assert rep.status == "ingested" and rep.fields_written == 8
     assert len(_catalog().query("SELECT plate_id FROM plates")) == 1
     arrays, ref = _all_fields(Path(rep.store)), _all_fields(Path(reference.store))
@@ -229,15 +229,15 @@ def test_skeleton_that_fails_leaves_no_store_and_no_plate(nd2_plate, monkeypatch
 
     monkeypatch.setattr(PlateStore, "_create_nodes", failing)
     with pytest.raises(OSError, match="No space left"):
-        ingest(src)
+        ingest(src, workspace=here())
     assert not Path("plates/plate.zarr").exists()
     assert _catalog().query("SELECT count(*) AS n FROM plates")[0]["n"] == 0
 
 
 def test_local_dask_cluster_gives_the_same_plate(nd2_plate, tmp_path):
     src = nd2_plate(wells="A01:A03", fields=2)
-    sync = ingest(src, out=tmp_path / "sync.zarr", db=tmp_path / "s.duckdb", scheduler="sync")
-    dist = ingest(src, out=tmp_path / "dist.zarr", db=tmp_path / "d.duckdb", scheduler="local", workers=2)
+    sync = ingest(src, out=tmp_path / "sync.zarr", workspace=here(db=tmp_path / "s.duckdb", scheduler="sync"))
+    dist = ingest(src, out=tmp_path / "dist.zarr", workers=2, workspace=here(db=tmp_path / "d.duckdb", scheduler="local"))
     q = "SELECT well, field_index, checksum FROM fields ORDER BY ALL"
     assert Catalog(tmp_path / "s.duckdb").query(q) == Catalog(tmp_path / "d.duckdb").query(q)
     assert sync.fields_written == dist.fields_written == 6
@@ -258,7 +258,7 @@ def test_truncated_nd2_is_a_clear_error(nd2_plate, tmp_path):
     bad = tmp_path / "truncated.nd2"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(SourceError, match="truncated.nd2"):
-        ingest(bad)
+        ingest(bad, workspace=here())
     _nothing_stored()
 
 
@@ -266,16 +266,16 @@ def test_garbage_nd2_is_a_clear_error(tmp_path):
     bad = tmp_path / "garbage.nd2"
     bad.write_bytes(np.random.default_rng(0).bytes(100_000))
     with pytest.raises(SourceError, match=r"garbage\.nd2: not a readable ND2 file"):
-        ingest(bad)
+        ingest(bad, workspace=here())
     _nothing_stored()
 
 
 def test_missing_source_and_empty_folder(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
-        ingest(tmp_path / "nope.nd2")
+        ingest(tmp_path / "nope.nd2", workspace=here())
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="empty"):
-        ingest(tmp_path / "empty")
+        ingest(tmp_path / "empty", workspace=here())
     _nothing_stored()
 
 
@@ -287,13 +287,13 @@ def test_mixed_named_and_unnamed_positions(tmp_path):
     pos = [Position("A01", 0, 0), Position(None, 9000, 0)]
     write_nd2(path, np.zeros((1, 2, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16))
     with pytest.raises(SourceError, match="some positions are named by well and some are not"):
-        ingest(path)
+        ingest(path, workspace=here())
     _nothing_stored()
 
 
 def test_failure_midway_keeps_completed_fields_and_other_plates(nd2_plate, monkeypatch):
     good = nd2_plate("good.nd2", wells="A01:A02")
-    ingest(good)
+    ingest(good, workspace=here())
     before = _all_fields(Path("plates/good.zarr"))
     src = nd2_plate("second.nd2", wells="B01:B03")
     real = ingest_mod.ingest_field
@@ -305,7 +305,7 @@ def test_failure_midway_keeps_completed_fields_and_other_plates(nd2_plate, monke
 
     monkeypatch.setattr(ingest_mod, "ingest_field", failing)
     with pytest.raises(SourceError, match="B02"):
-        ingest(src)
+        ingest(src, workspace=here())
     after = _all_fields(Path("plates/good.zarr"))
     assert all(np.array_equal(before[k], after[k]) for k in before)
     rows = _catalog().query("SELECT name, status FROM plates ORDER BY name")
@@ -320,7 +320,7 @@ def test_duplicate_field_names_in_nd2(tmp_path):
     pos = [Position("A01", 0, 0), Position("B12#2", 9000, 0), Position("B12#2", 9000, 300)]
     write_nd2(path, np.zeros((1, 3, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16))
     with pytest.raises(SourceError, match=r"positions 1 and 2 are both named 'B12#2'"):
-        ingest(path)
+        ingest(path, workspace=here())
     _nothing_stored()
 
 

@@ -13,12 +13,13 @@ import pytest
 
 from hts.catalog import Catalog
 from hts.tasks.ingest import ingest
+from conftest import here
 
 
 @pytest.mark.slow
 def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
     src = nd2_plate(wells="A01:H12", fields=1, shape=(384, 384), channels=("DAPI", "GFP", "BF"))
-    ref = ingest(src, out=tmp_path / "ref.zarr", db=tmp_path / "ref.duckdb", tile=128)
+    ref = ingest(src, out=tmp_path / "ref.zarr", tile=128, workspace=here(db=tmp_path / "ref.duckdb"))
     hts = Path(sys.executable).with_name("hts")
     env = dict(os.environ, HTS_SCHEDULER="sync")
     proc = subprocess.Popen([str(hts), "ingest", str(src), "--tile", "128"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -40,7 +41,7 @@ def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
     assert 8 <= done < 96
     assert cat.query("SELECT status FROM plates")[0]["status"] == "ingesting"
 
-    rep = ingest(src, tile=128)
+    rep = ingest(src, tile=128, workspace=here())
     assert rep.status == "resumed" and 0 < rep.fields_written <= 96 - 8
     q = "SELECT well, field_index, status, checksum FROM fields ORDER BY ALL"
     assert cat.query(q) == Catalog(tmp_path / "ref.duckdb").query(q)

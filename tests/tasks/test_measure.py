@@ -16,7 +16,8 @@ from hts.errors import CatalogError
 from hts.store import PlateStore
 from hts.store.tables import run_parts_dir
 from hts.tasks.measure import measure
-from hts.tasks.segment import segment
+from hts.api import segment
+from conftest import here
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def _cells(order="well, field_index, t, object_id"):
 
 
 def test_segment_measures_every_cell_and_values_match_the_stored_labels(plate):
-    (rep,) = segment(engine="classic")
+    (rep,) = segment(engine="classic", workspace=here())
     cat = Catalog("hts.duckdb")
     n = cat.query("SELECT count(*) AS n FROM cells")[0]["n"]
     assert n == rep.cells == rep.objects["cells"] > 100
@@ -56,7 +57,7 @@ def test_segment_measures_every_cell_and_values_match_the_stored_labels(plate):
 
 
 def test_views_aggregate_per_well_with_the_platemap(plate):
-    segment(engine="classic")
+    segment(engine="classic", workspace=here())
     cat = Catalog("hts.duckdb")
     ws = cat.query("SELECT * FROM well_stats ORDER BY well")
     assert len(ws) == 8 and {r["role"] for r in ws} == {"negative_control", "sample", "positive_control"}
@@ -80,31 +81,31 @@ def test_views_aggregate_per_well_with_the_platemap(plate):
 
 
 def test_measure_an_unmeasured_run_then_skip_it(plate):
-    (seg,) = segment(engine="classic", features=False)
+    (seg,) = segment(engine="classic", features=False, workspace=here())
     cat = Catalog("hts.duckdb")
     assert seg.cells == 0 and cat.query("SELECT count(*) AS n FROM cells")[0]["n"] == 0
-    (rep,) = measure()
+    (rep,) = measure(workspace=here())
     assert rep.status == "measured" and rep.fields_measured == 16 and rep.cells == seg.objects["cells"]
     assert cat.query("SELECT count(*) AS n FROM cells")[0]["n"] == rep.cells
-    (again,) = measure()
+    (again,) = measure(workspace=here())
     assert again.status == "unchanged" and again.fields_measured == 0
     # segment again with features on: labels unchanged, nothing to measure either
-    (seg2,) = segment(engine="classic")
+    (seg2,) = segment(engine="classic", workspace=here())
     assert seg2.status == "unchanged" and seg2.fields_segmented == 0 and seg2.cells == rep.cells
     with pytest.raises(CatalogError, match="no segmentation runs for run 'zzz'"):
-        measure(run="zzz")
+        measure(run="zzz", workspace=here())
 
 
 def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_field_task):
-    segment(engine="classic")
+    segment(engine="classic", workspace=here())
     ref = _cells()
-    segment(engine="classic", overwrite=True)  # fresh run, same labels and cells
-    segment(engine="classic", features=False, label_suffix="x")
+    segment(engine="classic", overwrite=True, workspace=here())  # fresh run, same labels and cells
+    segment(engine="classic", features=False, label_suffix="x", workspace=here())
     restore = interrupt_field_task(6)
     with pytest.raises(KeyboardInterrupt):
-        measure(run=Catalog("hts.duckdb").query("SELECT run_id FROM runs WHERE labels LIKE '%_x%'")[0]["run_id"])
+        measure(run=Catalog("hts.duckdb").query("SELECT run_id FROM runs WHERE labels LIKE '%_x%'")[0]["run_id"], workspace=here())
     restore()
-    measure()
+    measure(workspace=here())
     cat = Catalog("hts.duckdb")
     runs = cat.query("SELECT run_id, labels FROM runs WHERE status = 'complete' ORDER BY labels")
     assert len(runs) == 2
@@ -117,10 +118,10 @@ def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_fiel
 
 
 def test_overwrite_replaces_the_old_runs_cells_and_parts(plate):
-    (a,) = segment(engine="classic")
+    (a,) = segment(engine="classic", workspace=here())
     store = Path("plates/DEMO-PLATE.zarr")
     assert run_parts_dir(store, a.run_id).is_dir()
-    (b,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, overwrite=True)
+    (b,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, overwrite=True, workspace=here())
     cat = Catalog("hts.duckdb")
     assert {r["run_id"] for r in cat.query("SELECT DISTINCT run_id FROM cells")} == {b.run_id}
     assert not run_parts_dir(store, a.run_id).exists()

@@ -10,24 +10,19 @@ from matplotlib.image import imread
 
 from hts.errors import CatalogError
 from hts.tasks.report import report
-from hts.tasks.segment import segment
+from hts.api import segment
+from conftest import here
 
 
 @pytest.fixture
 def segmented(annotated_plate):
     p = annotated_plate(wells="A01:C05", fields=1, shape=(128, 128))
-    segment(engine="classic")
+    segment(engine="classic", workspace=here())
     return p
 
 
 def test_report_writes_pictures_and_a_self_contained_page(segmented, tmp_path):
-    res = report(
-        "DEMO-PLATE",
-        values=["cell_count", "Cells_Intensity_NucCytoRatio_GFP"],
-        sql="SELECT well, avg(Nuclei_AreaShape_Area) AS nucleus_area FROM cells GROUP BY well",
-        fields=["B03"],
-        out=tmp_path / "rep",
-    )
+    res = report("DEMO-PLATE", values=["cell_count", "Cells_Intensity_NucCytoRatio_GFP"], sql="SELECT well, avg(Nuclei_AreaShape_Area) AS nucleus_area FROM cells GROUP BY well", fields=["B03"], out=tmp_path / "rep", workspace=here())
     names = sorted(p.rsplit("/", 1)[-1] for p in res.images)
     assert names == sorted([
         "heatmap_cell_count.png", "heatmap_Cells_Intensity_NucCytoRatio_GFP.png", "heatmap_nucleus_area.png",
@@ -47,10 +42,10 @@ def test_report_writes_pictures_and_a_self_contained_page(segmented, tmp_path):
 
 def test_report_errors_are_clear(segmented, tmp_path):
     with pytest.raises(CatalogError, match="has no field H12/0"):
-        report("DEMO-PLATE", fields=["H12"], out=tmp_path / "x")
+        report("DEMO-PLATE", fields=["H12"], out=tmp_path / "x", workspace=here())
     with pytest.raises(CatalogError, match="must return a 'well' column"):
-        report("DEMO-PLATE", sql="SELECT 1 AS one", out=tmp_path / "x")
+        report("DEMO-PLATE", sql="SELECT 1 AS one", out=tmp_path / "x", workspace=here())
     with pytest.raises(CatalogError, match="no per-well metric 'bogus'"):
-        report("DEMO-PLATE", values=["bogus"], out=tmp_path / "x")
+        report("DEMO-PLATE", values=["bogus"], out=tmp_path / "x", workspace=here())
     with pytest.raises(CatalogError, match="no segmentation run 'ffff'"):
-        report("DEMO-PLATE", run="ffff", out=tmp_path / "x")
+        report("DEMO-PLATE", run="ffff", out=tmp_path / "x", workspace=here())

@@ -21,15 +21,16 @@ from hts.compute.segment.engines import EngineError
 from hts.errors import ClusterError
 from hts.store import PlateStore
 from hts.synth import make_plate
-from hts.tasks import segment as seg_mod
+from hts.tasks import plan as seg_mod
 from hts.tasks.ingest import ingest
-from hts.tasks.segment import segment
+from hts.api import segment
+from conftest import here
 
 
 @pytest.fixture
 def plate(tmp_path):
     p = make_plate(tmp_path / "raw", format="nd2", wells="A01:B03", fields=2, shape=(192, 192), masks=True)
-    ingest(p.source)
+    ingest(p.source, workspace=here())
     return p
 
 
@@ -44,7 +45,7 @@ def _labels(store: PlateStore, name: str) -> dict[str, np.ndarray]:
 
 
 def test_segment_writes_valid_labels_and_records_the_run(plate):
-    (rep,) = segment(engine="classic")
+    (rep,) = segment(engine="classic", workspace=here())
     assert rep.status == "segmented" and rep.fields_total == 12 and rep.fields_segmented == 12
     assert rep.objects["nuclei"] == rep.objects["cells"] > 100
     store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
@@ -75,59 +76,59 @@ def test_segment_writes_valid_labels_and_records_the_run(plate):
 
 
 def test_same_run_is_skipped_and_different_labels_are_protected(plate):
-    segment(engine="classic")
-    (again,) = segment(engine="classic")
+    segment(engine="classic", workspace=here())
+    (again,) = segment(engine="classic", workspace=here())
     assert again.status == "unchanged" and again.fields_segmented == 0
     with pytest.raises(EngineError, match=r"already has labels 'nuclei' from run .* --overwrite .* --label-suffix"):
-        segment(engine="classic", params={"nucleus_diameter_um": 14.0})
-    (side,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, label_suffix="big")
+        segment(engine="classic", params={"nucleus_diameter_um": 14.0}, workspace=here())
+    (side,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, label_suffix="big", workspace=here())
     assert side.labels == {"nuclei": "nuclei_big", "cells": "cells_big"} and side.status == "segmented"
-    (rep,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, overwrite=True)
+    (rep,) = segment(engine="classic", params={"nucleus_diameter_um": 14.0}, overwrite=True, workspace=here())
     assert rep.status == "segmented"
     runs = Catalog("hts.duckdb").query("SELECT status FROM runs ORDER BY created_at")
     assert [r["status"] for r in runs] == ["replaced", "complete", "complete"]
 
 
 def test_interrupted_segment_resumes_to_identical_labels(plate, interrupt_field_task):
-    segment(engine="classic", label_suffix="ref")
+    segment(engine="classic", label_suffix="ref", workspace=here())
     store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
     ref = _labels(store, "nuclei_ref")
 
     restore = interrupt_field_task(5)
     with pytest.raises(KeyboardInterrupt):
-        segment(engine="classic")
+        segment(engine="classic", workspace=here())
     cat = Catalog("hts.duckdb")
     assert cat.query("SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'")[0]["n"] == 4
     restore()
-    (rep,) = segment(engine="classic")
+    (rep,) = segment(engine="classic", workspace=here())
     assert rep.status == "resumed" and rep.fields_segmented == 8
     got = _labels(store, "nuclei")
     assert all(np.array_equal(got[k], ref[k]) for k in ref)
 
 
 def test_wells_selection_and_channel_errors(plate):
-    (rep,) = segment(engine="classic", wells="A01:A02")
+    (rep,) = segment(engine="classic", wells="A01:A02", workspace=here())
     assert rep.fields_total == 4
     with pytest.raises(EngineError, match=r"plate DEMO-PLATE has no channel 'Hoechst'; its channels are: DAPI, GFP, Brightfield"):
-        segment(engine="classic", channels={"nucleus": "Hoechst"}, label_suffix="x")
+        segment(engine="classic", channels={"nucleus": "Hoechst"}, label_suffix="x", workspace=here())
     with pytest.raises(EngineError, match=r"engine foci needs a foci channel .* has channels: DAPI, GFP, Brightfield; pass --channels foci=NAME"):
-        segment(engine="foci")
+        segment(engine="foci", workspace=here())
     with pytest.raises(EngineError, match="no channel role 'dna'"):
-        segment(engine="classic", channels={"dna": "DAPI"})
+        segment(engine="classic", channels={"dna": "DAPI"}, workspace=here())
     with pytest.raises(EngineError, match="parameter h_um"):
-        segment(engine="classic", params={"h_um": "deep"})
+        segment(engine="classic", params={"h_um": "deep"}, workspace=here())
 
 
 def test_no_plates_and_missing_pixel_size(tmp_path):
     from hts.errors import CatalogError
 
     with pytest.raises(CatalogError):
-        segment(engine="classic")
-    ingest(Path(__file__).parents[1] / "data" / "cellomics_cp_example")
+        segment(engine="classic", workspace=here())
+    ingest(Path(__file__).parents[1] / "data" / "cellomics_cp_example", workspace=here())
     # no pixel size in the metadata: estimated from the field
-    (est,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"})
+    (est,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, workspace=here())
     assert est.pixel_size_source == "estimated" and est.objects["nuclei"] > 50
-    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65, overwrite=True)
+    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65, overwrite=True, workspace=here())
     assert rep.objects["nuclei"] > 50  # the real CellProfiler ExampleHuman field holds ~80 nuclei
     # nothing to estimate from (a blank field): refused, naming the option
     import tifffile
@@ -135,14 +136,14 @@ def test_no_plates_and_missing_pixel_size(tmp_path):
     blank = tmp_path / "blank"
     blank.mkdir()
     tifffile.imwrite(blank / "A01_s1_DAPI.tif", np.full((128, 128), 50, np.uint16))
-    ingest(blank, pattern="{well}_s{field}_{channel}.tif")
+    ingest(blank, pattern="{well}_s{field}_{channel}.tif", workspace=here())
     with pytest.raises(EngineError, match="no pixel size .* none could be estimated .* --pixel-size"):
-        segment(["blank"], engine="classic")
+        segment(["blank"], engine="classic", workspace=here())
 
 
 def test_local_cluster_matches_in_process(plate):
-    segment(engine="classic", label_suffix="sync")
-    segment(engine="classic", label_suffix="dask", scheduler="local", workers=2)
+    segment(engine="classic", label_suffix="sync", workspace=here())
+    segment(engine="classic", label_suffix="dask", workers=2, workspace=here(scheduler="local"))
     store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
     a, b = _labels(store, "nuclei_sync"), _labels(store, "nuclei_dask")
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -154,7 +155,7 @@ def test_local_cluster_matches_in_process(plate):
 
 def test_unreachable_scheduler_is_one_line(plate):
     with pytest.raises(ClusterError, match="cannot reach Dask scheduler at tcp://127.0.0.1:9"):
-        segment(engine="classic", scheduler="tcp://127.0.0.1:9")
+        segment(engine="classic", workspace=here(scheduler="tcp://127.0.0.1:9"))
 
 
 @pytest.mark.cluster
@@ -179,7 +180,7 @@ def test_external_dask_scheduler_and_workers(plate, tmp_path):
 
         with Client(f"tcp://127.0.0.1:{port}", timeout="20s") as c:
             c.wait_for_workers(2, timeout=60)
-        (rep,) = segment(engine="classic", scheduler=f"tcp://127.0.0.1:{port}")
+        (rep,) = segment(engine="classic", workspace=here(scheduler=f"tcp://127.0.0.1:{port}"))
         assert rep.fields_segmented == 12
         workers = Catalog("hts.duckdb").query("SELECT DISTINCT worker FROM run_fields")
         assert len(workers) == 2
@@ -202,7 +203,7 @@ def test_engine_is_built_once_per_worker_process(plate, monkeypatch):
 
     monkeypatch.setattr(ClassicEngine, "__init__", counting_init)
     monkeypatch.setattr(seg_mod, "_engines", {})
-    (rep,) = segment(engine="classic")
+    (rep,) = segment(engine="classic", workspace=here())
     assert rep.fields_segmented == 12
     assert len(built) == 2  # one probe on the client (validates the model before any work), one for this worker process
 
@@ -217,12 +218,12 @@ def test_corrupt_weights_are_a_clear_error_before_any_work(plate, tmp_path, monk
     (bad / "model.safetensors").write_bytes(bytes(data))
     monkeypatch.setattr(NucleiEngine, "model_path", classmethod(lambda cls: bad))
     with pytest.raises(EngineError, match=r"model.safetensors.*corrupt"):
-        segment(engine="nuclei", backend="torch")
+        segment(engine="nuclei", backend="torch", workspace=here())
     assert Catalog("hts.duckdb").query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
 
 
 def test_deep_engine_run_through_segment(plate):
-    (rep,) = segment(engine="nuclei", backend="torch", wells="A01")
+    (rep,) = segment(engine="nuclei", backend="torch", wells="A01", workspace=here())
     assert rep.backend == "torch" and rep.device == "cpu" and rep.objects["nuclei"] > 10
     run = Catalog("hts.duckdb").query("SELECT model_sha256 FROM runs")[0]
     from hts.compute.segment.backends import ModelSpec
@@ -244,12 +245,12 @@ def no_pixel_size_plate(tmp_path):
     img = tifffile.imread(Path(__file__).parents[1] / "data/nuclei_gt/dsb2018_img2d.tif")
     for w in ("A01", "A02"):
         tifffile.imwrite(src / f"{w}_s1_DAPI.tif", img)
-    ingest(src, pattern="{well}_s{field}_{channel}.tif")
+    ingest(src, pattern="{well}_s{field}_{channel}.tif", workspace=here())
     return src
 
 
 def test_a_plate_without_pixel_size_is_segmented_at_an_estimated_one(no_pixel_size_plate):
-    (rep,) = segment(engine="classic", workers=1)
+    (rep,) = segment(engine="classic", workers=1, workspace=here())
     assert rep.pixel_size_source == "estimated" and 0.35 < rep.pixel_size_um < 0.55  # the nuclei measure ~23 px, 10 µm
     assert rep.notes == [f"pixel size unknown: nuclei measure ~{10 / rep.pixel_size_um:.0f} px, segmenting as if "
                          f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"]  # DAPI: no doubt, no note
@@ -257,24 +258,24 @@ def test_a_plate_without_pixel_size_is_segmented_at_an_estimated_one(no_pixel_si
     (run,) = Catalog("hts.duckdb").query("SELECT pixel_size_um, pixel_size_source FROM runs")
     assert run == {"pixel_size_um": rep.pixel_size_um, "pixel_size_source": "estimated"}
     # run again: the recorded estimate is reused, so the same run is found complete
-    (again,) = segment(engine="classic", workers=1)
+    (again,) = segment(engine="classic", workers=1, workspace=here())
     assert again.status == "unchanged" and again.run_id == rep.run_id
     # --pixel-size wins
-    (given,) = segment(engine="classic", workers=1, pixel_size_um=0.3, label_suffix="given")
+    (given,) = segment(engine="classic", workers=1, pixel_size_um=0.3, label_suffix="given", workspace=here())
     assert given.pixel_size_source == "option" and given.pixel_size_um == 0.3 and given.notes == []
 
 
 def test_fields_failing_sanity_checks_are_recorded_and_listed_by_qc(tmp_path):
     from hts.tasks.qc import plate_qc
 
-    ingest(Path(__file__).parents[1] / "data/nd2/example-pbmc.nd2")
-    (rep,) = segment(engine="classic", workers=1, channels={"nucleus": "DAPI"})
+    ingest(Path(__file__).parents[1] / "data/nd2/example-pbmc.nd2", workspace=here())
+    (rep,) = segment(engine="classic", workers=1, channels={"nucleus": "DAPI"}, workspace=here())
     kinds = {c["check"]: c for c in rep.checks}
     assert "dark_objects" in kinds and kinds["dark_objects"]["channel"] == "DAPI"
     assert kinds["dark_objects"]["fields"] == 1 and kinds["dark_objects"]["of"] == 1
     (row,) = Catalog("hts.duckdb").query("SELECT flags FROM field_qc")
     assert "dark_objects" in row["flags"]
-    (report,) = plate_qc()
+    (report,) = plate_qc(workspace=here())
     assert len(report.flagged_fields) == 1 and "dark_objects" in report.flagged_fields[0]["flags"]
 
 
@@ -285,7 +286,7 @@ def test_a_single_channel_plate_fills_the_engines_one_role_and_says_so(tmp_path)
     src.mkdir()
     img = tifffile.imread(Path(__file__).parents[1] / "data/nuclei_gt/dsb2018_img2d.tif")
     tifffile.imwrite(src / "A01_s1_w1.tif", img)
-    ingest(src, pattern="{well}_s{field}_{channel}.tif")
-    (rep,) = segment(engine="classic", pixel_size_um=0.45, workers=1)
+    ingest(src, pattern="{well}_s{field}_{channel}.tif", workspace=here())
+    (rep,) = segment(engine="classic", pixel_size_um=0.45, workers=1, workspace=here())
     assert rep.objects["nuclei"] > 80
     assert rep.notes == ["plate one has one channel, w1: used as the nucleus channel of classic (pass --channels nucleus=NAME to say so)"]

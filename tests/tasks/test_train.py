@@ -15,7 +15,8 @@ from hts.compute.segment.engines._deep import DeepEngine
 from hts.errors import HtsError
 from hts.store import PlateStore
 from hts.synth import make_plate, synth_field
-from hts.tasks.train import train_engine
+from hts.config import load_workspace
+from hts.tasks.train import TrainData, TrainOptions, train_engine
 
 # a tiny network and short steps: seconds per run
 TINY = {"arch_config": {"base": 4, "depth": 2}, "batch_size": 2, "crop_sizes": (64,), "val_crop": 64,
@@ -39,7 +40,7 @@ def plate(tmp_path):
     from hts.tasks.ingest import ingest
 
     p = make_plate(tmp_path / "raw", format="nd2", wells="A01:A02", fields=1, shape=(128, 128), masks=True)
-    ingest(p.source)
+    ingest(p.source, workspace=load_workspace())
     return p
 
 
@@ -47,8 +48,8 @@ def test_train_from_masks_writes_a_loadable_engine_folder(mask_folders, tmp_path
     imgs, masks = mask_folders
     out = tmp_path / "my-nuclei"
     events: list[dict] = []
-    rep = train_engine("nuclei", out, images=imgs, masks=masks, pixel_size_um=0.65, steps=4, config=TINY,
-                       progress=events.append, command="hts train --engine nuclei ...")
+    rep = train_engine("nuclei", out, TrainData(images=imgs, masks=masks, pixel_size_um=0.65),
+                       TrainOptions(steps=4, config=TINY), progress=events.append, command="hts train --engine nuclei ...")
     assert rep.status == "trained" and rep.steps_run == 4 and rep.train_items == 2 and rep.val_items == 1
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
     assert sorted(p.name for p in out.iterdir()) == [
@@ -79,15 +80,17 @@ def test_train_from_masks_writes_a_loadable_engine_folder(mask_folders, tmp_path
 
     # the folder is not overwritten by accident
     with pytest.raises(EngineError, match="already holds an engine; pass --overwrite"):
-        train_engine("nuclei", out, images=imgs, masks=masks, steps=2, config=TINY)
+        train_engine("nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(steps=2, config=TINY))
 
 
 def test_train_on_a_plate_with_stain_derived_targets_then_segment_with_the_folder(plate, tmp_path):
     from hts.tasks.evaluate import evaluate
-    from hts.tasks.segment import segment
+    from hts.api import segment
 
     out = tmp_path / "bf"
-    rep = train_engine("brightfield-unet", out, plate="DEMO-PLATE", labels_from="DAPI", steps=4, config=TINY)
+    ws = load_workspace()
+    rep = train_engine("brightfield-unet", out, TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
+                       TrainOptions(steps=4, config=TINY), workspace=ws)
     assert rep.train_items == 1 and rep.val_items == 1 and rep.metrics["set"] == "validation"
     run = json.loads((out / "training.json").read_text())
     d = run["data"]["plate"]
@@ -97,27 +100,31 @@ def test_train_on_a_plate_with_stain_derived_targets_then_segment_with_the_folde
     assert "Plate **DEMO-PLATE**" in (out / "CARD.md").read_text()
 
     # segment(engine=<folder>) through the unchanged task: labels written, run recorded with the folder's checksum
-    (r,) = segment(engine=str(out))
+    (r,) = segment(engine=str(out), workspace=ws)
     sha = json.loads((out / "config.json").read_text())["weights_sha256"]
     assert r.status == "segmented" and r.fields_segmented == 2 and r.engine == str(out.resolve())
     row = Catalog("hts.duckdb").query("SELECT engine, model_sha256, channels FROM runs")[0]
     assert row["engine"] == str(out.resolve()) and row["model_sha256"] == sha and "Brightfield" in row["channels"]
     lab = PlateStore(Path("plates/DEMO-PLATE.zarr")).read_labels("A/01/0", "nuclei")[:]
     assert lab.shape == (1, 1, 1, 128, 128)
-    (again,) = segment(engine=str(out))
+    (again,) = segment(engine=str(out), workspace=ws)
     assert again.status == "unchanged"
-    ev = evaluate(plate="DEMO-PLATE", truth=plate.truth_dir, labels="nuclei")
+    ev = evaluate(plate="DEMO-PLATE", truth=plate.truth_dir, labels="nuclei", workspace=ws)
     assert ev.overall["images"] == 2 and ev.overall["n_true"] > 5
 
     with pytest.raises(EngineError, match="--labels-from CHANNEL"):
-        train_engine("brightfield-unet", tmp_path / "x", plate="DEMO-PLATE", steps=2, config=TINY)
+        TrainData(plate="DEMO-PLATE")
     with pytest.raises(EngineError, match="has no channel 'Hoechst'"):
-        train_engine("brightfield-unet", tmp_path / "x", plate="DEMO-PLATE", labels_from="Hoechst", steps=2, config=TINY)
+        train_engine("brightfield-unet", tmp_path / "x", TrainData(plate="DEMO-PLATE", labels_from="Hoechst"),
+                     TrainOptions(steps=2, config=TINY), workspace=ws)
+    with pytest.raises(EngineError, match="training from plate DEMO-PLATE needs the workspace"):
+        train_engine("brightfield-unet", tmp_path / "x", TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
+                     TrainOptions(steps=2, config=TINY))
 
 
 def test_whole_cell_engine_trains_on_plate_cells(plate, tmp_path):
-    rep = train_engine("cytoplasm", tmp_path / "cyto", plate="DEMO-PLATE", labels_from="DAPI", wells="A01",
-                       steps=2, config=TINY)
+    rep = train_engine("cytoplasm", tmp_path / "cyto", TrainData(plate="DEMO-PLATE", labels_from="DAPI", wells="A01"),
+                       TrainOptions(steps=2, config=TINY), workspace=load_workspace())
     assert rep.train_items == 1 and rep.val_items == 0 and rep.metrics["set"].startswith("training")
     cfg = json.loads((tmp_path / "cyto" / "config.json").read_text())
     assert cfg["inputs"] == ["cytoplasm"] and cfg["cell_diameter_um"] > cfg["nucleus_diameter_um"] > 5
@@ -137,10 +144,11 @@ def test_interrupted_training_resumes_from_the_checkpoint(mask_folders, tmp_path
             raise Stop
 
     with pytest.raises(Stop):
-        train_engine("nuclei", out, images=imgs, masks=masks, steps=6, config=TINY, progress=stop_at_3)
+        train_engine("nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(steps=6, config=TINY),
+                     progress=stop_at_3)
     assert (out / "checkpoint.pt").exists() and not (out / "config.json").exists()
     steps: list[int] = []
-    rep = train_engine("nuclei", out, images=imgs, masks=masks, config=TINY, resume=True,
+    rep = train_engine("nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(config=TINY, resume=True),
                        progress=lambda ev: ev["event"] == "step" and steps.append(ev["step"]))
     assert rep.status == "resumed" and rep.steps == 6 and steps == [3, 4, 5, 6]  # continued from the step-2 checkpoint
     assert (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
@@ -148,24 +156,29 @@ def test_interrupted_training_resumes_from_the_checkpoint(mask_folders, tmp_path
 
 def test_minutes_size_the_run(mask_folders, tmp_path):
     imgs, masks = mask_folders
-    rep = train_engine("nuclei", tmp_path / "m", images=imgs, masks=masks, minutes=0.05, config=TINY)
+    rep = train_engine("nuclei", tmp_path / "m", TrainData(images=imgs, masks=masks), TrainOptions(minutes=0.05, config=TINY))
     assert rep.steps >= 10 and rep.seconds < 30
 
 
 def test_bad_inputs_are_one_line_errors(mask_folders, tmp_path):
     imgs, masks = mask_folders
+    data = TrainData(images=imgs, masks=masks)
     with pytest.raises(EngineError, match="no training recipe for engine 'classic'"):
-        train_engine("classic", tmp_path / "o", images=imgs, masks=masks)
+        train_engine("classic", tmp_path / "o", data)
     with pytest.raises(EngineError, match="no training data"):
-        train_engine("nuclei", tmp_path / "o")
+        TrainData()
     with pytest.raises(EngineError, match="--images and --masks go together"):
-        train_engine("nuclei", tmp_path / "o", masks=masks)
+        TrainData(masks=masks)
     with pytest.raises(EngineError, match="cytoplasm trains on whole cells; no cell mask"):
-        train_engine("cytoplasm", tmp_path / "o", images=imgs, masks=masks)
+        train_engine("cytoplasm", tmp_path / "o", data)
     with pytest.raises(EngineError, match=r"img1.tif: image of shape \(1, 128, 128\); fpf takes 2 channel\(s\) \(nucleus, cytoplasm\)"):
-        train_engine("fpf", tmp_path / "o", images=imgs, masks=masks)
+        train_engine("fpf", tmp_path / "o", data)
     with pytest.raises(EngineError, match="--minutes -1"):
-        train_engine("nuclei", tmp_path / "o", images=imgs, masks=masks, minutes=-1)
+        TrainOptions(minutes=-1)
+    with pytest.raises(EngineError, match=r"validation fraction 1 must be in \[0, 1\)"):
+        TrainData(images=imgs, masks=masks, val_fraction=1)
+    with pytest.raises(EngineError, match="training settings: .*nosuch"):
+        train_engine("nuclei", tmp_path / "o", data, TrainOptions(steps=1, config={"nosuch": 1}))
 
 
 def test_engine_folder_errors(tmp_path):
