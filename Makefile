@@ -1,13 +1,13 @@
 # hts — the two set-up commands of the README:
 #   make demo   create .venv, write a synthetic 96-well ND2 plate, ingest, annotate, segment and measure it,
 #               check QC, query, report and export it
-#   make test   create .venv and run the whole test suite
+#   make test   create .venv, lint (ruff) and run the whole test suite (doctests and the CLI reference check included)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := workspace
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 # torch is installed first, on its own: TORCH_INDEX picks the build (empty: pip's configured indexes; here that is
 # the CPU wheel on local disk). On a plain Linux machine PyPI's torch 2.13.0 is the CUDA build (several GB); for the
@@ -34,8 +34,13 @@ demo: setup
 	cd $(DEMO) && ../$(BIN)/hts report DEMO-PLATE -v cell_count -v Cells_Intensity_NucCytoRatio_GFP
 	cd $(DEMO) && ../$(BIN)/hts export --out profiles --overwrite
 
+# lint: ruff's checks and formatting (pyproject.toml [tool.ruff]); part of the test command, so CI runs it.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # pytest exits 5 when no test was collected; that is a failure of the suite, not a pass.
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: setup

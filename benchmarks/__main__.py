@@ -32,18 +32,30 @@ def _add_network(sub) -> None:
         precisions = explicit if args.precision == "all" else [p.strip() for p in args.precision.split(",")]
         try:
             rows = unet.network_matrix(
-                args.engine, backends=backends, precisions=precisions, device=args.device, size=args.size,
-                batch=args.batch, on_row=lambda r: print(json.dumps(r), flush=True))
+                args.engine,
+                backends=backends,
+                precisions=precisions,
+                device=args.device,
+                size=args.size,
+                batch=args.batch,
+                on_row=lambda r: print(json.dumps(r), flush=True),
+            )
         except ValueError as e:
             raise SystemExit(f"network: {e}") from None
         return {"benchmark": "network", **rows[0]} if len(rows) == 1 else {"benchmark": "network", "runs": rows}
 
     p = sub.add_parser("network", help="deep-engine network fields/s and fraction of peak FLOP/s")
     p.add_argument("--engine", default="nuclei")
-    p.add_argument("--backend", default="torch",
-                   help="torch, onnxruntime, tensorrt, a comma-separated list, or 'all' (combinations that cannot run here are reported as skipped)")
-    p.add_argument("--precision", default="auto",
-                   help="auto (the backend's default: fp16 on CUDA for torch and tensorrt), fp32, fp16, a list, or 'all' (fp32,fp16)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        help="torch, onnxruntime, tensorrt, a comma-separated list, or 'all' (combinations that cannot run here are reported as skipped)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (the backend's default: fp16 on CUDA for torch and tensorrt), fp32, fp16, a list, or 'all' (fp32,fp16)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
@@ -52,7 +64,9 @@ def _add_network(sub) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="name", required=True)
     ingest.add_parser(sub)
     pipeline.add_parser(sub)

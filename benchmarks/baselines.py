@@ -46,7 +46,9 @@ def segment_skimage(nuc: np.ndarray, cyt: np.ndarray, *, nucleus_px: float = 15.
     fg = ndi.binary_fill_holes(sm > filters.threshold_otsu(sm))
     fg = morphology.remove_small_objects(fg, int(0.1 * np.pi * (nucleus_px / 2) ** 2))
     dist = ndi.distance_transform_edt(fg)
-    peaks = peak_local_max(dist, min_distance=max(3, int(nucleus_px / 3)), labels=measure.label(fg), exclude_border=False)
+    peaks = peak_local_max(
+        dist, min_distance=max(3, int(nucleus_px / 3)), labels=measure.label(fg), exclude_border=False
+    )
     markers = np.zeros(nuc.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     nuclei = segmentation.watershed(-dist, markers, mask=fg)
@@ -72,7 +74,9 @@ def measure_skimage(labels: dict[str, np.ndarray], images: dict[str, np.ndarray]
     return out
 
 
-def skimage_pipeline(folder: Path, channel_names: list[str], out: Path, *, nucleus: int = 0, cytoplasm: int = 1) -> dict:
+def skimage_pipeline(
+    folder: Path, channel_names: list[str], out: Path, *, nucleus: int = 0, cytoplasm: int = 1
+) -> dict:
     """Run the single-process baseline over every field of an ImageXpress folder; return counts and seconds.
 
     Per compartment, the field tables are concatenated with pyarrow and written as one Parquet file.
@@ -92,7 +96,9 @@ def skimage_pipeline(folder: Path, channel_names: list[str], out: Path, *, nucle
         nuclei, cells = segment_skimage(ims[channel_names[nucleus]], ims[channel_names[cytoplasm]])
         c = time.perf_counter()
         cyto = np.where(nuclei > 0, 0, cells)
-        for comp, t in measure_skimage({"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cyto}, ims, {"well": well, "field": field}).items():
+        for comp, t in measure_skimage(
+            {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cyto}, ims, {"well": well, "field": field}
+        ).items():
             tables[comp].append(t)
         n_fields += 1
         n_cells += tables["Cells"][-1].num_rows
@@ -190,7 +196,9 @@ def _rel_err(a, b) -> float:
     return float(np.max(np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-12)))
 
 
-def feature_comparison(fields: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], *, repeat: int = 2, cp_measure: bool = True) -> dict:
+def feature_comparison(
+    fields: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], *, repeat: int = 2, cp_measure: bool = True
+) -> dict:
     """Time hts / cp-measure / regionprops shape + intensity on ``fields`` ([(labels by compartment, images by channel)]).
 
     Reports objects/s of each (best of ``repeat``, summed over fields and
@@ -217,9 +225,13 @@ def feature_comparison(fields: list[tuple[dict[str, np.ndarray], dict[str, np.nd
                 for feat, rpk in SHARED_INTENSITY.items():
                     name = f"Intensity_{feat}_{ch}"
                     if cp_measure:
-                        err["cp_measure"][name] = max(err["cp_measure"].get(name, 0.0), _rel_err(ours[name], cp[f"Intensity_{feat}_{ch}"]))
+                        err["cp_measure"][name] = max(
+                            err["cp_measure"].get(name, 0.0), _rel_err(ours[name], cp[f"Intensity_{feat}_{ch}"])
+                        )
                     if rpk is not None:
-                        err["regionprops"][name] = max(err["regionprops"].get(name, 0.0), _rel_err(ours[name], rp[f"{rpk}_{ch}"]))
+                        err["regionprops"][name] = max(
+                            err["regionprops"].get(name, 0.0), _rel_err(ours[name], rp[f"{rpk}_{ch}"])
+                        )
     rates = {k: round(objects / v, 1) if v else None for k, v in secs.items()}
     return {
         "objects": objects,

@@ -52,7 +52,9 @@ def well_names() -> list[str]:
     return [f"{chr(65 + k // 24)}{k % 24 + 1:02d}" for k in range(N_WELLS)]
 
 
-def write_parts(folder: Path, rows: int, columns: int, part_rows: int, plate_id: str, run_id: str, seed: int = 0) -> list[Path]:
+def write_parts(
+    folder: Path, rows: int, columns: int, part_rows: int, plate_id: str, run_id: str, seed: int = 0
+) -> list[Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -78,7 +80,9 @@ def write_parts(folder: Path, rows: int, columns: int, part_rows: int, plate_id:
         }
         for j, name in enumerate(names):
             v = (base[j] * (1 + shift[w, j] + 0.2 * rng.standard_normal(n, np.float32))).astype(np.float32)
-            cols[name] = pa.array(v.astype(np.float64))  # float32-precision values stored as DOUBLE, like measured pixels
+            cols[name] = pa.array(
+                v.astype(np.float64)
+            )  # float32-precision values stored as DOUBLE, like measured pixels
         p = folder / f"part-{len(parts):04d}.parquet"
         pq.write_table(pa.table(cols), p, compression="zstd")
         parts.append(p)
@@ -133,7 +137,14 @@ def run_one(root: Path, rows: int, columns: int, part_rows: int) -> dict:
     parquet_mb = sum(p.stat().st_size for p in parts) / 1e6
     db = root / f"{tag}.duckdb"
     catalog = setup_catalog(db, plate_id, run_id)
-    res = {"rows": rows, "feature_columns": columns, "parts": len(parts), "parquet_MB": round(parquet_mb, 1), "generate_s": round(t_gen["s"], 1), "steps": []}
+    res = {
+        "rows": rows,
+        "feature_columns": columns,
+        "parts": len(parts),
+        "parquet_MB": round(parquet_mb, 1),
+        "generate_s": round(t_gen["s"], 1),
+        "steps": [],
+    }
 
     def load():
         with catalog.connect() as con:
@@ -147,7 +158,16 @@ def run_one(root: Path, rows: int, columns: int, part_rows: int) -> dict:
     row["MB_per_s"] = round(parquet_mb / row["seconds"], 1)
     res["steps"].append(row)
     res["db_MB"] = round(db.stat().st_size / 1e6, 1)
-    feats = [c for c in ("Nuclei_AreaShape_Area", "Cells_Intensity_MeanIntensity_GFP", "Cytoplasm_Intensity_MedianIntensity_DAPI", "Cells_AreaShape_Solidity") if c in feature_names(columns)]
+    feats = [
+        c
+        for c in (
+            "Nuclei_AreaShape_Area",
+            "Cells_Intensity_MeanIntensity_GFP",
+            "Cytoplasm_Intensity_MedianIntensity_DAPI",
+            "Cells_AreaShape_Solidity",
+        )
+        if c in feature_names(columns)
+    ]
     queries = {
         "well_stats": "SELECT * FROM well_stats",
         "per-well median of 4 features": f"SELECT well, count(*) AS n, {', '.join(f'median({c})' for c in feats)} FROM cells GROUP BY well ORDER BY well",
@@ -183,7 +203,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("cells", help="DuckDB bulk load of per-cell Parquet parts and well_stats at scale")
-    p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[10_000_000], help="comma-separated row counts, e.g. 1e6,3e6")
+    p.add_argument(
+        "--rows",
+        type=lambda s: [int(float(x)) for x in s.split(",")],
+        default=[10_000_000],
+        help="comma-separated row counts, e.g. 1e6,3e6",
+    )
     p.add_argument("--columns", type=int, default=196, help="feature columns (at most 196)")
     p.add_argument("--part-rows", type=int, default=250_000, help="rows per Parquet part")
     p.add_argument("--workdir", default=None)

@@ -52,12 +52,26 @@ def run(args: argparse.Namespace) -> dict:
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
         scale = args.pixel_size / eng.train_pixel_um
-        rows.append({"folder": str(folder or f"engines/{args.engine}"), "train_pixel_um": eng.train_pixel_um,
-                     "model_pixels": int(round(args.size * scale)) ** 2, "cpu_s": round(statistics.median(cpu), 3),
-                     "wall_s": round(statistics.median(wall), 3), "objects": res.counts()})
+        rows.append(
+            {
+                "folder": str(folder or f"engines/{args.engine}"),
+                "train_pixel_um": eng.train_pixel_um,
+                "model_pixels": int(round(args.size * scale)) ** 2,
+                "cpu_s": round(statistics.median(cpu), 3),
+                "wall_s": round(statistics.median(wall), 3),
+                "objects": res.counts(),
+            }
+        )
         print(rows[-1], flush=True)
-    return {"benchmark": "engine-cost", "engine": args.engine, "size": args.size, "pixel_size_um": args.pixel_size,
-            "repeat": args.repeat, "machine": machine_info(), "runs": rows}
+    return {
+        "benchmark": "engine-cost",
+        "engine": args.engine,
+        "size": args.size,
+        "pixel_size_um": args.pixel_size,
+        "repeat": args.repeat,
+        "machine": machine_info(),
+        "runs": rows,
+    }
 
 
 def add_parser(sub) -> None:

@@ -31,8 +31,8 @@ from benchmarks._util import PeakRSS, mb, timer
 
 def make_nd2_plate(path: Path, *, wells: int, fields: int, size: int, channels: int, seed: int = 0) -> Path:
     from hts.formats.base import Channel
-    from hts.synth.nd2_writer import Position, write_nd2
     from hts.synth import synth_field
+    from hts.synth.nd2_writer import Position, write_nd2
     from hts.wells import PLATE_TYPES, WellRef
 
     names = ["DAPI", "GFP", "Brightfield", "TRITC"][:channels]
@@ -42,7 +42,13 @@ def make_nd2_plate(path: Path, *, wells: int, fields: int, size: int, channels: 
     for k in range(wells):
         w = WellRef(k // pt.columns, k % pt.columns)
         for f in range(fields):
-            positions.append(Position(w.name if f == 0 else f"{w.name}#{f + 1}", 14380.0 + w.column * pt.pitch_um + 400 * f, 11240.0 + w.row * pt.pitch_um))
+            positions.append(
+                Position(
+                    w.name if f == 0 else f"{w.name}#{f + 1}",
+                    14380.0 + w.column * pt.pitch_um + 400 * f,
+                    11240.0 + w.row * pt.pitch_um,
+                )
+            )
 
     def frame(t: int, p: int, z: int) -> np.ndarray:
         return np.roll(pool[p % len(pool)], shift=(37 * p) % size, axis=-1)
@@ -77,15 +83,22 @@ def run(args: argparse.Namespace) -> dict:
     try:
         for scale in args.scales:
             wells = args.wells * scale
-            src = make_nd2_plate(root / f"plate_x{scale}.nd2", wells=wells, fields=args.fields, size=args.size, channels=args.channels)
+            src = make_nd2_plate(
+                root / f"plate_x{scale}.nd2", wells=wells, fields=args.fields, size=args.size, channels=args.channels
+            )
             size_mb = src.stat().st_size / 1e6
             os.system(f"cat {src} > /dev/null")  # same page-cache state for every measurement
             t_read = raw_read(src, compress=False)
             t_rc = raw_read(src, compress=True)
             out = root / f"plate_x{scale}.zarr"
             with PeakRSS() as rss, timer() as t:
-                rep = ingest(src, out=out, workspace=Workspace(db=root / f"x{scale}.duckdb", plates_dir=root, scheduler=args.scheduler),
-                             workers=args.workers, overwrite=True)
+                rep = ingest(
+                    src,
+                    out=out,
+                    workspace=Workspace(db=root / f"x{scale}.duckdb", plates_dir=root, scheduler=args.scheduler),
+                    workers=args.workers,
+                    overwrite=True,
+                )
             store_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
             rows.append(
                 {

@@ -38,21 +38,41 @@ def _wait(port: int) -> None:
 def run(store: str, n_workers: int, source: Path, work: Path) -> dict:
     from distributed import Client
 
-    from hts.tasks.ingest import ingest
     from hts.api import segment
     from hts.config import Workspace
+    from hts.tasks.ingest import ingest
 
     port = _port()
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         _wait(port)
         for i in range(n_workers):
             d = work / f"w{i}-{uuid.uuid4().hex[:6]}"
             d.mkdir()
-            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--local-directory", str(d)], cwd=d,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        f"tcp://127.0.0.1:{port}",
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(d),
+                    ],
+                    cwd=d,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         addr = f"tcp://127.0.0.1:{port}"
         with Client(addr) as c:
             c.wait_for_workers(n_workers, timeout=60)
@@ -63,9 +83,15 @@ def run(store: str, n_workers: int, source: Path, work: Path) -> dict:
         t1 = time.perf_counter()
         (seg,) = segment(engine="classic", workspace=ws)
         t2 = time.perf_counter()
-        return {"store": "s3 (moto)" if store.startswith("s3://") else "local disk", "workers": n_workers,
-                "fields": rep.fields_total, "ingest_s": round(t1 - t0, 2), "segment_s": round(t2 - t1, 2),
-                "cells": seg.cells, "fields_per_s": round(rep.fields_total / (t2 - t1), 2)}
+        return {
+            "store": "s3 (moto)" if store.startswith("s3://") else "local disk",
+            "workers": n_workers,
+            "fields": rep.fields_total,
+            "ingest_s": round(t1 - t0, 2),
+            "segment_s": round(t2 - t1, 2),
+            "cells": seg.cells,
+            "fields_per_s": round(rep.fields_total / (t2 - t1), 2),
+        }
     finally:
         for p in procs[::-1]:
             p.terminate()
@@ -87,9 +113,17 @@ def main() -> None:
     from hts.synth import make_plate
 
     port = _port()
-    moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    moto = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
     rows = []
     try:
         _wait(port)
@@ -97,7 +131,9 @@ def main() -> None:
         fs.mkdir("bench")
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            source = make_plate(work / "raw", format="nd2", wells=a.wells, fields=a.fields, shape=(a.size, a.size)).source
+            source = make_plate(
+                work / "raw", format="nd2", wells=a.wells, fields=a.fields, shape=(a.size, a.size)
+            ).source
             for store in ("local", "s3"):
                 for n in (1, 2):
                     loc = str(work / f"plate-{n}.zarr") if store == "local" else f"s3://bench/plates/plate-{n}.zarr"
@@ -110,7 +146,9 @@ def main() -> None:
     print("\n| store | workers | fields | ingest (s) | segment + features (s) | fields/s (segment) | cells |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['store']} | {r['workers']} | {r['fields']} | {r['ingest_s']} | {r['segment_s']} | {r['fields_per_s']} | {r['cells']} |")
+        print(
+            f"| {r['store']} | {r['workers']} | {r['fields']} | {r['ingest_s']} | {r['segment_s']} | {r['fields_per_s']} | {r['cells']} |"
+        )
 
 
 if __name__ == "__main__":

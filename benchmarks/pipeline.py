@@ -54,7 +54,9 @@ def scaled_wells(spec: str, scale: int) -> tuple[str, int]:
     return ",".join(WellRef(k // pt.columns, k % pt.columns).name for k in range(n)), plate_type
 
 
-def _stage(name: str, fn, *, fields: int, cells: int | None = None, source_mb: float | None = None) -> tuple[dict, object]:
+def _stage(
+    name: str, fn, *, fields: int, cells: int | None = None, source_mb: float | None = None
+) -> tuple[dict, object]:
     with PeakRSS() as rss, timer() as t:
         out = fn()
     row = {"stage": name, "seconds": round(t["s"], 2), "fields": fields, "fields_per_s": round(fields / t["s"], 2)}
@@ -75,6 +77,7 @@ def _stage(name: str, fn, *, fields: int, cells: int | None = None, source_mb: f
 
 
 def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: bool) -> dict:
+    from benchmarks.ingest import raw_read
     from hts.api import segment
     from hts.catalog import annotate
     from hts.config import Workspace
@@ -83,11 +86,16 @@ def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: b
     from hts.tasks.measure import measure
     from hts.tasks.query import run_query
 
-    from benchmarks.ingest import raw_read
-
     wells, plate_type = scaled_wells(args.wells, scale)
     names = ["DAPI", "GFP", "Brightfield", "TRITC"][: args.channels]
-    kw = dict(plate_type=plate_type, wells=wells, fields=args.fields, shape=(args.size, args.size), channels=names, seed=args.seed)
+    kw = dict(
+        plate_type=plate_type,
+        wells=wells,
+        fields=args.fields,
+        shape=(args.size, args.size),
+        channels=names,
+        seed=args.seed,
+    )
     tag = f"x{scale}_w{workers or 'auto'}"
     with timer() as t_make:
         plate = make_plate(root / f"nd2_{tag}", format="nd2", **kw)
@@ -101,22 +109,34 @@ def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: b
     sched = dict(workspace=ws, workers=workers)
     os.system(f"cat {plate.source} > /dev/null")
 
-    row, rep = _stage("ingest", lambda: ingest(plate.source, out=store, overwrite=True, **sched), fields=n_fields, source_mb=pixels_mb)
+    row, rep = _stage(
+        "ingest", lambda: ingest(plate.source, out=store, overwrite=True, **sched), fields=n_fields, source_mb=pixels_mb
+    )
     res["stages"].append(row)
     catalog = ws.catalog
     annotate(catalog, catalog.find_plate(rep.plate_id), plate.platemap)
 
     seg_kw = dict(engine=args.engine, backend=args.backend, device=args.device, **sched)
-    row, reps = _stage("segment+features", lambda: segment(**seg_kw, features=True), fields=n_fields, cells=lambda r: sum(x.cells for x in r), source_mb=pixels_mb)
+    row, reps = _stage(
+        "segment+features",
+        lambda: segment(**seg_kw, features=True),
+        fields=n_fields,
+        cells=lambda r: sum(x.cells for x in r),
+        source_mb=pixels_mb,
+    )
     res["stages"].append(row)
     cells = row["cells"]
     res["backend"], res["device"] = reps[0].backend, reps[0].device
 
-    row, tab = _stage("query well_stats", lambda: run_query("SELECT * FROM well_stats", workspace=ws), fields=n_fields, cells=cells)
+    row, tab = _stage(
+        "query well_stats", lambda: run_query("SELECT * FROM well_stats", workspace=ws), fields=n_fields, cells=cells
+    )
     row["result"] = f"{tab.num_rows} rows x {tab.num_columns} columns"
     res["stages"].append(row)
     ch = names[1] if len(names) > 1 else names[0]
-    row, tab = _stage("query dose-response", lambda: run_query(DOSE_SQL.format(ch=ch), workspace=ws), fields=n_fields, cells=cells)
+    row, tab = _stage(
+        "query dose-response", lambda: run_query(DOSE_SQL.format(ch=ch), workspace=ws), fields=n_fields, cells=cells
+    )
     row["result"] = f"{tab.num_rows} rows x {tab.num_columns} columns"
     res["stages"].append(row)
     e2e = sum(r["seconds"] for r in res["stages"])
@@ -125,16 +145,31 @@ def run_plate(args, root: Path, scale: int, workers: int | None, *, baselines: b
     res["end_to_end_peak_rss_MB"] = max(r["peak_rss_MB"] for r in res["stages"])
 
     if args.split:
-        row, _ = _stage("segment only", lambda: segment(**seg_kw, features=False, overwrite=True), fields=n_fields, source_mb=pixels_mb)
+        row, _ = _stage(
+            "segment only",
+            lambda: segment(**seg_kw, features=False, overwrite=True),
+            fields=n_fields,
+            source_mb=pixels_mb,
+        )
         res["stages"].append(row)
-        row, _ = _stage("measure", lambda: measure(**sched), fields=n_fields, cells=lambda r: sum(x.cells for x in r), source_mb=pixels_mb)
+        row, _ = _stage(
+            "measure",
+            lambda: measure(**sched),
+            fields=n_fields,
+            cells=lambda r: sum(x.cells for x in r),
+            source_mb=pixels_mb,
+        )
         res["stages"].append(row)
 
     if baselines:
         b: dict = {}
         t_rc = raw_read(plate.source, compress=True)
         ingest_s = res["stages"][0]["seconds"]
-        b["raw_read_compress"] = {"seconds": round(t_rc, 2), "MB_per_s": round(pixels_mb / t_rc, 1), "ingest_over_raw": round(ingest_s / t_rc, 2)}
+        b["raw_read_compress"] = {
+            "seconds": round(t_rc, 2),
+            "MB_per_s": round(pixels_mb / t_rc, 1),
+            "ingest_over_raw": round(ingest_s / t_rc, 2),
+        }
         print(json.dumps({"baseline": "raw read+compress", **b["raw_read_compress"]}), flush=True)
         if args.engine == "classic":
             from benchmarks.baselines import skimage_pipeline
@@ -250,7 +285,9 @@ def _ints(s: str) -> list:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pipeline", help="end-to-end ingest -> segment -> query throughput, memory, scaling and baselines")
+    p = sub.add_parser(
+        "pipeline", help="end-to-end ingest -> segment -> query throughput, memory, scaling and baselines"
+    )
     p.add_argument("--wells", default="A01:H12", help="wells at scale 1 (a well range)")
     p.add_argument("--fields", type=int, default=2)
     p.add_argument("--size", type=int, default=512)
@@ -260,7 +297,9 @@ def add_parser(sub) -> None:
     p.add_argument("--scale", type=_ints, default=[1], help="comma-separated plate multiples (wells x k), e.g. 1,4")
     p.add_argument("--scheduler", default="local")
     p.add_argument("--engine", default="classic")
-    p.add_argument("--backend", default="auto", help="deep engines: torch, onnxruntime, tensorrt (auto: fastest available)")
+    p.add_argument(
+        "--backend", default="auto", help="deep engines: torch, onnxruntime, tensorrt (auto: fastest available)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--split", action="store_true", help="also time segment(features=False) and measure apart")
     p.add_argument("--no-baselines", action="store_true")

@@ -48,8 +48,14 @@ PRECISIONS = {"auto": None, "fp32": False, "fp16": True}
 
 
 def unet_benchmark(
-    engine: str, *, backend: str = "auto", device: str = "cpu", precision: str = "auto", size: int = 512,
-    batch: int = 1, repeat: int = 5,
+    engine: str,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    precision: str = "auto",
+    size: int = 512,
+    batch: int = 1,
+    repeat: int = 5,
 ) -> dict:
     """Time the engine's runner (its backend, device and precision) on ``batch`` random ``size``² inputs;
     FLOPs and fraction of peak. ``precision``: ``auto`` (the backend's default: fp16 on CUDA for torch
@@ -96,8 +102,15 @@ def unet_benchmark(
 
 
 def network_matrix(
-    engine: str, *, backends: list[str], precisions: list[str], device: str, size: int = 512, batch: int = 1,
-    repeat: int = 5, on_row=None,
+    engine: str,
+    *,
+    backends: list[str],
+    precisions: list[str],
+    device: str,
+    size: int = 512,
+    batch: int = 1,
+    repeat: int = 5,
+    on_row=None,
 ) -> list[dict]:
     """:func:`unet_benchmark` of every backend × precision, each row also handed to ``on_row`` as it
     finishes. A combination that cannot run here (TensorRT not installed, fp16 on ONNX Runtime or on
@@ -108,15 +121,18 @@ def network_matrix(
 
     unknown = [b for b in backends if b not in BACKENDS] + [p for p in precisions if p not in PRECISIONS]
     if unknown:
-        raise ValueError(f"unknown backend or precision {', '.join(map(repr, unknown))} "
-                         f"(backends: {', '.join(BACKENDS)}; precisions: {', '.join(PRECISIONS)})")
+        raise ValueError(
+            f"unknown backend or precision {', '.join(map(repr, unknown))} "
+            f"(backends: {', '.join(BACKENDS)}; precisions: {', '.join(PRECISIONS)})"
+        )
     rows = []
     for backend in backends:
         for precision in precisions:
             key = {"engine": engine, "backend": backend, "device": device, "precision": precision}
             try:
                 row = unet_benchmark(
-                    engine, backend=backend, device=device, precision=precision, size=size, batch=batch, repeat=repeat)
+                    engine, backend=backend, device=device, precision=precision, size=size, batch=batch, repeat=repeat
+                )
             except EngineError as e:  # BackendUnavailable is an EngineError
                 row = {**key, "skipped": str(e)}
             except Exception as e:  # noqa: BLE001 - recorded, and the other combinations still run

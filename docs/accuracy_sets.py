@@ -44,8 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                    help="development data folder with nuclei_train/, nuclei_gt/, nd2/")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="development data folder with nuclei_train/, nuclei_gt/, nd2/",
+    )
     ap.add_argument("--sets", default="nuclei_heldout,dsb2018,brightfield,synthetic")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -63,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         key = name + json.dumps(params, sort_keys=True)
         if key not in engines:
             cls = engine_class(name)
-            engines[key] = cls(params or None, backend="torch", device="cpu") if name != "classic" else cls(params or None)
+            engines[key] = (
+                cls(params or None, backend="torch", device="cpu") if name != "classic" else cls(params or None)
+            )
         return engines[key]
 
     def write(path: Path, labels: np.ndarray) -> None:
@@ -87,13 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         for t in man["test"]:
             img = load_image(data / "nuclei_train" / f"{t['name']}_img.tif")
             gt = tifffile.imread(data / "nuclei_train" / f"{t['name']}_mask.tif")
-            run("nuclei_heldout", t["name"], gt, oracle_px(gt),
-                {"nuclei": ("nuclei", {"nucleus": img}, "nuclei"), "classic": ("classic", {"nucleus": img}, "nuclei")})
+            run(
+                "nuclei_heldout",
+                t["name"],
+                gt,
+                oracle_px(gt),
+                {"nuclei": ("nuclei", {"nucleus": img}, "nuclei"), "classic": ("classic", {"nucleus": img}, "nuclei")},
+            )
     if "dsb2018" in wanted:
         img = tifffile.imread(data / "nuclei_gt" / "dsb2018_img2d.tif")
         gt = tifffile.imread(data / "nuclei_gt" / "dsb2018_mask2d.tif")
-        run("dsb2018", "dsb2018_img2d", gt, oracle_px(gt),
-            {"nuclei": ("nuclei", {"nucleus": img}, "nuclei"), "classic": ("classic", {"nucleus": img}, "nuclei")})
+        run(
+            "dsb2018",
+            "dsb2018_img2d",
+            gt,
+            oracle_px(gt),
+            {"nuclei": ("nuclei", {"nucleus": img}, "nuclei"), "classic": ("classic", {"nucleus": img}, "nuclei")},
+        )
     if "brightfield" in wanted:
         import nd2
 
@@ -103,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         bf, st = tifffile.imread(f"{root}_bf.tif"), tifffile.imread(f"{root}_stain.tif")
         truth = stain_nuclei(st, isl_px)[480:]  # whole field segmented, rows 480-703 (held out) scored
         band = bf[480:]
-        bf_preds = {"brightfield-unet": ("brightfield-unet", {"brightfield": band}, "nuclei"),
-                    "cytoplasm": ("cytoplasm", {"cytoplasm": band}, "nuclei"),
-                    "classic": ("classic", {"nucleus": band}, "nuclei")}
+        bf_preds = {
+            "brightfield-unet": ("brightfield-unet", {"brightfield": band}, "nuclei"),
+            "cytoplasm": ("cytoplasm", {"cytoplasm": band}, "nuclei"),
+            "classic": ("classic", {"nucleus": band}, "nuclei"),
+        }
         run("brightfield", "isl_rows480-703", truth, isl_px, bf_preds)
         with nd2.ND2File(data / "nd2" / "example-multichannel.nd2") as f:
             a, npx = np.asarray(f.asarray()), float(f.voxel_size().x)
         truth = stain_nuclei(a[1], npx, threshold_factor=0.5)
-        run("brightfield", "nd2_example-multichannel", truth, npx,
-            {k: (e, {next(iter(im)): a[0]}, o) for k, (e, im, o) in bf_preds.items()})
+        run(
+            "brightfield",
+            "nd2_example-multichannel",
+            truth,
+            npx,
+            {k: (e, {next(iter(im)): a[0]}, o) for k, (e, im, o) in bf_preds.items()},
+        )
     if "synthetic" in wanted:
         from hts.synth import synth_field
 
@@ -120,14 +143,31 @@ def main(argv: list[str] | None = None) -> int:
             dapi, gfp, bright = f.image[0], f.image[1], f.image[2]
             name = f"synth_{9000 + i}"
             two = {"nucleus": dapi, "cytoplasm": gfp}
-            run("synthetic_nuclei", name, f.nuclei, 0.65, {
-                "nuclei": ("nuclei", {"nucleus": dapi}, "nuclei"),
-                "brightfield-unet": ("brightfield-unet", {"brightfield": bright}, "nuclei"),
-                "fpf": ("fpf", two, "nuclei"), "cytoplasm": ("cytoplasm", {"cytoplasm": gfp}, "nuclei"),
-                "classic": ("classic", two, "nuclei")})
-            run("synthetic_cells", name, f.cells, 0.65, {
-                "fpf": ("fpf", two, "cells"), "cytoplasm": ("cytoplasm", {"cytoplasm": gfp}, "cells"),
-                "cytoplasm-bf": ("cytoplasm", {"cytoplasm": bright}, "cells"), "classic": ("classic", two, "cells")})
+            run(
+                "synthetic_nuclei",
+                name,
+                f.nuclei,
+                0.65,
+                {
+                    "nuclei": ("nuclei", {"nucleus": dapi}, "nuclei"),
+                    "brightfield-unet": ("brightfield-unet", {"brightfield": bright}, "nuclei"),
+                    "fpf": ("fpf", two, "nuclei"),
+                    "cytoplasm": ("cytoplasm", {"cytoplasm": gfp}, "nuclei"),
+                    "classic": ("classic", two, "nuclei"),
+                },
+            )
+            run(
+                "synthetic_cells",
+                name,
+                f.cells,
+                0.65,
+                {
+                    "fpf": ("fpf", two, "cells"),
+                    "cytoplasm": ("cytoplasm", {"cytoplasm": gfp}, "cells"),
+                    "cytoplasm-bf": ("cytoplasm", {"cytoplasm": bright}, "cells"),
+                    "classic": ("classic", two, "cells"),
+                },
+            )
     return 0
 
 

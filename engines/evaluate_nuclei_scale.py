@@ -50,24 +50,38 @@ def _items(folder: Path, data: Path, train_px: float = 0.65) -> list[tuple[dict,
 
 def score(engine, items, k: float) -> dict:
     m = evaluate_engine(engine, [(im, g, px * k) for im, g, px in items], thresholds=(0.5,))
-    return {"ap50": round(m["0.5"]["ap"], 4), "f1": round(m["0.5"]["f1"], 4), "n_pred": m["n_pred"], "n_true": m["n_true"]}
+    return {
+        "ap50": round(m["0.5"]["ap"], 4),
+        "f1": round(m["0.5"]["f1"], 4),
+        "n_pred": m["n_pred"],
+        "n_true": m["n_true"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--compare", type=Path, help="another nuclei engine folder scored the same way (e.g. earlier weights)")
+    ap.add_argument(
+        "--compare", type=Path, help="another nuclei engine folder scored the same way (e.g. earlier weights)"
+    )
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--factors", default=",".join(map(str, FACTORS)), help="comma-separated k values")
     args = ap.parse_args(argv)
     items = _items(args.folder, args.data)
     factors = tuple(float(k) for k in args.factors.split(","))
-    engines = {"nuclei": engine_class("nuclei").from_folder(args.folder)(backend="torch"), "classic": engine_class("classic")()}
+    engines = {
+        "nuclei": engine_class("nuclei").from_folder(args.folder)(backend="torch"),
+        "classic": engine_class("classic")(),
+    }
     if args.compare:
         engines["compared"] = engine_class("nuclei").from_folder(args.compare)(backend="torch")
-    res: dict = {"note": __doc__.split("\n\n")[1].replace("\n", " "), "images": len(items), "factors": list(factors),
-                 "max_model_pixels": MAX_MODEL_PIXELS}
+    res: dict = {
+        "note": __doc__.split("\n\n")[1].replace("\n", " "),
+        "images": len(items),
+        "factors": list(factors),
+        "max_model_pixels": MAX_MODEL_PIXELS,
+    }
     for name, eng in engines.items():
         res[name] = {str(k): score(eng, items, k) for k in factors}
         print(name, json.dumps(res[name]), flush=True)

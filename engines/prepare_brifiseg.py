@@ -79,11 +79,26 @@ def convert(repo: Path, out: Path, lines: tuple[str, ...] = ("a549", "hela")) ->
             stem = f"brifiseg_{line}_{num}"
             tifffile.imwrite(out / f"{stem}_bf.tif", img, compression="zlib")
             tifffile.imwrite(out / f"{stem}_mask.tif", labels.astype(np.uint16), compression="zlib")
-            rows.append({"name": stem, "line": line, "source_split": "imagesTr/labelsTr", "source_id": sid,
-                         "image": f"{stem}_bf.tif", "mask": f"{stem}_mask.tif", "shape": "x".join(map(str, img.shape)),
-                         "dtype": "float32", "value_min": float(img.min()), "value_max": float(img.max()), "nuclei": int(n),
-                         "source": f"github:mgendarme/BriFiSeg@{COMMIT}", "source_image": img_path,
-                         "source_image_blob": img_sha, "source_label": lab_path, "source_label_blob": lab_sha})
+            rows.append(
+                {
+                    "name": stem,
+                    "line": line,
+                    "source_split": "imagesTr/labelsTr",
+                    "source_id": sid,
+                    "image": f"{stem}_bf.tif",
+                    "mask": f"{stem}_mask.tif",
+                    "shape": "x".join(map(str, img.shape)),
+                    "dtype": "float32",
+                    "value_min": float(img.min()),
+                    "value_max": float(img.max()),
+                    "nuclei": int(n),
+                    "source": f"github:mgendarme/BriFiSeg@{COMMIT}",
+                    "source_image": img_path,
+                    "source_image_blob": img_sha,
+                    "source_label": lab_path,
+                    "source_label_blob": lab_sha,
+                }
+            )
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -93,7 +108,9 @@ def convert(repo: Path, out: Path, lines: tuple[str, ...] = ("a549", "hela")) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repo", required=True, type=Path, help="git directory of a clone of mgendarme/BriFiSeg (full history)")
+    ap.add_argument(
+        "--repo", required=True, type=Path, help="git directory of a clone of mgendarme/BriFiSeg (full history)"
+    )
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     args = ap.parse_args(argv)
     rows = convert(args.repo, args.out)

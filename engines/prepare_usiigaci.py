@@ -54,10 +54,20 @@ def convert(repo: Path, out: Path, sets: range = TRAIN_SETS) -> list[dict]:
         name = f"usiigaci_set{n:02d}"
         tifffile.imwrite(out / f"{name}_phase.tif", img, compression="zlib")
         tifffile.imwrite(out / f"{name}_cells.tif", lab, compression="zlib")
-        rows.append({"name": name, "source_split": "train", "shape": "x".join(map(str, img.shape)), "dtype": str(img.dtype),
-                     "cells": int(len(np.unique(lab)) - 1), "source": f"github:oist/Usiigaci@{COMMIT}",
-                     "source_image": f"Mask R-CNN/train/set{n}/raw.tif", "source_image_blob": raw_sha,
-                     "source_mask": f"Mask R-CNN/train/set{n}/instances_ids.png", "source_mask_blob": ids_sha})
+        rows.append(
+            {
+                "name": name,
+                "source_split": "train",
+                "shape": "x".join(map(str, img.shape)),
+                "dtype": str(img.dtype),
+                "cells": int(len(np.unique(lab)) - 1),
+                "source": f"github:oist/Usiigaci@{COMMIT}",
+                "source_image": f"Mask R-CNN/train/set{n}/raw.tif",
+                "source_image_blob": raw_sha,
+                "source_mask": f"Mask R-CNN/train/set{n}/instances_ids.png",
+                "source_mask_blob": ids_sha,
+            }
+        )
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

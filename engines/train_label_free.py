@@ -74,15 +74,20 @@ def brifiseg_split(shared: Path, extra: Path | None, *, seed: int, n_val: int = 
     for line, names in sorted(_ids(shared).items()):
         order = np.random.default_rng([seed, len(line), sum(map(ord, line))]).permutation(sorted(names))
         val += list(order[:n_val])
-        test += list(order[n_val: n_val + n_test])
+        test += list(order[n_val : n_val + n_test])
     held = {_block(n) for n in val + test}
     pool = {n: shared for names in _ids(shared).values() for n in names}
     if extra is not None:
         pool.update({n: extra for names in _ids(extra).values() for n in names if n not in pool})
     train = sorted(n for n in pool if _block(n) not in held)
-    return {"validation": sorted(val), "test": sorted(test), "train": train, "folders": {n: str(pool[n]) for n in pool},
-            "rule": f"per line {n_val} validation + {n_test} test names drawn (seed {seed}) from brightfield_train; "
-                    "training: every other pair whose source-id block of four holds no validation/test name"}
+    return {
+        "validation": sorted(val),
+        "test": sorted(test),
+        "train": train,
+        "folders": {n: str(pool[n]) for n in pool},
+        "rule": f"per line {n_val} validation + {n_test} test names drawn (seed {seed}) from brightfield_train; "
+        "training: every other pair whose source-id block of four holds no validation/test name",
+    }
 
 
 def brifiseg_pixel_size(folders: dict[str, str], names: list[str], diameter_um: float = 12.0) -> float:
@@ -98,13 +103,20 @@ def build_brightfield(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, l
     bf_px = brifiseg_pixel_size(split["folders"], split["train"])
     manifest["split"] = {"rule": split["rule"], "validation": split["validation"], "test": split["test"]}
     manifest["brifiseg_pixel_size_um"] = bf_px
-    kw = dict(image_suffix="_bf", labels={"nuclei": "_mask"}, pixel_size_um=bf_px, train_pixel_um=cfg.pixel_size_um,
-              normalization=cfg.normalization)
+    kw = dict(
+        image_suffix="_bf",
+        labels={"nuclei": "_mask"},
+        pixel_size_um=bf_px,
+        train_pixel_um=cfg.pixel_size_um,
+        normalization=cfg.normalization,
+    )
 
     def bf(names: list[str], weight: float) -> list:
         out = []
         for n in names:
-            out += T.labelled_folder_samples(split["folders"][n], [n], weight=weight, meta={"dataset": "brifiseg"}, **kw)
+            out += T.labelled_folder_samples(
+                split["folders"][n], [n], weight=weight, meta={"dataset": "brifiseg"}, **kw
+            )
         return out
 
     nuc_d = cfg.nucleus_diameter_um
@@ -114,10 +126,22 @@ def build_brightfield(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, l
 
     def pairs(i: int) -> list:
         common = dict(object_diameter_um=nuc_d, train_pixel_um=cfg.pixel_size_um, normalization=cfg.normalization)
-        return (T.paired_stain_samples(isl_img, isl_stain, name=f"isl_rows{ISL_ROWS[i][0]}-{ISL_ROWS[i][1]}",
-                                       rows=ISL_ROWS[i], source=f"{data / ISL}_bf.tif + {data / ISL}_stain.tif", **common)
-                + T.paired_stain_samples(pb_img, pb_stain, name=f"pbmc_rows{PBMC_ROWS[i][0]}-{PBMC_ROWS[i][1]}",
-                                         pixel_size_um=pb_px, rows=PBMC_ROWS[i], source=f"{pbmc}#Mono + {pbmc}#~DAPI", **common))
+        return T.paired_stain_samples(
+            isl_img,
+            isl_stain,
+            name=f"isl_rows{ISL_ROWS[i][0]}-{ISL_ROWS[i][1]}",
+            rows=ISL_ROWS[i],
+            source=f"{data / ISL}_bf.tif + {data / ISL}_stain.tif",
+            **common,
+        ) + T.paired_stain_samples(
+            pb_img,
+            pb_stain,
+            name=f"pbmc_rows{PBMC_ROWS[i][0]}-{PBMC_ROWS[i][1]}",
+            pixel_size_um=pb_px,
+            rows=PBMC_ROWS[i],
+            source=f"{pbmc}#Mono + {pbmc}#~DAPI",
+            **common,
+        )
 
     train, val = [], []
     _add(manifest, train, "train", bf(split["train"], 1.0), 0.72)
@@ -126,12 +150,23 @@ def build_brightfield(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, l
     _add(manifest, train, "train", tp[:1], 0.10)
     _add(manifest, train, "train", tp[1:], 0.08)
     _add(manifest, val, "validation", vp, 0.18)
-    syn = synthetic_samples(range(10_000, 10_000 + args.synthetic), recipe="brightfield-unet", channels=("Brightfield",),
-                              train_pixel_um=cfg.pixel_size_um, normalization=cfg.normalization)
+    syn = synthetic_samples(
+        range(10_000, 10_000 + args.synthetic),
+        recipe="brightfield-unet",
+        channels=("Brightfield",),
+        train_pixel_um=cfg.pixel_size_um,
+        normalization=cfg.normalization,
+    )
     _add(manifest, train, "train", syn, 0.10)
     for n in split["test"]:
-        manifest["test"].append({"name": n, "source": str(Path(split["folders"][n]) / f"{n}_bf.tif"),
-                                 "truth": str(Path(split["folders"][n]) / f"{n}_mask.tif"), "pixel_size_um": bf_px})
+        manifest["test"].append(
+            {
+                "name": n,
+                "source": str(Path(split["folders"][n]) / f"{n}_bf.tif"),
+                "truth": str(Path(split["folders"][n]) / f"{n}_mask.tif"),
+                "pixel_size_um": bf_px,
+            }
+        )
     return train, val
 
 
@@ -143,11 +178,13 @@ USIIGACI_VAL, USIIGACI_TEST = (25, 27, 34, 36), (10, 12, 41, 43, 45)
 def usiigaci_split(names: list[str]) -> dict:
     num = {n: int(n.rsplit("set", 1)[1]) for n in names}
     near = {k + d for k in (*USIIGACI_VAL, *USIIGACI_TEST) for d in (-1, 0, 1)}
-    return {"validation": sorted(n for n in names if num[n] in USIIGACI_VAL),
-            "test": sorted(n for n in names if num[n] in USIIGACI_TEST),
-            "train": sorted(n for n in names if num[n] not in near),
-            "rule": f"validation sets {USIIGACI_VAL}, test sets {USIIGACI_TEST} (both cell sizes); training: "
-                    "every other set 1-45 not next to them (+-1)"}
+    return {
+        "validation": sorted(n for n in names if num[n] in USIIGACI_VAL),
+        "test": sorted(n for n in names if num[n] in USIIGACI_TEST),
+        "train": sorted(n for n in names if num[n] not in near),
+        "rule": f"validation sets {USIIGACI_VAL}, test sets {USIIGACI_TEST} (both cell sizes); training: "
+        "every other set 1-45 not next to them (+-1)",
+    }
 
 
 def build_cytoplasm(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, list]:
@@ -157,13 +194,24 @@ def build_cytoplasm(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, lis
         with open(folder / "manifest.csv", newline="") as f:
             folders.update({r["name"]: folder for r in csv.DictReader(f)})
     split = usiigaci_split(sorted(folders))
-    missing = [n for n in split["validation"] + split["test"] if folders[n] != shared and not (shared / f"{n}_phase.tif").is_file()]
+    missing = [
+        n
+        for n in split["validation"] + split["test"]
+        if folders[n] != shared and not (shared / f"{n}_phase.tif").is_file()
+    ]
     if missing:
         raise SystemExit(f"validation/test sets missing from {shared}: {missing}")
     manifest["split"] = {k: split[k] for k in ("rule", "validation", "test")}
     px = 0.8708
-    kw = dict(image_suffix="_phase", labels={"cells": "_cells"}, pixel_size_um=px, train_pixel_um=cfg.pixel_size_um,
-              normalization=cfg.normalization, derive_nuclei=args.core, meta={"dataset": "usiigaci"})
+    kw = dict(
+        image_suffix="_phase",
+        labels={"cells": "_cells"},
+        pixel_size_um=px,
+        train_pixel_um=cfg.pixel_size_um,
+        normalization=cfg.normalization,
+        derive_nuclei=args.core,
+        meta={"dataset": "usiigaci"},
+    )
 
     def real(names: list[str]) -> list:
         return [s for n in names for s in T.labelled_folder_samples(folders[n], [n], **kw)]
@@ -174,12 +222,23 @@ def build_cytoplasm(args, cfg: T.TrainConfig, manifest: dict) -> tuple[list, lis
     alts = [("GFP",), ("GFP",), ("Brightfield",)]
     syn = []
     for i, seed in enumerate(range(10_000, 10_000 + args.synthetic)):
-        syn += synthetic_samples([seed], recipe="cytoplasm", channels=alts[i % 3], train_pixel_um=cfg.pixel_size_um,
-                                   normalization=cfg.normalization)
+        syn += synthetic_samples(
+            [seed],
+            recipe="cytoplasm",
+            channels=alts[i % 3],
+            train_pixel_um=cfg.pixel_size_um,
+            normalization=cfg.normalization,
+        )
     _add(manifest, train, "train", syn, 0.25)
     for n in split["test"]:
-        manifest["test"].append({"name": n, "source": str(folders[n] / f"{n}_phase.tif"),
-                                 "truth": str(folders[n] / f"{n}_cells.tif"), "pixel_size_um": px})
+        manifest["test"].append(
+            {
+                "name": n,
+                "source": str(folders[n] / f"{n}_phase.tif"),
+                "truth": str(folders[n] / f"{n}_cells.tif"),
+                "pixel_size_um": px,
+            }
+        )
     return train, vals
 
 
@@ -187,8 +246,13 @@ def _add(manifest: dict, into: list, part: str, samples: list, total_weight: flo
     for s in samples:
         s.weight = total_weight / max(len(samples), 1)
         into.append(s)
-        manifest[part].append({"name": s.name, "source": s.source,
-                               **{k: v for k, v in s.meta.items() if k in ("rows", "pixel_size_um", "dataset", "seed", "nuclei")}})
+        manifest[part].append(
+            {
+                "name": s.name,
+                "source": s.source,
+                **{k: v for k, v in s.meta.items() if k in ("rows", "pixel_size_um", "dataset", "seed", "nuclei")},
+            }
+        )
 
 
 SETTINGS = {
@@ -215,15 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="load the data and write manifest.json only (no training)")
     args = ap.parse_args(argv)
 
-    cfg = T.TrainConfig(engine=args.engine, steps=args.steps, lr=args.lr, seed=args.seed, val_every=100, patience=8,
-                        time_limit_s=args.time_limit, threads=args.threads, augment=T.Augment.label_free(),
-                        crop_sizes=(128, 160, 192), val_crop=192, val_crops_per_sample=2, **SETTINGS[args.engine])
+    cfg = T.TrainConfig(
+        engine=args.engine,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        val_every=100,
+        patience=8,
+        time_limit_s=args.time_limit,
+        threads=args.threads,
+        augment=T.Augment.label_free(),
+        crop_sizes=(128, 160, 192),
+        val_crop=192,
+        val_crops_per_sample=2,
+        **SETTINGS[args.engine],
+    )
     manifest: dict = {"engine": args.engine, "train": [], "validation": [], "test": []}
     t0 = time.monotonic()
     build = build_brightfield if args.engine == "brightfield-unet" else build_cytoplasm
     train, val = build(args, cfg, manifest)
-    print(f"{args.engine}: {len(train)} training, {len(val)} validation samples ({time.monotonic() - t0:.0f} s to load)",
-          flush=True)
+    print(
+        f"{args.engine}: {len(train)} training, {len(val)} validation samples ({time.monotonic() - t0:.0f} s to load)",
+        flush=True,
+    )
     manifest["config"] = cfg.to_dict()
     manifest["command"] = "python engines/train_label_free.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.dry_run:

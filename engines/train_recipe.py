@@ -30,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line training: ``python engines/train_recipe.py --engine nuclei --out engines/nuclei ...``."""
     ap = argparse.ArgumentParser(prog="python engines/train_recipe.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", required=True, choices=sorted(T.RECIPES))
-    ap.add_argument("--out", required=True, type=Path, help="model folder to write (model.safetensors, config.json, manifest.json, metrics.json)")
+    ap.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="model folder to write (model.safetensors, config.json, manifest.json, metrics.json)",
+    )
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -38,35 +43,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--base", type=int, help="network width (channels of the first level)")
     ap.add_argument("--depth", type=int, help="network depth (down-samplings)")
     ap.add_argument("--pixel-size", type=float, default=0.65, help="training pixel size, µm")
-    ap.add_argument("--object-diameter", type=float, default=12.0, help="typical object diameter, µm (halo; nucleus target radius)")
-    ap.add_argument("--nucleus-diameter", type=float, help="typical nucleus diameter, µm (nucleus distance target; default --object-diameter)")
+    ap.add_argument(
+        "--object-diameter", type=float, default=12.0, help="typical object diameter, µm (halo; nucleus target radius)"
+    )
+    ap.add_argument(
+        "--nucleus-diameter",
+        type=float,
+        help="typical nucleus diameter, µm (nucleus distance target; default --object-diameter)",
+    )
     ap.add_argument("--cell-diameter", type=float, help="typical cell diameter, µm (cell distance target)")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--time-limit", type=float, help="stop after this many seconds (best weights kept)")
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--checkpoint", type=Path, help="checkpoint file (default: <cache>/training/<engine>-seed<seed>.pt)")
+    ap.add_argument(
+        "--checkpoint", type=Path, help="checkpoint file (default: <cache>/training/<engine>-seed<seed>.pt)"
+    )
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--init", type=Path, help="starting weights: an engine folder or a .safetensors file (fine-tuning)")
     ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic training fields")
     ap.add_argument("--synthetic-val", type=int, default=0, help="number of synthetic validation fields")
-    ap.add_argument("--synthetic-channels", default=None,
-                    help="synth channel names per input, ';' between alternatives, e.g. 'GFP;Brightfield' (default per engine)")
+    ap.add_argument(
+        "--synthetic-channels",
+        default=None,
+        help="synth channel names per input, ';' between alternatives, e.g. 'GFP;Brightfield' (default per engine)",
+    )
     ap.add_argument("--synthetic-seed", type=int, default=10_000, help="first synthetic seed")
     ap.add_argument("--synthetic-weight", type=float, default=1.0, help="total sampling weight of the synthetic fields")
-    ap.add_argument("--dense", type=float, default=0.0, help="fraction of synthetic fields drawn dense (density 0.85-1.0)")
+    ap.add_argument(
+        "--dense", type=float, default=0.0, help="fraction of synthetic fields drawn dense (density 0.85-1.0)"
+    )
     ap.add_argument("--nuclei-folder", type=Path, help="folder of <name>_img.tif/<name>_mask.tif with manifest.csv")
     ap.add_argument("--nuclei-split", default="0.70,0.15,0.15", help="train,val,test fractions of --nuclei-folder")
     ap.add_argument("--nuclei-weight", type=float, default=1.0, help="total sampling weight of the real nucleus images")
-    ap.add_argument("--pair", action="append", default=[],
-                    help="IMAGE,STAIN[,PIXEL_UM|auto][,ROW0:ROW1]: label-free image + nuclear stain (ND2: FILE.nd2#CHANNEL, "
-                         "FILE.nd2#~CHANNEL for a channel used inverted)")
-    ap.add_argument("--val-pair", action="append", default=[],
-                    help="like --pair, a validation item (e.g. another row band of the same field)")
+    ap.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        help="IMAGE,STAIN[,PIXEL_UM|auto][,ROW0:ROW1]: label-free image + nuclear stain (ND2: FILE.nd2#CHANNEL, "
+        "FILE.nd2#~CHANNEL for a channel used inverted)",
+    )
+    ap.add_argument(
+        "--val-pair",
+        action="append",
+        default=[],
+        help="like --pair, a validation item (e.g. another row band of the same field)",
+    )
     ap.add_argument("--pair-weight", type=float, default=1.0, help="total sampling weight of the --pair samples")
     ap.add_argument("--invert-p", type=float, default=0.0, help="probability of inverting a channel (augmentation)")
-    ap.add_argument("--scale-range", default="0.8,1.2",
-                    help="LOW,HIGH: random zoom of the crops (augmentation); wider ranges teach objects of other sizes")
+    ap.add_argument(
+        "--scale-range",
+        default="0.8,1.2",
+        help="LOW,HIGH: random zoom of the crops (augmentation); wider ranges teach objects of other sizes",
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -74,10 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = T.get_recipe(args.engine)
     arch_over = {k: v for k, v in (("base", args.base), ("depth", args.depth)) if v is not None}
     cfg = T.TrainConfig(
-        engine=args.engine, arch_config=arch_over, pixel_size_um=args.pixel_size, object_diameter_um=args.object_diameter,
+        engine=args.engine,
+        arch_config=arch_over,
+        pixel_size_um=args.pixel_size,
+        object_diameter_um=args.object_diameter,
         nucleus_diameter_um=args.nucleus_diameter or args.object_diameter,
-        cell_diameter_um=args.cell_diameter, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        val_every=args.val_every, patience=args.patience, seed=args.seed, threads=args.threads,
+        cell_diameter_um=args.cell_diameter,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_every=args.val_every,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
         time_limit_s=args.time_limit,
         augment=T.Augment(invert_p=args.invert_p, scale=tuple(float(v) for v in args.scale_range.split(","))),
     )
@@ -91,12 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in samples:
             s.weight = total_weight / max(len(samples), 1)
             into.append(s)
-            manifest[part].append({"name": s.name, "source": s.source,
-                                   **{k: v for k, v in s.meta.items() if k in ("modality", "scale", "rows", "pixel_size_um", "dataset")}})
+            manifest[part].append(
+                {
+                    "name": s.name,
+                    "source": s.source,
+                    **{
+                        k: v
+                        for k, v in s.meta.items()
+                        if k in ("modality", "scale", "rows", "pixel_size_um", "dataset")
+                    },
+                }
+            )
 
     default_channels = {"nuclei": "DAPI", "brightfield-unet": "Brightfield", "cytoplasm": "GFP", "fpf": "DAPI+GFP"}
     alts = [a.split("+") for a in (args.synthetic_channels or default_channels[args.engine]).split(";")]
     if args.synthetic or args.synthetic_val:
+
         def synth(seeds: range) -> list[T.Sample]:
             out = []
             for i, seed in enumerate(seeds):
@@ -104,30 +152,49 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = np.random.default_rng([seed, 31337])
                 if args.dense and r.random() < args.dense:
                     kw["density"] = float(r.uniform(0.85, 1.0))
-                out += synthetic_samples([seed], recipe=recipe, channels=alts[i % len(alts)], train_pixel_um=px,
-                                         normalization=norm, **kw)
+                out += synthetic_samples(
+                    [seed], recipe=recipe, channels=alts[i % len(alts)], train_pixel_um=px, normalization=norm, **kw
+                )
             return out
 
         s0 = args.synthetic_seed
         add(synth(range(s0, s0 + args.synthetic)), train_s, "train", args.synthetic_weight)
         add(synth(range(s0 + 5000, s0 + 5000 + args.synthetic_val)), val_s, "validation", args.synthetic_weight)
     if args.nuclei_folder:
-        rows = T.nucleus_folder_samples(args.nuclei_folder, object_diameter_um=nuc_d, train_pixel_um=px, normalization=norm)
+        rows = T.nucleus_folder_samples(
+            args.nuclei_folder, object_diameter_um=nuc_d, train_pixel_um=px, normalization=norm
+        )
         fr = [float(v) for v in args.nuclei_split.split(",")]
         tr, va, te = T.split_samples(rows, fr, seed=args.seed, key=lambda s: s.name)
         add(tr, train_s, "train", args.nuclei_weight)
         add(va, val_s, "validation", args.nuclei_weight)
         for s in te:
-            manifest["test"].append({"name": s.name, "source": s.source, "modality": s.meta.get("modality"),
-                                     "median_diameter_px": s.meta.get("median_diameter_px")})
+            manifest["test"].append(
+                {
+                    "name": s.name,
+                    "source": s.source,
+                    "modality": s.meta.get("modality"),
+                    "median_diameter_px": s.meta.get("median_diameter_px"),
+                }
+            )
+
     def load_pairs(specs: list[str]) -> list[T.Sample]:
         pairs = []
         for spec in specs:
             img_spec, stain_spec, ppx, rows_ = T.parse_pair(spec)
             image, stain, file_px = T.load_pair(img_spec, stain_spec)
             name = Path(img_spec.partition("#")[0]).stem + (f"_rows{rows_[0]}-{rows_[1]}" if rows_ else "")
-            pairs += T.paired_stain_samples(image, stain, name=name, pixel_size_um=ppx or file_px, object_diameter_um=nuc_d,
-                                          train_pixel_um=px, normalization=norm, rows=rows_, source=f"{img_spec} + {stain_spec}")
+            pairs += T.paired_stain_samples(
+                image,
+                stain,
+                name=name,
+                pixel_size_um=ppx or file_px,
+                object_diameter_um=nuc_d,
+                train_pixel_um=px,
+                normalization=norm,
+                rows=rows_,
+                source=f"{img_spec} + {stain_spec}",
+            )
         return pairs
 
     pairs = load_pairs(args.pair)
@@ -152,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ev["event"] != "step" or ev["step"] % every == 0:
             print(T.format_event(ev), flush=True)
 
-    print(f"{args.engine}: {len(train_s)} training and {len(val_s)} validation samples, {cfg.steps} steps, "
-          f"{T.cpu_threads(cfg.threads)} threads; checkpoint {ckpt}", flush=True)
+    print(
+        f"{args.engine}: {len(train_s)} training and {len(val_s)} validation samples, {cfg.steps} steps, "
+        f"{T.cpu_threads(cfg.threads)} threads; checkpoint {ckpt}",
+        flush=True,
+    )
     result = T.train(cfg, train_s, val_s, checkpoint=ckpt, resume=not args.no_resume, callback=cb, init=args.init)
     out = T.save_engine_model(args.out, result)
     manifest["config"] = cfg.to_dict()

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.compute.segment.engines import engine_class, segment_field
 from hts.compute.analysis.metrics import match_instances, summarize
+from hts.compute.segment.engines import engine_class, segment_field
 
 GRID = {
     "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
@@ -54,7 +54,7 @@ CYTO_GRID = {
 def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np.ndarray, float, str]]:
     import tifffile
 
-    from hts.compute.train.training import load_pair, load_image, median_diameter_px, stain_nuclei
+    from hts.compute.train.training import load_image, load_pair, median_diameter_px, stain_nuclei
 
     man = json.loads((folder / "manifest.json").read_text())
     real, synth = [], []
@@ -69,7 +69,9 @@ def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np
                 r0, r1 = v["rows"]
                 image, truth = image[r0:r1], truth[r0:r1]
             real.append(({role: image}, truth, px, v["name"]))
-        elif src.endswith(("_bf.tif", "_phase.tif")) and v.get("pixel_size_um"):  # labelled folder (one pixel size per source)
+        elif src.endswith(("_bf.tif", "_phase.tif")) and v.get(
+            "pixel_size_um"
+        ):  # labelled folder (one pixel size per source)
             suffix = "_mask.tif" if src.endswith("_bf.tif") else "_cells.tif"
             src = _rebase(src, data)
             truth = tifffile.imread(src.rsplit("_", 1)[0] + suffix)
@@ -87,7 +89,7 @@ def validation_items(folder: Path, data: Path, role: str) -> list[tuple[dict, np
 
     out = []
     for v in synth:
-        call = v["source"][len("hts.synth.synth_field("):-1]
+        call = v["source"][len("hts.synth.synth_field(") : -1]
         kw = eval(f"dict({call})", {"__builtins__": {"dict": dict}})  # noqa: S307 - our own manifest's generator call
         channels = kw.pop("channels")
         f = synth_field(**{**kw, "channels": tuple(channels)})
@@ -132,8 +134,9 @@ def main(argv=None) -> int:
 
     def score(params: dict) -> tuple[float, float, dict]:
         eng.params = eng.Params(**params)
-        per = [match_instances(t, segment_field(eng, im, pixel_size_um=px).labels[output], th)
-               for im, t, px, _ in items]
+        per = [
+            match_instances(t, segment_field(eng, im, pixel_size_um=px).labels[output], th) for im, t, px, _ in items
+        ]
         s = summarize(per, th)
         ap50 = s["0.5"]["ap"]
         ap_mean = float(np.mean([s[k]["ap"] for k in s if re.fullmatch(r"0\.\d+", k)]))
@@ -166,8 +169,11 @@ def main(argv=None) -> int:
             "on": f"the {len(items)} validation images of manifest.json ({', '.join(i[3] for i in items)})",
             "grid": {k: list(v) for k, v in grid.items()},
             "objective": f"pooled AP@0.5 of {output}, ties: mean AP@0.5:0.95",
-            "validation_ap50": round(b50, 4), "validation_ap": round(bap, 4),
-            "default": default, "default_validation_ap50": round(d50, 4), "default_validation_ap": round(dap, 4),
+            "validation_ap50": round(b50, 4),
+            "validation_ap": round(bap, 4),
+            "default": default,
+            "default_validation_ap50": round(d50, 4),
+            "default_validation_ap": round(dap, 4),
         }
         (args.folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         print(f"wrote postprocess to {args.folder / 'config.json'}")

@@ -36,11 +36,20 @@ def main(workdir: Path) -> None:
     run = hts.segment(plate, engine="classic")
     print(f"{run.status}: {run.objects} in {run.seconds:.1f} s, {run.cells} cells measured")
     cells = plate.cells()  # polars DataFrame, one row per cell
-    print("cells:", cells.height, "rows,", cells.width, "columns; e.g.", [c for c in cells.columns if "AreaShape_Area" in c][:2])
+    print(
+        "cells:",
+        cells.height,
+        "rows,",
+        cells.width,
+        "columns; e.g.",
+        [c for c in cells.columns if "AreaShape_Area" in c][:2],
+    )
 
     (qc,) = hts.qc(plate)
     print(f"Z' {qc.z_prime:.2f} ({qc.quality}), SSMD {qc.ssmd:.2f}")
-    wells = hts.query("SELECT well, role, compound, concentration, cell_count FROM well_stats ORDER BY well LIMIT 5", ws)
+    wells = hts.query(
+        "SELECT well, role, compound, concentration, cell_count FROM well_stats ORDER BY well LIMIT 5", ws
+    )
     print(wells)
     out = hts.report(plate, out=workdir / "report", n_overlays=2)
     print("report:", out.html)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from hts.catalog.runs import Run
     from hts.compute.measure import MeasureOptions
     from hts.compute.segment.engines import EngineRef
+    from hts.tasks.engines import EngineInfo
     from hts.tasks.evaluate import EvaluationReport
     from hts.tasks.export import ExportReport
     from hts.tasks.ingest import IngestReport
@@ -61,7 +62,9 @@ def _workspace(ws: WorkspaceLike | None, plates: Sequence[Plate | str] = ()) -> 
     if len(carried) > 1:
         raise ConfigError("these plates belong to different workspaces; call once per workspace")
     if not carried:
-        raise ConfigError("no workspace: pass workspace=hts.Workspace.at(FOLDER) (or Plate objects, which carry theirs)")
+        raise ConfigError(
+            "no workspace: pass workspace=hts.Workspace.at(FOLDER) (or Plate objects, which carry theirs)"
+        )
     return carried.pop()
 
 
@@ -156,11 +159,14 @@ class Plate:
 
         runs = [r for r in self.runs(complete=run is None) if run is None or r.run_id.startswith(run)]
         if not runs:
-            raise CatalogError(f"plate {self.name} has no {'finished ' if run is None else ''}segmentation run"
-                               f"{f' {run!r}' if run else ''} (run hts.segment first)")
+            raise CatalogError(
+                f"plate {self.name} has no {'finished ' if run is None else ''}segmentation run"
+                f"{f' {run!r}' if run else ''} (run hts.segment first)"
+            )
         with self.catalog.connect(read_only=True) as con:
-            rel = con.sql(f"SELECT * FROM {view} WHERE {plate_col} = ? AND {run_col} = ?",
-                          params=[self.plate_id, runs[-1].run_id])
+            rel = con.sql(
+                f"SELECT * FROM {view} WHERE {plate_col} = ? AND {run_col} = ?", params=[self.plate_id, runs[-1].run_id]
+            )
             # DuckDB >= 1.4 names it to_arrow_table(); older releases fetch_arrow_table()
             table = (getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table)()
         return pl.from_arrow(table)
@@ -193,8 +199,20 @@ def ingest(
     from hts.tasks.ingest import ingest as run
 
     ws = _workspace(workspace)
-    rep = run(source, workspace=ws, out=out, overwrite=overwrite, max_project=max_project, tile=tile, format=reader,
-              pattern=pattern, name=name, workers=workers, progress=progress, **reader_options)
+    rep = run(
+        source,
+        workspace=ws,
+        out=out,
+        overwrite=overwrite,
+        max_project=max_project,
+        tile=tile,
+        format=reader,
+        pattern=pattern,
+        name=name,
+        workers=workers,
+        progress=progress,
+        **reader_options,
+    )
     return Plate(ws, rep.plate_id, rep.name, rep.store, ingest_report=rep)
 
 
@@ -227,10 +245,27 @@ def segment(
     from hts.tasks.segment import segment as run
 
     items, names = _names(plates)
-    options = SegmentOptions(channels=channels, params=params, backend=backend, device=device, tile=tile, halo=halo,
-                             wells=wells, overwrite=overwrite, label_suffix=label_suffix, pixel_size_um=pixel_size_um)
-    reports = run(names, engine=engine, workspace=_workspace(workspace, items), options=options, features=features,
-                  workers=workers, progress=progress)
+    options = SegmentOptions(
+        channels=channels,
+        params=params,
+        backend=backend,
+        device=device,
+        tile=tile,
+        halo=halo,
+        wells=wells,
+        overwrite=overwrite,
+        label_suffix=label_suffix,
+        pixel_size_um=pixel_size_um,
+    )
+    reports = run(
+        names,
+        engine=engine,
+        workspace=_workspace(workspace, items),
+        options=options,
+        features=features,
+        workers=workers,
+        progress=progress,
+    )
     return reports[0] if isinstance(plates, (Plate, str)) else reports
 
 
@@ -247,8 +282,9 @@ def measure(
     from hts.tasks.measure import measure as task
 
     items, names = _names(plates)
-    return task(names, workspace=_workspace(workspace, items), run=run, features=features, workers=workers,
-                progress=progress)
+    return task(
+        names, workspace=_workspace(workspace, items), run=run, features=features, workers=workers, progress=progress
+    )
 
 
 def qc(
@@ -297,8 +333,17 @@ def report(
     from hts.tasks.report import report as task
 
     items, names = _names(plate)
-    return task(names[0], workspace=_workspace(workspace, items), out=out, run=run, values=values, sql=sql,
-                fields=fields, n_overlays=n_overlays, metric=metric)
+    return task(
+        names[0],
+        workspace=_workspace(workspace, items),
+        out=out,
+        run=run,
+        values=values,
+        sql=sql,
+        fields=fields,
+        n_overlays=n_overlays,
+        metric=metric,
+    )
 
 
 def evaluate(
@@ -334,7 +379,7 @@ def train(
     return train_engine(engine, out, data, options or TrainOptions(), workspace=ws, progress=progress)
 
 
-def engines() -> list[dict[str, Any]]:
+def engines() -> list[EngineInfo]:
     """Every segmentation engine (built-in and plug-in): roles, outputs, backends, parameters, package."""
     from hts.tasks.engines import describe_engines
 

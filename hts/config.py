@@ -24,9 +24,9 @@ local DuckDB file on the client.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path

@@ -95,7 +95,9 @@ def load_group(group: str, builtins: Mapping[str, str], *, base: type, key: str)
     except Exception:  # noqa: BLE001 - unreadable metadata of some installed package: the built-ins still work
         eps = []
     ours = {ep.name: ep.value for ep in eps if _normalized(_dist_name(ep)) == BUILTIN_PACKAGE}
-    theirs = sorted((ep for ep in eps if _normalized(_dist_name(ep)) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, _dist_name(ep)))
+    theirs = sorted(
+        (ep for ep in eps if _normalized(_dist_name(ep)) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, _dist_name(ep))
+    )
     specs = [(name, ours.get(name, value), BUILTIN_PACKAGE) for name, value in builtins.items()]
     specs += [(name, value, BUILTIN_PACKAGE) for name, value in ours.items() if name not in builtins]
     specs += [(ep.name, ep.value, _dist_name(ep)) for ep in theirs]

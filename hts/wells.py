@@ -145,9 +145,7 @@ def plate_type_for(wells: list[WellRef], *, hint: int | None = None) -> PlateTyp
     for pt in candidates:
         if max_row < pt.rows and max_col < pt.columns:
             return pt
-    raise SourceError(
-        f"well {WellRef(max_row, max_col).name} does not fit on any standard plate (96/384/1536)"
-    )
+    raise SourceError(f"well {WellRef(max_row, max_col).name} does not fit on any standard plate (96/384/1536)")
 
 
 def parse_well_range(spec: str, plate: PlateType | None = None) -> list[WellRef]:
@@ -174,9 +172,7 @@ def parse_well_range(spec: str, plate: PlateType | None = None) -> list[WellRef]
     return sorted(set(out))
 
 
-def snap_to_wells(
-    xy_um: np.ndarray, *, plate_wells: int | None = None
-) -> tuple[list[WellRef], PlateType]:
+def snap_to_wells(xy_um: np.ndarray, *, plate_wells: int | None = None) -> tuple[list[WellRef], PlateType]:
     """Assign stage positions (N×2, µm) to wells of a standard plate.
 
     Real stages carry an unknown offset, so the grid is fitted to the positions

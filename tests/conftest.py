@@ -96,20 +96,36 @@ def nd2_plate(tmp_path: Path):
     from hts.wells import PLATE_TYPES, parse_well_range
 
     def make(
-        name="plate.nd2", wells="A01:B03", fields=2, named=True, plate_wells=96, n_z=1, n_time=1,
-        shape=(64, 48), channels=("DAPI", "GFP"),
+        name="plate.nd2",
+        wells="A01:B03",
+        fields=2,
+        named=True,
+        plate_wells=96,
+        n_z=1,
+        n_time=1,
+        shape=(64, 48),
+        channels=("DAPI", "GFP"),
     ):
         pt = PLATE_TYPES[plate_wells]
         positions = []
         for w in parse_well_range(wells, pt):
             for f in range(fields):
                 label = (w.name if f == 0 else f"{w.name}#{f + 1}") if named else None
-                positions.append(Position(label, 14_380.0 + w.column * pt.pitch_um + 300 * f, 11_240.0 + w.row * pt.pitch_um))
+                positions.append(
+                    Position(label, 14_380.0 + w.column * pt.pitch_um + 300 * f, 11_240.0 + w.row * pt.pitch_um)
+                )
         chans = [Channel(c, emission_nm=450.0 + 60 * i) for i, c in enumerate(channels)]
         path = tmp_path / name
         write_nd2(
-            path, lambda t, p, z: frame_values(t, p, z, len(chans), shape), positions=positions, channels=chans,
-            shape_yx=shape, n_time=n_time, n_z=n_z, pixel_size_um=0.325, z_step_um=2.0,
+            path,
+            lambda t, p, z: frame_values(t, p, z, len(chans), shape),
+            positions=positions,
+            channels=chans,
+            shape_yx=shape,
+            n_time=n_time,
+            n_z=n_z,
+            pixel_size_um=0.325,
+            z_step_um=2.0,
         )
         return path
 

@@ -12,12 +12,27 @@ import hts
 
 
 def test_import_hts_is_cheap_and_declares_the_api():
-    code = ("import sys, hts; heavy = [m for m in ('torch', 'dask', 'distributed', 'duckdb', 'zarr') if m in sys.modules];"
-            "print(heavy, sorted(hts.__all__))")
+    code = (
+        "import sys, hts; heavy = [m for m in ('torch', 'dask', 'distributed', 'duckdb', 'zarr') if m in sys.modules];"
+        "print(heavy, sorted(hts.__all__))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("[] "), out
-    for name in ("Workspace", "Catalog", "Plate", "ingest", "segment", "measure", "qc", "export", "report", "evaluate",
-                 "train", "engines", "query"):
+    for name in (
+        "Workspace",
+        "Catalog",
+        "Plate",
+        "ingest",
+        "segment",
+        "measure",
+        "qc",
+        "export",
+        "report",
+        "evaluate",
+        "train",
+        "engines",
+        "query",
+    ):
         assert f"'{name}'" in out
         assert getattr(hts, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -79,6 +94,7 @@ def test_calls_without_a_workspace_say_so():
 
 
 def test_engines_lists_the_built_ins_with_their_package():
-    rows = {r["name"]: r for r in hts.engines()}
+    rows = {r.name: r for r in hts.engines()}
     assert {"classic", "nuclei", "brightfield-unet", "cytoplasm", "fpf", "foci"} <= set(rows)
-    assert rows["classic"]["package"] == "hts"
+    assert rows["classic"].package == "hts" and rows["classic"].available
+    assert "nucleus_diameter_um" in rows["classic"].parameters and rows["nuclei"].outputs == ["nuclei"]

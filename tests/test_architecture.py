@@ -65,15 +65,17 @@ def test_every_module_has_a_layer():
     assert [n for n, _ in _modules() if n != "hts" and _layer(n) is None] == []
 
 
-@pytest.mark.parametrize("folder", ["tasks", "cli"])
+@pytest.mark.parametrize("folder", ["tasks", "cli", "api.py"])
 def test_no_long_functions(folder: str):
-    """Plate jobs and commands read as a few steps: no function over 90 lines (docstrings included)."""
+    """Plate jobs and commands read as a few steps: no function body over 80 lines (docstring included;
+    a command's signature, one line per option, does not count)."""
     long = []
-    for path in sorted((PKG / folder).rglob("*.py")):
+    root = PKG / folder
+    for path in sorted(root.rglob("*.py") if root.is_dir() else [root]):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > 90:
+                n = node.end_lineno - node.body[0].lineno + 1
+                if n > 80:
                     long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "\n".join(long)
 
@@ -86,6 +88,9 @@ def test_library_code_never_resolves_the_workspace_itself():
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_workspace":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_workspace"
+            ):
                 callers.append(f"{name}:{node.lineno}")
     assert not callers, callers

@@ -8,8 +8,9 @@ from benchmarks.unet import network_matrix
 
 
 def test_network_matrix_measures_what_runs_and_says_why_the_rest_cannot():
-    rows = network_matrix("nuclei", backends=["torch", "onnxruntime"], precisions=["fp32", "fp16"],
-                          device="cpu", size=64, repeat=1)
+    rows = network_matrix(
+        "nuclei", backends=["torch", "onnxruntime"], precisions=["fp32", "fp16"], device="cpu", size=64, repeat=1
+    )
     by = {(r["backend"], r["precision"]): r for r in rows}
     assert set(by) == {("torch", "fp32"), ("torch", "fp16"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")}
     for backend in ("torch", "onnxruntime"):
@@ -40,7 +41,9 @@ def test_a_combination_that_fails_is_a_row_and_the_rest_still_run(monkeypatch):
 
     monkeypatch.setattr(unet, "unet_benchmark", fake)
     seen = []
-    rows = network_matrix("nuclei", backends=["torch", "onnxruntime"], precisions=["fp32"], device="cpu", on_row=seen.append)
+    rows = network_matrix(
+        "nuclei", backends=["torch", "onnxruntime"], precisions=["fp32"], device="cpu", on_row=seen.append
+    )
     assert rows == seen and rows[0]["failed"] == "RuntimeError: CUDA out of memory" and rows[1]["fields_per_s"] == 1.0
 
 

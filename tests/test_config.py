@@ -15,7 +15,9 @@ def test_defaults_are_the_current_folder():
 
 
 def test_config_file_environment_and_options_in_order(monkeypatch, tmp_path):
-    Path("hts.toml").write_text('[workspace]\ndb = "cfg/screen.duckdb"\nplates_dir = "/data/plates"\nscheduler = "tcp://127.0.0.1:1"\n')
+    Path("hts.toml").write_text(
+        '[workspace]\ndb = "cfg/screen.duckdb"\nplates_dir = "/data/plates"\nscheduler = "tcp://127.0.0.1:1"\n'
+    )
     monkeypatch.delenv("HTS_SCHEDULER")
     ws = load_workspace()
     assert ws.db == Path("cfg/screen.duckdb").resolve()

@@ -23,8 +23,11 @@ def run(*args: str):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".wal")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".wal")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,9 @@ def test_query_out_never_writes_onto_the_catalog_or_a_plate(ws: Path, target: st
     r = run("query", "SELECT 1 AS x", "--format", "csv", "--out", target)
     assert r.exit_code == 1 and "choose another path" in r.output, r.output
     assert _digest(ws) == before
-    assert run("query", "SELECT count(*) AS n FROM plates", "--format", "json").exit_code == 0  # the catalog still opens
+    assert (
+        run("query", "SELECT count(*) AS n FROM plates", "--format", "json").exit_code == 0
+    )  # the catalog still opens
 
 
 def test_report_out_never_writes_into_a_plate_store(ws: Path):
@@ -122,18 +127,21 @@ def test_report_out_never_writes_into_a_plate_store(ws: Path):
 # ---------------------------------------------------------------------------------------- the query path
 
 
-@pytest.mark.parametrize("sql, refused", [
-    ("SELECT 1; SELECT 2", "one statement at a time"),
-    ("COPY (SELECT * FROM plates) TO 'leak.csv'", "type COPY"),
-    ("ATTACH 'other.duckdb' AS o (READ_WRITE)", "type ATTACH"),
-    ("SET enable_external_access = true", "type SET"),
-    ("PRAGMA database_list", "type PRAGMA"),
-    ("DROP TABLE cells", "type DROP"),
-    ("INSERT INTO platemap SELECT * FROM platemap", "type INSERT"),
-    ("SELECT * FROM read_text('/etc/hostname')", "file system operations are disabled"),
-    ("SELECT * FROM glob('/root/**')", "file system operations are disabled"),
-    ("SELECT * FROM read_csv('raw/platemap.csv')", "file system operations are disabled"),
-])
+@pytest.mark.parametrize(
+    "sql, refused",
+    [
+        ("SELECT 1; SELECT 2", "one statement at a time"),
+        ("COPY (SELECT * FROM plates) TO 'leak.csv'", "type COPY"),
+        ("ATTACH 'other.duckdb' AS o (READ_WRITE)", "type ATTACH"),
+        ("SET enable_external_access = true", "type SET"),
+        ("PRAGMA database_list", "type PRAGMA"),
+        ("DROP TABLE cells", "type DROP"),
+        ("INSERT INTO platemap SELECT * FROM platemap", "type INSERT"),
+        ("SELECT * FROM read_text('/etc/hostname')", "file system operations are disabled"),
+        ("SELECT * FROM glob('/root/**')", "file system operations are disabled"),
+        ("SELECT * FROM read_csv('raw/platemap.csv')", "file system operations are disabled"),
+    ],
+)
 def test_query_is_one_read_only_statement_that_touches_no_file(ws: Path, sql: str, refused: str):
     before = _digest(ws)
     r = run("query", sql)
@@ -142,7 +150,9 @@ def test_query_is_one_read_only_statement_that_touches_no_file(ws: Path, sql: st
 
 
 def test_allow_read_opens_one_folder_for_reading_only(ws: Path):
-    r = run("query", "SELECT count(*) AS n FROM read_csv('raw/platemap.csv')", "--allow-read", "raw", "--format", "json")
+    r = run(
+        "query", "SELECT count(*) AS n FROM read_csv('raw/platemap.csv')", "--allow-read", "raw", "--format", "json"
+    )
     assert r.exit_code == 0 and json.loads(r.output)[0]["n"] == 6, r.output
     r = run("query", "COPY (SELECT 1) TO 'raw/x.csv'", "--allow-read", "raw")
     assert r.exit_code == 1 and not (ws / "raw/x.csv").exists()
@@ -176,8 +186,13 @@ def plate_with_blank_wells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     src = tmp_path / "tiffs"
     src.mkdir()
     img = tifffile.imread(Path(__file__).parent / "data/nuclei_gt/dsb2018_img2d.tif")
-    for w, a in (("A01", img), ("A02", img), ("B01", np.zeros_like(img)), ("B02", np.full_like(img, 1000)),
-                 ("B03", np.full_like(img, 65535))):
+    for w, a in (
+        ("A01", img),
+        ("A02", img),
+        ("B01", np.zeros_like(img)),
+        ("B02", np.full_like(img, 1000)),
+        ("B03", np.full_like(img, 65535)),
+    ):
         tifffile.imwrite(src / f"{w}_s1_DAPI.tif", a)
     assert run("ingest", str(src), "--pattern", "{well}_s{field}_{channel}.tif").exit_code == 0
     return src
@@ -255,16 +270,20 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(ws: Path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with cat.connect() as con:  # as a SIGKILLed segment leaves it: its process is gone
-        con.execute("INSERT INTO plate_locks VALUES (?, 'x', 'segment --engine classic', ?, ?, 0, ?, ?)",
-                    [rec.plate_id, __import__("socket").gethostname(), dead.pid, datetime.now(), _time.time()])
+        con.execute(
+            "INSERT INTO plate_locks VALUES (?, 'x', 'segment --engine classic', ?, ?, 0, ?, ?)",
+            [rec.plate_id, __import__("socket").gethostname(), dead.pid, datetime.now(), _time.time()],
+        )
     r = run("segment", "--engine", "classic", "-p", "h_um=2", "--label-suffix", "c")
     assert r.exit_code == 0, r.output
     # another host's lock: live while its heartbeat is fresh, taken over once it is older than the stale limit
     from hts.catalog.locks import STALE_AFTER_S
 
     with cat.connect() as con:
-        con.execute("INSERT INTO plate_locks VALUES (?, 'y', 'measure', 'node-7', 4242, 0, ?, ?)",
-                    [rec.plate_id, datetime.now(), _time.time()])
+        con.execute(
+            "INSERT INTO plate_locks VALUES (?, 'y', 'measure', 'node-7', 4242, 0, ?, ?)",
+            [rec.plate_id, datetime.now(), _time.time()],
+        )
     r = run("measure", "--texture")
     assert r.exit_code == 1 and "busy" in r.output and "node-7" in r.output
     with cat.connect() as con:
@@ -276,8 +295,10 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(ws: Path):
 
 
 def _catalog_rows(cat) -> dict[str, int]:
-    return {t: cat.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
-            for t in ("plates", "fields", "platemap", "runs", "run_fields", "cells", "plate_labels")}
+    return {
+        t: cat.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+        for t in ("plates", "fields", "platemap", "runs", "run_fields", "cells", "plate_labels")
+    }
 
 
 def test_ingest_overwrite_that_cannot_remove_the_old_store_changes_nothing(ws: Path, monkeypatch: pytest.MonkeyPatch):
@@ -331,13 +352,19 @@ def test_a_failed_run_is_recorded_and_ignored_by_report_export_and_qc(ws: Path, 
     assert r.exit_code == 1 and "worker lost its disk" in r.output and "Traceback" not in r.output
     cat = Catalog("hts.duckdb")
     failed = cat.query("SELECT run_id, status, error FROM runs WHERE error IS NOT NULL")
-    assert len(failed) == 1 and failed[0]["status"] == "running" and "RuntimeError: worker lost its disk" in failed[0]["error"]
+    assert (
+        len(failed) == 1
+        and failed[0]["status"] == "running"
+        and "RuntimeError: worker lost its disk" in failed[0]["error"]
+    )
     complete = cat.query("SELECT run_id FROM runs WHERE status = 'complete'")[0]["run_id"]
     # report, qc and export use the complete run, not the failed (newer) one
     r = run("report", "DEMO-PLATE", "--out", "rep", "--overlays", "0", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["run_id"] == complete, r.output
     r = run("qc", "--json")
-    assert r.exit_code in (0, 3) and [q["run_id"] for q in json.loads(r.output)] == [complete]  # 3: Z' < 0 on this toy plate
+    assert r.exit_code in (0, 3) and [q["run_id"] for q in json.loads(r.output)] == [
+        complete
+    ]  # 3: Z' < 0 on this toy plate
     r = run("export", "--out", "prof", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["wells"] == 6, r.output
     # the same command again resumes the failed run, completes it and clears the error
@@ -364,21 +391,27 @@ def test_report_and_qc_explain_a_plate_whose_only_run_failed(plate_with_blank_we
 # ---------------------------------------------------------------------------------------- options checked up front
 
 
-@pytest.mark.parametrize("args, says", [
-    (("--pixel-size", "nan"), "--pixel-size nan: must be a positive number"),
-    (("--pixel-size", "-1"), "--pixel-size -1.0: must be a positive number"),
-    (("-p", "nucleus_diameter_um=inf"), "parameter nucleus_diameter_um"),
-    (("--label-suffix", "../../evil"), "--label-suffix '../../evil': use 1-64 letters"),
-    (("--workers", "64"), "--workers 64: this machine has"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("--pixel-size", "nan"), "--pixel-size nan: must be a positive number"),
+        (("--pixel-size", "-1"), "--pixel-size -1.0: must be a positive number"),
+        (("-p", "nucleus_diameter_um=inf"), "parameter nucleus_diameter_um"),
+        (("--label-suffix", "../../evil"), "--label-suffix '../../evil': use 1-64 letters"),
+        (("--workers", "64"), "--workers 64: this machine has"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(ws: Path, args: tuple, says: str):
     from hts.catalog import Catalog
 
     cat = Catalog("hts.duckdb")
     runs = cat.query("SELECT run_id, status FROM runs")
     before = _digest(ws / "plates")
-    r = run("segment", "--engine", "classic", "--label-suffix", "x", *args) if "--label-suffix" not in args else \
-        run("segment", "--engine", "classic", *args)
+    r = (
+        run("segment", "--engine", "classic", "--label-suffix", "x", *args)
+        if "--label-suffix" not in args
+        else run("segment", "--engine", "classic", *args)
+    )
     text = " ".join(r.output.split())
     assert r.exit_code == 1 and says in text and "Traceback" not in text, text
     assert cat.query("SELECT run_id, status FROM runs") == runs and _digest(ws / "plates") == before
@@ -400,7 +433,9 @@ def test_platemap_text_that_spreadsheets_run_as_formulas_is_defused_in_csv(ws: P
         w.writerows(rows)
     assert run("annotate", "DEMO-PLATE", "--platemap", "evil.csv").exit_code == 0
     assert run("export", "--out", "csvout", "--format", "csv").exit_code == 0
-    text = (ws / "csvout/wells/wells.csv").read_text() + "".join(p.read_text() for p in (ws / "csvout/cells").rglob("*.csv"))
+    text = (ws / "csvout/wells/wells.csv").read_text() + "".join(
+        p.read_text() for p in (ws / "csvout/cells").rglob("*.csv")
+    )
     assert "'=cmd|' /C calc'!A0" in text and "'@SUM(1+1)" in text
     assert ",=cmd" not in text and "\n=cmd" not in text and ",@SUM" not in text
     r = run("query", "SELECT compound FROM platemap ORDER BY compound", "--format", "csv")
@@ -430,8 +465,12 @@ def test_a_catalog_on_a_read_only_file_system_can_be_read(ws: Path, monkeypatch:
         return real(database, read_only=read_only, **kw)
 
     monkeypatch.setattr(db_mod.duckdb, "connect", read_only_fs)
-    for args in (("plates", "--json"), ("info", "DEMO-PLATE"), ("query", "SELECT count(*) AS n FROM cells", "--format", "json"),
-                 ("qc", "--json")):
+    for args in (
+        ("plates", "--json"),
+        ("info", "DEMO-PLATE"),
+        ("query", "SELECT count(*) AS n FROM cells", "--format", "json"),
+        ("qc", "--json"),
+    ):
         r = run(*args)
         assert r.exit_code in (0, 3), (args, r.output)  # qc: 3 = Z' < 0 on this toy plate
     r = run("query", "SELECT count(*) AS n FROM cells", "--format", "json")
@@ -449,12 +488,20 @@ def test_an_old_catalog_on_a_read_only_file_system_says_it_needs_an_update(ws: P
     with duckdb.connect("hts.duckdb") as con:  # as written by an hts before migration 006
         con.execute("DELETE FROM schema_migrations WHERE version >= 6")
     real = duckdb.connect
-    monkeypatch.setattr(db_mod.duckdb, "connect", lambda database=":memory:", read_only=False, **kw: (
-        (_ for _ in ()).throw(duckdb.IOException("IO Error: Read-only file system"))
-        if str(database).endswith("hts.duckdb") and not read_only else real(database, read_only=read_only, **kw)))
+    monkeypatch.setattr(
+        db_mod.duckdb,
+        "connect",
+        lambda database=":memory:", read_only=False, **kw: (
+            (_ for _ in ()).throw(duckdb.IOException("IO Error: Read-only file system"))
+            if str(database).endswith("hts.duckdb") and not read_only
+            else real(database, read_only=read_only, **kw)
+        ),
+    )
     r = run("plates")
     text = " ".join(r.output.split())
-    assert r.exit_code == 1 and "needs a schema update" in text and "v5 -> v7" in text and "Read-only file system" in text, text
+    assert (
+        r.exit_code == 1 and "needs a schema update" in text and "v5 -> v7" in text and "Read-only file system" in text
+    ), text
 
 
 # ---------------------------------------------------------------------------------------- options that were ignored
@@ -468,7 +515,9 @@ def test_ingest_name_and_channel_names_of_a_tiff_folder(tmp_path: Path, monkeypa
     for folder in ("run1", "run2"):
         (tmp_path / folder).mkdir()
         for c in ("w1", "w2"):
-            tifffile.imwrite(tmp_path / folder / f"PLATE7_A01_s1_{c}.tif", np.full((64, 64), 5 + len(folder), np.uint16))
+            tifffile.imwrite(
+                tmp_path / folder / f"PLATE7_A01_s1_{c}.tif", np.full((64, 64), 5 + len(folder), np.uint16)
+            )
     r = run("ingest", "run1", "--name", "first", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["name"] == "first", r.output
     r = run("ingest", "run2", "--name", "second", "--json")  # same file prefix, another plate: not "already ingested"
@@ -479,18 +528,25 @@ def test_ingest_name_and_channel_names_of_a_tiff_folder(tmp_path: Path, monkeypa
 
 def test_backend_and_device_options_are_not_silently_ignored(ws: Path):
     r = run("segment", "--engine", "classic", "--backend", "foo")
-    assert r.exit_code == 1 and "runs with numpy on the CPU; --backend foo is for the deep engines" in " ".join(r.output.split())
+    assert r.exit_code == 1 and "runs with numpy on the CPU; --backend foo is for the deep engines" in " ".join(
+        r.output.split()
+    )
     r = run("segment", "--engine", "classic", "--device", "cuda")
     assert r.exit_code == 1 and "--device cuda is for the deep engines" in " ".join(r.output.split())
 
 
-@pytest.mark.parametrize("args, says", [
-    (("demo", "d", "--plate-type", "7"), "--plate-type: plate_type 7: not a standard plate"),
-    (("demo", "d", "--wells", "Z99"), "--wells: well Z99 is not on a 96-well plate"),
-    (("demo", "d", "--size", "100000000"), "--size: shape (100000000, 100000000) is too large"),
-    (("ingest", str(Path(__file__).parent / "data/nd2/example-pbmc.nd2"), "--plate-type", "7"),
-     "--plate-type 7: not a plate hts fits wells on"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("demo", "d", "--plate-type", "7"), "--plate-type: plate_type 7: not a standard plate"),
+        (("demo", "d", "--wells", "Z99"), "--wells: well Z99 is not on a 96-well plate"),
+        (("demo", "d", "--size", "100000000"), "--size: shape (100000000, 100000000) is too large"),
+        (
+            ("ingest", str(Path(__file__).parent / "data/nd2/example-pbmc.nd2"), "--plate-type", "7"),
+            "--plate-type 7: not a plate hts fits wells on",
+        ),
+    ],
+)
 def test_bad_demo_and_ingest_options_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args, says):
     monkeypatch.chdir(tmp_path)
     r = run(*args)
@@ -499,8 +555,14 @@ def test_bad_demo_and_ingest_options_are_one_line(tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "d").exists() and not (tmp_path / "hts.duckdb").exists()
 
 
-@pytest.mark.parametrize("cell, says", [(900, "compound is 900 characters long (at most 200)"),
-                                         (20_000, "the compound cell has 20000 characters"), (140_000, "unreadable CSV")])
+@pytest.mark.parametrize(
+    "cell, says",
+    [
+        (900, "compound is 900 characters long (at most 200)"),
+        (20_000, "the compound cell has 20000 characters"),
+        (140_000, "unreadable CSV"),
+    ],
+)
 def test_a_huge_platemap_cell_is_a_one_line_error_naming_the_line(ws: Path, cell: int, says: str):
     import csv
 
@@ -533,8 +595,10 @@ def test_a_full_disk_under_the_catalog_is_one_line_and_loses_nothing(ws: Path, m
 
         def execute(self, sql, *a, **k):
             if sql.strip().upper() == "COMMIT":
-                raise duckdb.IOException('TransactionContext Error: Failed to commit: Could not write file '
-                                         '"hts.duckdb.wal": No space left on device')
+                raise duckdb.IOException(
+                    "TransactionContext Error: Failed to commit: Could not write file "
+                    '"hts.duckdb.wal": No space left on device'
+                )
             return self._con.execute(sql, *a, **k)
 
         def __getattr__(self, name):
@@ -555,7 +619,9 @@ def test_info_lists_runs_as_the_run_option_says(ws: Path):
     r = run("info", "DEMO-PLATE", "--json")
     assert r.exit_code == 0
     (only,) = json.loads(r.output)["runs"]
-    assert only["engine"] == "classic" and only["state"] == "complete" and only["fields_complete"] == only["fields"] == 6
+    assert (
+        only["engine"] == "classic" and only["state"] == "complete" and only["fields_complete"] == only["fields"] == 6
+    )
     assert only["run_id"][:8] in " ".join(run("info", "DEMO-PLATE").output.split())
 
 
@@ -592,12 +658,26 @@ def test_report_leads_with_the_assay_metric_and_shows_what_the_engine_read(ws: P
 
     captions = []
     real_sheet = reports_mod.contact_sheet
-    monkeypatch.setattr(reports_mod, "contact_sheet", lambda tiles, **k: captions.extend(c for c, _ in tiles) or real_sheet(tiles, **k))
-    r = run("report", "DEMO-PLATE", "-v", "cell_count", "-v", "Nuclei_AreaShape_Area", "--metric", "Nuclei_AreaShape_Area",
-            "--out", "rep", "--overlays", "2")
+    monkeypatch.setattr(
+        reports_mod, "contact_sheet", lambda tiles, **k: captions.extend(c for c, _ in tiles) or real_sheet(tiles, **k)
+    )
+    r = run(
+        "report",
+        "DEMO-PLATE",
+        "-v",
+        "cell_count",
+        "-v",
+        "Nuclei_AreaShape_Area",
+        "--metric",
+        "Nuclei_AreaShape_Area",
+        "--out",
+        "rep",
+        "--overlays",
+        "2",
+    )
     assert r.exit_code == 0, r.output
     html = (ws / "rep/report.html").read_text()
-    rows = re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">", html[html.index("<th>metric</th>"):])
+    rows = re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">", html[html.index("<th>metric</th>") :])
     assert rows[:2] == ["Nuclei_AreaShape_Area (assay metric)", "cell_count"]
     assert captions and all(c == "" for c in captions)  # each overlay carries its title once
     assert "on DAPI, GFP" in html  # classic read DAPI + GFP: the fluorescence composite
@@ -616,7 +696,7 @@ def test_engines_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch):
     from hts.tasks.engines import describe_engines
 
     console = Console(width=80, record=True)
-    render_engines(console, describe_engines(), full=False)
+    render_engines(console, [e.to_dict() for e in describe_engines()], full=False)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "brightfield-unet │" in text  # engine names never wrap

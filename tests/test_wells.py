@@ -2,13 +2,30 @@ import numpy as np
 import pytest
 
 from hts.errors import SourceError
-from hts.wells import PLATE_TYPES, WellRef, parse_well, parse_well_range, plate_type_for, snap_to_wells, well_field_suffix
+from hts.wells import (
+    PLATE_TYPES,
+    WellRef,
+    parse_well,
+    parse_well_range,
+    plate_type_for,
+    snap_to_wells,
+    well_field_suffix,
+)
 
 
 @pytest.mark.parametrize(
     "text, name",
-    [("A01", "A01"), ("A1", "A01"), ("Well A01", "A01"), ("well_b3", "B03"), ("B12#2", "B12"), ("h12", "H12"),
-     ("P24", "P24"), ("AF48", "AF48"), ("C05_s3", "C05")],
+    [
+        ("A01", "A01"),
+        ("A1", "A01"),
+        ("Well A01", "A01"),
+        ("well_b3", "B03"),
+        ("B12#2", "B12"),
+        ("h12", "H12"),
+        ("P24", "P24"),
+        ("AF48", "AF48"),
+        ("C05_s3", "C05"),
+    ],
 )
 def test_parse_well_names(text, name):
     assert parse_well(text).name == name

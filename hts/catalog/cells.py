@@ -24,7 +24,14 @@ from hts.catalog.db import sql_ident, sql_literal
 
 __all__ = ["load_parts", "load_tables", "delete_fields", "delete_runs", "cells_columns"]
 
-_TYPES = {pa.float64(): "DOUBLE", pa.float32(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
+_TYPES = {
+    pa.float64(): "DOUBLE",
+    pa.float32(): "DOUBLE",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+}
 
 
 def cells_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -67,13 +74,17 @@ def load_parts(con: duckdb.DuckDBPyConnection, parts: Sequence[str | Path]) -> i
         for p in local:
             _add_columns(con, have, pq.read_schema(p), p)
         files = "[" + ", ".join(sql_literal(p) for p in local) + "]"
-        added += con.execute(f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)").fetchall()[0][0]
+        added += con.execute(
+            f"INSERT INTO cells BY NAME SELECT * FROM read_parquet({files}, union_by_name = true)"
+        ).fetchall()[0][0]
     if remote:
         added += load_tables(con, _read_remote(remote), where=remote)
     return int(added)
 
 
-def load_tables(con: duckdb.DuckDBPyConnection, tables: Sequence[pa.Table], *, where: Sequence[str] | None = None) -> int:
+def load_tables(
+    con: duckdb.DuckDBPyConnection, tables: Sequence[pa.Table], *, where: Sequence[str] | None = None
+) -> int:
     """Append Arrow tables of cells (as the workers measured them) to ``cells``, in one insert; returns rows added.
 
     ``where`` names each table's origin for error messages (default: its position).

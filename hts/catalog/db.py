@@ -240,9 +240,13 @@ class Catalog:
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except duckdb.Error as e:
-            with suppress(duckdb.Error):  # a transaction DuckDB already aborted (e.g. a full disk) has nothing to roll back
+            with suppress(
+                duckdb.Error
+            ):  # a transaction DuckDB already aborted (e.g. a full disk) has nothing to roll back
                 con.execute("ROLLBACK")
-            raise CatalogError(f"{self.path}: schema update failed, catalog unchanged ({str(e).splitlines()[0]})") from None
+            raise CatalogError(
+                f"{self.path}: schema update failed, catalog unchanged ({str(e).splitlines()[0]})"
+            ) from None
 
     def schema_version(self) -> int:
         with self.connect(read_only=True) as con:
@@ -302,8 +306,18 @@ class Catalog:
             runs = "SELECT run_id FROM runs WHERE plate_id = ?"
             for table in ("run_object_counts", "run_fields"):
                 con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [plate_id])
-            for table in ("cells", "plate_labels", "runs", "field_channel_stats", "fields", "wells", "channels",
-                          "acquisitions", "platemap", "plates"):
+            for table in (
+                "cells",
+                "plate_labels",
+                "runs",
+                "field_channel_stats",
+                "fields",
+                "wells",
+                "channels",
+                "acquisitions",
+                "platemap",
+                "plates",
+            ):
                 con.execute(f"DELETE FROM {table} WHERE plate_id = ?", [plate_id])
             con.execute("COMMIT")
 
@@ -334,9 +348,7 @@ class Catalog:
                 "AND field_channel_stats.well = s.well AND field_channel_stats.field_index = s.field_index",
                 [plate_id],
             )
-            con.execute(
-                "INSERT INTO field_channel_stats BY NAME SELECT ? AS plate_id, s.* FROM _stats s", [plate_id]
-            )
+            con.execute("INSERT INTO field_channel_stats BY NAME SELECT ? AS plate_id, s.* FROM _stats s", [plate_id])
             con.execute("COMMIT")
 
     def finish_plate(self, plate_id: str, *, checksum: str | None) -> None:
@@ -353,12 +365,18 @@ class Catalog:
     def field_paths(self, plate_id: str, *, complete_only: bool = False) -> dict[tuple[str, int], str]:
         """(well, field index) -> the field's group path in the plate store, in well and field order."""
         status = " AND status = 'complete'" if complete_only else ""
-        rows = self.query(f"SELECT well, field_index, path FROM fields WHERE plate_id = ?{status} ORDER BY well, field_index", [plate_id])
+        rows = self.query(
+            f"SELECT well, field_index, path FROM fields WHERE plate_id = ?{status} ORDER BY well, field_index",
+            [plate_id],
+        )
         return {(r["well"], int(r["field_index"])): r["path"] for r in rows}
 
     def channel_names(self, plate_id: str) -> list[str]:
         """A plate's channel names in channel order."""
-        return [r["name"] for r in self.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [plate_id])]
+        return [
+            r["name"]
+            for r in self.query("SELECT name FROM channels WHERE plate_id = ? ORDER BY channel_index", [plate_id])
+        ]
 
     @contextmanager
     def user_connection(self, *, allow_read: Sequence[str | Path] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -413,7 +431,6 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
     con.unregister("_incoming")
 
 
-
 #: Statement types a user's SQL may be: queries only.
 _QUERY_TYPES = ("SELECT", "EXPLAIN")
 
@@ -428,7 +445,9 @@ def check_user_sql(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement
         raise CatalogError(f"one statement at a time, please (got {len(stmts)}); queries only")
     kind = stmts[0].type.name
     if kind not in _QUERY_TYPES:
-        raise CatalogError(f"SQL here is read-only: one query (SELECT / WITH / FROM ...); refused: a statement of type {kind}")
+        raise CatalogError(
+            f"SQL here is read-only: one query (SELECT / WITH / FROM ...); refused: a statement of type {kind}"
+        )
     return stmts[0]
 
 

@@ -94,8 +94,10 @@ def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str
         where = f"{path} line {line_no}"
         long = next((i for i, v in enumerate(values) if len(v) > MAX_CELL), None)
         if long is not None:
-            raise PlatemapError(f"{where}: the {cols[long] if long < len(cols) else 'extra'} cell has {len(values[long])} "
-                                f"characters (at most {MAX_CELL})")
+            raise PlatemapError(
+                f"{where}: the {cols[long] if long < len(cols) else 'extra'} cell has {len(values[long])} "
+                f"characters (at most {MAX_CELL})"
+            )
         if len(values) != len(cols):
             raise PlatemapError(f"{where}: {len(values)} values for {len(cols)} columns")
         raw = {k: v.strip() for k, v in zip(lower, values)}

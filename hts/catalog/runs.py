@@ -86,8 +86,11 @@ class Run:
         return cls(**values)
 
     def _insert_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in dataclasses.asdict(self).items()
-               if k not in ("error", "features", "created_at", "completed_at")}
+        row = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("error", "features", "created_at", "completed_at")
+        }
         for k in ("params", "channels", "labels"):
             row[k] = json.dumps(row[k], sort_keys=True)
         return row
@@ -135,7 +138,9 @@ def open_run(
     if existing is not None and not overwrite:
         return existing, "unchanged" if existing.status == "complete" else "resumed"
     owners = label_owners(catalog, draft.plate_id)
-    conflicts = {name: o for name, o in owners.items() if name in draft.labels.values() and o["run_key"] != draft.run_key}
+    conflicts = {
+        name: o for name, o in owners.items() if name in draft.labels.values() and o["run_key"] != draft.run_key
+    }
     if conflicts and not overwrite:
         name = next(n for n in draft.labels.values() if n in conflicts)
         o = conflicts[name]
@@ -241,8 +246,10 @@ def unfinished_note(catalog: Catalog, plate_id: str) -> str:
 def fail_run(catalog: Catalog, run_id: str, reason: str) -> None:
     """Record why a run stopped (it stays resumable: the same command finishes it)."""
     with catalog.connect() as con:
-        con.execute("UPDATE runs SET error = ?, failed_at = current_timestamp WHERE run_id = ? AND status = 'running'",
-                    [reason[:2000], run_id])
+        con.execute(
+            "UPDATE runs SET error = ?, failed_at = current_timestamp WHERE run_id = ? AND status = 'running'",
+            [reason[:2000], run_id],
+        )
 
 
 def run_labels(run: Run | dict[str, Any]) -> dict[str, str]:
@@ -251,7 +258,9 @@ def run_labels(run: Run | dict[str, Any]) -> dict[str, str]:
     return labels if isinstance(labels, dict) else json.loads(labels)
 
 
-def complete_run_fields(catalog: Catalog, run_id: str, done: list[FieldResult], *, measured_key: str | None = None) -> None:
+def complete_run_fields(
+    catalog: Catalog, run_id: str, done: list[FieldResult], *, measured_key: str | None = None
+) -> None:
     """Record finished field tasks of a run, in one transaction (bulk).
 
     Labels complete, object counts and the field's cells land together or not at all.
@@ -260,19 +269,46 @@ def complete_run_fields(catalog: Catalog, run_id: str, done: list[FieldResult], 
         return
     segmented = [d for d in done if d.counts is not None]
     measured = [d for d in done if d.n_cells is not None]
-    fields = pa.Table.from_pylist(
-        [{"well": d.well, "field_index": d.field_index, "seconds": d.seconds, "worker": d.worker,
-          "checks": json.dumps(d.checks, sort_keys=True) if d.checks else None} for d in segmented],
-        schema=pa.schema([("well", pa.string()), ("field_index", pa.int32()), ("seconds", pa.float64()),
-                          ("worker", pa.string()), ("checks", pa.string())]),
-    ) if segmented else None
+    fields = (
+        pa.Table.from_pylist(
+            [
+                {
+                    "well": d.well,
+                    "field_index": d.field_index,
+                    "seconds": d.seconds,
+                    "worker": d.worker,
+                    "checks": json.dumps(d.checks, sort_keys=True) if d.checks else None,
+                }
+                for d in segmented
+            ],
+            schema=pa.schema(
+                [
+                    ("well", pa.string()),
+                    ("field_index", pa.int32()),
+                    ("seconds", pa.float64()),
+                    ("worker", pa.string()),
+                    ("checks", pa.string()),
+                ]
+            ),
+        )
+        if segmented
+        else None
+    )
     counts = pa.Table.from_pylist(
         [
             {"run_id": run_id, "well": d.well, "field_index": d.field_index, "output": out, "n_objects": n}
             for d in segmented
             for out, n in d.counts.items()
         ],
-        schema=pa.schema([("run_id", pa.string()), ("well", pa.string()), ("field_index", pa.int32()), ("output", pa.string()), ("n_objects", pa.int32())]),
+        schema=pa.schema(
+            [
+                ("run_id", pa.string()),
+                ("well", pa.string()),
+                ("field_index", pa.int32()),
+                ("output", pa.string()),
+                ("n_objects", pa.int32()),
+            ]
+        ),
     )
     with catalog.connect() as con:
         con.execute("BEGIN")
@@ -322,8 +358,11 @@ def set_run_features(catalog: Catalog, run_id: str, features: dict[str, Any]) ->
 
 def finish_run(catalog: Catalog, run_id: str) -> None:
     with catalog.connect() as con:
-        con.execute("UPDATE runs SET status = 'complete', completed_at = current_timestamp, error = NULL, failed_at = NULL "
-                    "WHERE run_id = ?", [run_id])
+        con.execute(
+            "UPDATE runs SET status = 'complete', completed_at = current_timestamp, error = NULL, failed_at = NULL "
+            "WHERE run_id = ?",
+            [run_id],
+        )
 
 
 def field_checks(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
@@ -335,7 +374,9 @@ def field_checks(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
     return [{"well": r["well"], "field_index": r["field_index"], **c} for r in rows for c in json.loads(r["checks"])]
 
 
-def estimated_pixel_size(catalog: Catalog, plate_id: str, engine: str, model_sha256: str | None, channels: dict[str, str]) -> float | None:
+def estimated_pixel_size(
+    catalog: Catalog, plate_id: str, engine: str, model_sha256: str | None, channels: dict[str, str]
+) -> float | None:
     """The pixel size an earlier run of the same engine, model and channels estimated for this plate (None: none did)."""
     rows = catalog.query(
         "SELECT pixel_size_um, model_sha256, channels FROM runs WHERE plate_id = ? AND engine = ? AND pixel_size_source = 'estimated' "

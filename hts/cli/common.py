@@ -25,6 +25,7 @@ __all__ = [
     "errors", "progress_bar", "print_json", "pairs", "param_values", "workspace",
 ]  # fmt: skip
 
+
 def workspace(db: Path | None = None, scheduler: str | None = None, plates_dir: str | Path | None = None):
     """The workspace of this command: options, then HTS_* variables, ./hts.toml, defaults.
 
@@ -39,7 +40,9 @@ def workspace(db: Path | None = None, scheduler: str | None = None, plates_dir: 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)]
+DbOpt = Annotated[
+    Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SchedulerOpt = Annotated[
     Optional[str],
@@ -49,11 +52,22 @@ SchedulerOpt = Annotated[
         show_default=False,
     ),
 ]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="Local workers (default: one per core).", show_default=False)
+]
 # optional feature families, shared by `hts segment` and `hts measure`
-TextureOpt = Annotated[bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel (slower).")]
-GranularityOpt = Annotated[bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells (slower).")]
-RodOpt = Annotated[bool, typer.Option("--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial intensity profiles.")]
+TextureOpt = Annotated[
+    bool, typer.Option("--texture", help="Also Haralick texture of nuclei and cells in every channel (slower).")
+]
+GranularityOpt = Annotated[
+    bool, typer.Option("--granularity", help="Also the granularity spectrum of nuclei and cells (slower).")
+]
+RodOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rod", help="Also rod-cell (bacteria) length, width, curvature, volume and axial intensity profiles."
+    ),
+]
 
 
 @contextmanager
@@ -120,7 +134,6 @@ def progress_bar(label: str, enabled: bool):
             bar.update(task, completed=done, total=total, description=message)
 
         yield update
-
 
 
 def print_json(data: Any) -> None:

@@ -56,6 +56,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"hts {__version__}")
@@ -64,7 +65,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     pass
 
@@ -72,16 +75,63 @@ def _root(
 # --------------------------------------------------------------------------- ingest
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="An .nd2 file or a folder of TIFFs (ImageXpress, Opera/Operetta, Cellomics, or --pattern).", show_default=False)],
-    out_: Annotated[Optional[str], typer.Option("--out", help="Plate store: a path or a URL such as s3://bucket/plates/NAME.zarr (default: <plates dir>/<plate name>.zarr).", show_default=False)] = None,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An .nd2 file or a folder of TIFFs (ImageXpress, Opera/Operetta, Cellomics, or --pattern).",
+            show_default=False,
+        ),
+    ],
+    out_: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out",
+            help="Plate store: a path or a URL such as s3://bucket/plates/NAME.zarr (default: <plates dir>/<plate name>.zarr).",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = None,
-    pattern: Annotated[Optional[str], typer.Option("--pattern", help="File naming for other TIFF layouts, e.g. '{well}_s{field}_{channel}.tif' (placeholders: plate well row col field channel z t; * wildcard).", show_default=False)] = None,
-    reader: Annotated[Optional[str], typer.Option("--reader", help="Force a reader: nd2, imagexpress, opera, cellomics, pattern (or a plug-in's; default: detected).", show_default=False)] = None,
-    reader_old: Annotated[Optional[str], typer.Option("--format", hidden=True, help="Old name of --reader (one release).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Plate name (default: from the file or folder).", show_default=False)] = None,
-    plate_type: Annotated[Optional[int], typer.Option("--plate-type", help="96, 384 or 1536: the plate to fit wells on when positions carry no well names.", show_default=False)] = None,
-    channel_names: Annotated[Optional[str], typer.Option("--channel-names", help="Comma-separated channel names for TIFF plates whose files only number them (e.g. 'DAPI,GFP').", show_default=False)] = None,
-    max_project: Annotated[bool, typer.Option("--max-project", help="Store the maximum projection over Z instead of the stack.")] = False,
+    pattern: Annotated[
+        Optional[str],
+        typer.Option(
+            "--pattern",
+            help="File naming for other TIFF layouts, e.g. '{well}_s{field}_{channel}.tif' (placeholders: plate well row col field channel z t; * wildcard).",
+            show_default=False,
+        ),
+    ] = None,
+    reader: Annotated[
+        Optional[str],
+        typer.Option(
+            "--reader",
+            help="Force a reader: nd2, imagexpress, opera, cellomics, pattern (or a plug-in's; default: detected).",
+            show_default=False,
+        ),
+    ] = None,
+    reader_old: Annotated[
+        Optional[str], typer.Option("--format", hidden=True, help="Old name of --reader (one release).")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Plate name (default: from the file or folder).", show_default=False)
+    ] = None,
+    plate_type: Annotated[
+        Optional[int],
+        typer.Option(
+            "--plate-type",
+            help="96, 384 or 1536: the plate to fit wells on when positions carry no well names.",
+            show_default=False,
+        ),
+    ] = None,
+    channel_names: Annotated[
+        Optional[str],
+        typer.Option(
+            "--channel-names",
+            help="Comma-separated channel names for TIFF plates whose files only number them (e.g. 'DAPI,GFP').",
+            show_default=False,
+        ),
+    ] = None,
+    max_project: Annotated[
+        bool, typer.Option("--max-project", help="Store the maximum projection over Z instead of the stack.")
+    ] = False,
     tile: Annotated[int, typer.Option("--tile", help="Chunk size in y and x, pixels.")] = 1024,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing plate at the output.")] = False,
     scheduler: SchedulerOpt = None,
@@ -114,7 +164,11 @@ def ingest(
     if as_json:
         print_json(report.to_dict())
         return
-    verb = {"ingested": "Ingested", "resumed": "Resumed and finished", "unchanged": "Already ingested (use --overwrite to redo)"}[report.status]
+    verb = {
+        "ingested": "Ingested",
+        "resumed": "Resumed and finished",
+        "unchanged": "Already ingested (use --overwrite to redo)",
+    }[report.status]
     out.print(
         f"{verb}: plate [bold]{report.name}[/] — {report.wells} wells, {report.fields_total} fields, "
         f"channels {', '.join(report.channels)}\n"
@@ -138,13 +192,18 @@ def plates(db: DbOpt = None, as_json: JsonOpt = False) -> None:
 
     t = Table("plate", "id", "wells", "fields", "channels", "status", "store")
     for r in rows:
-        t.add_row(r["name"], r["plate_id"][:8], str(r["wells"]), str(r["fields"]), r["channels"], r["status"], r["store_uri"])
+        t.add_row(
+            r["name"], r["plate_id"][:8], str(r["wells"]), str(r["fields"]), r["channels"], r["status"], r["store_uri"]
+        )
     out.print(t if rows else "no plates yet: run `hts ingest SOURCE`")
 
 
 @app.command()
 def info(
-    plate: Annotated[Optional[str], typer.Argument(help="Plate name, id or store path (default: the only plate).", show_default=False)] = None,
+    plate: Annotated[
+        Optional[str],
+        typer.Argument(help="Plate name, id or store path (default: the only plate).", show_default=False),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -164,7 +223,14 @@ def info(
 @app.command()
 def annotate(
     plate: Annotated[str, typer.Argument(help="Plate name, id or store path.", show_default=False)],
-    platemap: Annotated[Path, typer.Option("--platemap", help="CSV with columns well, role (sample / negative_control / positive_control / empty), and optional compound, concentration, unit, plus any free columns.", show_default=False)],
+    platemap: Annotated[
+        Path,
+        typer.Option(
+            "--platemap",
+            help="CSV with columns well, role (sample / negative_control / positive_control / empty), and optional compound, concentration, unit, plus any free columns.",
+            show_default=False,
+        ),
+    ],
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -183,22 +249,85 @@ def annotate(
 
 @app.command()
 def segment(
-    plates: Annotated[Optional[list[str]], typer.Argument(help="Plates (name, id or store path). Default: every ingested plate in the catalog.", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", "-e", help="Segmentation engine: a name (`hts engines` lists them) or the folder of an engine trained with `hts train`.")] = "classic",
-    engine_path: Annotated[Optional[Path], typer.Option("--engine-path", hidden=True, help="Old way to give an engine folder (one release): use --engine FOLDER.")] = None,
+    plates: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Plates (name, id or store path). Default: every ingested plate in the catalog.", show_default=False
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            "-e",
+            help="Segmentation engine: a name (`hts engines` lists them) or the folder of an engine trained with `hts train`.",
+        ),
+    ] = "classic",
+    engine_path: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--engine-path", hidden=True, help="Old way to give an engine folder (one release): use --engine FOLDER."
+        ),
+    ] = None,
     db: DbOpt = None,
-    channels: Annotated[Optional[str], typer.Option("--channels", help="Which channel plays which role, e.g. 'nucleus=DAPI,cytoplasm=GFP' (default: guessed from channel names).", show_default=False)] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.", show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt (deep engines).")] = "auto",
+    channels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--channels",
+            help="Which channel plays which role, e.g. 'nucleus=DAPI,cytoplasm=GFP' (default: guessed from channel names).",
+            show_default=False,
+        ),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--param",
+            "-p",
+            help="Engine parameter NAME=VALUE (repeatable), e.g. -p nucleus_diameter_um=12. `hts engines --card NAME` lists them.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt (deep engines).")
+    ] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    tta: Annotated[bool, typer.Option("--tta", help="Deep engines: average predictions over flips and 90° rotations (slower, slightly better).")] = False,
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels; larger fields are split with a halo and stitched.")] = 1024,
-    halo: Annotated[int, typer.Option("--halo", help="Minimum tile overlap in pixels (raised to the engine's largest object).")] = 64,
-    wells: Annotated[Optional[str], typer.Option("--wells", help="Wells to segment, e.g. 'A01:H12' or 'B,C05'.", show_default=False)] = None,
-    pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="µm per pixel, for plates whose metadata lacks it.", show_default=False)] = None,
-    label_suffix: Annotated[Optional[str], typer.Option("--label-suffix", help="Store labels as nuclei_SUFFIX etc., to keep several runs' labels side by side.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace labels written by another run (or redo this one).")] = False,
-    features: Annotated[bool, typer.Option("--features/--no-features", help="Measure per-cell features (shape, intensity per channel, nucleus/cytoplasm) into the catalog's cells table right after segmenting each field.")] = True,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta", help="Deep engines: average predictions over flips and 90° rotations (slower, slightly better)."
+        ),
+    ] = False,
+    tile: Annotated[
+        int, typer.Option("--tile", help="Tile size in pixels; larger fields are split with a halo and stitched.")
+    ] = 1024,
+    halo: Annotated[
+        int, typer.Option("--halo", help="Minimum tile overlap in pixels (raised to the engine's largest object).")
+    ] = 64,
+    wells: Annotated[
+        Optional[str], typer.Option("--wells", help="Wells to segment, e.g. 'A01:H12' or 'B,C05'.", show_default=False)
+    ] = None,
+    pixel_size: Annotated[
+        Optional[float],
+        typer.Option("--pixel-size", help="µm per pixel, for plates whose metadata lacks it.", show_default=False),
+    ] = None,
+    label_suffix: Annotated[
+        Optional[str],
+        typer.Option(
+            "--label-suffix",
+            help="Store labels as nuclei_SUFFIX etc., to keep several runs' labels side by side.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace labels written by another run (or redo this one).")
+    ] = False,
+    features: Annotated[
+        bool,
+        typer.Option(
+            "--features/--no-features",
+            help="Measure per-cell features (shape, intensity per channel, nucleus/cytoplasm) into the catalog's cells table right after segmenting each field.",
+        ),
+    ] = True,
     texture: TextureOpt = False,
     granularity: GranularityOpt = False,
     rod: RodOpt = False,
@@ -229,8 +358,16 @@ def segment(
         params["tta"] = True
     with _errors(), progress_bar("segment", not as_json) as progress:
         options = SegmentOptions(
-            channels=pairs(channels, "--channels"), params=params, backend=backend, device=device, tile=tile,
-            halo=halo, wells=wells, overwrite=overwrite, label_suffix=label_suffix, pixel_size_um=pixel_size,
+            channels=pairs(channels, "--channels"),
+            params=params,
+            backend=backend,
+            device=device,
+            tile=tile,
+            halo=halo,
+            wells=wells,
+            overwrite=overwrite,
+            label_suffix=label_suffix,
+            pixel_size_um=pixel_size,
         )
         reports = run(
             plates or None,
@@ -248,7 +385,11 @@ def segment(
         if r.status == "skipped":
             err.print(f"[yellow]skipped[/] plate [bold]{escape(r.plate)}[/]: {escape(r.notes[0])}")
             continue
-        verb = {"segmented": "Segmented", "resumed": "Resumed and finished", "unchanged": "Already segmented (same engine and parameters)"}[r.status]
+        verb = {
+            "segmented": "Segmented",
+            "resumed": "Resumed and finished",
+            "unchanged": "Already segmented (same engine and parameters)",
+        }[r.status]
         objs = ", ".join(f"{n} {k}" for k, n in sorted(r.objects.items()))
         out.print(
             f"{verb}: plate [bold]{r.plate}[/] with {r.engine} ({r.backend}, {r.device}) — "
@@ -267,7 +408,9 @@ def segment(
 
 @app.command()
 def engines(
-    card: Annotated[Optional[str], typer.Option("--card", help="Print one engine's model card and parameters.", show_default=False)] = None,
+    card: Annotated[
+        Optional[str], typer.Option("--card", help="Print one engine's model card and parameters.", show_default=False)
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List segmentation engines and the package of each (plug-ins too): channels they read, outputs, backends, model cards."""
@@ -275,7 +418,7 @@ def engines(
     from hts.tasks.engines import describe_engines
 
     with _errors():
-        rows = describe_engines(card)
+        rows = [e.to_dict() for e in describe_engines(card)]
     problems = plugin_errors()
     if as_json:
         print_json(rows)
@@ -290,14 +433,39 @@ def engines(
 # --------------------------------------------------------------------------- query
 @app.command()
 def query(
-    sql: Annotated[Optional[str], typer.Argument(help="A SQL query over the catalog (DuckDB dialect), e.g. \"SELECT well, cell_count FROM well_stats\".", show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="A named query instead of SQL: cell-count, dose-response or qc (`--preset list` shows them).", show_default=False)] = None,
+    sql: Annotated[
+        Optional[str],
+        typer.Argument(
+            help='A SQL query over the catalog (DuckDB dialect), e.g. "SELECT well, cell_count FROM well_stats".',
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--preset",
+            help="A named query instead of SQL: cell-count, dose-response or qc (`--preset list` shows them).",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = None,
     format_: Annotated[str, typer.Option("--format", help="table (default: printed), csv, json or parquet.")] = "table",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False)] = None,
+    out_file: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Write the result to this file (csv/json/parquet).", show_default=False),
+    ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows.", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON (the same as --format json).")] = False,
-    allow_read: Annotated[Optional[list[Path]], typer.Option("--allow-read", help="A folder whose files the query may read (read_csv, read_parquet), e.g. a compound table to join; repeatable. Nothing is ever written.", show_default=False)] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the rows as JSON (the same as --format json).")
+    ] = False,
+    allow_read: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--allow-read",
+            help="A folder whose files the query may read (read_csv, read_parquet), e.g. a compound table to join; repeatable. Nothing is ever written.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
 
@@ -336,7 +504,9 @@ def query(
         if (sql is None) == (preset is None):
             raise CatalogError("give either a SQL query or --preset NAME")
         ws = workspace(db)
-        table = run_query(sql if preset is None else preset_sql(preset), workspace=ws, limit=limit, allow_read=allow_read or ())
+        table = run_query(
+            sql if preset is None else preset_sql(preset), workspace=ws, limit=limit, allow_read=allow_read or ()
+        )
         if out_file is not None:
             path = write_result(table, out_file, "csv" if format_ == "table" else format_, workspace=ws)
             err.print(f"wrote {table.num_rows} rows to {path}")
@@ -366,7 +536,10 @@ def demo(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo plate into.")] = Path("demo"),
     format_: Annotated[str, typer.Option("--format", help="nd2, imagexpress, opera or cellomics.")] = "nd2",
     plate_type: Annotated[int, typer.Option("--plate-type", help="96, 384 or 1536.")] = 96,
-    wells: Annotated[Optional[str], typer.Option("--wells", help="Wells to image, e.g. 'A01:H12' (default: the whole plate).", show_default=False)] = None,
+    wells: Annotated[
+        Optional[str],
+        typer.Option("--wells", help="Wells to image, e.g. 'A01:H12' (default: the whole plate).", show_default=False),
+    ] = None,
     fields: Annotated[int, typer.Option("--fields", min=1, help="Fields per well.")] = 2,
     size: Annotated[int, typer.Option("--size", min=64, help="Field size in pixels (square).")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
@@ -374,18 +547,29 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a synthetic demo plate (nuclei, cytoplasm, brightfield; dose-response; platemap CSV)."""
-    from hts.synth import make_plate
-
     from hts.errors import SourceError
+    from hts.synth import make_plate
 
     with _errors():
         try:
             plate = make_plate(
-                out_dir, format=format_, plate_type=plate_type, wells=wells, fields=fields, shape=(size, size), seed=seed,
+                out_dir,
+                format=format_,
+                plate_type=plate_type,
+                wells=wells,
+                fields=fields,
+                shape=(size, size),
+                seed=seed,
                 masks=masks,
             )
         except ValueError as e:  # make_plate's own checks of its arguments
-            opt = {"plate_type": "--plate-type", "well": "--wells", "wells": "--wells", "shape": "--size", "format": "--format"}
+            opt = {
+                "plate_type": "--plate-type",
+                "well": "--wells",
+                "wells": "--wells",
+                "shape": "--size",
+                "format": "--format",
+            }
             first = str(e).split(" ", 1)[0]
             raise SourceError(f"{opt.get(first, 'demo')}: {e}") from None
     data = {

@@ -350,7 +350,9 @@ def _param_row(param: Any, ctx: Any, markup_mode: str | None, expressions: dict[
     envvar = param.envvar
     if envvar:
         envvars = [envvar] if isinstance(envvar, str) else list(envvar)
-        description += (" " if description else "") + "Environment variable: " + ", ".join(_code(e) for e in envvars) + "."
+        description += (
+            (" " if description else "") + "Environment variable: " + ", ".join(_code(e) for e in envvars) + "."
+        )
     default = _default_cell(param, help_text, expressions.get(param.name or "", ""))
     return f"| {names} | {_type_cell(param)} | {default} | {description} |"
 
@@ -370,7 +372,9 @@ def _section(command: Any, ctx: Any) -> list[str]:
         p for p in command.get_params(ctx)
         if not getattr(p, "hidden", False) and not (p.param_type_name == "option" and set(p.opts) <= help_names)
     ]  # fmt: skip
-    params = [p for p in params if p.param_type_name == "argument"] + [p for p in params if p.param_type_name != "argument"]
+    params = [p for p in params if p.param_type_name == "argument"] + [
+        p for p in params if p.param_type_name != "argument"
+    ]
     if params:
         lines += ["| Argument / option | Type | Default | Description |", "|---|---|---|---|"]
         expressions = _default_expressions(command)
@@ -441,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the command-line reference (Markdown) generated from the hts Typer app.",
     )
     parser.add_argument("path", nargs="?", type=Path, help=f"the file to write or check (default: {DEFAULT_PATH})")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file differs from the code")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when the file differs from the code"
+    )
     args = parser.parse_args(argv)
     path = args.path or _default_path()
     shown = args.path or DEFAULT_PATH

@@ -28,7 +28,11 @@ def render_info(console: Console, data: dict[str, Any]) -> None:
         + (" (Z max-projected)" if p["max_projected"] else "")
     )
     by_pos = {(w["row_index"], w["column_index"]): w for w in data["wells"]}
-    grid = Table(title="fields per well" + (" (colour: platemap role)" if data["annotated_wells"] else ""), box=None, pad_edge=False)
+    grid = Table(
+        title="fields per well" + (" (colour: platemap role)" if data["annotated_wells"] else ""),
+        box=None,
+        pad_edge=False,
+    )
     grid.add_column("", style="bold")
     for c in range(pt.columns):
         grid.add_column(f"{c + 1:02d}", justify="right")
@@ -39,7 +43,11 @@ def render_info(console: Console, data: dict[str, Any]) -> None:
             if w is None:
                 cells.append("[dim]·[/]")
                 continue
-            text = str(w["n_fields"]) if w["fields_complete"] == w["n_fields"] else f"{w['fields_complete']}/{w['n_fields']}"
+            text = (
+                str(w["n_fields"])
+                if w["fields_complete"] == w["n_fields"]
+                else f"{w['fields_complete']}/{w['n_fields']}"
+            )
             style = _ROLE_STYLE.get(w["role"] or "", "")
             cells.append(f"[{style}]{text}[/]" if style else text)
         grid.add_row(row_name(r), *cells)
@@ -51,12 +59,22 @@ def render_info(console: Console, data: dict[str, Any]) -> None:
         )
     console.print(ch)
     if data.get("runs"):
-        rt = Table("run", "engine", "state", "fields", "cells", "flagged", "pixel µm", "labels", title="segmentation runs")
+        rt = Table(
+            "run", "engine", "state", "fields", "cells", "flagged", "pixel µm", "labels", title="segmentation runs"
+        )
         for r in data["runs"]:
             px = f"{r['pixel_size_um']:.3g}" + (" (est.)" if r.get("pixel_size_source") == "estimated" else "")
             state = r["state"] + (f": {r['error']}" if r.get("error") else "")
-            rt.add_row(r["run_id"][:8], r["engine"], state, f"{r['fields_complete']}/{r['fields']}", str(r["cells"]),
-                       str(r["fields_flagged"]), px, ", ".join(r["labels"].values()))
+            rt.add_row(
+                r["run_id"][:8],
+                r["engine"],
+                state,
+                f"{r['fields_complete']}/{r['fields']}",
+                str(r["cells"]),
+                str(r["fields_flagged"]),
+                px,
+                ", ".join(r["labels"].values()),
+            )
         console.print(rt)
     for a in data["acquisitions"]:
         meta = Table(show_header=False, box=None, title=f"acquisition {a['acquisition_id']}")
@@ -99,7 +117,9 @@ def render_engines(console: Console, rows: list[dict[str, Any]], *, full: bool, 
         for r in rows:
             if not r.get("available", True):
                 console.print(f"[yellow]{escape(r['name'])} unavailable:[/] {escape(r.get('unavailable') or '')}")
-        console.print("[dim]\\[role] = optional channel. `hts engines --card NAME` shows a model card and parameters.[/]")
+        console.print(
+            "[dim]\\[role] = optional channel. `hts engines --card NAME` shows a model card and parameters.[/]"
+        )
         for e in errors:
             console.print(f"[red]not loaded:[/] {escape(str(e))}", soft_wrap=True)
         return

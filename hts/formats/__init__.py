@@ -108,9 +108,7 @@ def open_plate(
         return detect_tiff_layout(path)(path, **options)
     if reg.classes["nd2"].sniff(path):
         return reg.classes["nd2"](path, **options)
-    raise SourceError(
-        f"{path}: not an ND2 file or a folder of TIFFs; single TIFF files are ingested as a folder plate"
-    )
+    raise SourceError(f"{path}: not an ND2 file or a folder of TIFFs; single TIFF files are ingested as a folder plate")
 
 
 def _claims(reader: type[PlateReader], path: Path) -> bool:

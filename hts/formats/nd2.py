@@ -297,7 +297,9 @@ class ND2Reader(PlateReader):
             with _borrow(self.source, reading=True) as f:
                 frames = _frames_by_position(f, _key(self.source)).get(p, [])
                 if len(frames) != n_t * n_z:
-                    raise SourceError(f"{self.source}: position {p} ({field.well.name}) has {len(frames)} frames, expected {n_t * n_z}")
+                    raise SourceError(
+                        f"{self.source}: position {p} ({field.well.name}) has {len(frames)} frames, expected {n_t * n_z}"
+                    )
                 for seq, t, z in frames:
                     out[t, :, z] = np.asarray(f.read_frame(seq)).reshape(n_c, ny, nx)
         except SourceError:

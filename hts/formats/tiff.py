@@ -270,9 +270,7 @@ class _TiffFolderReader(PlateReader):
             key = (im.well, im.field, im.t, im.channel, im.z)
             if key in grid:
                 loc, at = where(im.well, im.field, im.t, im.z)
-                raise SourceError(
-                    f"two files for {loc} channel {names[im.channel]}{at}: {grid[key]} and {im.path}"
-                )
+                raise SourceError(f"two files for {loc} channel {names[im.channel]}{at}: {grid[key]} and {im.path}")
             grid[key] = im.path
             sites[im.well].add(im.field)
 
@@ -312,7 +310,11 @@ class _TiffFolderReader(PlateReader):
         plate = images[0].plate
         given = self.options.get("name")
         return PlateDescription(
-            name=str(given) if given else plate if plate is not None else (self.source.resolve().name or str(self.source)),
+            name=str(given)
+            if given
+            else plate
+            if plate is not None
+            else (self.source.resolve().name or str(self.source)),
             format=self.format,
             plate_type=plate_type_for(sorted(sites), hint=hint),
             channels=[dataclasses.replace(meta.channels.get(c, Channel("")), name=names[c]) for c in chans],
@@ -337,17 +339,13 @@ class _TiffFolderReader(PlateReader):
             if dup:
                 raise SourceError(f"{self.source}: channel names must differ; given twice: {', '.join(dup)}")
             return {c: str(n) for c, n in zip(chans, override)}
-        return {
-            c: meta.channels[c].name if c in meta.channels else f"{self._channel_prefix}{c}" for c in chans
-        }
+        return {c: meta.channels[c].name if c in meta.channels else f"{self._channel_prefix}{c}" for c in chans}
 
     def read_field(self, field: SourceField, description: PlateDescription) -> np.ndarray:
         """Pixels of one field as ``(t, c, z, y, x)``; raises SourceError naming a bad file."""
         t, c, z, y, x = description.shape
         if len(field.key) != t * c * z:
-            raise SourceError(
-                f"{field.well.name} field {field.index}: {len(field.key)} files, expected {t * c * z}"
-            )
+            raise SourceError(f"{field.well.name} field {field.index}: {len(field.key)} files, expected {t * c * z}")
         dtype = np.dtype(description.dtype)
         out = np.empty((len(field.key), y, x), dtype=dtype)
         for i, path in enumerate(field.key):
@@ -481,9 +479,7 @@ class OperaReader(_TiffFolderReader):
     def _metadata(self, images: list[_Image]) -> _Metadata:
         meta = _Metadata(instrument={"vendor": "PerkinElmer"})
         folders = [self.source, *sorted({im.path.parent for im in images})]
-        index = next(
-            (d / n for d in folders for n in ("Index.idx.xml", "Index.xml") if (d / n).is_file()), None
-        )
+        index = next((d / n for d in folders for n in ("Index.idx.xml", "Index.xml") if (d / n).is_file()), None)
         if index is None:
             return meta
         try:

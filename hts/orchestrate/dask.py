@@ -188,12 +188,17 @@ def gpu_resources(client: Any, scheduler: str | None, *, gpu: bool) -> dict[str,
     """
     if not gpu or client is None or not is_external(scheduler):
         return None
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _takes_n_workers(client) else client.scheduler_info().get("workers", {})
+    workers = (
+        client.scheduler_info(n_workers=-1).get("workers", {})
+        if _takes_n_workers(client)
+        else client.scheduler_info().get("workers", {})
+    )
     if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
         return {"GPU": 1}
     logging.getLogger(__name__).warning(
         "CUDA tasks on %s: no worker advertises a GPU resource (start GPU workers with --resources GPU=1); "
-        "tasks run on any worker", scheduler,
+        "tasks run on any worker",
+        scheduler,
     )
     return None
 
@@ -208,7 +213,12 @@ def _takes_n_workers(client: Any) -> bool:
 
 
 def items_per_task(
-    n_items: int, n_workers: int, seconds_per_item: float | None, *, target_s: float = 1.0, min_tasks_per_worker: int = 4
+    n_items: int,
+    n_workers: int,
+    seconds_per_item: float | None,
+    *,
+    target_s: float = 1.0,
+    min_tasks_per_worker: int = 4,
 ) -> int:
     """How many items one task runs: enough that a task lasts about ``target_s``, few enough
     that every worker still gets ``min_tasks_per_worker`` tasks (so that the last ones balance).
@@ -343,7 +353,9 @@ class Batcher:
     interval of bookkeeping; those fields are done again on resume.
     """
 
-    def __init__(self, flush: Callable[[list[Any]], None], *, size: int = 256, seconds: float = 2.0, max_share: float = 0.05):
+    def __init__(
+        self, flush: Callable[[list[Any]], None], *, size: int = 256, seconds: float = 2.0, max_share: float = 0.05
+    ):
         self._flush, self.size, self.seconds, self.max_share = flush, size, seconds, max_share
         self._items: list[Any] = []
         self._last = time.monotonic()

@@ -107,8 +107,16 @@ def dose_response_plot(
             z = ok_pts & (c == 0)
             if ax0 is not None and z.any():
                 jitter = (i - (n_comp - 1) / 2) * min(0.12, 0.6 / max(n_comp, 1))
-                ax0.scatter(np.full(int(z.sum()), jitter), v[z], s=22, color=color, marker=marker,
-                            alpha=0.8, edgecolors="none", zorder=3)
+                ax0.scatter(
+                    np.full(int(z.sum()), jitter),
+                    v[z],
+                    s=22,
+                    color=color,
+                    marker=marker,
+                    alpha=0.8,
+                    edgecolors="none",
+                    zorder=3,
+                )
             fit = fits[name]
             if np.isfinite(fit["ec50"]):
                 xs = np.logspace(lo - pad, hi + pad, 300)
@@ -117,15 +125,21 @@ def dose_response_plot(
                     label = f"{name}: EC50 {fit['ec50']:.3g} {unit}"
                     ax.plot(xs, ys, color=color, linewidth=1.6, zorder=2)
                     mid = 0.5 * (fit["bottom"] + fit["top"])
-                    ax.plot([fit["ec50"]], [mid], marker="|", markersize=10, markeredgewidth=1.6,
-                            color=color, zorder=4)
+                    ax.plot([fit["ec50"]], [mid], marker="|", markersize=10, markeredgewidth=1.6, color=color, zorder=4)
                 else:
                     label = f"{name}: no reliable fit ({_short(fit['reason'])})"
                     ax.plot(xs, ys, color=color, linewidth=1.0, linestyle="--", alpha=0.7, zorder=2)
             else:
                 label = f"{name}: no fit ({_short(fit['reason'])})"
-            ax.plot([], [], color=color, marker=marker, linewidth=1.6 if fit["ok"] else 1.0,
-                    linestyle="-" if fit["ok"] else "--", label=label)
+            ax.plot(
+                [],
+                [],
+                color=color,
+                marker=marker,
+                linewidth=1.6 if fit["ok"] else 1.0,
+                linestyle="-" if fit["ok"] else "--",
+                label=label,
+            )
 
         ax.set_xlabel(f"concentration ({unit})" if unit else "concentration")
         ax.grid(True, which="major", color="#dddddd", linewidth=0.6)

@@ -222,8 +222,13 @@ def plate_heatmap(
         extent = (-0.5, plate.columns - 0.5, plate.rows - 0.5, -0.5)
         # "No value" shows through the transparent (bad) cells: one hatched grey backdrop.
         backdrop = Rectangle(
-            (-0.5, -0.5), plate.columns, plate.rows, facecolor=MISSING_FACE, edgecolor="none",
-            hatch="////" if plate.wells <= 384 else "///", zorder=-1,
+            (-0.5, -0.5),
+            plate.columns,
+            plate.rows,
+            facecolor=MISSING_FACE,
+            edgecolor="none",
+            hatch="////" if plate.wells <= 384 else "///",
+            zorder=-1,
         )
         if hasattr(backdrop, "set_hatchcolor"):  # matplotlib >= 3.10
             backdrop.set_hatchcolor(MISSING_HATCH)
@@ -254,25 +259,48 @@ def plate_heatmap(
 
         marked = {(w.row, w.column): str(t) for w, t in _grid(marks or {}, plate, "marks").items()}
         for (r, c), text in marked.items():
-            ax.text(c, r, text, ha="center", va="center", fontsize=max(st.value_fontsize or 0, 6) + 2,
-                    fontweight="bold", color="black", zorder=4)
+            ax.text(
+                c,
+                r,
+                text,
+                ha="center",
+                va="center",
+                fontsize=max(st.value_fontsize or 0, 6) + 2,
+                fontweight="bold",
+                color="black",
+                zorder=4,
+            )
         show_values = (plate.wells <= 96) if annotate is None else annotate
         if show_values and st.value_fontsize:
             for (r, c), v in np.ndenumerate(grid):
                 if np.isfinite(v) and (r, c) not in marked:
                     rgba = cm(norm(v))
                     luminance = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-                    ax.text(c, r, _fmt(float(v)), ha="center", va="center", fontsize=st.value_fontsize,
-                            color="black" if luminance > 0.5 else "white")
+                    ax.text(
+                        c,
+                        r,
+                        _fmt(float(v)),
+                        ha="center",
+                        va="center",
+                        fontsize=st.value_fontsize,
+                        color="black" if luminance > 0.5 else "white",
+                    )
 
         inset = 0.07
         for well in flagged:
-            ax.add_patch(Rectangle(
-                (well.column - 0.5 + inset, well.row - 0.5 + inset), 1 - 2 * inset, 1 - 2 * inset,
-                fill=False, edgecolor=FLAG_COLOR, linewidth=st.flag_lw, zorder=3,
-                # a dark halo keeps the outline visible on red cells of a diverging map
-                path_effects=[Stroke(linewidth=st.flag_lw + 0.8, foreground="black"), Normal()],
-            ))
+            ax.add_patch(
+                Rectangle(
+                    (well.column - 0.5 + inset, well.row - 0.5 + inset),
+                    1 - 2 * inset,
+                    1 - 2 * inset,
+                    fill=False,
+                    edgecolor=FLAG_COLOR,
+                    linewidth=st.flag_lw,
+                    zorder=3,
+                    # a dark halo keeps the outline visible on red cells of a diverging map
+                    path_effects=[Stroke(linewidth=st.flag_lw + 0.8, foreground="black"), Normal()],
+                )
+            )
 
         cax = fig.add_axes((lay.cbar_left / W, lay.plate_bottom / H, lay.cbar_width / W, lay.plate_height / H))
         cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax, extend=extend, extendfrac=0.04)
@@ -289,15 +317,33 @@ def plate_heatmap(
         if legend_entries:
             handles = []
             if n_missing:
-                handles.append(Patch(facecolor=MISSING_FACE, edgecolor=MISSING_HATCH, hatch="////",
-                                     linewidth=0.6, label=f"no value ({n_missing})"))
+                handles.append(
+                    Patch(
+                        facecolor=MISSING_FACE,
+                        edgecolor=MISSING_HATCH,
+                        hatch="////",
+                        linewidth=0.6,
+                        label=f"no value ({n_missing})",
+                    )
+                )
             if flagged:
-                handles.append(Patch(facecolor="none", edgecolor=FLAG_COLOR, linewidth=1.6,
-                                     label=f"flagged ({len(flagged)})"))
+                handles.append(
+                    Patch(facecolor="none", edgecolor=FLAG_COLOR, linewidth=1.6, label=f"flagged ({len(flagged)})")
+                )
             top = (lay.legend_height - 0.1) / H
-            fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(lay.plate_left / W - 0.01, top),
-                       ncol=len(handles), frameon=False, fontsize=8, handlelength=1.6, handleheight=1.0,
-                       borderaxespad=0.0, borderpad=0.0, columnspacing=1.5)
+            fig.legend(
+                handles=handles,
+                loc="upper left",
+                bbox_to_anchor=(lay.plate_left / W - 0.01, top),
+                ncol=len(handles),
+                frameon=False,
+                fontsize=8,
+                handlelength=1.6,
+                handleheight=1.0,
+                borderaxespad=0.0,
+                borderpad=0.0,
+                columnspacing=1.5,
+            )
             for i, line in enumerate(reasons):
                 y = lay.legend_height - 0.1 - 0.28 - 0.17 * i
                 fig.text(lay.plate_left / W, y / H, line, ha="left", va="top", fontsize=7.5, color="#333333")

@@ -183,6 +183,8 @@ def _cell(value: object, number_format: str) -> str:
         return f'<td class="num">{int(value)}</td>'
     if isinstance(value, Real):
         v = float(value)
-        text = ("NaN" if math.isnan(v) else ("∞" if v > 0 else "−∞")) if not math.isfinite(v) else number_format.format(v)
+        text = (
+            ("NaN" if math.isnan(v) else ("∞" if v > 0 else "−∞")) if not math.isfinite(v) else number_format.format(v)
+        )
         return f'<td class="num">{html.escape(text)}</td>'
     return f"<td>{html.escape(str(value))}</td>"

@@ -188,7 +188,7 @@ def segmentation_overlay(
 
     # Channels: grey, or an additive colour composite.
     if len(imgs) == 1:
-        (name, img), = imgs.items()
+        ((name, img),) = imgs.items()
         chan_colors = {name: colors.get(name, "#ffffff")}
     else:
         chan_colors = {name: colors.get(name) or channel_color(name, i) for i, name in enumerate(imgs)}
@@ -225,25 +225,50 @@ def segmentation_overlay(
                 x1 = left + w - margin
                 x0 = x1 - bar_px
                 y0 = height - top - h + margin  # from the figure's bottom
-                fig.add_artist(Rectangle((x0 / width, y0 / height), bar_px / width, thick / height,
-                                         transform=fig.transFigure, facecolor="white", edgecolor="black",
-                                         linewidth=0.8))
-                fig.text((x0 + x1) / 2 / width, (y0 + thick + 3) / height, _length_label(length),
-                         ha="center", va="bottom", fontsize=10, color="white", fontweight="bold",
-                         path_effects=[withStroke(linewidth=2.5, foreground="black")])
+                fig.add_artist(
+                    Rectangle(
+                        (x0 / width, y0 / height),
+                        bar_px / width,
+                        thick / height,
+                        transform=fig.transFigure,
+                        facecolor="white",
+                        edgecolor="black",
+                        linewidth=0.8,
+                    )
+                )
+                fig.text(
+                    (x0 + x1) / 2 / width,
+                    (y0 + thick + 3) / height,
+                    _length_label(length),
+                    ha="center",
+                    va="bottom",
+                    fontsize=10,
+                    color="white",
+                    fontweight="bold",
+                    path_effects=[withStroke(linewidth=2.5, foreground="black")],
+                )
 
         handles = []
         for name, color in chan_colors.items():
             handles.append(Patch(facecolor=color, edgecolor="#444444", linewidth=0.5, label=name))
         for name in labels:
             n = counts[name]
-            handles.append(Line2D([], [], color=out_colors[name], linewidth=3,
-                                  label=f"{name} ({n} object{'s' if n != 1 else ''})"))
+            handles.append(
+                Line2D([], [], color=out_colors[name], linewidth=3, label=f"{name} ({n} object{'s' if n != 1 else ''})")
+            )
         if f > 1:
             handles.append(Patch(facecolor="none", edgecolor="none", label=f"shown at 1/{f} scale"))
-        leg = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=((left + w + 12) / width, 1 - top / height),
-                         frameon=False, fontsize=10, handlelength=1.6, borderaxespad=0.0, borderpad=0.0,
-                         labelspacing=0.6)
+        leg = fig.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=((left + w + 12) / width, 1 - top / height),
+            frameon=False,
+            fontsize=10,
+            handlelength=1.6,
+            borderaxespad=0.0,
+            borderpad=0.0,
+            labelspacing=0.6,
+        )
         leg.set_in_layout(False)
         return to_png(fig)
 
@@ -265,7 +290,7 @@ def contact_sheet(tiles: Sequence[tuple[str, bytes]], columns: int = 4, *, tile_
         sizes.append((max(1, round(w * s)), max(1, round(h * s))))
     n_rows = math.ceil(len(tiles) / columns)
     col_w = [max(sizes[i][0] for i in range(c, len(tiles), columns)) for c in range(columns)]
-    row_h = [max(sz[1] for sz in sizes[r * columns:(r + 1) * columns]) for r in range(n_rows)]
+    row_h = [max(sz[1] for sz in sizes[r * columns : (r + 1) * columns]) for r in range(n_rows)]
     cap, gap = 26, 12
     width = sum(col_w) + (columns + 1) * gap
     height = sum(row_h) + n_rows * cap + (n_rows + 1) * gap

@@ -165,7 +165,7 @@ class PlateStore:
             chunk_writes = []
             for arr, (p, sel, data) in zip(arrays, writes):
                 lead = sel if isinstance(sel, tuple) else ()
-                expect = arr.shape[len(lead):]
+                expect = arr.shape[len(lead) :]
                 if tuple(expect) != np.shape(data):
                     raise StoreError(f"{self.path}/{p}: expects shape {tuple(expect)}, got {np.shape(data)}")
                 chunk_writes += [(arr, s, v) for s, v in _by_chunk(lead, np.asarray(data), arr.chunks)]
@@ -257,9 +257,7 @@ class PlateStore:
                     "name": description.name,
                     "rows": [{"name": r} for r in rows],
                     "columns": [{"name": c} for c in cols],
-                    "wells": [
-                        {"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells
-                    ],
+                    "wells": [{"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells],
                     "field_count": max(per_well.values()),
                     "acquisitions": [{"id": 0, "name": description.name}],
                 },
@@ -279,8 +277,13 @@ class PlateStore:
         multiscales = _multiscales(description, shape, levels)
         omero = _omero(description.channels, description.dtype)
         # every field's group and level arrays have the same metadata: built once, shared
-        field_meta = GroupMetadata(attributes={"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}})
-        level_meta = [_array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype) for level in range(levels)]
+        field_meta = GroupMetadata(
+            attributes={"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}}
+        )
+        level_meta = [
+            _array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype)
+            for level in range(levels)
+        ]
         nodes: dict[str, Any] = {}
         for w in wells:
             n = per_well[w]
@@ -332,7 +335,9 @@ class PlateStore:
         try:
             self.path.rename(aside)
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot replace the store ({e.strerror or e}); nothing was changed") from None
+            raise StoreError(
+                f"{self.path}: cannot replace the store ({e.strerror or e}); nothing was changed"
+            ) from None
         return aside
 
     def remove(self) -> None:
@@ -416,7 +421,8 @@ class PlateStore:
                 scale[2] = scale[2] * nz
                 datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
                 nodes[f"{field_path}/labels/{name}/{level}"] = _array_metadata(
-                    (n_t, 1, 1, *_level_yx((ny, nx), level)), tile, "int32")
+                    (n_t, 1, 1, *_level_yx((ny, nx), level)), tile, "int32"
+                )
             nodes[f"{field_path}/labels/{name}"] = GroupMetadata(
                 attributes={
                     "ome": {
@@ -490,10 +496,10 @@ def _by_chunk(lead: tuple[int, ...], data: np.ndarray, chunks: tuple[int, ...]):
     """
     full = data.reshape((1,) * len(lead) + data.shape)
     ends = [i + 1 for i in lead] + list(data.shape)  # the region written, in array coordinates
-    starts = [range(i, i + 1) for i in lead] + [range(0, n, c) for n, c in zip(data.shape, chunks[len(lead):])]
+    starts = [range(i, i + 1) for i in lead] + [range(0, n, c) for n, c in zip(data.shape, chunks[len(lead) :])]
     for corner in itertools.product(*starts):
         sel = tuple(slice(a, min(a + c, end)) for a, c, end in zip(corner, chunks, ends))
-        yield sel, full[(slice(0, 1),) * len(lead) + sel[len(lead):]]
+        yield sel, full[(slice(0, 1),) * len(lead) + sel[len(lead) :]]
 
 
 class _ChunkFileStore(LocalStore):
@@ -603,7 +609,12 @@ def _omero(channels: list[Channel], dtype: str) -> dict[str, Any]:
                 "label": ch.name,
                 "color": color,
                 "active": True,
-                "window": {"min": float(info.min), "max": float(info.max), "start": float(info.min), "end": float(info.max)},
+                "window": {
+                    "min": float(info.min),
+                    "max": float(info.max),
+                    "start": float(info.min),
+                    "end": float(info.max),
+                },
             }
         )
     return {"channels": out, "rdefs": {"model": "color"}}

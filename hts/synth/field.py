@@ -87,6 +87,7 @@ def dose_effect(dose: float) -> float:
 
     Rescaled so that ``dose_effect(0) == 0`` and ``dose_effect(1) == 1``.
     """
+
     def s(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-(x - 0.5) / 0.12))
 

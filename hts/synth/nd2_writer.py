@@ -366,9 +366,7 @@ class _ChunkFile:
             self.fh.write(bytes(pad))
             self.pos += pad
 
-    def write(
-        self, name: bytes, data: bytes, *, in_map: bool = True, name_field: int | None = None
-    ) -> int:
+    def write(self, name: bytes, data: bytes, *, in_map: bool = True, name_field: int | None = None) -> int:
         """Write one chunk at the next boundary and return its offset.
 
         The name field is zero-padded so the chunk ends on a boundary (as NIS
@@ -751,8 +749,7 @@ def _write_file(fh: BinaryIO, spec: _Spec, get_frame: Callable[[int, int, int], 
                 frame = np.asarray(get_frame(t, p, z))
                 if frame.shape != expected:
                     raise ValueError(
-                        f"frame (t={t}, p={p}, z={z}) has shape {frame.shape}, "
-                        f"expected (C, Y, X) = {expected}"
+                        f"frame (t={t}, p={p}, z={z}) has shape {frame.shape}, expected (C, Y, X) = {expected}"
                     )
                 frame = _as_dtype(frame, spec.dtype)
                 # (C, Y, X) -> (Y, X, C): NIS stores the channels of a pixel together

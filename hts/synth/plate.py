@@ -45,7 +45,7 @@ import numpy as np
 import tifffile
 
 from hts.formats.base import Channel
-from hts.synth.field import _expose, _scene, _Scene, channel_kind
+from hts.synth.field import _expose, _Scene, _scene, channel_kind
 from hts.synth.platemap import dose_of, dose_response_layout, write_platemap_csv
 from hts.wells import PLATE_TYPES, PlateType, WellRef, parse_well, parse_well_range
 

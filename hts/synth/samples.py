@@ -17,9 +17,16 @@ __all__ = ["synthetic_samples"]
 
 
 def synthetic_samples(
-    seeds: Iterable[int], *, recipe: Recipe | str, channels: Sequence[str], train_pixel_um: float = 0.65,
-    normalization: Sequence[float] = (1.0, 99.8), shape: tuple[int, int] = (320, 320), weight: float = 1.0,
-    vary: bool = True, **synth_kwargs: Any,
+    seeds: Iterable[int],
+    *,
+    recipe: Recipe | str,
+    channels: Sequence[str],
+    train_pixel_um: float = 0.65,
+    normalization: Sequence[float] = (1.0, 99.8),
+    shape: tuple[int, int] = (320, 320),
+    weight: float = 1.0,
+    vary: bool = True,
+    **synth_kwargs: Any,
 ) -> list[Sample]:
     """Synthetic fields from :func:`hts.synth.synth_field`, one per seed (deterministic).
 
@@ -42,9 +49,12 @@ def synthetic_samples(
         if vary:
             r = np.random.default_rng([int(seed), 7919])
             kw = dict(
-                density=float(r.uniform(0.25, 0.95)), nucleus_radius_px=float(r.uniform(7.5, 10.5)),
-                cell_radius_px=float(r.uniform(18, 26)), dose=float(r.choice([0.0, 0.0, r.uniform(0, 1)])),
-                illumination=float(r.uniform(0.0, 0.4)), noise=float(r.uniform(0.5, 2.5)),
+                density=float(r.uniform(0.25, 0.95)),
+                nucleus_radius_px=float(r.uniform(7.5, 10.5)),
+                cell_radius_px=float(r.uniform(18, 26)),
+                dose=float(r.choice([0.0, 0.0, r.uniform(0, 1)])),
+                illumination=float(r.uniform(0.0, 0.4)),
+                noise=float(r.uniform(0.5, 2.5)),
                 defocus=float(r.choice([0.0, r.uniform(-1.0, 1.0)])),
             )
         kw.update(synth_kwargs)
@@ -52,9 +62,22 @@ def synthetic_samples(
         labels = {"nuclei": f.nuclei}
         if "cells" in recipe.labels:
             labels["cells"] = f.cells
-        src = f"hts.synth.synth_field(shape={tuple(shape)}, seed={int(seed)}, channels={tuple(channels)}, " + ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in kw.items()) + ")"
-        out.append(make_sample(f"synth-{'+'.join(channels)}-{seed}", f.image, labels, pixel_size_um=0.65,
-                               train_pixel_um=train_pixel_um, normalization=normalization, source=src, weight=weight,
-                               meta={"seed": int(seed), **kw}))
+        src = (
+            f"hts.synth.synth_field(shape={tuple(shape)}, seed={int(seed)}, channels={tuple(channels)}, "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in kw.items())
+            + ")"
+        )
+        out.append(
+            make_sample(
+                f"synth-{'+'.join(channels)}-{seed}",
+                f.image,
+                labels,
+                pixel_size_um=0.65,
+                train_pixel_um=train_pixel_um,
+                normalization=normalization,
+                source=src,
+                weight=weight,
+                meta={"seed": int(seed), **kw},
+            )
+        )
     return out

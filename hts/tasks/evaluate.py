@@ -48,8 +48,17 @@ if TYPE_CHECKING:
     from hts.config import Workspace
 
 __all__ = [
-    "EvaluationError", "LabelFileError", "ShapeMismatchError", "NoPairsError", "EvaluationReport", "LABEL_SUFFIXES",
-    "evaluate", "evaluate_arrays", "read_label_image", "pair_folders", "parse_field_stem",
+    "EvaluationError",
+    "LabelFileError",
+    "ShapeMismatchError",
+    "NoPairsError",
+    "EvaluationReport",
+    "LABEL_SUFFIXES",
+    "evaluate",
+    "evaluate_arrays",
+    "read_label_image",
+    "pair_folders",
+    "parse_field_stem",
 ]
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -91,9 +100,11 @@ class EvaluationReport:
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         d = {
-            "pred": self.pred, "truth": self.truth,
+            "pred": self.pred,
+            "truth": self.truth,
             "pooling": "overall counts are pooled: TP/FP/FN summed over the images, scores computed from the sums",
-            "ap_thresholds": list(self.thresholds), "split_merge_overlap": self.overlap,
+            "ap_thresholds": list(self.thresholds),
+            "split_merge_overlap": self.overlap,
             "overall": self.overall,
         }
         if per_image:
@@ -197,8 +208,12 @@ def parse_field_stem(stem: str) -> tuple[str, int, int, str | None] | None:
 
 
 def evaluate_arrays(
-    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], *, thresholds: Sequence[float] = AP_THRESHOLDS,
-    overlap: float = 0.5, pred: str = "", truth: str = "",
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    thresholds: Sequence[float] = AP_THRESHOLDS,
+    overlap: float = 0.5,
+    pred: str = "",
+    truth: str = "",
 ) -> EvaluationReport:
     """Score ``(name, prediction, truth)`` label images; the report's overall numbers are pooled."""
     per = []
@@ -209,8 +224,14 @@ def evaluate_arrays(
         per.append({"name": name, **score_image(t, p, thresholds=thresholds, overlap=overlap)})
     if not per:
         raise NoPairsError(f"nothing to evaluate: no prediction paired with a truth image ({pred} vs {truth})")
-    return EvaluationReport(pred=pred, truth=truth, overall=pool(per, thresholds=thresholds), per_image=per,
-                            thresholds=tuple(thresholds), overlap=overlap)
+    return EvaluationReport(
+        pred=pred,
+        truth=truth,
+        overall=pool(per, thresholds=thresholds),
+        per_image=per,
+        thresholds=tuple(thresholds),
+        overlap=overlap,
+    )
 
 
 def evaluate(
@@ -242,10 +263,13 @@ def evaluate(
         if pred is not None:
             raise EvaluationError("give either --pred (label images) or --plate (labels in a plate store), not both")
         if workspace is None:
-            raise EvaluationError(f"evaluating plate {plate} needs the workspace whose catalog holds it: "
-                                  "evaluate(..., workspace=hts.config.load_workspace())")
-        return _evaluate_plate(plate, truth, labels=labels, catalog=workspace.catalog, thresholds=thresholds,
-                               overlap=overlap)
+            raise EvaluationError(
+                f"evaluating plate {plate} needs the workspace whose catalog holds it: "
+                "evaluate(..., workspace=hts.config.load_workspace())"
+            )
+        return _evaluate_plate(
+            plate, truth, labels=labels, catalog=workspace.catalog, thresholds=thresholds, overlap=overlap
+        )
     if pred is None:
         raise EvaluationError("--pred is needed (a label image or a folder of them), or --plate PLATE --labels NAME")
     pred = Path(pred)
@@ -274,11 +298,24 @@ def evaluate(
         p, t = read_label_image(pp), read_label_image(tp)
         if p.shape != t.shape:
             raise ShapeMismatchError(f"{pp} has shape {p.shape} but {tp} has {t.shape}")
-        per.append({"name": name, "pred_file": str(pp), "truth_file": str(tp),
-                    **score_image(t, p, thresholds=thresholds, overlap=overlap)})
-    return EvaluationReport(pred=str(pred), truth=str(truth), overall=pool(per, thresholds=thresholds), per_image=per,
-                            unmatched_pred=unmatched_p, unmatched_truth=unmatched_t, thresholds=tuple(thresholds),
-                            overlap=overlap)
+        per.append(
+            {
+                "name": name,
+                "pred_file": str(pp),
+                "truth_file": str(tp),
+                **score_image(t, p, thresholds=thresholds, overlap=overlap),
+            }
+        )
+    return EvaluationReport(
+        pred=str(pred),
+        truth=str(truth),
+        overall=pool(per, thresholds=thresholds),
+        per_image=per,
+        unmatched_pred=unmatched_p,
+        unmatched_truth=unmatched_t,
+        thresholds=tuple(thresholds),
+        overlap=overlap,
+    )
 
 
 def _evaluate_plate(
@@ -311,18 +348,35 @@ def _evaluate_plate(
         tr = read_label_image(tp)
         if p.shape != tr.shape:
             raise ShapeMismatchError(
-                f"{rec.store_uri}/{fields[(well, fi)]}/labels/{labels} has shape {p.shape} but {tp} has {tr.shape}")
-        per.append({"name": name, "well": well, "field": fi, "t": t, "truth_file": str(tp),
-                    **score_image(tr, p, thresholds=thresholds, overlap=overlap)})
+                f"{rec.store_uri}/{fields[(well, fi)]}/labels/{labels} has shape {p.shape} but {tp} has {tr.shape}"
+            )
+        per.append(
+            {
+                "name": name,
+                "well": well,
+                "field": fi,
+                "t": t,
+                "truth_file": str(tp),
+                **score_image(tr, p, thresholds=thresholds, overlap=overlap),
+            }
+        )
     pred_desc = f"plate {rec.name} labels {labels}"
     if not per:
         raise NoPairsError(
             f"no field of plate {rec.name} has a truth file in {truth} "
             f"(name them by well and field, e.g. B03_0.tif or B03_f0_{base_name}.tif)"
-            + (f"; {len(skipped)} fields with truth are not segmented yet" if skipped else ""))
-    return EvaluationReport(pred=pred_desc, truth=str(truth), overall=pool(per, thresholds=thresholds), per_image=per,
-                            unmatched_truth=sorted(unmatched_t), skipped=skipped, thresholds=tuple(thresholds),
-                            overlap=overlap)
+            + (f"; {len(skipped)} fields with truth are not segmented yet" if skipped else "")
+        )
+    return EvaluationReport(
+        pred=pred_desc,
+        truth=str(truth),
+        overall=pool(per, thresholds=thresholds),
+        per_image=per,
+        unmatched_truth=sorted(unmatched_t),
+        skipped=skipped,
+        thresholds=tuple(thresholds),
+        overlap=overlap,
+    )
 
 
 def _plate_truth(
@@ -336,11 +390,13 @@ def _plate_truth(
     if truth.is_dir():
         truth_files = sorted(p for p in truth.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
     elif len(fields) == 1:
-        (w, f), = fields
+        ((w, f),) = fields
         truth_files = [truth]
     else:
-        raise EvaluationError(f"--plate needs --truth to be a folder of files named by well and field "
-                              f"(e.g. B03_0.tif); {truth} is one file and plate {plate} has {len(fields)} fields")
+        raise EvaluationError(
+            f"--plate needs --truth to be a folder of files named by well and field "
+            f"(e.g. B03_0.tif); {truth} is one file and plate {plate} has {len(fields)} fields"
+        )
     wanted: dict[tuple[str, int, int], Path] = {}
     unmatched_t: list[str] = []
     for p in truth_files:
@@ -355,6 +411,8 @@ def _plate_truth(
             unmatched_t.append(p.name)
             continue
         if (well, fi, t) in wanted:
-            raise EvaluationError(f"{truth}: two truth files for well {well} field {fi}: {wanted[(well, fi, t)].name} and {p.name}")
+            raise EvaluationError(
+                f"{truth}: two truth files for well {well} field {fi}: {wanted[(well, fi, t)].name} and {p.name}"
+            )
         wanted[(well, fi, t)] = p
     return wanted, unmatched_t

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import duckdb
 
-from hts.catalog import Catalog
 from hts.catalog.db import sql_literal
 from hts.config import Workspace
 from hts.errors import CatalogError
@@ -90,8 +89,15 @@ def export(
             try:
                 n = con.execute(f"SELECT count(*) FROM cell_profiles WHERE {cond}").fetchall()[0][0]
                 if n == 0:
-                    raise CatalogError(f"{catalog.path}: no measured cells to export (run `hts segment` or `hts measure` first)")
-                names = [r[0] for r in con.execute(f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1").fetchall()]
+                    raise CatalogError(
+                        f"{catalog.path}: no measured cells to export (run `hts segment` or `hts measure` first)"
+                    )
+                names = [
+                    r[0]
+                    for r in con.execute(
+                        f"SELECT DISTINCT Metadata_Plate FROM cell_profiles WHERE {cond} ORDER BY 1"
+                    ).fetchall()
+                ]
                 # CSV opens in spreadsheets: text that would start a formula is prefixed with '
                 safe = (lambda q: spreadsheet_safe_sql(con, q)) if format == "csv" else (lambda q: q)
                 cells_q = f"SELECT * FROM cell_profiles WHERE {cond} ORDER BY Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_ObjectNumber"
@@ -100,16 +106,22 @@ def export(
                     f"TO {sql_literal(str(tmp / 'cells'))} ({opts}, PARTITION_BY (Metadata_Plate, Metadata_Well), WRITE_PARTITION_COLUMNS true)"
                 )
                 wells = con.execute(f"SELECT count(*) FROM well_stats WHERE {wcond}").fetchall()[0][0]
-                wells_q = (f"SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
-                           f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
-                           f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} "
-                           f"ORDER BY plate, engine, row_index, column_index")
+                wells_q = (
+                    f"SELECT plate AS Metadata_Plate, well AS Metadata_Well, compound AS Metadata_Compound, "
+                    f"concentration AS Metadata_Concentration, unit AS Metadata_Unit, role AS Metadata_Role, engine AS Metadata_Engine, "
+                    f"* EXCLUDE (plate, well, compound, concentration, unit, role, engine) FROM well_stats WHERE {wcond} "
+                    f"ORDER BY plate, engine, row_index, column_index"
+                )
                 (tmp / "wells").mkdir()
                 (tmp / "fields_qc").mkdir()
                 con.execute(f"COPY ({safe(wells_q)}) TO {sql_literal(str(tmp / 'wells' / ('wells.' + ext)))} ({opts})")
-                qc_q = (f"SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} "
-                        f"ORDER BY plate, engine, well, field_index")
-                con.execute(f"COPY ({safe(qc_q)}) TO {sql_literal(str(tmp / 'fields_qc' / ('fields_qc.' + ext)))} ({opts})")
+                qc_q = (
+                    f"SELECT * REPLACE (array_to_string(flags, ';') AS flags) FROM field_qc WHERE {wcond} "
+                    f"ORDER BY plate, engine, well, field_index"
+                )
+                con.execute(
+                    f"COPY ({safe(qc_q)}) TO {sql_literal(str(tmp / 'fields_qc' / ('fields_qc.' + ext)))} ({opts})"
+                )
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
         files = sum(1 for p in tmp.rglob(f"*.{ext}"))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from hts.catalog import Catalog
 from hts.config import Workspace
 from hts.errors import CatalogError
 

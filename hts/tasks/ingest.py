@@ -35,10 +35,10 @@ import pyarrow as pa
 
 from hts import __version__
 from hts.catalog import Catalog
+from hts.compute.measure.imagestats import channel_stats
 from hts.config import Workspace
 from hts.errors import SourceError, StoreError
 from hts.formats import PlateDescription, PlateReader, SourceField, open_plate
-from hts.compute.measure.imagestats import channel_stats
 from hts.formats.base import checksum, fingerprint
 from hts.orchestrate.dask import Batcher, check_workers, dask_client, is_external, map_fields
 from hts.store import PlateStore, pyramid_levels
@@ -157,15 +157,17 @@ def ingest(
             raise
     else:
         plate_id, status = target, "resumed"
-    written, acq_checksum = _write_fields(catalog, reader, desc, plate_id, store_path, files, workspace.scheduler,
-                                          workers, max_project, progress)
+    written, acq_checksum = _write_fields(
+        catalog, reader, desc, plate_id, store_path, files, workspace.scheduler, workers, max_project, progress
+    )
     _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
     catalog.finish_plate(plate_id, checksum=acq_checksum)
     return _report(plate_id, desc, store_path, catalog, status, written, t0, max_project)
 
 
-def _open_target(catalog: Catalog, store_path: Any, fp: str, *, max_project: bool, tile: int,
-                 overwrite: bool) -> str | None:
+def _open_target(
+    catalog: Catalog, store_path: Any, fp: str, *, max_project: bool, tile: int, overwrite: bool
+) -> str | None:
     """What the store holds for this source: ``"unchanged"`` (complete), a plate id to resume, or None (start afresh).
 
     A different plate there (in this catalog, or one hts does not know) is an error unless
@@ -208,9 +210,18 @@ def _open_target(catalog: Catalog, store_path: Any, fp: str, *, max_project: boo
     return None
 
 
-def _write_fields(catalog: Catalog, reader: PlateReader, desc: PlateDescription, plate_id: str, store_path: Any,
-                  files: list[Path], scheduler: str | None, workers: int | None, max_project: bool,
-                  progress: ProgressFn | None) -> tuple[int, str]:
+def _write_fields(
+    catalog: Catalog,
+    reader: PlateReader,
+    desc: PlateDescription,
+    plate_id: str,
+    store_path: Any,
+    files: list[Path],
+    scheduler: str | None,
+    workers: int | None,
+    max_project: bool,
+    progress: ProgressFn | None,
+) -> tuple[int, str]:
     """Write the plate's pending fields on Dask, marking them complete in batches.
 
     Returns the number written and the acquisition's checksum (computed on a worker meanwhile).
@@ -241,10 +252,20 @@ def _write_fields(catalog: Catalog, reader: PlateReader, desc: PlateDescription,
                 seconds_per_item=_SECONDS_PER_PIXEL * math.prod(field_shape(desc, max_project=max_project)),
             ):
                 well = field.well.name
-                batch.add((
-                    {"well": well, "field_index": field.index, "checksum": res["checksum"], "write_seconds": res["seconds"]},
-                    [{"well": well, "field_index": field.index, "channel_index": c, **st} for c, st in enumerate(res["stats"])],
-                ))
+                batch.add(
+                    (
+                        {
+                            "well": well,
+                            "field_index": field.index,
+                            "checksum": res["checksum"],
+                            "write_seconds": res["seconds"],
+                        },
+                        [
+                            {"well": well, "field_index": field.index, "channel_index": c, **st}
+                            for c, st in enumerate(res["stats"])
+                        ],
+                    )
+                )
                 done += 1
                 if progress:
                     progress(done, total, well)
@@ -297,10 +318,20 @@ def _set_display_windows(catalog: Catalog, plate_id: str, store: PlateStore, des
 def _plate_tables(
     plate_id: str, desc: PlateDescription, store_path: Path, source: Path, fp: str, tile: int, max_project: bool
 ) -> dict[str, pa.Table]:
+    """The catalog rows of a new plate (every field pending): plates, acquisitions, channels, wells, fields."""
+    return {
+        "plates": _plate_row(plate_id, desc, store_path, source, fp, tile, max_project),
+        **_source_tables(plate_id, desc, source),
+        **_layout_tables(plate_id, desc),
+    }
+
+
+def _plate_row(
+    plate_id: str, desc: PlateDescription, store_path: Path, source: Path, fp: str, tile: int, max_project: bool
+) -> pa.Table:
     t, c, z, y, x = field_shape(desc, max_project=max_project)
     px, py, pz = desc.pixel_size_um
-    inst = desc.instrument
-    plates = pa.Table.from_pylist(
+    return pa.Table.from_pylist(
         [
             {
                 "plate_id": plate_id,
@@ -331,6 +362,10 @@ def _plate_tables(
             }
         ]
     )
+
+
+def _source_tables(plate_id: str, desc: PlateDescription, source: Path) -> dict[str, pa.Table]:
+    inst = desc.instrument
     acquisitions = pa.Table.from_pylist(
         [
             {
@@ -360,6 +395,10 @@ def _plate_tables(
             for i, ch in enumerate(desc.channels)
         ]
     )
+    return {"acquisitions": acquisitions, "channels": channels}
+
+
+def _layout_tables(plate_id: str, desc: PlateDescription) -> dict[str, pa.Table]:
     per_well = desc.fields_per_well
     wells = pa.Table.from_pylist(
         [
@@ -404,7 +443,7 @@ def _plate_tables(
             ]
         ),
     )
-    return {"plates": plates, "acquisitions": acquisitions, "channels": channels, "wells": wells, "fields": fields}
+    return {"wells": wells, "fields": fields}
 
 
 def _report(plate_id, desc, store_path, catalog, status, written, t0, max_project) -> IngestReport:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hts.catalog import Catalog, PlateRecord
@@ -63,8 +62,9 @@ def measure(
     records = select_plates(catalog, plates)
     with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command="measure") as lock:
         plans = _plan(catalog, records, run, options)
-        seconds = execute_plans(catalog, plans, scheduler=workspace.scheduler, workers=workers, progress=progress,
-                                lock=lock)
+        seconds = execute_plans(
+            catalog, plans, scheduler=workspace.scheduler, workers=workers, progress=progress, lock=lock
+        )
         return [_report(catalog, plan, s, options) for plan, s in zip(plans, seconds)]
 
 
@@ -79,14 +79,25 @@ def _plan(catalog: Catalog, records: list[PlateRecord], run: str | None, options
         channels = catalog.channel_names(rec.plate_id)
         paths = catalog.field_paths(rec.plate_id)
         for r in runs:
-            todo = [FieldTask(w, i, paths[(w, i)], "measure")
-                    for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r.run_id, key))]
-            plans.append(RunPlan(record=rec, run=r, status="measured" if todo else "unchanged",
-                                 spec=measure_spec(rec, r, channels, options), todo=todo,
-                                 fields=[(w, i, paths[(w, i)]) for w, i in sorted(paths)]))
+            todo = [
+                FieldTask(w, i, paths[(w, i)], "measure")
+                for w, i in sorted(runs_db.unmeasured_run_fields(catalog, r.run_id, key))
+            ]
+            plans.append(
+                RunPlan(
+                    record=rec,
+                    run=r,
+                    status="measured" if todo else "unchanged",
+                    spec=measure_spec(rec, r, channels, options),
+                    todo=todo,
+                    fields=[(w, i, paths[(w, i)]) for w, i in sorted(paths)],
+                )
+            )
     if not plans:
         where = f"run {run!r}" if run else "the selected plates"
-        raise CatalogError(f"{catalog.path}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)")
+        raise CatalogError(
+            f"{catalog.path}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)"
+        )
     return plans
 
 

@@ -27,7 +27,12 @@ from hts.errors import CatalogError
 from hts.store.location import is_url
 
 __all__ = [
-    "MARKER", "check_output_path", "check_replaceable", "write_marker", "protected_paths", "spreadsheet_safe_sql",
+    "MARKER",
+    "check_output_path",
+    "check_replaceable",
+    "write_marker",
+    "protected_paths",
+    "spreadsheet_safe_sql",
     "spreadsheet_safe_table",
 ]
 
@@ -50,7 +55,9 @@ def protected_paths(catalog: Catalog, plates_dir: str | Path | None = None) -> l
     return out
 
 
-def check_output_path(path: str | Path, catalog: Catalog, *, option: str = "--out", plates_dir: str | Path | None = None) -> Path:
+def check_output_path(
+    path: str | Path, catalog: Catalog, *, option: str = "--out", plates_dir: str | Path | None = None
+) -> Path:
     """``path`` resolved; raises :class:`CatalogError` when writing there could touch the catalog or a plate store."""
     target = Path(path).expanduser().resolve()
     for p, what in protected_paths(catalog, plates_dir):
@@ -93,7 +100,9 @@ def check_replaceable(folder: Path, kind: str, *, overwrite: bool) -> None:
 def write_marker(folder: Path, kind: str) -> None:
     """Record every file under ``folder`` as written by hts (``kind``: export, report, ...)."""
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    (folder / MARKER).write_text(json.dumps({"kind": kind, "hts_version": __version__, "files": files}, indent=1) + "\n")
+    (folder / MARKER).write_text(
+        json.dumps({"kind": kind, "hts_version": __version__, "files": files}, indent=1) + "\n"
+    )
 
 
 def spreadsheet_safe_sql(con, query: str) -> str:

@@ -41,7 +41,16 @@ from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, to_ipc, write_part
 
-__all__ = ["FieldTask", "FieldSpec", "EngineSpec", "RunPlan", "ProgressFn", "execute_plans", "process_field", "measure_spec"]
+__all__ = [
+    "FieldTask",
+    "FieldSpec",
+    "EngineSpec",
+    "RunPlan",
+    "ProgressFn",
+    "execute_plans",
+    "process_field",
+    "measure_spec",
+]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -102,8 +111,13 @@ class RunPlan:
 def measure_spec(rec: PlateRecord, run: Run, plate_channels: list[str], options: MeasureOptions | None) -> FieldSpec:
     """What a worker needs to measure a run's fields (segmenting adds the engine)."""
     return FieldSpec(
-        store=rec.store_uri, plate_id=rec.plate_id, run_id=run.run_id, labels=dict(run.labels),
-        channel_names=list(plate_channels), pixel_size_um=float(run.pixel_size_um), measure=options,
+        store=rec.store_uri,
+        plate_id=rec.plate_id,
+        run_id=run.run_id,
+        labels=dict(run.labels),
+        channel_names=list(plate_channels),
+        pixel_size_um=float(run.pixel_size_um),
+        measure=options,
     )
 
 
@@ -204,8 +218,9 @@ def process_field(task: FieldTask, spec: FieldSpec) -> FieldResult:
     if eng is not None:
         # The field's label images, created here (in parallel) rather than by the client up front,
         # and created afresh: this task writes every time point of them.
-        levels = store.create_labels(task.path, list(spec.labels.values()), n_t=arr.shape[0], tile=spec.store_tile,
-                                     overwrite=True)
+        levels = store.create_labels(
+            task.path, list(spec.labels.values()), n_t=arr.shape[0], tile=spec.store_tile, overwrite=True
+        )
     for t in range(arr.shape[0]):
         planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
         if eng is not None:
@@ -227,8 +242,17 @@ def process_field(task: FieldTask, spec: FieldSpec) -> FieldResult:
     return res
 
 
-def _segment_time_point(eng: Engine, spec: FieldSpec, store: PlateStore, task: FieldTask, t: int, planes: np.ndarray,
-                        levels: Any, counts: dict[str, int], checks: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def _segment_time_point(
+    eng: Engine,
+    spec: FieldSpec,
+    store: PlateStore,
+    task: FieldTask,
+    t: int,
+    planes: np.ndarray,
+    levels: Any,
+    counts: dict[str, int],
+    checks: list[dict[str, Any]],
+) -> dict[str, np.ndarray]:
     """Segment one time point of a field, write its labels; add to ``counts`` and ``checks``."""
     es = spec.engine
     images = {role: planes[c] for role, c in es.channels.items()}
@@ -237,27 +261,39 @@ def _segment_time_point(eng: Engine, spec: FieldSpec, store: PlateStore, task: F
     except Exception as e:  # noqa: BLE001 - one field the engine cannot handle must not fail the plate
         res = SegmentResult({out: np.zeros(planes.shape[-2:], np.int32) for out in eng.outputs})
         why = str(e).splitlines()[0] if str(e) else ""
-        failed = {"check": "engine_failed", "output": eng.outputs[0],
-                  "message": f"{eng.name} failed on this field ({type(e).__name__}: {why}); stored with no objects"}
+        failed = {
+            "check": "engine_failed",
+            "output": eng.outputs[0],
+            "message": f"{eng.name} failed on this field ({type(e).__name__}: {why}); stored with no objects",
+        }
         if all(c["check"] != "engine_failed" for c in checks):
             checks.append(failed)
     names = spec.labels
     store.write_labels(
-        task.path, {names[out]: lab for out, lab in res.labels.items()}, t, levels=levels,
+        task.path,
+        {names[out]: lab for out, lab in res.labels.items()},
+        t,
+        levels=levels,
         properties={names[out]: p for out, p in res.properties.items() if out in res.labels} or None,
     )
     for out, n in res.counts().items():
         counts[out] = counts.get(out, 0) + n
     by_role = {role: spec.channel_names[c] for role, c in es.channels.items()}
-    for c in field_checks(images, res.labels, pixel_size_um=spec.pixel_size_um,
-                          nucleus_diameter_um=engine_nucleus_diameter_um(eng), channels=by_role):
+    for c in field_checks(
+        images,
+        res.labels,
+        pixel_size_um=spec.pixel_size_um,
+        nucleus_diameter_um=engine_nucleus_diameter_um(eng),
+        channels=by_role,
+    ):
         if all(c["check"] != k["check"] for k in checks):  # once per field, whatever the time points
             checks.append(c)
     return res.labels
 
 
-def _measure_time_point(spec: FieldSpec, task: FieldTask, t: int, labels: dict[str, np.ndarray],
-                        planes: np.ndarray) -> pa.Table:
+def _measure_time_point(
+    spec: FieldSpec, task: FieldTask, t: int, labels: dict[str, np.ndarray], planes: np.ndarray
+) -> pa.Table:
     """The cells of one time point of a field, with their plate, run, well, field and time keys."""
     channels = dict(zip(spec.channel_names, planes))
     tab = measure_field(labels, channels, pixel_size_um=spec.pixel_size_um, options=spec.measure)
@@ -266,4 +302,3 @@ def _measure_time_point(spec: FieldSpec, task: FieldTask, t: int, labels: dict[s
         tab = tab.add_column(i, k, pa.array([v] * tab.num_rows, pa.string()))
     tab = tab.add_column(3, "field_index", pa.array([task.field_index] * tab.num_rows, pa.int32()))
     return tab.add_column(4, "t", pa.array([t] * tab.num_rows, pa.int32()))
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,14 +97,20 @@ def run_qc(catalog: Catalog, plate: str, run_id: str, engine: str, metric: str) 
     zp, sm = z_prime(pos, neg), ssmd(pos, neg)
 
     def summary(a: np.ndarray) -> dict[str, float]:
-        return {"wells": int(len(a)), "mean": float(a.mean()) if len(a) else float("nan"), "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan")}
+        return {
+            "wells": int(len(a)),
+            "mean": float(a.mean()) if len(a) else float("nan"),
+            "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
+        }
 
     flagged_wells = []
     for role, members in groups.items():
         z = robust_z([m["value"] for m in members])
         for m, zz in zip(members, z):
             if np.isfinite(zz) and abs(zz) > CONTROL_OUTLIER_Z:
-                flagged_wells.append({"well": m["well"], "reason": f"{role} outlier (robust z {zz:+.1f})", "value": m["value"]})
+                flagged_wells.append(
+                    {"well": m["well"], "reason": f"{role} outlier (robust z {zz:+.1f})", "value": m["value"]}
+                )
     qc = catalog.query(
         "SELECT well, field_index, cell_count, focus_z, saturated_fraction_max, flags FROM field_qc WHERE run_id = ? ORDER BY well, field_index",
         [run_id],

@@ -7,7 +7,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from hts.catalog import Catalog
 from hts.catalog.db import _one_line, check_user_sql
 from hts.config import Workspace
 from hts.errors import CatalogError
@@ -38,8 +37,9 @@ def preset_sql(name: str) -> str:
     return path.read_text()
 
 
-def run_query(sql: str, *, workspace: Workspace, limit: int | None = None,
-              allow_read: list[str | Path] | tuple = ()) -> pa.Table:
+def run_query(
+    sql: str, *, workspace: Workspace, limit: int | None = None, allow_read: list[str | Path] | tuple = ()
+) -> pa.Table:
     """Run one query ``sql`` on the catalog; return the result as an Arrow table.
 
     What "read-only" guarantees (:meth:`~hts.catalog.Catalog.user_connection`):

@@ -11,7 +11,6 @@ by :mod:`hts.reports`. Files written under ``out`` (default ``reports/<plate>/``
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -140,7 +139,9 @@ def report(
     check_output_path(out_dir, catalog, plates_dir=workspace.plates_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    maps: list[tuple[str, list[dict[str, Any]]]] = [(v, well_metric(catalog, r.run_id, v)) for v in values or ["cell_count"]]
+    maps: list[tuple[str, list[dict[str, Any]]]] = [
+        (v, well_metric(catalog, r.run_id, v)) for v in values or ["cell_count"]
+    ]
     n_metrics = len(maps)  # well_stats values; the --sql column (not a catalog metric) comes after them
     if sql:
         maps.append(_sql_values(workspace, sql))
@@ -169,7 +170,9 @@ def _report_run(catalog: Catalog, rec: PlateRecord, run: str | None) -> Run:
         note = runs_db.unfinished_note(catalog, rec.plate_id)
         if run is None and note:
             raise CatalogError(f"plate {rec.name} has no finished segmentation run{note}")
-        raise CatalogError(f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)")
+        raise CatalogError(
+            f"plate {rec.name} has no segmentation run{f' {run!r}' if run else ''} (run `hts segment` first)"
+        )
     return runs[-1]
 
 
@@ -183,8 +186,20 @@ def _summary_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run) ->
     page.html.heading("Plate", 2)
     page.html.table(
         ["plate", "wells", "fields", "cells", "cells / well", "CV", "channels", "pixel (µm)", "engine", "run"],
-        [[rec.name, s["n_wells"], s["n_fields"], s["cell_count"], s["cells_per_well"], s["cv"],
-          ", ".join(catalog.channel_names(rec.plate_id)), rec.pixel_size_um[0], r.engine, r.run_id[:8]]],
+        [
+            [
+                rec.name,
+                s["n_wells"],
+                s["n_fields"],
+                s["cell_count"],
+                s["cells_per_well"],
+                s["cv"],
+                ", ".join(catalog.channel_names(rec.plate_id)),
+                rec.pixel_size_um[0],
+                r.engine,
+                r.run_id[:8],
+            ]
+        ],
     )
 
 
@@ -201,8 +216,17 @@ def _qc_section(page: _Page, qcs: list) -> None:
     if qc.flagged_fields:
         html.table(
             ["well", "field", "cells", "focus z", "saturated", "flags"],
-            [[f["well"], f["field_index"], f["cell_count"], f["focus_z"], f["saturated_fraction_max"], ", ".join(f["flags"])]
-             for f in qc.flagged_fields],
+            [
+                [
+                    f["well"],
+                    f["field_index"],
+                    f["cell_count"],
+                    f["focus_z"],
+                    f["saturated_fraction_max"],
+                    ", ".join(f["flags"]),
+                ]
+                for f in qc.flagged_fields
+            ],
             caption="Flagged fields (field_qc)",
         )
     if qc.flagged_wells:
@@ -215,20 +239,30 @@ def _maps_section(page: _Page, catalog: Catalog, rec: PlateRecord, maps: list, f
     page.html.heading("Plate maps", 2)
     for name, rows in maps:
         vals = {row["well"]: _finite(row["value"]) for row in rows}
-        png = page.save(f"heatmap_{_slug(name)}.png", plate_heatmap(
-            vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags))
+        png = page.save(
+            f"heatmap_{_slug(name)}.png",
+            plate_heatmap(vals, plate_type=rec.plate_type, title=f"{rec.name}: {name}", label=name, flags=flags),
+        )
         page.html.image(png, caption=f"{name} per well (red outline: flagged wells)")
     layout = catalog.query("SELECT well, concentration, unit, role FROM platemap WHERE plate_id = ?", [rec.plate_id])
     if layout:
         conc = {r["well"]: (math.log10(r["concentration"]) if r["concentration"] else float("nan")) for r in layout}
-        marks = {r["well"]: {"positive_control": "+", "negative_control": "−", "empty": "∅"}[r["role"]]
-                 for r in layout if r["role"] in ("positive_control", "negative_control", "empty")}
+        marks = {
+            r["well"]: {"positive_control": "+", "negative_control": "−", "empty": "∅"}[r["role"]]
+            for r in layout
+            if r["role"] in ("positive_control", "negative_control", "empty")
+        }
         unit = next((r["unit"] for r in layout if r["unit"]), None)
         label = f"log10 concentration ({unit})" if unit else "log10 concentration"
-        png = page.save("heatmap_layout_log10_concentration.png", plate_heatmap(
-            conc, plate_type=rec.plate_type, title=f"layout: {label}", label=label, marks=marks))
-        page.html.image(png, caption="Platemap: log10 concentration; + positive control, − negative control, ∅ empty "
-                                     "(hatched: no concentration)")
+        png = page.save(
+            "heatmap_layout_log10_concentration.png",
+            plate_heatmap(conc, plate_type=rec.plate_type, title=f"layout: {label}", label=label, marks=marks),
+        )
+        page.html.image(
+            png,
+            caption="Platemap: log10 concentration; + positive control, − negative control, ∅ empty "
+            "(hatched: no concentration)",
+        )
 
 
 def _dose_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, maps: list) -> None:
@@ -245,21 +279,44 @@ def _dose_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, maps:
     vehicle = [d for d in dose_rows if d["role"] == "negative_control"]
     for name, rows in maps:
         by_well = {row["well"]: _finite(row["value"]) for row in rows}
-        data = [{"compound": d["compound"], "concentration": d["concentration"], "value": by_well.get(d["well"], float("nan"))}
-                for d in dose_rows if d["role"] == "sample"]
+        data = [
+            {
+                "compound": d["compound"],
+                "concentration": d["concentration"],
+                "value": by_well.get(d["well"], float("nan")),
+            }
+            for d in dose_rows
+            if d["role"] == "sample"
+        ]
         compounds = sorted({d["compound"] for d in data})
         for c in compounds:  # the vehicle wells are every compound's zero dose
-            data += [{"compound": c, "concentration": 0.0, "value": by_well.get(v["well"], float("nan"))} for v in vehicle]
-        png = page.save(f"dose_{_slug(name)}.png", dose_response_plot(data, unit=unit, ylabel=name, title=f"{rec.name}: {name}"))
+            data += [
+                {"compound": c, "concentration": 0.0, "value": by_well.get(v["well"], float("nan"))} for v in vehicle
+            ]
+        png = page.save(
+            f"dose_{_slug(name)}.png", dose_response_plot(data, unit=unit, ylabel=name, title=f"{rec.name}: {name}")
+        )
         page.html.image(png, caption=f"{name}: wells and 4-parameter logistic fits")
         fits = []
         for c in compounds:
             pts = [(d["concentration"], d["value"]) for d in data if d["compound"] == c]
             fit = fit_4pl(np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float))
-            fits.append([c, fit["ec50"], fit["hill"], fit["bottom"], fit["top"], fit["r2"],
-                         "yes" if fit["ok"] else f"no ({fit.get('reason') or ''})"])
-        page.html.table(["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"], fits,
-                        caption=f"4PL fits of {name}")
+            fits.append(
+                [
+                    c,
+                    fit["ec50"],
+                    fit["hill"],
+                    fit["bottom"],
+                    fit["top"],
+                    fit["r2"],
+                    "yes" if fit["ok"] else f"no ({fit.get('reason') or ''})",
+                ]
+            )
+        page.html.table(
+            ["compound", f"EC50 ({unit})", "Hill", "bottom", "top", "R²", "fit usable"],
+            fits,
+            caption=f"4PL fits of {name}",
+        )
 
 
 def _shown_channels(channels: list[str], read: dict[str, str]) -> list[int]:
@@ -270,7 +327,9 @@ def _shown_channels(channels: list[str], read: dict[str, str]) -> list[int]:
     read_idx = [channels.index(c) for c in read.values() if c in channels]
     if any(channels[i].lower().startswith(BRIGHTFIELD_NAMES) for i in read_idx):
         return read_idx
-    return [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(range(len(channels)))
+    return [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(
+        range(len(channels))
+    )
 
 
 def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, picked: list[tuple[str, int]]) -> None:
@@ -279,7 +338,10 @@ def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, pi
     channels = catalog.channel_names(rec.plate_id)
     paths = catalog.field_paths(rec.plate_id)
     store = PlateStore(rec.store_uri)
-    roles = {x["well"]: x["role"] for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])}
+    roles = {
+        x["well"]: x["role"]
+        for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])
+    }
     shown = _shown_channels(channels, r.channels or {})
     tiles = []
     for well, idx in picked:
@@ -289,12 +351,17 @@ def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, pi
         pix = np.asarray(store.read_field(path.rsplit("/", 1)[0], idx)[0]).max(axis=1)
         labs = {out: np.asarray(store.read_labels(path, name)[0, 0, 0]) for out, name in r.labels.items()}
         title = f"{well} field {idx}" + (f" ({roles[well]})" if roles.get(well) else "")
-        png = page.save(f"overlay_{well}_{idx}.png", segmentation_overlay(
-            {channels[i]: pix[i] for i in shown}, labs, pixel_size_um=rec.pixel_size_um[0], title=title))
+        png = page.save(
+            f"overlay_{well}_{idx}.png",
+            segmentation_overlay(
+                {channels[i]: pix[i] for i in shown}, labs, pixel_size_um=rec.pixel_size_um[0], title=title
+            ),
+        )
         tiles.append(png)
     if tiles:
         page.html.heading("Segmentation", 2)
         # each overlay carries its own title; the sheet adds no second caption under it
         sheet = contact_sheet([("", png) for png in tiles], columns=min(len(tiles), 2))
-        page.html.image(sheet, caption=f"Label outlines ({', '.join(r.labels.values())}) on "
-                                       f"{', '.join(channels[i] for i in shown)}")
+        page.html.image(
+            sheet, caption=f"Label outlines ({', '.join(r.labels.values())}) on {', '.join(channels[i] for i in shown)}"
+        )

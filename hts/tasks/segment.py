@@ -45,8 +45,17 @@ from hts.tasks.plan import EngineSpec, FieldTask, ProgressFn, RunPlan, execute_p
 from hts.wells import PLATE_TYPES, parse_well_range
 
 __all__ = [
-    "SegmentReport", "SegmentOptions", "segment", "resolve_channels", "plate_pixel_size", "resolve_pixel_size",
-    "select_fields", "select_plates", "measure_options", "summarize_checks", "check_run_options",
+    "SegmentReport",
+    "SegmentOptions",
+    "segment",
+    "resolve_channels",
+    "plate_pixel_size",
+    "resolve_pixel_size",
+    "select_fields",
+    "select_plates",
+    "measure_options",
+    "summarize_checks",
+    "check_run_options",
 ]
 
 
@@ -69,14 +78,21 @@ class SegmentReport:
     pixel_size_um: float | None = None
     pixel_size_source: str | None = None  # option, metadata, estimated
     notes: list[str] = dataclasses.field(default_factory=list)  # one-line remarks for the user (estimated scale)
-    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # failed sanity checks, one per kind and channel
+    checks: list[dict[str, Any]] = dataclasses.field(
+        default_factory=list
+    )  # failed sanity checks, one per kind and channel
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def resolve_channels(
-    engine: type[Engine], plate_channels: list[str], given: dict[str, str] | None, *, plate: str, notes: list[str] | None = None,
+    engine: type[Engine],
+    plate_channels: list[str],
+    given: dict[str, str] | None,
+    *,
+    plate: str,
+    notes: list[str] | None = None,
 ) -> dict[str, str]:
     """Map each role of ``engine`` to a channel of the plate: given explicitly, else guessed from channel names.
 
@@ -98,7 +114,12 @@ def resolve_channels(
             continue
         taken = set(out.values())
         guess = next(
-            (c for g in spec.guess for c in plate_channels if c not in taken and (c.lower() == g or c.lower().startswith(g))),
+            (
+                c
+                for g in spec.guess
+                for c in plate_channels
+                if c not in taken and (c.lower() == g or c.lower().startswith(g))
+            ),
             None,
         )
         required = [r for r, sp in engine.roles.items() if sp.required]
@@ -106,8 +127,10 @@ def resolve_channels(
             # one channel, one role to fill: no doubt which (said once, so a wrong assumption is seen)
             guess = plate_channels[0]
             if notes is not None:
-                notes.append(f"plate {plate} has one channel, {guess}: used as the {role} channel of {engine.name} "
-                             f"(pass --channels {role}=NAME to say so)")
+                notes.append(
+                    f"plate {plate} has one channel, {guess}: used as the {role} channel of {engine.name} "
+                    f"(pass --channels {role}=NAME to say so)"
+                )
         if guess is not None:
             out[role] = guess
         elif spec.required:
@@ -192,14 +215,27 @@ def segment(
     with plate_locks(catalog, [(r.plate_id, r.name) for r in records], command=f"segment --engine {cls.name}") as lock:
         with catalog.session():
             plans, skipped = _plan_plates(catalog, records, probe, ref, o, measure)
-        seconds = execute_plans(catalog, plans, scheduler=workspace.scheduler, workers=workers,
-                                gpu=probe.device.startswith("cuda"), progress=progress, lock=lock)
+        seconds = execute_plans(
+            catalog,
+            plans,
+            scheduler=workspace.scheduler,
+            workers=workers,
+            gpu=probe.device.startswith("cuda"),
+            progress=progress,
+            lock=lock,
+        )
         with catalog.session():
             return [_report(catalog, plan, s) for plan, s in zip(plans, seconds)] + skipped
 
 
-def _plan_plates(catalog: Catalog, records: list[PlateRecord], probe: Engine, ref: EngineRef, o: SegmentOptions,
-                 measure: MeasureOptions | None) -> tuple[list[RunPlan], list[SegmentReport]]:
+def _plan_plates(
+    catalog: Catalog,
+    records: list[PlateRecord],
+    probe: Engine,
+    ref: EngineRef,
+    o: SegmentOptions,
+    measure: MeasureOptions | None,
+) -> tuple[list[RunPlan], list[SegmentReport]]:
     """A plan per plate; a plate that cannot be planned (no pixel size to be had, a missing channel) is
     skipped with its reason when several are segmented, and is the error when alone."""
     plans, skipped = [], []
@@ -209,10 +245,23 @@ def _plan_plates(catalog: Catalog, records: list[PlateRecord], probe: Engine, re
         except EngineError as e:
             if len(records) == 1:
                 raise
-            skipped.append(SegmentReport(
-                plate=rec.name, plate_id=rec.plate_id, run_id="", engine=probe.name, backend=probe.backend,
-                device=probe.device, status="skipped", fields_total=0, fields_segmented=0, objects={}, labels={},
-                seconds=0.0, notes=[str(e)]))
+            skipped.append(
+                SegmentReport(
+                    plate=rec.name,
+                    plate_id=rec.plate_id,
+                    run_id="",
+                    engine=probe.name,
+                    backend=probe.backend,
+                    device=probe.device,
+                    status="skipped",
+                    fields_total=0,
+                    fields_segmented=0,
+                    objects={},
+                    labels={},
+                    seconds=0.0,
+                    notes=[str(e)],
+                )
+            )
     if not plans:
         raise EngineError("; ".join(f"{r.plate}: {r.notes[0]}" for r in skipped))
     return plans, skipped
@@ -258,8 +307,13 @@ def plate_pixel_size(rec: PlateRecord, given: float | None) -> float:
 
 
 def resolve_pixel_size(
-    catalog: Catalog, rec: PlateRecord, probe: Engine, mapping: dict[str, str], plate_channels: list[str],
-    fields: list[tuple[str, int, str]], given: float | None,
+    catalog: Catalog,
+    rec: PlateRecord,
+    probe: Engine,
+    mapping: dict[str, str],
+    plate_channels: list[str],
+    fields: list[tuple[str, int, str]],
+    given: float | None,
 ) -> tuple[float, str, str | None]:
     """(µm per pixel, where it came from, a note for the user): ``given``, the plate's metadata, or estimated.
 
@@ -310,8 +364,9 @@ def select_fields(
     return selected, [(w, i, p) for (w, i), p in paths.items() if selected is None or w in selected]
 
 
-def _plan(catalog: Catalog, rec: PlateRecord, probe: Engine, ref: EngineRef, o: SegmentOptions,
-          measure: MeasureOptions | None) -> RunPlan:
+def _plan(
+    catalog: Catalog, rec: PlateRecord, probe: Engine, ref: EngineRef, o: SegmentOptions, measure: MeasureOptions | None
+) -> RunPlan:
     cls = type(probe)
     plate_channels = catalog.channel_names(rec.plate_id)
     notes: list[str] = []
@@ -327,45 +382,91 @@ def _plan(catalog: Catalog, rec: PlateRecord, probe: Engine, ref: EngineRef, o: 
         # recorded), not an error in every worker task
         PlateStore(rec.store_uri).check_writable(fields[0][2])
     run, status = runs_db.open_run(
-        catalog, draft, [(w, i) for w, i, _ in fields], overwrite=o.overwrite, plate_name=rec.name,
+        catalog,
+        draft,
+        [(w, i) for w, i, _ in fields],
+        overwrite=o.overwrite,
+        plate_name=rec.name,
         on_replaced=lambda old: remove_run_parts(rec.store_uri, old),
     )
     pending = runs_db.pending_run_fields(catalog, run.run_id)
     channel_index = {name: i for i, name in enumerate(plate_channels)}
     spec = dataclasses.replace(
         measure_spec(rec, run, plate_channels, measure),
-        engine=EngineSpec(name=str(ref), params=probe.params.model_dump(mode="json"), backend=probe.backend,
-                          device=probe.device, channels={role: channel_index[n] for role, n in mapping.items()},
-                          tile=o.tile, halo=o.halo),
-        pixel_size_um=px, store_tile=rec.tile_size,
+        engine=EngineSpec(
+            name=str(ref),
+            params=probe.params.model_dump(mode="json"),
+            backend=probe.backend,
+            device=probe.device,
+            channels={role: channel_index[n] for role, n in mapping.items()},
+            tile=o.tile,
+            halo=o.halo,
+        ),
+        pixel_size_um=px,
+        store_tile=rec.tile_size,
     )
     todo = [FieldTask(w, i, p, "segment") for w, i, p in fields if (w, i) in pending]
     if measure is not None:
         unmeasured = runs_db.unmeasured_run_fields(catalog, run.run_id, measure.key())
         todo += [FieldTask(w, i, p, "measure") for w, i, p in fields if (w, i) in unmeasured and (w, i) not in pending]
-    return RunPlan(record=rec, run=run, status=status, spec=spec, todo=todo, fields=fields,
-                   finish=bool(pending) or status != "unchanged", pixel_size_source=px_source,
-                   notes=notes + ([note] if note else []))
+    return RunPlan(
+        record=rec,
+        run=run,
+        status=status,
+        spec=spec,
+        todo=todo,
+        fields=fields,
+        finish=bool(pending) or status != "unchanged",
+        pixel_size_source=px_source,
+        notes=notes + ([note] if note else []),
+    )
 
 
-def _draft_run(rec: PlateRecord, probe: Engine, mapping: dict[str, str], selected: set[str] | None,
-               o: SegmentOptions, px: float, px_source: str) -> Run:
+def _draft_run(
+    rec: PlateRecord,
+    probe: Engine,
+    mapping: dict[str, str],
+    selected: set[str] | None,
+    o: SegmentOptions,
+    px: float,
+    px_source: str,
+) -> Run:
     """The run these options ask for; its key hashes everything that decides the labels."""
     cls = type(probe)
     suffix = f"_{o.label_suffix}" if o.label_suffix else ""
     labels = {out: f"{out}{suffix}" for out in cls.outputs}
     params = probe.params.model_dump(mode="json")
     key_doc = {
-        "engine": cls.name, "version": cls.version, "params": params, "channels": mapping,
-        "model": probe.model_sha256, "tile": o.tile, "halo": o.halo,
-        "wells": sorted(selected) if selected else None, "labels": labels, "pixel_size_um": px,
+        "engine": cls.name,
+        "version": cls.version,
+        "params": params,
+        "channels": mapping,
+        "model": probe.model_sha256,
+        "tile": o.tile,
+        "halo": o.halo,
+        "wells": sorted(selected) if selected else None,
+        "labels": labels,
+        "pixel_size_um": px,
     }
     return Run(
-        run_id=str(uuid.uuid4()), plate_id=rec.plate_id,
+        run_id=str(uuid.uuid4()),
+        plate_id=rec.plate_id,
         run_key=hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest(),
-        engine=cls.name, engine_version=cls.version, backend=probe.backend, device=probe.device, params=params,
-        channels=mapping, model_sha256=probe.model_sha256, labels=labels, wells=o.wells, tile_size=o.tile,
-        halo=o.halo, pixel_size_um=px, pixel_size_source=px_source, status="running", hts_version=__version__,
+        engine=cls.name,
+        engine_version=cls.version,
+        backend=probe.backend,
+        device=probe.device,
+        params=params,
+        channels=mapping,
+        model_sha256=probe.model_sha256,
+        labels=labels,
+        wells=o.wells,
+        tile_size=o.tile,
+        halo=o.halo,
+        pixel_size_um=px,
+        pixel_size_source=px_source,
+        status="running",
+        hts_version=__version__,
     )
 
 
@@ -402,8 +503,17 @@ def summarize_checks(failed: list[dict[str, Any]], n_fields: int) -> list[dict[s
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for c in failed:
         key = (c["check"], c.get("channel") or c.get("output") or "")
-        g = groups.setdefault(key, {"check": c["check"], "channel": c.get("channel"), "output": c.get("output"),
-                                    "fields": 0, "of": n_fields, "example": f"{c['well']}/{c['field_index']}",
-                                    "message": c["message"]})
+        g = groups.setdefault(
+            key,
+            {
+                "check": c["check"],
+                "channel": c.get("channel"),
+                "output": c.get("output"),
+                "fields": 0,
+                "of": n_fields,
+                "example": f"{c['well']}/{c['field_index']}",
+                "message": c["message"],
+            },
+        )
         g["fields"] += 1
     return list(groups.values())

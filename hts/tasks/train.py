@@ -130,11 +130,15 @@ class TrainData:
         if not 0 <= self.val_fraction < 1:
             raise EngineError(f"validation fraction {self.val_fraction} must be in [0, 1)")
         if (self.images is None) != (self.masks is None):
-            raise EngineError("--images and --masks go together: image files and their instance masks (same file stems)")
+            raise EngineError(
+                "--images and --masks go together: image files and their instance masks (same file stems)"
+            )
         if self.plate is None and self.masks is None:
             raise EngineError("no training data: give --plate PLATE --labels-from CHANNEL, or --images DIR --masks DIR")
         if self.plate is not None and not self.labels_from:
-            raise EngineError("--plate needs --labels-from CHANNEL: the stain the training targets are derived from (e.g. DAPI)")
+            raise EngineError(
+                "--plate needs --labels-from CHANNEL: the stain the training targets are derived from (e.g. DAPI)"
+            )
         if self.max_fields < 1:
             raise EngineError(f"--max-fields {self.max_fields}: must be at least 1")
 
@@ -230,7 +234,9 @@ def _plate_items(recipe, data: TrainData, *, workspace: Workspace, seed: int) ->
     plate_channels = catalog.channel_names(rec.plate_id)
     lower = {c.lower(): i for i, c in enumerate(plate_channels)}
     if labels_from.lower() not in lower:
-        raise EngineError(f"plate {rec.name} has no channel {labels_from!r}; its channels are: {', '.join(plate_channels)}")
+        raise EngineError(
+            f"plate {rec.name} has no channel {labels_from!r}; its channels are: {', '.join(plate_channels)}"
+        )
     stain_c = lower[labels_from.lower()]
     mapping = resolve_channels(engine_class(recipe.engine), plate_channels, dict(data.channels or {}), plate=rec.name)
     input_c = [lower[mapping[role].lower()] for role in recipe.inputs]
@@ -255,19 +261,36 @@ def _plate_items(recipe, data: TrainData, *, workspace: Workspace, seed: int) ->
         labels = {"nuclei": res.labels["nuclei"]}
         if "cells" in recipe.labels:
             labels["cells"] = res.labels["cells"]
-        items.append(_Raw(f"{rec.name}_{well}_{idx}", planes[input_c].astype(np.float32), labels, float(px),
-                          f"plate {rec.name} ({rec.store_uri}) well {well} field {idx}",
-                          {"well": well, "field": idx}))
-    info = {"plate": rec.name, "plate_id": rec.plate_id, "store": rec.store_uri, "wells": wells,
-            "fields_used": len(items), "channels": mapping, "labels_from": plate_channels[stain_c],
-            "pixel_size_um": px, "targets": "classic engine on " + plate_channels[stain_c]
-            + (f" (cells grown over {mapping['cytoplasm']})" if "cells" in recipe.labels else ""),
-            "classic_params": classic_params or {}}
+        items.append(
+            _Raw(
+                f"{rec.name}_{well}_{idx}",
+                planes[input_c].astype(np.float32),
+                labels,
+                float(px),
+                f"plate {rec.name} ({rec.store_uri}) well {well} field {idx}",
+                {"well": well, "field": idx},
+            )
+        )
+    info = {
+        "plate": rec.name,
+        "plate_id": rec.plate_id,
+        "store": rec.store_uri,
+        "wells": wells,
+        "fields_used": len(items),
+        "channels": mapping,
+        "labels_from": plate_channels[stain_c],
+        "pixel_size_um": px,
+        "targets": "classic engine on "
+        + plate_channels[stain_c]
+        + (f" (cells grown over {mapping['cytoplasm']})" if "cells" in recipe.labels else ""),
+        "classic_params": classic_params or {},
+    }
     return items, info
 
 
-def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
-                pixel_size_um: float | None) -> tuple[list[_Raw], dict[str, Any]]:
+def _mask_items(
+    recipe, *, images: Path, masks: Path, cells: Path | None, pixel_size_um: float | None
+) -> tuple[list[_Raw], dict[str, Any]]:
     from hts.tasks.evaluate import _key, _label_files, read_label_image
 
     for what, p in (("--images", images), ("--masks", masks), ("--cells", cells)):
@@ -288,13 +311,17 @@ def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
         if img.ndim == 2:
             img = img[None]
         if img.ndim != 3 or img.shape[0] != len(recipe.inputs):
-            raise EngineError(f"{p}: image of shape {img.shape}; {recipe.engine} takes {len(recipe.inputs)} channel(s) "
-                              f"({', '.join(recipe.inputs)}) as (C, Y, X)")
+            raise EngineError(
+                f"{p}: image of shape {img.shape}; {recipe.engine} takes {len(recipe.inputs)} channel(s) "
+                f"({', '.join(recipe.inputs)}) as (C, Y, X)"
+            )
         labels = {"nuclei": read_label_image(m)}
         if "cells" in recipe.labels:
             c = cell_files.get(p.stem) or cell_by_key.get(_key(p.stem))
             if c is None:
-                raise EngineError(f"{p}: {recipe.engine} trains on whole cells; no cell mask for it in {cells or '(give --cells DIR)'}")
+                raise EngineError(
+                    f"{p}: {recipe.engine} trains on whole cells; no cell mask for it in {cells or '(give --cells DIR)'}"
+                )
             labels["cells"] = read_label_image(c)
         for k, v in labels.items():
             if v.shape != img.shape[-2:]:
@@ -302,15 +329,26 @@ def _mask_items(recipe, *, images: Path, masks: Path, cells: Path | None,
         items.append(_Raw(p.stem, img, labels, pixel_size_um, str(p), {"mask": str(m)}))
     if not items:
         raise EngineError(f"no image of {images} has a mask of the same file stem in {masks}")
-    return items, {"images": str(images), "masks": str(masks), "cells": str(cells) if cells else None,
-                   "items": len(items), "pixel_size_um": pixel_size_um, "targets": "the given instance masks"}
+    return items, {
+        "images": str(images),
+        "masks": str(masks),
+        "cells": str(cells) if cells else None,
+        "items": len(items),
+        "pixel_size_um": pixel_size_um,
+        "targets": "the given instance masks",
+    }
 
 
 def _median_um(items: Sequence[_Raw], key: str) -> float | None:
     from hts.compute.train.training import median_diameter_px
 
-    ds = [d * it.pixel_size_um for it in items if it.pixel_size_um and key in it.labels
-          for d in [median_diameter_px(it.labels[key])] if d]
+    ds = [
+        d * it.pixel_size_um
+        for it in items
+        if it.pixel_size_um and key in it.labels
+        for d in [median_diameter_px(it.labels[key])]
+        if d
+    ]
     return float(np.median(ds)) if ds else None
 
 
@@ -333,8 +371,16 @@ def _calibrate_steps(cfg, samples, minutes: float) -> int:
     times = []
     for i in range(4):
         t0 = time.perf_counter()
-        x, t = T.make_batch(recipe, samples, rng, batch_size=cfg.batch_size, size=int(max(cfg.crop_sizes)),
-                            aug=cfg.augment, nucleus_radius_px=cfg.nucleus_radius_px, cell_radius_px=cfg.cell_radius_px)
+        x, t = T.make_batch(
+            recipe,
+            samples,
+            rng,
+            batch_size=cfg.batch_size,
+            size=int(max(cfg.crop_sizes)),
+            aug=cfg.augment,
+            nucleus_radius_px=cfg.nucleus_radius_px,
+            cell_radius_px=cfg.cell_radius_px,
+        )
         loss, _ = T.total_loss(recipe, T._forward(model, x, recipe, phase), t, phase)
         opt.zero_grad()
         loss.backward()
@@ -410,18 +456,31 @@ def train_engine(
         ckpt.unlink()
     best = result.metrics["best"].get(str(recipe.phases[-1]), {}).get("val_loss")
     return TrainReport(
-        engine=engine, out=str(out), status=status, steps_run=result.metrics["steps_run"], steps=cfg.steps,
-        best_val_loss=best, stopped_early=result.metrics["stopped_early"], timed_out=result.metrics["timed_out"],
-        seconds=round(time.monotonic() - t_start, 1), train_items=len(train_s), val_items=len(val_s),
-        pixel_size_um=scale.train_px, object_diameter_um=cfg.object_diameter_um,
-        nucleus_diameter_um=cfg.nucleus_diameter_um, cell_diameter_um=cfg.cell_diameter_um, metrics=metrics,
+        engine=engine,
+        out=str(out),
+        status=status,
+        steps_run=result.metrics["steps_run"],
+        steps=cfg.steps,
+        best_val_loss=best,
+        stopped_early=result.metrics["stopped_early"],
+        timed_out=result.metrics["timed_out"],
+        seconds=round(time.monotonic() - t_start, 1),
+        train_items=len(train_s),
+        val_items=len(val_s),
+        pixel_size_um=scale.train_px,
+        object_diameter_um=cfg.object_diameter_um,
+        nucleus_diameter_um=cfg.nucleus_diameter_um,
+        cell_diameter_um=cfg.cell_diameter_um,
+        metrics=metrics,
     )
 
 
 def _check_out(out: Path, ckpt: Path, options: TrainOptions) -> None:
     """Refuse to replace an engine folder unless told to (or resuming its run)."""
     if (out / "config.json").exists() and not options.overwrite and not (options.resume and ckpt.exists()):
-        raise EngineError(f"{out} already holds an engine; pass --overwrite to replace it (or --resume to continue its run)")
+        raise EngineError(
+            f"{out} already holds an engine; pass --overwrite to replace it (or --resume to continue its run)"
+        )
     if out.exists() and not out.is_dir():
         raise EngineError(f"{out}: exists and is not a folder")
 
@@ -441,8 +500,9 @@ def _load_items(
         got, info["plate"] = _plate_items(recipe, data, workspace=workspace, seed=seed)
         items += got
     if data.masks is not None:
-        got, info["masks"] = _mask_items(recipe, images=Path(data.images), masks=data.masks, cells=data.cells,
-                                         pixel_size_um=data.pixel_size_um)
+        got, info["masks"] = _mask_items(
+            recipe, images=Path(data.images), masks=data.masks, cells=data.cells, pixel_size_um=data.pixel_size_um
+        )
         items += got
     return items, info
 
@@ -478,8 +538,17 @@ def _split(items: Sequence[_Raw], scale: _Scale, val_fraction: float, *, seed: i
         if not px:  # unknown pixel size: scale so that the median nucleus has the measured (or assumed) size
             d = median_diameter_px(it.labels["nuclei"])
             px = scale.nucleus_um / d if d else scale.train_px
-        samples.append(make_sample(it.name, it.image, it.labels, pixel_size_um=px, train_pixel_um=scale.train_px,
-                                   source=it.source, meta={**it.meta, "pixel_size_um": px}))
+        samples.append(
+            make_sample(
+                it.name,
+                it.image,
+                it.labels,
+                pixel_size_um=px,
+                train_pixel_um=scale.train_px,
+                source=it.source,
+                meta={**it.meta, "pixel_size_um": px},
+            )
+        )
     n = len(samples)
     n_val = 0 if n < 2 or val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
     train_s, val_s = split_samples(samples, [(n - n_val) / n, n_val / n], seed=seed, key=lambda s: s.name)
@@ -492,9 +561,12 @@ def _train_config(engine: str, recipe, scale: _Scale, options: TrainOptions):
 
     nuc_um, cell_um = scale.nucleus_um, scale.cell_um
     cfg = T.TrainConfig(
-        engine=engine, pixel_size_um=scale.train_px,
-        object_diameter_um=round(cell_um if cell_um else nuc_um, 3), nucleus_diameter_um=round(nuc_um, 3),
-        cell_diameter_um=round(cell_um, 3) if cell_um else None, seed=options.seed,
+        engine=engine,
+        pixel_size_um=scale.train_px,
+        object_diameter_um=round(cell_um if cell_um else nuc_um, 3),
+        nucleus_diameter_um=round(nuc_um, 3),
+        cell_diameter_um=round(cell_um, 3) if cell_um else None,
+        seed=options.seed,
         time_limit_s=options.minutes * 60.0 if options.minutes else None,
         augment=T.Augment(invert_p=0.2) if "brightfield" in recipe.inputs else T.Augment(),
     )
@@ -552,29 +624,47 @@ def _write_folder(out: Path, run: _Run) -> dict[str, Any]:
     cfg, result, data, command = run.cfg, run.result, run.data, run.command
     T.save_engine_model(out, result, extra={"trained_with": f"hts train (hts {__version__})"})
     metrics = _validate(out, run.recipe, run.val_s or run.train_s, held_out=bool(run.val_s))
-    manifest = {"engine": run.engine, "data": data, "config": cfg.to_dict(), "command": command,
-                "train": [_entry(s) for s in run.train_s], "validation": [_entry(s) for s in run.val_s]}
-    summary = {**result.metrics, "status": run.status, "pixel_size_um": run.scale.train_px,
-               "object_diameter_um": cfg.object_diameter_um, "nucleus_diameter_um": cfg.nucleus_diameter_um,
-               "cell_diameter_um": cfg.cell_diameter_um, "object_size_measured": run.scale.measured, "data": data,
-               "command": command}
+    manifest = {
+        "engine": run.engine,
+        "data": data,
+        "config": cfg.to_dict(),
+        "command": command,
+        "train": [_entry(s) for s in run.train_s],
+        "validation": [_entry(s) for s in run.val_s],
+    }
+    summary = {
+        **result.metrics,
+        "status": run.status,
+        "pixel_size_um": run.scale.train_px,
+        "object_diameter_um": cfg.object_diameter_um,
+        "nucleus_diameter_um": cfg.nucleus_diameter_um,
+        "cell_diameter_um": cfg.cell_diameter_um,
+        "object_size_measured": run.scale.measured,
+        "data": data,
+        "command": command,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
     (out / "training.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "CARD.md").write_text(_card(run.engine, cfg, result, data, metrics, run.train_s, run.val_s,
-                                       run.scale.measured, command))
+    (out / "CARD.md").write_text(
+        _card(run.engine, cfg, result, data, metrics, run.train_s, run.val_s, run.scale.measured, command)
+    )
     return metrics
 
 
 def _entry(s) -> dict[str, Any]:
-    return {"name": s.name, "source": s.source, "shape": list(s.shape),
-            **{k: v for k, v in s.meta.items() if k in ("well", "field", "mask", "pixel_size_um")}}
+    return {
+        "name": s.name,
+        "source": s.source,
+        "shape": list(s.shape),
+        **{k: v for k, v in s.meta.items() if k in ("well", "field", "mask", "pixel_size_um")},
+    }
 
 
 def _validate(out: Path, recipe, samples, *, held_out: bool) -> dict[str, Any]:
     """The trained engine (from its folder, post-processing included) against the targets of ``samples``."""
-    from hts.compute.segment.engines import engine_class, segment_field
     from hts.compute.analysis.metrics import pool, score_image
+    from hts.compute.segment.engines import engine_class, segment_field
 
     eng = engine_class(out)(backend="torch", device="cpu")
     per: dict[str, list] = {k: [] for k in recipe.labels}
@@ -583,14 +673,28 @@ def _validate(out: Path, recipe, samples, *, held_out: bool) -> dict[str, Any]:
         res = segment_field(eng, images, pixel_size_um=s.pixel_size_um)
         for k in recipe.labels:
             per[k].append({"name": s.name, **score_image(s.labels[k], res.labels[k])})
-    keep = ("images", "n_true", "n_pred", "ap", "ap50", "ap75", "f1", "precision", "recall", "mean_matched_iou",
-            "splits", "merges")
+    keep = (
+        "images",
+        "n_true",
+        "n_pred",
+        "ap",
+        "ap50",
+        "ap75",
+        "f1",
+        "precision",
+        "recall",
+        "mean_matched_iou",
+        "splits",
+        "merges",
+    )
     return {
         "set": "validation" if held_out else "training (no held-out items: fewer than 2)",
         "note": "the trained engine through its post-processing against the training targets of these items; "
-                "counts pooled over the items (hts.compute.analysis.metrics)",
-        **{k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in pool(v).items() if kk in keep}
-           for k, v in per.items()},
+        "counts pooled over the items (hts.compute.analysis.metrics)",
+        **{
+            k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in pool(v).items() if kk in keep}
+            for k, v in per.items()
+        },
     }
 
 
@@ -601,30 +705,40 @@ def _card(engine, cfg, result, data, metrics, train_s, val_s, measured, command)
     m = result.metrics
     best = m["best"].get(str(recipe.phases[-1]), {})
     lines = [
-        f"# {engine} — model card (trained with `hts train`)", "",
+        f"# {engine} — model card (trained with `hts train`)",
+        "",
         "**Status: a lab-trained model.** This card was written by `hts train` from the facts of the run; "
-        "add what the numbers below cannot say (what the images show, known failure modes).", "",
+        "add what the numbers below cannot say (what the images show, known failure modes).",
+        "",
         "## Architecture",
         f"- `{recipe.arch}` {json.dumps(recipe.arch_config(cfg.arch_config))}; **{m['parameters']:,} parameters**.",
-        f"- Heads: {', '.join(h['name'] for h in recipe.heads)}; post-processing: the `{engine}` engine's.", "",
+        f"- Heads: {', '.join(h['name'] for h in recipe.heads)}; post-processing: the `{engine}` engine's.",
+        "",
         "## Inputs and scale",
         f"- Input roles in order: {', '.join(recipe.inputs)}; normalization percentiles {list(cfg.normalization)}.",
         f"- Training pixel size **{cfg.pixel_size_um} µm**; median nucleus **{cfg.nucleus_diameter_um} µm**"
         + (f", median cell **{cfg.cell_diameter_um} µm**" if cfg.cell_diameter_um else "")
         + (" (measured on the training targets)." if measured else " (assumed: no pixel size was known)."),
-        "  `hts segment` rescales every plate by its pixel size / this one.", "",
+        "  `hts segment` rescales every plate by its pixel size / this one.",
+        "",
         "## Training data",
     ]
     if "plate" in data:
         p = data["plate"]
-        lines.append(f"- Plate **{p['plate']}** (`{p['store']}`), wells {p['wells'] or 'all'}: {p['fields_used']} fields "
-                     f"at {p['pixel_size_um']} µm/px; inputs {json.dumps(p['channels'])}; targets: {p['targets']}.")
+        lines.append(
+            f"- Plate **{p['plate']}** (`{p['store']}`), wells {p['wells'] or 'all'}: {p['fields_used']} fields "
+            f"at {p['pixel_size_um']} µm/px; inputs {json.dumps(p['channels'])}; targets: {p['targets']}."
+        )
     if "masks" in data:
         d = data["masks"]
-        lines.append(f"- {d['items']} images of `{d['images']}` with instance masks of `{d['masks']}`"
-                     + (f" and cell masks of `{d['cells']}`" if d["cells"] else "") + ".")
+        lines.append(
+            f"- {d['items']} images of `{d['images']}` with instance masks of `{d['masks']}`"
+            + (f" and cell masks of `{d['cells']}`" if d["cells"] else "")
+            + "."
+        )
     lines += [
-        f"- {len(train_s)} training and {len(val_s)} validation items (seed {cfg.seed}); every item is in `manifest.json`.", "",
+        f"- {len(train_s)} training and {len(val_s)} validation items (seed {cfg.seed}); every item is in `manifest.json`.",
+        "",
         "## Training run",
         f"- {m['steps_run']} of {cfg.steps} steps in {m['elapsed_s']} s on {m['threads']} CPU thread(s); "
         f"batch {cfg.batch_size}, crops {list(cfg.crop_sizes)}, Adam lr {cfg.lr}.",
@@ -633,17 +747,28 @@ def _card(engine, cfg, result, data, metrics, train_s, val_s, measured, command)
     ]
     if command:
         lines += ["", "Command:", "```", command, "```"]
-    lines += ["", f"## Accuracy ({metrics['set']})",
-              "The engine (post-processing included) against the targets of those items; AP = TP / (TP + FP + FN).", "",
-              "| output | images | objects (true) | predicted | AP 0.5:0.95 | AP@0.5 | F1@0.5 | mean matched IoU |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Accuracy ({metrics['set']})",
+        "The engine (post-processing included) against the targets of those items; AP = TP / (TP + FP + FN).",
+        "",
+        "| output | images | objects (true) | predicted | AP 0.5:0.95 | AP@0.5 | F1@0.5 | mean matched IoU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for k in recipe.labels:
         r = metrics[k]
-        lines.append(f"| {k} | {r['images']} | {r['n_true']} | {r['n_pred']} | {r['ap']:.3f} | {r['ap50']:.3f} | "
-                     f"{r['f1']:.3f} | {r['mean_matched_iou']:.3f} |")
-    lines += ["", "## Limitations",
-              "- Targets derived from a stain by the classic engine carry its mistakes (merged clusters, missed dim nuclei)."
-              if "plate" in data else "- As good as the masks it was trained on.",
-              "- Validated only against the same kind of targets it was trained on; score it on annotated images with "
-              "`hts evaluate` before relying on it.", ""]
+        lines.append(
+            f"| {k} | {r['images']} | {r['n_true']} | {r['n_pred']} | {r['ap']:.3f} | {r['ap50']:.3f} | "
+            f"{r['f1']:.3f} | {r['mean_matched_iou']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Limitations",
+        "- Targets derived from a stain by the classic engine carry its mistakes (merged clusters, missed dim nuclei)."
+        if "plate" in data
+        else "- As good as the masks it was trained on.",
+        "- Validated only against the same kind of targets it was trained on; score it on annotated images with "
+        "`hts evaluate` before relying on it.",
+        "",
+    ]
     return "\n".join(lines)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CELLOMICS, ND2_MULTI
 from typer.testing import CliRunner
 
-from conftest import CELLOMICS, ND2_MULTI
 from hts import __version__
 from hts.cli.common import os_error_line
 from hts.cli.main import app
@@ -97,7 +97,10 @@ def test_errors_are_one_line_without_traceback(args, message):
     [
         (FileNotFoundError(2, "No such file or directory", "/data/x.zarr"), "/data/x.zarr: No such file or directory"),
         (OSError(18, "Invalid cross-device link", "/a", None, "/b"), "/a -> /b: Invalid cross-device link"),
-        (ConnectionError("Cannot connect to host s3.example:443\nmore detail"), "Cannot connect to host s3.example:443"),
+        (
+            ConnectionError("Cannot connect to host s3.example:443\nmore detail"),
+            "Cannot connect to host s3.example:443",
+        ),
         (TimeoutError(), "TimeoutError"),  # fsspec's FSTimeoutError carries no message
     ],
 )
@@ -164,7 +167,11 @@ def test_query_formats_and_errors(tmp_path):
     assert run("ingest", str(CELLOMICS)).exit_code == 0
     r = run("query", "SELECT name, channel_index FROM channels ORDER BY channel_index", "--format", "json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == [{"name": "d0", "channel_index": 0}, {"name": "d1", "channel_index": 1}, {"name": "d2", "channel_index": 2}]
+    assert json.loads(r.output) == [
+        {"name": "d0", "channel_index": 0},
+        {"name": "d1", "channel_index": 1},
+        {"name": "d2", "channel_index": 2},
+    ]
     r = run("query", "SELECT well, n_fields FROM wells", "--format", "csv")
     assert r.output.splitlines() == ['"well","n_fields"', '"D03",1']
     out_file = tmp_path / "fields.parquet"

@@ -95,8 +95,27 @@ def test_train_then_evaluate_the_trained_engine(app, tmp_path):
         tifffile.imwrite(imgs / f"f{s}.tif", f.image[0])
         tifffile.imwrite(masks / f"f{s}.tif", f.nuclei.astype(np.uint16))
     out = tmp_path / "eng"
-    args = ["train", "--engine", "nuclei", "--out", str(out), "--images", str(imgs), "--masks", str(masks),
-            "--pixel-size", "0.65", "--steps", "2", "--batch-size", "2", "--base", "4", "--depth", "2"]
+    args = [
+        "train",
+        "--engine",
+        "nuclei",
+        "--out",
+        str(out),
+        "--images",
+        str(imgs),
+        "--masks",
+        str(masks),
+        "--pixel-size",
+        "0.65",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--base",
+        "4",
+        "--depth",
+        "2",
+    ]
     r = runner.invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
@@ -128,9 +147,29 @@ def test_train_then_evaluate_the_trained_engine(app, tmp_path):
     assert json.loads(r.output)["overall"]["images"] == 1
     r = runner.invoke(app, [*ev, "--db", str(tmp_path / "other.duckdb")])
     assert r.exit_code == 1 and r.output.startswith("error:") and "other.duckdb" in r.output
-    r = runner.invoke(app, ["train", "--engine", "nuclei", "--out", str(tmp_path / "from-plate"), "--plate", "DEMO-PLATE",
-                            "--labels-from", "DAPI", "--steps", "2", "--batch-size", "2", "--base", "4", "--depth", "2",
-                            "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--engine",
+            "nuclei",
+            "--out",
+            str(tmp_path / "from-plate"),
+            "--plate",
+            "DEMO-PLATE",
+            "--labels-from",
+            "DAPI",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--base",
+            "4",
+            "--depth",
+            "2",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["train_items"] == 1
 

@@ -46,7 +46,9 @@ def test_docs_cli_md_is_up_to_date(reference: str):
     assert DOCS_CLI.is_file(), f"docs/cli.md is missing: run `{REGENERATE}`"
     on_disk = DOCS_CLI.read_text(encoding="utf-8")
     diff = "".join(
-        list(difflib.unified_diff(on_disk.splitlines(True), reference.splitlines(True), "docs/cli.md", "cli_reference()"))[:60]
+        list(
+            difflib.unified_diff(on_disk.splitlines(True), reference.splitlines(True), "docs/cli.md", "cli_reference()")
+        )[:60]
     )
     assert on_disk == reference, f"docs/cli.md is out of date: run `{REGENERATE}`\n{diff}"
 
@@ -160,7 +162,9 @@ class Shape(str, enum.Enum):
 
 
 def _toy_app() -> typer.Typer:
-    toy = typer.Typer(name="toy", help="A [bold]toy[/] app.\n\nSecond paragraph.", rich_markup_mode="rich", add_completion=False)
+    toy = typer.Typer(
+        name="toy", help="A [bold]toy[/] app.\n\nSecond paragraph.", rich_markup_mode="rich", add_completion=False
+    )
 
     @toy.callback()
     def _root(verbose: Annotated[bool, typer.Option("--verbose", "-V", help="Talk more.")] = False) -> None:
@@ -168,17 +172,28 @@ def _toy_app() -> typer.Typer:
 
     @toy.command()
     def run(
-        plates: Annotated[Optional[list[str]], typer.Argument(help="Plates. Default: all of them.", show_default=False)] = None,
+        plates: Annotated[
+            Optional[list[str]], typer.Argument(help="Plates. Default: all of them.", show_default=False)
+        ] = None,
         shape: Annotated[Shape, typer.Option("--shape", "-s", help="Object shape.")] = Shape.round,
         size: Annotated[int, typer.Option("--size", min=8, max=64, help="Tile size | pixels.")] = 16,
-        tag: Annotated[Optional[list[str]], typer.Option("--tag", help="A tag (repeatable).", show_default=False)] = None,
-        cache: Annotated[Path, typer.Option("--cache", help="Cache folder (default: ~/.cache/toy).")] = Path.home() / ".cache" / "toy",
+        tag: Annotated[
+            Optional[list[str]], typer.Option("--tag", help="A tag (repeatable).", show_default=False)
+        ] = None,
+        cache: Annotated[Path, typer.Option("--cache", help="Cache folder (default: ~/.cache/toy).")] = Path.home()
+        / ".cache"
+        / "toy",
         store: Annotated[Path, typer.Option("--store", help="Store folder.")] = Path.home() / "store",
-        scratch: Annotated[Path, typer.Option("--scratch", help="Scratch folder.")] = Path(tempfile.gettempdir()) / "toy",
+        scratch: Annotated[Path, typer.Option("--scratch", help="Scratch folder.")] = Path(tempfile.gettempdir())
+        / "toy",
         threads: Annotated[int, typer.Option("--threads", help="Threads per worker.")] = os.cpu_count() or 1,
         per_core: Annotated[int, typer.Option("--per-core", help="Tasks per core (a literal, not the CPU count).")] = 2,
-        workers: Annotated[int, typer.Option("--workers", help="Worker processes (default: one per core).")] = os.cpu_count() or 1,
-        token: Annotated[str, typer.Option("--token", envvar="TOY_TOKEN", help="API token.", show_default="from TOY_TOKEN")] = "",
+        workers: Annotated[
+            int, typer.Option("--workers", help="Worker processes (default: one per core).")
+        ] = os.cpu_count() or 1,
+        token: Annotated[
+            str, typer.Option("--token", envvar="TOY_TOKEN", help="API token.", show_default="from TOY_TOKEN")
+        ] = "",
         fast: Annotated[bool, typer.Option("--fast/--slow", help="Speed.")] = True,
         secret: Annotated[int, typer.Option("--secret", hidden=True, help="Not for users.")] = 3,
     ) -> None:

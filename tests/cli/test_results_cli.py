@@ -65,14 +65,25 @@ def test_measure_qc_presets_and_export(segmented, tmp_path):
     assert rep["cells"] == m["cells"] and rep["wells"] == 12 and rep["plates"] == ["DEMO-PLATE"]
     cells = pl.scan_parquet(str(out / "cells" / "**" / "*.parquet"), hive_partitioning=True).collect()
     assert cells.height == m["cells"] and cells["Metadata_Well"].n_unique() == 12
-    assert {"Metadata_Plate", "Metadata_Site", "Metadata_Compound", "Metadata_ObjectNumber", "Nuclei_AreaShape_Area"} <= set(cells.columns)
+    assert {
+        "Metadata_Plate",
+        "Metadata_Site",
+        "Metadata_Compound",
+        "Metadata_ObjectNumber",
+        "Nuclei_AreaShape_Area",
+    } <= set(cells.columns)
     # identifiers and coordinates are metadata, not features (pycytominer infers features from the prefixes)
     assert {"Metadata_Nuclei_ObjectNumber", "Metadata_Location_Center_X"} <= set(cells.columns)
     assert not {"ObjectNumber", "Nuclei_ObjectNumber", "Location_Center_X"} & set(cells.columns)
     one = next((out / "cells").rglob("*.parquet"))
     assert "Metadata_Well" in pq.read_schema(one).names  # a single file still knows its well
     assert ds.dataset(str(out / "cells"), format="parquet", partitioning="hive").count_rows() == m["cells"]
-    assert sorted(p.name for p in out.iterdir()) == [".hts-output.json", "cells", "fields_qc", "wells"]  # a folder per table
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".hts-output.json",
+        "cells",
+        "fields_qc",
+        "wells",
+    ]  # a folder per table
     wells = pl.read_parquet(out / "wells" / "wells.parquet")
     assert wells.height == 12 and "Cells_AreaShape_Area_median" in wells.columns
     assert pl.read_parquet(out / "fields_qc" / "fields_qc.parquet").height == 12

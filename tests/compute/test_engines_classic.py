@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage.metrics import contingency_table
-
 from conftest import DATA
+from skimage.metrics import contingency_table
 
 from hts.compute.segment.engines import EngineError, engine_class, engines, segment_field
 from hts.compute.segment.tiling import tile_grid
@@ -106,7 +105,9 @@ def test_foci_assigned_to_cells_with_axis_position():
     foci_img += rng.normal(0, 10, foci_img.shape)
     eng = engine_class("foci")()
     res = segment_field(
-        eng, {"nucleus": f.image[0], "cytoplasm": f.image[1], "foci": foci_img.clip(0, 65535).astype(np.uint16)}, pixel_size_um=0.65
+        eng,
+        {"nucleus": f.image[0], "cytoplasm": f.image[1], "foci": foci_img.clip(0, 65535).astype(np.uint16)},
+        pixel_size_um=0.65,
     )
     foci, cells = res.labels["foci"], res.labels["cells"]
     props = res.properties["foci"]
@@ -131,7 +132,9 @@ def _h_maxima_by_object(surface, mask, h):
     out = np.zeros(mask.shape, bool)
     for i, sl in enumerate(ndi.find_objects(comps), start=1):
         own = comps[sl] == i
-        out[sl] |= h_maxima(np.pad(np.where(own, surface[sl], 0).astype(np.float32), 1), h)[1:-1, 1:-1].astype(bool) & own
+        out[sl] |= (
+            h_maxima(np.pad(np.where(own, surface[sl], 0).astype(np.float32), 1), h)[1:-1, 1:-1].astype(bool) & own
+        )
     return out
 
 

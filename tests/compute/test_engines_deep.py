@@ -15,12 +15,12 @@ import tifffile
 import torch
 from skimage.transform import resize
 
-from hts.compute.train import training as T
-from hts.synth.samples import synthetic_samples
 from hts.compute.segment.backends import ModelSpec, _file_sha256
 from hts.compute.segment.engines import engine_class, segment_field
+from hts.compute.train import training as T
 from hts.resources import data_dir
 from hts.synth import synth_field
+from hts.synth.samples import synthetic_samples
 
 DATA = Path(__file__).parents[1] / "data"
 DSB_IMG = DATA / "nuclei_gt" / "dsb2018_img2d.tif"
@@ -93,7 +93,9 @@ def test_nuclei_on_heldout_dsb2018(dsb, torch_engines: dict):
 
 
 def test_brightfield_unet_on_synthetic(field, torch_engines: dict):
-    labels = segment_field(torch_engines["brightfield-unet"], {"brightfield": field.image[2]}, pixel_size_um=0.65).labels["nuclei"]
+    labels = segment_field(
+        torch_engines["brightfield-unet"], {"brightfield": field.image[2]}, pixel_size_um=0.65
+    ).labels["nuclei"]
     assert f1(field.nuclei, labels) > BF_SYN_F1_FLOOR
 
 
@@ -119,7 +121,9 @@ def test_cytoplasm_whole_cells_on_real_phase_contrast(torch_engines: dict):
 
 def test_cytoplasm_and_fpf_cells_on_synthetic(field, torch_engines: dict):
     cyt = segment_field(torch_engines["cytoplasm"], {"cytoplasm": field.image[1]}, pixel_size_um=0.65).labels
-    fpf = segment_field(torch_engines["fpf"], {"nucleus": field.image[0], "cytoplasm": field.image[1]}, pixel_size_um=0.65).labels
+    fpf = segment_field(
+        torch_engines["fpf"], {"nucleus": field.image[0], "cytoplasm": field.image[1]}, pixel_size_um=0.65
+    ).labels
     assert f1(field.cells, cyt["cells"]) > CYTO_CELL_F1_FLOOR
     assert f1(field.cells, fpf["cells"]) > FPF_CELL_F1_FLOOR
     assert f1(field.cells, fpf["cells"]) > f1(field.cells, cyt["cells"])  # the nucleus channel helps
@@ -150,7 +154,9 @@ def test_tta_gives_a_similar_result(dsb):
     img, gt, px = dsb
     crop, truth = img[:256, :256], gt[:256, :256]
     plain = segment_field(engine_class("nuclei")(backend="torch"), {"nucleus": crop}, pixel_size_um=px).labels["nuclei"]
-    tta = segment_field(engine_class("nuclei")({"tta": True}, backend="torch"), {"nucleus": crop}, pixel_size_um=px).labels["nuclei"]
+    tta = segment_field(
+        engine_class("nuclei")({"tta": True}, backend="torch"), {"nucleus": crop}, pixel_size_um=px
+    ).labels["nuclei"]
     assert abs(n_objects(tta) - n_objects(plain)) <= max(2, 0.1 * n_objects(plain))
     assert f1(truth, tta) > f1(truth, plain) - 0.05
     assert f1(plain, tta) > 0.85
@@ -187,7 +193,9 @@ def test_samples_are_normalized_and_rescaled_like_inference():
     s = T.make_sample("x", f.image, {"nuclei": f.nuclei}, pixel_size_um=0.325, train_pixel_um=0.65)
     assert s.image.shape == (1, 64, 64) and s.labels["nuclei"].shape == (64, 64)
     lo, hi = np.percentile(f.image[0][::2, ::2], [1, 99.8])
-    ref = resize((f.image[0].astype(np.float32) - lo) / (hi - lo), (64, 64), order=1, anti_aliasing=True, preserve_range=True)
+    ref = resize(
+        (f.image[0].astype(np.float32) - lo) / (hi - lo), (64, 64), order=1, anti_aliasing=True, preserve_range=True
+    )
     np.testing.assert_allclose(s.image[0], ref, atol=1e-4)
     rng = np.random.default_rng(0)
     x, t = T.make_batch(T.RECIPES["nuclei"], [s], rng, batch_size=2, size=48, aug=T.Augment(), nucleus_radius_px=9.0)
@@ -196,8 +204,19 @@ def test_samples_are_normalized_and_rescaled_like_inference():
 
 
 def _tiny_config(**kw) -> T.TrainConfig:
-    return T.TrainConfig(engine="nuclei", arch_config={"base": 4, "depth": 2}, steps=8, batch_size=2, crop_sizes=(64,),
-                         val_crop=64, val_every=4, warmup=2, patience=100, threads=1, **kw)
+    return T.TrainConfig(
+        engine="nuclei",
+        arch_config={"base": 4, "depth": 2},
+        steps=8,
+        batch_size=2,
+        crop_sizes=(64,),
+        val_crop=64,
+        val_every=4,
+        warmup=2,
+        patience=100,
+        threads=1,
+        **kw,
+    )
 
 
 def test_training_smoke_writes_a_loadable_engine_folder(tmp_path: Path):
@@ -233,27 +252,53 @@ def test_training_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path
         T.train(_tiny_config(), samples[:1], samples[1:], checkpoint=ckpt, callback=stop_at_6)
     assert torch.load(ckpt, weights_only=False)["step"] == 4  # written at the validation of step 4
     steps: list[int] = []
-    resumed = T.train(_tiny_config(), samples[:1], samples[1:], checkpoint=ckpt,
-                      callback=lambda ev: ev["event"] == "step" and steps.append(ev["step"]))
+    resumed = T.train(
+        _tiny_config(),
+        samples[:1],
+        samples[1:],
+        checkpoint=ckpt,
+        callback=lambda ev: ev["event"] == "step" and steps.append(ev["step"]),
+    )
     assert steps == [5, 6, 7, 8] and resumed.metrics["steps_run"] == 8
     straight = T.train(_tiny_config(), samples[:1], samples[1:])
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v)
     # other settings: the checkpoint is not reused
     steps.clear()
-    T.train(_tiny_config(lr=1e-3), samples[:1], samples[1:], checkpoint=ckpt,
-            callback=lambda ev: ev["event"] == "step" and steps.append(ev["step"]))
+    T.train(
+        _tiny_config(lr=1e-3),
+        samples[:1],
+        samples[1:],
+        checkpoint=ckpt,
+        callback=lambda ev: ev["event"] == "step" and steps.append(ev["step"]),
+    )
     assert steps[0] == 1
 
 
 def test_fpf_trains_in_two_phases(tmp_path: Path):
     samples = synthetic_samples([1, 2], recipe="fpf", channels=("DAPI", "GFP"), shape=(128, 128))
-    cfg = T.TrainConfig(engine="fpf", arch_config={"base": 4, "depth": 2}, steps=6, batch_size=2, crop_sizes=(64,),
-                        val_crop=64, val_every=3, warmup=1, cell_diameter_um=25.0, threads=1)
+    cfg = T.TrainConfig(
+        engine="fpf",
+        arch_config={"base": 4, "depth": 2},
+        steps=6,
+        batch_size=2,
+        crop_sizes=(64,),
+        val_crop=64,
+        val_every=3,
+        warmup=1,
+        cell_diameter_um=25.0,
+        threads=1,
+    )
     phases: list[int] = []
-    result = T.train(cfg, samples[:1], samples[1:], callback=lambda ev: ev["event"] == "phase" and phases.append(ev["phase"]))
+    result = T.train(
+        cfg, samples[:1], samples[1:], callback=lambda ev: ev["event"] == "phase" and phases.append(ev["phase"])
+    )
     assert phases == [0, 1] and result.model.nucleus_frozen
     assert set(result.metrics["best"]) == {"0", "1"}
     out = T.save_engine_model(tmp_path / "fpf", result)
     assert [h["name"] for h in ModelSpec.from_dir(out).heads] == [
-        "nucleus_foreground", "nucleus_distance", "cell_foreground", "cell_distance"]
+        "nucleus_foreground",
+        "nucleus_distance",
+        "cell_foreground",
+        "cell_distance",
+    ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import cp_measure.bulk as bulk  # the reference implementation (dev dependency)
 import numpy as np
 import pytest
+from conftest import CELLOMICS
 from scipy import ndimage as ndi
 from skimage.measure import label as cc_label
 from skimage.measure import regionprops
@@ -19,10 +21,6 @@ from hts.compute.measure.features import (
     shape_features,
 )
 from hts.synth import synth_field
-
-from conftest import CELLOMICS
-
-import cp_measure.bulk as bulk  # the reference implementation (dev dependency)
 
 SHAPE_KEYS = {
     "Area", "Perimeter", "FormFactor", "Compactness", "Center_X", "Center_Y",
@@ -95,6 +93,7 @@ def _check_intensity(labels: np.ndarray, image: np.ndarray, *, legacy: bool = Fa
 def cellomics():
     """Nuclei and cells of the CellProfiler example field (uint8), segmented by the classic engine."""
     import tifffile
+
     from hts.compute.segment.engines import engine_class, segment_field
 
     d0, d1, d2 = (tifffile.imread(p) for p in sorted(CELLOMICS.glob("*.tif")))

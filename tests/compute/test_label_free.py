@@ -12,11 +12,11 @@ import pytest
 import tifffile
 from skimage.transform import rescale
 
-from hts.compute.train import training as T
-from hts.compute.segment.engines import engine_class, segment_field
 from hts.compute.analysis.metrics import match_instances
+from hts.compute.segment.engines import engine_class, segment_field
 from hts.compute.segment.sanity import dark_background_skew, field_checks
 from hts.compute.segment.scale import engine_nucleus_diameter_um, estimate_pixel_size, object_diameters_px
+from hts.compute.train import training as T
 from hts.compute.train.targets import three_class
 
 DATA = Path(__file__).parents[1] / "data"
@@ -49,7 +49,9 @@ def test_normalization_gives_the_same_input_whatever_the_dtype_or_range(hela):
     img, _ = hela
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0  # HeLa: min-max normalised by the source
     ref = T.normalize_channels(img)[0]
-    assert np.percentile(ref, 1) == pytest.approx(0.0, abs=0.02) and np.percentile(ref, 99.8) == pytest.approx(1.0, abs=0.02)
+    assert np.percentile(ref, 1) == pytest.approx(0.0, abs=0.02) and np.percentile(ref, 99.8) == pytest.approx(
+        1.0, abs=0.02
+    )
     for name, v in _variants(img).items():
         out = T.normalize_channels(v)[0]
         # uint8 quantises the 0-1 image into 255 steps: within a step of the float result, relative to the normalised range
@@ -71,7 +73,9 @@ def test_deep_engine_input_matches_training_normalization(hela):
 def test_brightfield_unet_segments_every_dtype_alike(hela):
     eng = engine_class("brightfield-unet")(backend="torch")
     img, _ = hela
-    labels = {k: segment_field(eng, {"brightfield": v}, pixel_size_um=0.3).labels["nuclei"] for k, v in _variants(img).items()}
+    labels = {
+        k: segment_field(eng, {"brightfield": v}, pixel_size_um=0.3).labels["nuclei"] for k, v in _variants(img).items()
+    }
     ref = labels["float 0-1"]
     assert len(np.unique(ref)) - 1 > 10
     for k, lab in labels.items():
@@ -87,11 +91,15 @@ def test_estimate_pixel_size_of_real_nuclei_without_metadata(dsb):
     eng = engine_class("classic")()
     d_true = float(np.median(object_diameters_px(gt)))
     est = estimate_pixel_size(eng, [{"nucleus": img}])
-    expected = engine_nucleus_diameter_um(eng) / d_true  # the pixel size at which the median nucleus is the engine's size
+    expected = (
+        engine_nucleus_diameter_um(eng) / d_true
+    )  # the pixel size at which the median nucleus is the engine's size
     assert est is not None and est.pixel_size_um == pytest.approx(expected, rel=0.15)
     assert est.diameter_px == pytest.approx(d_true, rel=0.15)
-    assert est.message() == (f"pixel size unknown: nuclei measure ~{est.diameter_px:.0f} px, segmenting as if "
-                             f"{est.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it")
+    assert est.message() == (
+        f"pixel size unknown: nuclei measure ~{est.diameter_px:.0f} px, segmenting as if "
+        f"{est.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"
+    )
     # the same nuclei at half the resolution: twice the pixel size
     half = rescale(img.astype(np.float32), 0.5, anti_aliasing=True, preserve_range=True)
     est2 = estimate_pixel_size(eng, [{"nucleus": half}])
@@ -111,7 +119,9 @@ def test_dark_objects_on_a_bright_background_are_flagged_naming_the_channel():
     with nd2.ND2File(DATA / "nd2/example-pbmc.nd2") as f:
         dapi = np.asarray(f.asarray())[1]  # bright background, dark dye-excluding cells
     assert dark_background_skew(dapi) < -0.35
-    checks = field_checks({"nucleus": dapi}, {}, pixel_size_um=0.647, nucleus_diameter_um=12, channels={"nucleus": "DAPI"})
+    checks = field_checks(
+        {"nucleus": dapi}, {}, pixel_size_um=0.647, nucleus_diameter_um=12, channels={"nucleus": "DAPI"}
+    )
     assert [c["check"] for c in checks] == ["dark_objects"]
     assert checks[0]["channel"] == "DAPI" and "DAPI" in checks[0]["message"] and "dark objects" in checks[0]["message"]
 
@@ -125,8 +135,12 @@ def test_a_plausible_field_passes_and_implausible_outputs_are_flagged(dsb):
     assert c["check"] == "object_size" and c["value"] > 90
     # objects tiling the field (background cut into polygons)
     tiles = (np.arange(256)[:, None] // 32 * 8 + np.arange(256)[None, :] // 32 + 1).astype(np.int32)
-    names = [c["check"] for c in field_checks({"nucleus": img[:256, :256]}, {"nuclei": tiles}, pixel_size_um=0.3,
-                                               nucleus_diameter_um=10)]
+    names = [
+        c["check"]
+        for c in field_checks(
+            {"nucleus": img[:256, :256]}, {"nuclei": tiles}, pixel_size_um=0.3, nucleus_diameter_um=10
+        )
+    ]
     assert names == ["objects_fill_field"]
 
 
@@ -162,10 +176,26 @@ def test_label_free_augmentation_is_reproducible_and_keeps_labels_aligned(hela):
     a = T.random_crop(s, 128, np.random.default_rng(7), aug, margin=8)
     b = T.random_crop(s, 128, np.random.default_rng(7), aug, margin=8)
     np.testing.assert_array_equal(a[0], b[0])
-    geo = T.random_crop(s, 128, np.random.default_rng(7), T.Augment(**{**aug.__dict__, "gain": (1, 1), "offset": (0, 0),
-                                                                          "gamma": (1, 1), "blur_p": 0, "noise_p": 0,
-                                                                          "invert_p": 0, "illumination_p": 0, "relief_p": 0,
-                                                                          "halo_p": 0}), margin=8)
+    geo = T.random_crop(
+        s,
+        128,
+        np.random.default_rng(7),
+        T.Augment(
+            **{
+                **aug.__dict__,
+                "gain": (1, 1),
+                "offset": (0, 0),
+                "gamma": (1, 1),
+                "blur_p": 0,
+                "noise_p": 0,
+                "invert_p": 0,
+                "illumination_p": 0,
+                "relief_p": 0,
+                "halo_p": 0,
+            }
+        ),
+        margin=8,
+    )
     assert np.isfinite(a[0]).all() and a[0].shape == (1, 128, 128)
     np.testing.assert_array_equal(a[1]["nuclei"], geo[1]["nuclei"])  # intensity augmentation never moves labels
     # illumination: a smooth field within the drawn amplitude

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hts.compute.measure import features as F
 from hts.compute.measure import MeasureOptions, measure_field, parent_of
+from hts.compute.measure import features as F
 from hts.synth import synth_field
 
 
@@ -75,7 +75,9 @@ def test_nucleus_only_runs_and_cells_without_a_nucleus(field):
     cells[22:38, 22:38] = 2
     nuclei = np.zeros_like(cells)
     nuclei[6:12, 6:12] = 4
-    t = measure_field({"nuclei": nuclei, "cells": cells}, {"DAPI": (nuclei > 0) * 1000 + 10}, pixel_size_um=1.0).to_pydict()
+    t = measure_field(
+        {"nuclei": nuclei, "cells": cells}, {"DAPI": (nuclei > 0) * 1000 + 10}, pixel_size_um=1.0
+    ).to_pydict()
     assert t["object_id"] == [1, 2] and t["nucleus_id"] == [4, None]
     assert t["Nuclei_AreaShape_Area"] == [36.0, None]
     assert t["Cells_Children_Nuclei_Count"] == [1.0, 0.0]
@@ -98,7 +100,10 @@ def test_foci_per_cell_count_area_intensity_and_poles():
     assert t["Cells_Children_Foci_Count"] == [3.0, 0.0]
     assert t["Cells_Children_Foci_PolarCount"] == [2.0, 0.0]
     assert t["Cells_Sum_Foci_AreaShape_Area"] == [4.0 + 4.0 + 9.0, 0.0]
-    assert t["Cells_Mean_Foci_AreaShape_Area"][0] == pytest.approx(17 / 3) and t["Cells_Mean_Foci_AreaShape_Area"][1] is None
+    assert (
+        t["Cells_Mean_Foci_AreaShape_Area"][0] == pytest.approx(17 / 3)
+        and t["Cells_Mean_Foci_AreaShape_Area"][1] is None
+    )
     assert t["Cells_Mean_Foci_Intensity_MeanIntensity_FITC"][0] == pytest.approx(500 / 65535)
     assert t["Cells_Sum_Foci_Intensity_IntegratedIntensity_FITC"][0] == pytest.approx(17 * 500 / 65535)
 
@@ -108,7 +113,9 @@ def test_bad_input_and_options():
         measure_field({"foci": np.zeros((4, 4), np.int32)}, {}, pixel_size_um=1.0)
     with pytest.raises(ValueError, match="GFP: shape"):
         measure_field({"nuclei": np.zeros((4, 4), np.int32)}, {"GFP": np.zeros((5, 4))}, pixel_size_um=1.0)
-    empty = measure_field({"nuclei": np.zeros((8, 8), np.int32)}, {"DAPI": np.zeros((8, 8), np.uint16)}, pixel_size_um=1.0)
+    empty = measure_field(
+        {"nuclei": np.zeros((8, 8), np.int32)}, {"DAPI": np.zeros((8, 8), np.uint16)}, pixel_size_um=1.0
+    )
     assert empty.num_rows == 0 and "Nuclei_AreaShape_Area" in empty.column_names
     assert MeasureOptions().key() != MeasureOptions(texture=True).key()
     with pytest.raises(Exception, match="extra"):
@@ -127,7 +134,9 @@ def test_optional_families_texture_granularity_rod(field):
     images = {"DAPI": images["DAPI"]}
     base = measure_field({"nuclei": f.nuclei, "cells": f.cells}, images, pixel_size_um=0.5)
     full = measure_field(
-        {"nuclei": f.nuclei, "cells": f.cells}, images, pixel_size_um=0.5,
+        {"nuclei": f.nuclei, "cells": f.cells},
+        images,
+        pixel_size_um=0.5,
         options=MeasureOptions(texture=True, granularity=True, rod=True, texture_scale=2),
     ).to_pydict()
     from hts.compute.measure.rod import rod_features
@@ -135,7 +144,9 @@ def test_optional_families_texture_granularity_rod(field):
 
     ids = F.object_ids(f.cells)
     tex = texture_features(f.cells, images["DAPI"], channel="DAPI", scale=2)
-    np.testing.assert_allclose(full["Cells_Texture_Contrast_DAPI_2_00_256"], tex["Texture_Contrast_DAPI_2_00_256"], rtol=1e-12)
+    np.testing.assert_allclose(
+        full["Cells_Texture_Contrast_DAPI_2_00_256"], tex["Texture_Contrast_DAPI_2_00_256"], rtol=1e-12
+    )
     gran = granularity_features(f.nuclei, images["DAPI"], channel="DAPI")
     pos = np.searchsorted(F.object_ids(f.nuclei), full["nucleus_id"])
     np.testing.assert_allclose(full["Nuclei_Granularity_3_DAPI"], gran["Granularity_3_DAPI"][pos], rtol=1e-12)

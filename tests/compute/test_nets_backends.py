@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from hts.compute.segment.backends import (
-    AUTO_ORDER, BackendUnavailable, EngineError, ModelSpec, OnnxRuntimeRunner, TorchRunner, available_backends,
-    export_onnx, load_runner, resolve_device, save_model_dir,
+    AUTO_ORDER,
+    BackendUnavailable,
+    EngineError,
+    ModelSpec,
+    OnnxRuntimeRunner,
+    TorchRunner,
+    available_backends,
+    export_onnx,
+    load_runner,
+    resolve_device,
+    save_model_dir,
 )
 from hts.compute.segment.nets import FPFNet, InferenceModel, UNet, build_model, count_parameters
 
@@ -48,8 +57,16 @@ def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def _save(path: Path, arch: str, config: dict, heads: list[dict], in_channels: int, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     net = _randomize(build_model(arch, config), seed)
-    return save_model_dir(path, net, name=f"test-{arch}", arch=arch, arch_config=config, heads=heads,
-                          in_channels=in_channels, extra={"pixel_size_um": 0.65, "normalize": [1, 99.8]})
+    return save_model_dir(
+        path,
+        net,
+        name=f"test-{arch}",
+        arch=arch,
+        arch_config=config,
+        heads=heads,
+        in_channels=in_channels,
+        extra={"pixel_size_um": 0.65, "normalize": [1, 99.8]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +233,26 @@ def test_missing_model_folder_and_bad_save(tmp_path):
     with pytest.raises(EngineError, match=r"config\.json: not found"):
         ModelSpec.from_dir(tmp_path / "nope")
     with pytest.raises(EngineError, match="do not match arch 'unet'"):
-        save_model_dir(tmp_path / "m", UNet(1, 2), name="x", arch="unet", arch_config={"in_channels": 1, "out_channels": 2,
-                       "base": 8}, heads=[{"name": "a", "channels": 2, "activation": "softmax"}], in_channels=1)
+        save_model_dir(
+            tmp_path / "m",
+            UNet(1, 2),
+            name="x",
+            arch="unet",
+            arch_config={"in_channels": 1, "out_channels": 2, "base": 8},
+            heads=[{"name": "a", "channels": 2, "activation": "softmax"}],
+            in_channels=1,
+        )
     with pytest.raises(EngineError, match="shadow known config keys"):
-        save_model_dir(tmp_path / "m", UNet(1, 2), name="x", arch="unet", arch_config={"in_channels": 1, "out_channels": 2},
-                       heads=[{"name": "a", "channels": 2, "activation": "softmax"}], in_channels=1, extra={"arch": "x"})
+        save_model_dir(
+            tmp_path / "m",
+            UNet(1, 2),
+            name="x",
+            arch="unet",
+            arch_config={"in_channels": 1, "out_channels": 2},
+            heads=[{"name": "a", "channels": 2, "activation": "softmax"}],
+            in_channels=1,
+            extra={"arch": "x"},
+        )
 
 
 # ----------------------------------------------------------------------------- runners
@@ -231,7 +263,12 @@ def test_onnxruntime_matches_torch(models, cache, arch):
     spec = ModelSpec.from_dir(models[arch])
     ort_runner = OnnxRuntimeRunner(spec, "cpu", cache, threads=2, max_batch=2)
     torch_runner = TorchRunner(spec, "cpu")
-    assert (ort_runner.backend, ort_runner.device, ort_runner.precision, ort_runner.max_batch) == ("onnxruntime", "cpu", "fp32", 2)
+    assert (ort_runner.backend, ort_runner.device, ort_runner.precision, ort_runner.max_batch) == (
+        "onnxruntime",
+        "cpu",
+        "fp32",
+        2,
+    )
     assert (torch_runner.backend, torch_runner.precision) == ("torch", "fp32")
     rng = np.random.default_rng(1)
     for n, h, w in [(1, 64, 96), (3, 128, 80)]:  # dynamic N, H, W; 3 images run as chunks of 2 + 1
@@ -260,12 +297,17 @@ def test_fp16_onnx_for_tensorrt_is_close(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    spec = ModelSpec.from_dir(_save(tmp_path / "m", "unet", {"in_channels": 1, "out_channels": 5, "base": 4, "depth": 2},
-                                    UNET_HEADS, 1))
+    spec = ModelSpec.from_dir(
+        _save(tmp_path / "m", "unet", {"in_channels": 1, "out_channels": 5, "base": 4, "depth": 2}, UNET_HEADS, 1)
+    )
     path = export_onnx(spec, tmp_path / "c", fp16=True)
     assert path.name.endswith("-fp16.onnx")
     graph = onnx.load(str(path)).graph
-    assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert (
+        graph.input[0].type.tensor_type.elem_type
+        == graph.output[0].type.tensor_type.elem_type
+        == onnx.TensorProto.FLOAT
+    )
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     x = np.random.default_rng(0).normal(size=(2, 1, 32, 48)).astype(np.float32)
     y16 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
@@ -323,8 +365,9 @@ def test_tensorrt_matches_torch(tmp_path):
         pytest.skip(TRT_SKIP)
     from hts.compute.segment.backends import TensorRTRunner
 
-    spec = ModelSpec.from_dir(_save(tmp_path / "m", "unet", {"in_channels": 1, "out_channels": 5, "base": 8, "depth": 3},
-                                    UNET_HEADS, 1))
+    spec = ModelSpec.from_dir(
+        _save(tmp_path / "m", "unet", {"in_channels": 1, "out_channels": 5, "base": 8, "depth": 3}, UNET_HEADS, 1)
+    )
     runner = TensorRTRunner(spec, "cuda", tmp_path / "c", fp16=True, max_batch=4, opt_shape=(128, 128))
     assert (runner.backend, runner.precision, runner.engine_path.is_file()) == ("tensorrt", "fp16", True)
     x = np.random.default_rng(0).normal(size=(5, 1, 128, 96)).astype(np.float32)

@@ -30,7 +30,15 @@ from scipy import ndimage as ndi
 import hts.compute.segment.engines as E
 import hts.formats as F
 from hts.compute.analysis.metrics import match_instances
-from hts.compute.segment.engines import EngineError, EngineRef, engine_class, engine_package, engines, plugin_errors, segment_field
+from hts.compute.segment.engines import (
+    EngineError,
+    EngineRef,
+    engine_class,
+    engine_package,
+    engines,
+    plugin_errors,
+    segment_field,
+)
 from hts.compute.train.training import median_diameter_px
 from hts.errors import SourceError
 
@@ -55,7 +63,7 @@ classic = hts_engine_example.engine:LocalThresholdEngine
 brokenfmt = no_such_reader_module_for_hts_tests:Reader
 """
 
-READER_MODULE = '''\
+READER_MODULE = """\
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +83,7 @@ class MyReader(PlateReader):
 
     def read_field(self, field, description):
         return np.zeros((1, 1, 1, 2, 2), np.uint16)
-'''
+"""
 
 
 def _dist_info(folder: Path, name: str, entry_points: str) -> None:
@@ -93,9 +101,22 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src, site = base / "src", base / "site"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     p = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-         "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr
     return site
@@ -171,9 +192,13 @@ def test_without_metadata_the_builtins_come_from_code(monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------------------- the example plug-in package
 
 
-def test_hts_engines_lists_the_example_plugin_and_reports_broken_ones(example_site: Path, broken_site: Path, tmp_path: Path):
+def test_hts_engines_lists_the_example_plugin_and_reports_broken_ones(
+    example_site: Path, broken_site: Path, tmp_path: Path
+):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example_site), str(broken_site)])}
-    p = subprocess.run([str(HTS), "engines", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [str(HTS), "engines", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
     assert BUILTIN | {"local-threshold"} == set(rows)
@@ -183,12 +208,21 @@ def test_hts_engines_lists_the_example_plugin_and_reports_broken_ones(example_si
     assert rows["classic"]["package"] == "hts" and rows["classic"]["summary"].startswith("threshold + seeded watershed")
     problems = [line for line in p.stderr.splitlines() if line.startswith("not loaded:")]
     assert len(problems) == 4, p.stderr  # the reader group is not the engines' business
-    assert any("'missing' from broken-plugins: cannot load no_such_module_for_hts_tests:Engine (ModuleNotFoundError" in x for x in problems)
-    assert any("'notengine'" in x and "is not a subclass of hts.compute.segment.engines.base.Engine" in x for x in problems)
-    assert any("'misnamed'" in x and "has name 'local-threshold'; it must equal the entry point name" in x for x in problems)
+    assert any(
+        "'missing' from broken-plugins: cannot load no_such_module_for_hts_tests:Engine (ModuleNotFoundError" in x
+        for x in problems
+    )
+    assert any(
+        "'notengine'" in x and "is not a subclass of hts.compute.segment.engines.base.Engine" in x for x in problems
+    )
+    assert any(
+        "'misnamed'" in x and "has name 'local-threshold'; it must equal the entry point name" in x for x in problems
+    )
     assert any("'classic'" in x and "the name is taken by a built-in" in x for x in problems)
 
-    p = subprocess.run([str(HTS), "engines"], capture_output=True, text=True, env={**env, "COLUMNS": "80"}, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [str(HTS), "engines"], capture_output=True, text=True, env={**env, "COLUMNS": "80"}, cwd=tmp_path, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     table = p.stdout.split("\nnot loaded:")[0]
     assert "│ local-threshold  │ hts-engine-example │" in table
@@ -202,7 +236,9 @@ def test_example_engine_segments_real_nuclei(example_site: Path, plugins_on_path
     assert "local-threshold" in engines() and plugin_errors() == []
     assert engine_package("local-threshold") == "hts-engine-example"
     cls = engine_class("local-threshold")
-    assert cls.__module__ == "hts_engine_example.engine" and str(EngineRef.parse("local-threshold")) == "local-threshold"
+    assert (
+        cls.__module__ == "hts_engine_example.engine" and str(EngineRef.parse("local-threshold")) == "local-threshold"
+    )
     img, gt = tifffile.imread(DSB_IMG), tifffile.imread(DSB_MASK)
     px = 12.0 / median_diameter_px(gt)  # the size the defaults are written for (its median nucleus is 12 µm)
     res = segment_field(cls(), {"nucleus": img}, pixel_size_um=px)
@@ -218,7 +254,9 @@ def test_example_engine_segments_real_nuclei(example_site: Path, plugins_on_path
 def test_broken_plugins_leave_hts_working(example_site: Path, broken_site: Path, plugins_on_path):
     plugins_on_path(example_site, broken_site)
     assert BUILTIN | {"local-threshold"} == set(engines())
-    assert engines()["classic"].__module__ == "hts.compute.segment.engines.classic"  # a plug-in cannot take a built-in's name
+    assert (
+        engines()["classic"].__module__ == "hts.compute.segment.engines.classic"
+    )  # a plug-in cannot take a built-in's name
     errs = {e.name: e for e in plugin_errors()}
     assert set(errs) == {"missing", "notengine", "misnamed", "classic"}
     assert errs["missing"].package == "broken-plugins" and "\n" not in str(errs["missing"])
@@ -226,7 +264,7 @@ def test_broken_plugins_leave_hts_working(example_site: Path, broken_site: Path,
         engine_class("missing")
     from hts.tasks.engines import describe_engines
 
-    rows = describe_engines()
+    rows = [e.to_dict() for e in describe_engines()]
     assert [r["name"] for r in rows][-1] == "local-threshold" and len(rows) == len(BUILTIN) + 1
 
 
@@ -238,7 +276,7 @@ def test_engines_table_with_plugins_fits_80_columns(example_site: Path, broken_s
 
     plugins_on_path(example_site, broken_site)
     console = Console(width=80, record=True)
-    render_engines(console, describe_engines(), full=False, errors=plugin_errors())
+    render_engines(console, [e.to_dict() for e in describe_engines()], full=False, errors=plugin_errors())
     text = console.export_text()
     table, _, tail = text.partition("\nnot loaded:")
     assert max(len(line) for line in table.splitlines()) <= 80
@@ -263,7 +301,9 @@ def test_reader_plugins(broken_site: Path, plugins_on_path, tmp_path: Path):
     assert type(F.open_plate(DATA / "cellomics_cp_example")).__name__ == "CellomicsReader"
     with pytest.raises(SourceError, match=r"unknown format 'brokenfmt' \(its plug-in did not load: cannot load"):
         F.open_plate(src, format="brokenfmt")
-    with pytest.raises(SourceError, match="unknown format 'nope'; choose one of nd2, imagexpress, opera, cellomics, pattern, myfmt"):
+    with pytest.raises(
+        SourceError, match="unknown format 'nope'; choose one of nd2, imagexpress, opera, cellomics, pattern, myfmt"
+    ):
         F.open_plate(src, format="nope")
 
 
@@ -295,7 +335,9 @@ def test_engine_ref_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         EngineRef.parse("./missing")
     with pytest.raises(EngineError, match="no such engine folder"):
         EngineRef.parse(tmp_path / "missing")
-    with pytest.raises(EngineError, match=r"^unknown engine 'nosuch'; engines: brightfield-unet, cellpose, classic, .*engine folder\)$"):
+    with pytest.raises(
+        EngineError, match=r"^unknown engine 'nosuch'; engines: brightfield-unet, cellpose, classic, .*engine folder\)$"
+    ):
         EngineRef.parse("nosuch")
     with pytest.raises(EngineError, match="exactly one"):
         EngineRef(name="classic", folder=tmp_path)
@@ -319,8 +361,16 @@ class _FakeCellposeModel:
         _FakeCellposeModel.instances.append(self)
 
     def eval(self, img, diameter=None, channels=None, flow_threshold=0.4, cellprob_threshold=0.0, **kwargs):
-        self.calls.append({"shape": img.shape, "diameter": diameter, "channels": channels, "flow_threshold": flow_threshold,
-                           "cellprob_threshold": cellprob_threshold, **kwargs})
+        self.calls.append(
+            {
+                "shape": img.shape,
+                "diameter": diameter,
+                "channels": channels,
+                "flow_threshold": flow_threshold,
+                "cellprob_threshold": cellprob_threshold,
+                **kwargs,
+            }
+        )
         plane = img[..., 0] if img.ndim == 3 else img  # (cytoplasm, nucleus): the cytoplasm plane
         masks, _ = ndi.label(plane > self.level)
         return masks.astype(np.uint16), [np.zeros((2, *plane.shape), np.float32)], np.zeros(256, np.float32)
@@ -350,12 +400,15 @@ def test_cellpose_without_the_package_is_listed_unavailable(monkeypatch: pytest.
 
     monkeypatch.setitem(sys.modules, "cellpose", None)  # not importable, whatever is installed
     assert "cellpose" in engines() and engine_package("cellpose") == "hts"
-    (row,) = describe_engines("cellpose")
-    assert row["available"] is False and row["unavailable"] == INSTALL_HINT == "cellpose is not installed: pip install 'hts[cellpose]'"
+    (row,) = [e.to_dict() for e in describe_engines("cellpose")]
+    assert (
+        row["available"] is False
+        and row["unavailable"] == INSTALL_HINT == "cellpose is not installed: pip install 'hts[cellpose]'"
+    )
     assert {"model", "diameter_um", "flow_threshold", "cellprob_threshold"} <= set(row["parameters"])
     with pytest.raises(EngineError, match=r"^cellpose is not installed: pip install 'hts\[cellpose\]'$"):
         engine_class("cellpose")({"model": str(weights)})
-    assert all(r["available"] for r in describe_engines() if r["name"] != "cellpose")
+    assert all(r.available for r in describe_engines() if r.name != "cellpose")
 
 
 def test_cellpose_adapter_with_a_stand_in_model(fake_cellpose, weights: Path):
@@ -368,7 +421,9 @@ def test_cellpose_adapter_with_a_stand_in_model(fake_cellpose, weights: Path):
     with pytest.raises(EngineError, match="--backend onnxruntime"):
         cls({"model": str(weights)}, backend="onnxruntime")
 
-    eng = cls({"model": str(weights), "diameter_um": 12.0, "flow_threshold": 0.6, "cellprob_threshold": -1.0}, device="cpu")
+    eng = cls(
+        {"model": str(weights), "diameter_um": 12.0, "flow_threshold": 0.6, "cellprob_threshold": -1.0}, device="cpu"
+    )
     (model,) = fake_cellpose.instances
     assert model.pretrained_model == str(weights.resolve()) and model.gpu is False
     assert eng.model_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -384,10 +439,14 @@ def test_cellpose_adapter_with_a_stand_in_model(fake_cellpose, weights: Path):
     assert match_instances(want, res.labels["nuclei"], (0.99,))["0.99"]["f1"] == 1.0  # the model's labels, renumbered
     np.testing.assert_array_equal(res.labels["cells"], res.labels["nuclei"])  # no expansion by default
 
-    grown = segment_field(cls({"model": str(weights), "cell_expansion_um": 2.0}, device="cpu"), {"nucleus": img}, pixel_size_um=px)
+    grown = segment_field(
+        cls({"model": str(weights), "cell_expansion_um": 2.0}, device="cpu"), {"nucleus": img}, pixel_size_um=px
+    )
     assert (grown.labels["cells"] > 0).sum() > (grown.labels["nuclei"] > 0).sum()
     inside = grown.labels["nuclei"] > 0
-    np.testing.assert_array_equal(grown.labels["cells"][inside], grown.labels["nuclei"][inside])  # a cell keeps its nucleus id
+    np.testing.assert_array_equal(
+        grown.labels["cells"][inside], grown.labels["nuclei"][inside]
+    )  # a cell keeps its nucleus id
 
 
 def test_cellpose_with_a_cytoplasm_channel(fake_cellpose, weights: Path):
@@ -407,7 +466,9 @@ def test_real_cellpose_when_installed_with_weights():
     try:
         import cellpose  # noqa: F401
     except ImportError:
-        pytest.skip("cellpose is not installed (pip install 'hts[cellpose]'); the adapter is tested with a stand-in model")
+        pytest.skip(
+            "cellpose is not installed (pip install 'hts[cellpose]'); the adapter is tested with a stand-in model"
+        )
     weights = os.environ.get("HTS_CELLPOSE_MODEL")
     if not weights or not Path(weights).is_file():
         pytest.skip("no Cellpose weights: set HTS_CELLPOSE_MODEL to a local nuclei model file (nothing is downloaded)")

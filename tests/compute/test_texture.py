@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import warnings
 
+import cp_measure.bulk as bulk  # the reference implementation (dev dependency)
 import mahotas.features
 import numpy as np
 import pytest
 import tifffile
+from conftest import CELLOMICS, DATA
 from skimage.filters import threshold_otsu
 from skimage.measure import label as cc_label
 
@@ -18,10 +20,6 @@ from hts.compute.measure.texture import (
     granularity_features,
     texture_features,
 )
-
-from conftest import CELLOMICS, DATA
-
-import cp_measure.bulk as bulk  # the reference implementation (dev dependency)
 
 RTOL = 1e-9
 DSB_IMG = DATA / "nuclei_gt" / "dsb2018_img2d.tif"

@@ -8,16 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from hts.compute.train import training as T
-from hts.synth.samples import synthetic_samples
 from hts.compute.segment.engines import segment_field
 from hts.compute.segment.engines._deep import DeepEngine
+from hts.compute.train import training as T
 from hts.errors import EngineError
+from hts.synth.samples import synthetic_samples
 
 
 def _tiny(**kw) -> T.TrainConfig:
-    return T.TrainConfig(engine="nuclei", arch_config={"base": 4, "depth": 2}, crop_sizes=(64,), val_crop=64,
-                         batch_size=2, warmup=1, patience=100, threads=1, **kw)
+    return T.TrainConfig(
+        engine="nuclei",
+        arch_config={"base": 4, "depth": 2},
+        crop_sizes=(64,),
+        val_crop=64,
+        batch_size=2,
+        warmup=1,
+        patience=100,
+        threads=1,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +56,13 @@ def test_init_starts_from_the_given_weights(samples, folder: Path):
     # a fine-tuning run starts there, not from a fresh seeded network
     losses: dict[str, list[float]] = {"init": [], "fresh": []}
     for key, init in (("init", folder), ("fresh", None)):
-        T.train(_tiny(steps=1, val_every=1, seed=5), samples[:1], samples[1:], init=init,
-                callback=lambda ev, key=key: ev["event"] == "val" and losses[key].append(ev["val_loss"]))
+        T.train(
+            _tiny(steps=1, val_every=1, seed=5),
+            samples[:1],
+            samples[1:],
+            init=init,
+            callback=lambda ev, key=key: ev["event"] == "val" and losses[key].append(ev["val_loss"]),
+        )
     assert losses["init"] != losses["fresh"]
 
 
@@ -70,9 +84,34 @@ def test_cli_init_option(samples, folder: Path, tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(T, "train", spy)
     out = tmp_path / "ft"
-    _train_recipe().main(["--engine", "nuclei", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4", "--depth", "2",
-            "--synthetic", "1", "--synthetic-val", "1", "--init", str(folder), "--no-resume", "--threads", "1",
-            "--checkpoint", str(tmp_path / "c.pt"), "--quiet"])
+    _train_recipe().main(
+        [
+            "--engine",
+            "nuclei",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--val-every",
+            "1",
+            "--base",
+            "4",
+            "--depth",
+            "2",
+            "--synthetic",
+            "1",
+            "--synthetic-val",
+            "1",
+            "--init",
+            str(folder),
+            "--no-resume",
+            "--threads",
+            "1",
+            "--checkpoint",
+            str(tmp_path / "c.pt"),
+            "--quiet",
+        ]
+    )
     assert Path(seen["init"]) == folder and (out / "model.safetensors").is_file()
     assert "--init" in json.loads((out / "manifest.json").read_text())["command"]
 
@@ -127,10 +166,32 @@ def test_cli_val_pair_and_inverted_stain(tmp_path: Path, monkeypatch: pytest.Mon
     tifffile.imwrite(tmp_path / "bf.tif", f.image[1])
     tifffile.imwrite(tmp_path / "st.tif", f.image[0])
     out = tmp_path / "bf"
-    _train_recipe().main(["--engine", "brightfield-unet", "--out", str(out), "--steps", "1", "--val-every", "1", "--base", "4",
-            "--depth", "2", "--pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,0:96",
-            "--val-pair", f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,96:128", "--no-resume", "--threads", "1",
-            "--checkpoint", str(tmp_path / "c.pt"), "--quiet"])
+    _train_recipe().main(
+        [
+            "--engine",
+            "brightfield-unet",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--val-every",
+            "1",
+            "--base",
+            "4",
+            "--depth",
+            "2",
+            "--pair",
+            f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,0:96",
+            "--val-pair",
+            f"{tmp_path / 'bf.tif'},{tmp_path / 'st.tif'},0.65,96:128",
+            "--no-resume",
+            "--threads",
+            "1",
+            "--checkpoint",
+            str(tmp_path / "c.pt"),
+            "--quiet",
+        ]
+    )
     man = json.loads((out / "manifest.json").read_text())
     assert [v["rows"] for v in man["train"]] == [[0, 96]] and [v["rows"] for v in man["validation"]] == [[96, 128]]
     assert json.loads((out / "training.json").read_text())["val_samples"] == 1
@@ -147,8 +208,9 @@ def test_load_pair_inverts_an_nd2_channel(monkeypatch: pytest.MonkeyPatch):
 
     class File:
         def __init__(self, path):
-            self.metadata = types.SimpleNamespace(channels=[types.SimpleNamespace(channel=types.SimpleNamespace(name=n))
-                                                            for n in ("Mono", "DAPI")])
+            self.metadata = types.SimpleNamespace(
+                channels=[types.SimpleNamespace(channel=types.SimpleNamespace(name=n)) for n in ("Mono", "DAPI")]
+            )
 
         def __enter__(self):
             return self

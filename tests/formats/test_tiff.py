@@ -97,7 +97,9 @@ def test_imagexpress_sites_channels_guid_and_thumbnails(tmp_path):
         ("C12", 0, "1"), ("C12", 1, "2"), ("C12", 2, "10"),
     ]  # fmt: skip
     assert [Path(p).name for p in desc.fields[2].key] == [
-        "Plate_1_B03_s10_w1.tif", f"Plate_1_B03_s10_w2{GUID}.tif", "Plate_1_B03_s10_w10.tif"
+        "Plate_1_B03_s10_w1.tif",
+        f"Plate_1_B03_s10_w2{GUID}.tif",
+        "Plate_1_B03_s10_w10.tif",
     ]
     assert len(desc.files) == 18 and not any("thumb" in p.name for p in desc.files)
     assert_round_trip(reader, desc)
@@ -194,7 +196,10 @@ def test_opera_without_index(tmp_path):
     assert [c.name for c in desc.channels] == ["ch1", "ch2"]
     assert desc.shape == (1, 2, 2, *SHAPE)
     assert [(f.well.name, f.index, f.name) for f in desc.fields] == [
-        ("B03", 0, "01"), ("B03", 1, "02"), ("B04", 0, "01"), ("B04", 1, "02")
+        ("B03", 0, "01"),
+        ("B03", 1, "02"),
+        ("B04", 0, "01"),
+        ("B04", 1, "02"),
     ]
     assert [Path(p).name for p in desc.fields[1].key] == [
         "r02c03f02p01-ch1sk1fk1fl1.tiff", "r02c03f02p02-ch1sk1fk1fl1.tiff",
@@ -244,7 +249,8 @@ def test_opera_with_harmony_index(tmp_path):
     desc = reader.describe()
     assert desc.name == "export"
     assert [(c.name, c.excitation_nm, c.emission_nm) for c in desc.channels] == [
-        ("HOECHST 33342", 375.0, 456.0), ("Alexa 488", 488.0, 525.0)
+        ("HOECHST 33342", 375.0, 456.0),
+        ("Alexa 488", 488.0, 525.0),
     ]
     assert desc.pixel_size_um == pytest.approx((0.65, 0.65, 3.0))
     assert desc.plate_type == PLATE_TYPES[384]
@@ -303,7 +309,10 @@ def test_pattern_flat_with_named_channels(tmp_path):
     assert [c.name for c in desc.channels] == ["Cy5", "DAPI", "GFP"]  # alphabetical
     assert desc.plate_type == PLATE_TYPES[384]
     assert [(f.well.name, f.index, f.name) for f in desc.fields] == [
-        ("A01", 0, "1"), ("A01", 1, "2"), ("P24", 0, "1"), ("P24", 1, "2")
+        ("A01", 0, "1"),
+        ("A01", 1, "2"),
+        ("P24", 0, "1"),
+        ("P24", 1, "2"),
     ]
     assert desc.instrument["pattern"] == "{well}_s{field}_{channel}.tif"
     assert_round_trip(reader, desc)

@@ -1,5 +1,5 @@
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ NUCLEI_GT = Path(__file__).parents[1] / "data" / "nuclei_gt"
 
 def _patch(img, y, x, r=3):
     """Median colour of a small square around (y, x)."""
-    return np.median(img[y - r:y + r + 1, x - r:x + r + 1, :3].reshape(-1, 3), axis=0)
+    return np.median(img[y - r : y + r + 1, x - r : x + r + 1, :3].reshape(-1, 3), axis=0)
 
 
 def _all_wells(n, fn):
@@ -70,7 +70,7 @@ def test_heatmap_large_plates_render(n):
     for well in flags:
         y, x = _cell_center_px(well, n, title=True, legend_lines=1 + 2)
         half = int((0.19 if n == 1536 else 0.3) * DPI / 2)
-        box = img[y - half:y + half + 1, x - half:x + half + 1, :3]
+        box = img[y - half : y + half + 1, x - half : x + half + 1, :3]
         red = np.all(np.abs(box - np.asarray(to_rgb(FLAG_COLOR))) < 0.08, axis=-1)
         assert red.sum() > 8, well
 
@@ -107,7 +107,7 @@ def test_overlay_outlines_exact():
     h, w = labels.shape
     width, height, top, left = _overlay_layout(h, w, title=True, entries=2)
     assert out.shape[:2] == (height, width)
-    field = out[top:top + h, left:left + w, :3]
+    field = out[top : top + h, left : left + w, :3]
     edges = find_boundaries(labels, mode="inner")
     magenta = np.all(np.abs(field - np.array([1.0, 0.0, 1.0])) < 1e-6, axis=-1)
     np.testing.assert_array_equal(magenta, edges)
@@ -119,11 +119,10 @@ def test_overlay_outlines_exact():
 def test_overlay_composite_and_downsampling():
     img, labels = _blobs((300, 260))
     chans = {"DAPI": img, "FITC": img[::-1], "TRITC": np.zeros_like(img)}
-    out = read_png(segmentation_overlay(chans, {"nuclei": labels, "cells": labels}, pixel_size_um=0.65,
-                                        max_size=128))
+    out = read_png(segmentation_overlay(chans, {"nuclei": labels, "cells": labels}, pixel_size_um=0.65, max_size=128))
     width, height, top, left = _overlay_layout(100, 87, title=False, entries=3 + 2 + 1)  # 1/3 scale
     assert out.shape[:2] == (height, width)
-    field = out[top:top + 100, left:left + 87, :3]
+    field = out[top : top + 100, left : left + 87, :3]
     assert field[..., 2].max() > 0.5 and field[..., 1].max() > 0.5  # blue and green channels present
     yellow = np.all(np.abs(field - np.array([1.0, 1.0, 0.0])) < 1e-6, axis=-1)
     assert yellow.sum() > 20  # cells outlines, drawn after the nuclei outlines
@@ -187,8 +186,10 @@ def test_fit_4pl_fails_softly():
 
 def test_dose_response_plot_inputs():
     c = np.r_[0.0, np.logspace(-2, 2, 9)]
-    rows = [{"compound": "X", "concentration": ci, "value": float(logistic4(ci, 0, 100, 1.0, -1)), "well": "A01"}
-            for ci in c]
+    rows = [
+        {"compound": "X", "concentration": ci, "value": float(logistic4(ci, 0, 100, 1.0, -1)), "well": "A01"}
+        for ci in c
+    ]
     rows += [{"compound": "flat", "concentration": ci, "value": 50.0} for ci in c]
     img = read_png(dose_response_plot(rows, ylabel="viability (%)", title="t"))
     assert img.shape[1] > img.shape[0]
@@ -201,7 +202,7 @@ def test_dose_response_plot_inputs():
 # ------------------------------------------------------------------ HTML
 def test_html_report_is_self_contained(tmp_path):
     png = plate_heatmap({"A01": 1.0}, plate_type=96)
-    report = HtmlReport("Plate <P001> & co", generated=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    report = HtmlReport("Plate <P001> & co", generated=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
     report.heading("Summary").text("Wells with <b>no</b> value:\n\nsee below.")
     report.heading("Counts", level=3).table(
         ["well", "nuclei", "note"],

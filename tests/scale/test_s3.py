@@ -20,6 +20,9 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from conftest import here
+
+from hts.api import segment  # noqa: E402
 from hts.catalog import Catalog  # noqa: E402
 from hts.store import PlateStore  # noqa: E402
 from hts.store.location import filesystem  # noqa: E402
@@ -27,8 +30,6 @@ from hts.synth import make_plate  # noqa: E402
 from hts.tasks.export import export  # noqa: E402
 from hts.tasks.ingest import ingest  # noqa: E402
 from hts.tasks.query import run_query  # noqa: E402
-from hts.api import segment  # noqa: E402
-from conftest import here
 
 pytestmark = pytest.mark.s3
 BIN = Path(sys.executable).parent
@@ -54,8 +55,11 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
 @pytest.fixture(scope="module")
 def moto_endpoint():
     port = _free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(port)
         yield f"http://127.0.0.1:{port}"
@@ -90,19 +94,37 @@ def cluster(tmp_path: Path, n: int = 2, resources: list[str | None] | None = Non
     tmp_path.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = dict(os.environ)
-    sched = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sched = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: dict[str, subprocess.Popen] = {}
     try:
         _wait_port(port)
         for i in range(n):
             wdir = tmp_path / f"worker{i}"
             wdir.mkdir()
-            cmd = [dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                   "--local-directory", str(wdir), "--name", f"w{i}"]
+            cmd = [
+                dask,
+                "worker",
+                f"tcp://127.0.0.1:{port}",
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--local-directory",
+                str(wdir),
+                "--name",
+                f"w{i}",
+            ]
             if resources and resources[i]:
                 cmd += ["--resources", resources[i]]
-            workers[f"w{i}"] = subprocess.Popen(cmd, cwd=wdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            workers[f"w{i}"] = subprocess.Popen(
+                cmd, cwd=wdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         from distributed import Client
 
         with Client(f"tcp://127.0.0.1:{port}", timeout="20s") as c:
@@ -124,8 +146,11 @@ def _labels(store: PlateStore, fields: list[str], name: str) -> dict[str, np.nda
 
 
 def _cells(db: str, run_id: str):
-    return run_query(f"SELECT * EXCLUDE (plate_id, run_id) FROM cells WHERE run_id = '{run_id}' "
-                     "ORDER BY well, field_index, t, object_id", workspace=here(db=db))
+    return run_query(
+        f"SELECT * EXCLUDE (plate_id, run_id) FROM cells WHERE run_id = '{run_id}' "
+        "ORDER BY well, field_index, t, object_id",
+        workspace=here(db=db),
+    )
 
 
 def test_plate_on_s3_matches_local_disk(bucket, source, tmp_path, monkeypatch):
@@ -172,7 +197,8 @@ def test_s3_interrupted_segment_resumes(bucket, tmp_path, monkeypatch, interrupt
     assert rep.status == "resumed" and rep.fields_segmented == 2 and rep.fields_total == 4
     per_field = Catalog("hts.duckdb").query(
         "SELECT rf.n_cells, (SELECT count(*) FROM cells c WHERE c.run_id = rf.run_id AND c.well = rf.well "
-        "AND c.field_index = rf.field_index) AS rows FROM run_fields rf")
+        "AND c.field_index = rf.field_index) AS rows FROM run_fields rf"
+    )
     assert len(per_field) == 4 and all(r["n_cells"] == r["rows"] for r in per_field)
 
 
@@ -215,7 +241,9 @@ def test_cluster_on_s3_survives_a_killed_worker(bucket, tmp_path, monkeypatch):
         "SELECT rf.well, rf.field_index, rf.status, rf.n_cells, oc.n_objects, "
         "(SELECT count(*) FROM cells c WHERE c.run_id = rf.run_id AND c.well = rf.well AND c.field_index = rf.field_index) AS n_rows "
         "FROM run_fields rf JOIN run_object_counts oc ON oc.run_id = rf.run_id AND oc.well = rf.well "
-        "AND oc.field_index = rf.field_index AND oc.output = 'cells' WHERE rf.run_id = ?", [run.run_id])
+        "AND oc.field_index = rf.field_index AND oc.output = 'cells' WHERE rf.run_id = ?",
+        [run.run_id],
+    )
     assert len(rows) == 8 and len({(r["well"], r["field_index"]) for r in rows}) == 8
     assert all(r["status"] == "complete" and r["n_cells"] == r["n_objects"] == r["n_rows"] for r in rows)
 

@@ -15,10 +15,20 @@ from hts.wells import PLATE_TYPES, parse_well
 
 
 def _desc(wells=("A01", "B03"), fields=2, shape=(1, 2, 1, 600, 520), pixel=0.5):
-    fl = [SourceField(well=parse_well(w), index=i, key=k) for k, (w, i) in enumerate((w, i) for w in wells for i in range(fields))]
+    fl = [
+        SourceField(well=parse_well(w), index=i, key=k)
+        for k, (w, i) in enumerate((w, i) for w in wells for i in range(fields))
+    ]
     return PlateDescription(
-        name="P1", format="nd2", plate_type=PLATE_TYPES[96], channels=[Channel("DAPI", 461.0), Channel("GFP", 510.0, color="00FF00")],
-        shape=shape, dtype="uint16", fields=fl, files=[], pixel_size_um=(pixel, pixel, None),
+        name="P1",
+        format="nd2",
+        plate_type=PLATE_TYPES[96],
+        channels=[Channel("DAPI", 461.0), Channel("GFP", 510.0, color="00FF00")],
+        shape=shape,
+        dtype="uint16",
+        fields=fl,
+        files=[],
+        pixel_size_um=(pixel, pixel, None),
     )
 
 
@@ -163,8 +173,14 @@ def test_labels_add_to_existing_ones_validate_and_replace(tmp_path):
     assert store.read_labels(fp, "nuclei_a")[0, 0, 0].max() == 2
     store.create_labels(fp, ["nuclei_a"], n_t=1, overwrite=True)
     assert store.read_labels(fp, "nuclei_a")[0, 0, 0].max() == 0
-    assert "properties" not in zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels/nuclei_a"].attrs["ome"]["image-label"]
-    assert Labels.from_zarr(zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels"]).attributes.ome.labels == ["nuclei_a", "cells_b"]
+    assert (
+        "properties"
+        not in zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels/nuclei_a"].attrs["ome"]["image-label"]
+    )
+    assert Labels.from_zarr(zarr.open_group(tmp_path / "p.zarr", mode="r")[f"{fp}/labels"]).attributes.ome.labels == [
+        "nuclei_a",
+        "cells_b",
+    ]
     with pytest.raises(StoreError, match="expects shape"):
         store.write_labels(fp, {"cells_b": lab[:100]}, 0)
 
@@ -176,7 +192,10 @@ def test_channel_windows_change_only_the_windows(tmp_path):
     for fp in ("A/01/0", "B/03/1"):
         chans = root[fp].attrs["ome"]["omero"]["channels"]
         assert [(c["window"]["start"], c["window"]["end"]) for c in chans] == [(100.0, 2000.0), (5.0, 60.5)]
-        assert [c["window"]["max"] for c in chans] == [65535.0, 65535.0] and [c["label"] for c in chans] == ["DAPI", "GFP"]
+        assert [c["window"]["max"] for c in chans] == [65535.0, 65535.0] and [c["label"] for c in chans] == [
+            "DAPI",
+            "GFP",
+        ]
     untouched = root["A/01/1"].attrs["ome"]["omero"]["channels"][0]["window"]
     assert untouched["start"] == 0.0 and untouched["end"] == 65535.0
     Image.from_zarr(root["B/03/1"])

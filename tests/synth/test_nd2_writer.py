@@ -220,9 +220,7 @@ def test_time_only_and_z_only(out: Path) -> None:
     t_data = _data((2, 1, 1, 1, 8, 8), seed=4)
     z_data = _data((1, 1, 3, 1, 8, 8), seed=5)
     tp = write_nd2(out / "t.nd2", t_data, positions=one, channels=CHANNELS[:1], shape_yx=(8, 8))
-    zp = write_nd2(
-        out / "z.nd2", z_data, positions=one, channels=CHANNELS[:1], shape_yx=(8, 8), z_step_um=2.0
-    )
+    zp = write_nd2(out / "z.nd2", z_data, positions=one, channels=CHANNELS[:1], shape_yx=(8, 8), z_step_um=2.0)
     with nd2.ND2File(tp) as f:
         assert dict(f.sizes) == {"T": 2, "Y": 8, "X": 8}
         np.testing.assert_array_equal(f.asarray(), t_data[:, 0, 0, 0])
@@ -279,9 +277,7 @@ def test_callable_frames_streamed_in_acquisition_order(out: Path) -> None:
         previous.append(weakref.ref(arr))
         return arr
 
-    path = write_nd2(
-        out / "c.nd2", frame, positions=POSITIONS, channels=CHANNELS, shape_yx=(12, 10), n_time=2, n_z=2
-    )
+    path = write_nd2(out / "c.nd2", frame, positions=POSITIONS, channels=CHANNELS, shape_yx=(12, 10), n_time=2, n_z=2)
     assert calls == [(t, p, z) for t in range(2) for p in range(3) for z in range(2)]
     with nd2.ND2File(path) as f:
         assert dict(f.sizes) == {"T": 2, "P": 3, "Z": 2, "C": 2, "Y": 12, "X": 10}

@@ -13,10 +13,15 @@ from hts.compute.analysis.metrics import AP_THRESHOLDS, match_instances, pool, s
 from hts.config import load_workspace
 from hts.errors import HtsError
 from hts.tasks.evaluate import (
-    EvaluationError, LabelFileError, NoPairsError, ShapeMismatchError, evaluate, evaluate_arrays, parse_field_stem,
+    EvaluationError,
+    LabelFileError,
+    NoPairsError,
+    ShapeMismatchError,
+    evaluate,
+    evaluate_arrays,
+    parse_field_stem,
     read_label_image,
 )
-from conftest import here
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -206,9 +211,9 @@ def test_field_stem_naming():
 
 @pytest.fixture
 def segmented_plate(tmp_path):
+    from hts.api import segment
     from hts.synth import make_plate
     from hts.tasks.ingest import ingest
-    from hts.api import segment
 
     p = make_plate(tmp_path / "raw", format="nd2", wells="A01:A02", fields=2, shape=(128, 128), masks=True)
     ws = load_workspace()
@@ -242,7 +247,9 @@ def test_evaluate_plate_labels_against_truth_named_by_well_and_field(segmented_p
     small = tmp_path / "small"
     small.mkdir()
     tifffile.imwrite(small / "A01_0.tif", np.zeros((64, 64), np.uint16))
-    with pytest.raises(ShapeMismatchError, match=r"A/01/0/labels/nuclei has shape \(128, 128\) but .*A01_0\.tif has \(64, 64\)"):
+    with pytest.raises(
+        ShapeMismatchError, match=r"A/01/0/labels/nuclei has shape \(128, 128\) but .*A01_0\.tif has \(64, 64\)"
+    ):
         evaluate(plate="DEMO-PLATE", truth=small, workspace=ws)
     with pytest.raises(EvaluationError, match="evaluating plate DEMO-PLATE needs the workspace"):
         evaluate(plate="DEMO-PLATE", truth=truth)  # library code does not read ./hts.toml or the environment

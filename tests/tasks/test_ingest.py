@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import CELLOMICS, ND2_MULTI, frame_values, here
 from ome_zarr_models.v05 import HCS, Image
 
-from conftest import here, CELLOMICS, ND2_MULTI, frame_values
 from hts.catalog import Catalog
 from hts.errors import SourceError, StoreError
 from hts.store import PlateStore
@@ -108,7 +108,9 @@ def test_z_and_time_are_kept_or_max_projected(nd2_plate):
     m = PlateStore(rep2.store).read_field("A/02", 0)[:]
     assert m.shape == (2, 2, 1, 32, 32)
     np.testing.assert_array_equal(m[:, :, 0], a.max(axis=2))
-    row = _catalog().query("SELECT size_z, source_size_z, max_projected, pixel_size_z_um FROM plates WHERE store_uri LIKE '%mip.zarr'")[0]
+    row = _catalog().query(
+        "SELECT size_z, source_size_z, max_projected, pixel_size_z_um FROM plates WHERE store_uri LIKE '%mip.zarr'"
+    )[0]
     assert (row["size_z"], row["source_size_z"], row["max_projected"]) == (1, 3, True)
 
 
@@ -151,7 +153,9 @@ def test_output_holding_another_plate_is_refused_and_untouched(nd2_plate):
     # nor a folder of other files (no zarr.json at all); nothing is registered for it either
     Path("notes.zarr").mkdir()
     (Path("notes.zarr") / "precious.txt").write_text("keep me")
-    with pytest.raises(StoreError, match=r"notes\.zarr already exists and holds data that is not an hts plate.*--overwrite"):
+    with pytest.raises(
+        StoreError, match=r"notes\.zarr already exists and holds data that is not an hts plate.*--overwrite"
+    ):
         ingest(b, out="notes.zarr", workspace=here())
     assert (Path("notes.zarr") / "precious.txt").read_text() == "keep me"
     assert [r["name"] for r in _catalog().query("SELECT name FROM plates")] == ["a"]
@@ -237,7 +241,9 @@ def test_skeleton_that_fails_leaves_no_store_and_no_plate(nd2_plate, monkeypatch
 def test_local_dask_cluster_gives_the_same_plate(nd2_plate, tmp_path):
     src = nd2_plate(wells="A01:A03", fields=2)
     sync = ingest(src, out=tmp_path / "sync.zarr", workspace=here(db=tmp_path / "s.duckdb", scheduler="sync"))
-    dist = ingest(src, out=tmp_path / "dist.zarr", workers=2, workspace=here(db=tmp_path / "d.duckdb", scheduler="local"))
+    dist = ingest(
+        src, out=tmp_path / "dist.zarr", workers=2, workspace=here(db=tmp_path / "d.duckdb", scheduler="local")
+    )
     q = "SELECT well, field_index, checksum FROM fields ORDER BY ALL"
     assert Catalog(tmp_path / "s.duckdb").query(q) == Catalog(tmp_path / "d.duckdb").query(q)
     assert sync.fields_written == dist.fields_written == 6
@@ -285,7 +291,9 @@ def test_mixed_named_and_unnamed_positions(tmp_path):
 
     path = tmp_path / "mixed.nd2"
     pos = [Position("A01", 0, 0), Position(None, 9000, 0)]
-    write_nd2(path, np.zeros((1, 2, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16))
+    write_nd2(
+        path, np.zeros((1, 2, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16)
+    )
     with pytest.raises(SourceError, match="some positions are named by well and some are not"):
         ingest(path, workspace=here())
     _nothing_stored()
@@ -318,7 +326,9 @@ def test_duplicate_field_names_in_nd2(tmp_path):
 
     path = tmp_path / "dup.nd2"
     pos = [Position("A01", 0, 0), Position("B12#2", 9000, 0), Position("B12#2", 9000, 300)]
-    write_nd2(path, np.zeros((1, 3, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16))
+    write_nd2(
+        path, np.zeros((1, 3, 1, 1, 16, 16), np.uint16), positions=pos, channels=[Channel("DAPI")], shape_yx=(16, 16)
+    )
     with pytest.raises(SourceError, match=r"positions 1 and 2 are both named 'B12#2'"):
         ingest(path, workspace=here())
     _nothing_stored()

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import here
 
 from hts.catalog import Catalog
 from hts.tasks.ingest import ingest
-from conftest import here
 
 
 @pytest.mark.slow
@@ -22,7 +22,9 @@ def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
     ref = ingest(src, out=tmp_path / "ref.zarr", tile=128, workspace=here(db=tmp_path / "ref.duckdb"))
     hts = Path(sys.executable).with_name("hts")
     env = dict(os.environ, HTS_SCHEDULER="sync")
-    proc = subprocess.Popen([str(hts), "ingest", str(src), "--tile", "128"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(hts), "ingest", str(src), "--tile", "128"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     cat = Catalog("hts.duckdb")
     deadline = time.monotonic() + 120
     done = 0

@@ -9,15 +9,15 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import here
 
+from hts.api import segment
 from hts.catalog import Catalog
 from hts.compute.measure import measure_field
 from hts.errors import CatalogError
 from hts.store import PlateStore
 from hts.store.tables import run_parts_dir
 from hts.tasks.measure import measure
-from hts.api import segment
-from conftest import here
 
 
 @pytest.fixture
@@ -49,7 +49,12 @@ def test_segment_measures_every_cell_and_values_match_the_stored_labels(plate):
     want = measure_field(labels, dict(zip(["DAPI", "GFP", "Brightfield"], pix)), pixel_size_um=0.65).to_pydict()
     got = cat.query("SELECT * FROM cells WHERE well = 'B03' AND field_index = 1 ORDER BY object_id")
     assert [r["object_id"] for r in got] == want["object_id"]
-    for col in ("Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DAPI", "Cytoplasm_Intensity_MedianIntensity_GFP", "Cells_AreaShape_Solidity"):
+    for col in (
+        "Cells_AreaShape_Area",
+        "Nuclei_Intensity_MeanIntensity_DAPI",
+        "Cytoplasm_Intensity_MedianIntensity_GFP",
+        "Cells_AreaShape_Solidity",
+    ):
         np.testing.assert_allclose([r[col] for r in got], want[col], rtol=1e-12)
     # parts are stored with the plate, one per field
     parts = sorted(run_parts_dir(store.path, run["run_id"]).glob("*.parquet"))
@@ -74,7 +79,10 @@ def test_views_aggregate_per_well_with_the_platemap(plate):
     assert ps["n_wells"] == 8 and ps["cell_count"] == sum(r["cell_count"] for r in ws) and ps["n_negative_control"] == 2
     qc = cat.query("SELECT * FROM field_qc ORDER BY well, field_index")
     assert len(qc) == 16 and all(r["focus_score_min"] > 0 and r["saturated_fraction_max"] >= 0 for r in qc)
-    assert all(r["cell_count"] == n["n_cells"] for r, n in zip(qc, cat.query("SELECT n_cells FROM run_fields ORDER BY well, field_index")))
+    assert all(
+        r["cell_count"] == n["n_cells"]
+        for r, n in zip(qc, cat.query("SELECT n_cells FROM run_fields ORDER BY well, field_index"))
+    )
     prof = cat.query("SELECT * FROM cell_profiles LIMIT 1")[0]
     assert prof["Metadata_Plate"] == "DEMO-PLATE" and prof["Metadata_Well"] and prof["Metadata_Site"] in (0, 1)
     assert "Metadata_ObjectNumber" in prof and "plate_id" not in prof
@@ -103,7 +111,10 @@ def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_fiel
     segment(engine="classic", features=False, label_suffix="x", workspace=here())
     restore = interrupt_field_task(6)
     with pytest.raises(KeyboardInterrupt):
-        measure(run=Catalog("hts.duckdb").query("SELECT run_id FROM runs WHERE labels LIKE '%_x%'")[0]["run_id"], workspace=here())
+        measure(
+            run=Catalog("hts.duckdb").query("SELECT run_id FROM runs WHERE labels LIKE '%_x%'")[0]["run_id"],
+            workspace=here(),
+        )
     restore()
     measure(workspace=here())
     cat = Catalog("hts.duckdb")
@@ -112,7 +123,8 @@ def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_fiel
     with duckdb.connect("hts.duckdb", read_only=True) as con:
         for r in runs:
             got = con.sql(
-                "SELECT * EXCLUDE (run_id) FROM cells WHERE run_id = $1 ORDER BY well, field_index, t, object_id", params=[r["run_id"]]
+                "SELECT * EXCLUDE (run_id) FROM cells WHERE run_id = $1 ORDER BY well, field_index, t, object_id",
+                params=[r["run_id"]],
             ).to_arrow_table()
             assert got.equals(ref.select(got.column_names))
 

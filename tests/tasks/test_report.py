@@ -6,12 +6,12 @@ import base64
 import re
 
 import pytest
+from conftest import here
 from matplotlib.image import imread
 
+from hts.api import segment
 from hts.errors import CatalogError
 from hts.tasks.report import report
-from hts.api import segment
-from conftest import here
 
 
 @pytest.fixture
@@ -22,7 +22,14 @@ def segmented(annotated_plate):
 
 
 def test_report_writes_pictures_and_a_self_contained_page(segmented, tmp_path):
-    res = report("DEMO-PLATE", values=["cell_count", "Cells_Intensity_NucCytoRatio_GFP"], sql="SELECT well, avg(Nuclei_AreaShape_Area) AS nucleus_area FROM cells GROUP BY well", fields=["B03"], out=tmp_path / "rep", workspace=here())
+    res = report(
+        "DEMO-PLATE",
+        values=["cell_count", "Cells_Intensity_NucCytoRatio_GFP"],
+        sql="SELECT well, avg(Nuclei_AreaShape_Area) AS nucleus_area FROM cells GROUP BY well",
+        fields=["B03"],
+        out=tmp_path / "rep",
+        workspace=here(),
+    )
     names = sorted(p.rsplit("/", 1)[-1] for p in res.images)
     assert names == sorted([
         "heatmap_cell_count.png", "heatmap_Cells_Intensity_NucCytoRatio_GFP.png", "heatmap_nucleus_area.png",

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import here
 from ome_zarr_models.v05 import HCS, Image
 
+from hts.api import segment
 from hts.catalog import Catalog
 from hts.compute.segment.engines import EngineError
 from hts.errors import ClusterError
@@ -23,8 +25,6 @@ from hts.store import PlateStore
 from hts.synth import make_plate
 from hts.tasks import plan as seg_mod
 from hts.tasks.ingest import ingest
-from hts.api import segment
-from conftest import here
 
 
 @pytest.fixture
@@ -60,7 +60,9 @@ def test_segment_writes_valid_labels_and_records_the_run(plate):
     assert store.read_labels("B/02/1", "nuclei", level=0)[:].max() > 3
     # counts in the catalog are the objects in the stored labels
     cat = Catalog("hts.duckdb")
-    counts = cat.query("SELECT well, field_index, n_objects FROM run_object_counts WHERE output = 'nuclei' ORDER BY ALL")
+    counts = cat.query(
+        "SELECT well, field_index, n_objects FROM run_object_counts WHERE output = 'nuclei' ORDER BY ALL"
+    )
     stored = _labels(store, "nuclei")
     for c in counts:
         lab = stored[f"{c['well'][0]}/{c['well'][1:]}/{c['field_index']}"]
@@ -98,7 +100,12 @@ def test_interrupted_segment_resumes_to_identical_labels(plate, interrupt_field_
     with pytest.raises(KeyboardInterrupt):
         segment(engine="classic", workspace=here())
     cat = Catalog("hts.duckdb")
-    assert cat.query("SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'")[0]["n"] == 4
+    assert (
+        cat.query(
+            "SELECT count(*) AS n FROM run_fields rf JOIN runs r USING (run_id) WHERE r.status = 'running' AND rf.status = 'complete'"
+        )[0]["n"]
+        == 4
+    )
     restore()
     (rep,) = segment(engine="classic", workspace=here())
     assert rep.status == "resumed" and rep.fields_segmented == 8
@@ -109,9 +116,14 @@ def test_interrupted_segment_resumes_to_identical_labels(plate, interrupt_field_
 def test_wells_selection_and_channel_errors(plate):
     (rep,) = segment(engine="classic", wells="A01:A02", workspace=here())
     assert rep.fields_total == 4
-    with pytest.raises(EngineError, match=r"plate DEMO-PLATE has no channel 'Hoechst'; its channels are: DAPI, GFP, Brightfield"):
+    with pytest.raises(
+        EngineError, match=r"plate DEMO-PLATE has no channel 'Hoechst'; its channels are: DAPI, GFP, Brightfield"
+    ):
         segment(engine="classic", channels={"nucleus": "Hoechst"}, label_suffix="x", workspace=here())
-    with pytest.raises(EngineError, match=r"engine foci needs a foci channel .* has channels: DAPI, GFP, Brightfield; pass --channels foci=NAME"):
+    with pytest.raises(
+        EngineError,
+        match=r"engine foci needs a foci channel .* has channels: DAPI, GFP, Brightfield; pass --channels foci=NAME",
+    ):
         segment(engine="foci", workspace=here())
     with pytest.raises(EngineError, match="no channel role 'dna'"):
         segment(engine="classic", channels={"dna": "DAPI"}, workspace=here())
@@ -128,7 +140,13 @@ def test_no_plates_and_missing_pixel_size(tmp_path):
     # no pixel size in the metadata: estimated from the field
     (est,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, workspace=here())
     assert est.pixel_size_source == "estimated" and est.objects["nuclei"] > 50
-    (rep,) = segment(engine="classic", channels={"nucleus": "d0", "cytoplasm": "d2"}, pixel_size_um=0.65, overwrite=True, workspace=here())
+    (rep,) = segment(
+        engine="classic",
+        channels={"nucleus": "d0", "cytoplasm": "d2"},
+        pixel_size_um=0.65,
+        overwrite=True,
+        workspace=here(),
+    )
     assert rep.objects["nuclei"] > 50  # the real CellProfiler ExampleHuman field holds ~80 nuclei
     # nothing to estimate from (a blank field): refused, naming the option
     import tifffile
@@ -164,7 +182,14 @@ def test_external_dask_scheduler_and_workers(plate, tmp_path):
     dask = shutil.which("dask", path=str(Path(sys.executable).parent))
     port = 18786 + os.getpid() % 1000
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         time.sleep(2.0)
         for i in range(2):
@@ -172,8 +197,22 @@ def test_external_dask_scheduler_and_workers(plate, tmp_path):
             wdir.mkdir()
             procs.append(
                 subprocess.Popen(
-                    [dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard", "--local-directory", str(wdir), "--name", f"w{i}"],
-                    cwd=wdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        dask,
+                        "worker",
+                        f"tcp://127.0.0.1:{port}",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(wdir),
+                        "--name",
+                        f"w{i}",
+                    ],
+                    cwd=wdir,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             )
         from distributed import Client
@@ -252,8 +291,10 @@ def no_pixel_size_plate(tmp_path):
 def test_a_plate_without_pixel_size_is_segmented_at_an_estimated_one(no_pixel_size_plate):
     (rep,) = segment(engine="classic", workers=1, workspace=here())
     assert rep.pixel_size_source == "estimated" and 0.35 < rep.pixel_size_um < 0.55  # the nuclei measure ~23 px, 10 µm
-    assert rep.notes == [f"pixel size unknown: nuclei measure ~{10 / rep.pixel_size_um:.0f} px, segmenting as if "
-                         f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"]  # DAPI: no doubt, no note
+    assert rep.notes == [
+        f"pixel size unknown: nuclei measure ~{10 / rep.pixel_size_um:.0f} px, segmenting as if "
+        f"{rep.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"
+    ]  # DAPI: no doubt, no note
     assert rep.objects["nuclei"] > 150
     (run,) = Catalog("hts.duckdb").query("SELECT pixel_size_um, pixel_size_source FROM runs")
     assert run == {"pixel_size_um": rep.pixel_size_um, "pixel_size_source": "estimated"}
@@ -289,4 +330,6 @@ def test_a_single_channel_plate_fills_the_engines_one_role_and_says_so(tmp_path)
     ingest(src, pattern="{well}_s{field}_{channel}.tif", workspace=here())
     (rep,) = segment(engine="classic", pixel_size_um=0.45, workers=1, workspace=here())
     assert rep.objects["nuclei"] > 80
-    assert rep.notes == ["plate one has one channel, w1: used as the nucleus channel of classic (pass --channels nucleus=NAME to say so)"]
+    assert rep.notes == [
+        "plate one has one channel, w1: used as the nucleus channel of classic (pass --channels nucleus=NAME to say so)"
+    ]

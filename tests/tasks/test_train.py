@@ -12,15 +12,23 @@ import tifffile
 from hts.catalog import Catalog
 from hts.compute.segment.engines import EngineError, engine_class, segment_field
 from hts.compute.segment.engines._deep import DeepEngine
+from hts.config import load_workspace
 from hts.errors import HtsError
 from hts.store import PlateStore
 from hts.synth import make_plate, synth_field
-from hts.config import load_workspace
 from hts.tasks.train import TrainData, TrainOptions, train_engine
 
 # a tiny network and short steps: seconds per run
-TINY = {"arch_config": {"base": 4, "depth": 2}, "batch_size": 2, "crop_sizes": (64,), "val_crop": 64,
-        "val_every": 2, "warmup": 1, "patience": 100, "threads": 1}
+TINY = {
+    "arch_config": {"base": 4, "depth": 2},
+    "batch_size": 2,
+    "crop_sizes": (64,),
+    "val_crop": 64,
+    "val_every": 2,
+    "warmup": 1,
+    "patience": 100,
+    "threads": 1,
+}
 
 
 @pytest.fixture
@@ -48,12 +56,24 @@ def test_train_from_masks_writes_a_loadable_engine_folder(mask_folders, tmp_path
     imgs, masks = mask_folders
     out = tmp_path / "my-nuclei"
     events: list[dict] = []
-    rep = train_engine("nuclei", out, TrainData(images=imgs, masks=masks, pixel_size_um=0.65),
-                       TrainOptions(steps=4, config=TINY), progress=events.append, command="hts train --engine nuclei ...")
+    rep = train_engine(
+        "nuclei",
+        out,
+        TrainData(images=imgs, masks=masks, pixel_size_um=0.65),
+        TrainOptions(steps=4, config=TINY),
+        progress=events.append,
+        command="hts train --engine nuclei ...",
+    )
     assert rep.status == "trained" and rep.steps_run == 4 and rep.train_items == 2 and rep.val_items == 1
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
     assert sorted(p.name for p in out.iterdir()) == [
-        "CARD.md", "config.json", "manifest.json", "metrics.json", "model.safetensors", "training.json"]
+        "CARD.md",
+        "config.json",
+        "manifest.json",
+        "metrics.json",
+        "model.safetensors",
+        "training.json",
+    ]
     cfg = json.loads((out / "config.json").read_text())
     # the object size was measured on the masks (synthetic nuclei at 0.65 µm/px), the pixel size chosen from it
     assert cfg["name"] == "nuclei" and cfg["inputs"] == ["nucleus"]
@@ -84,13 +104,18 @@ def test_train_from_masks_writes_a_loadable_engine_folder(mask_folders, tmp_path
 
 
 def test_train_on_a_plate_with_stain_derived_targets_then_segment_with_the_folder(plate, tmp_path):
-    from hts.tasks.evaluate import evaluate
     from hts.api import segment
+    from hts.tasks.evaluate import evaluate
 
     out = tmp_path / "bf"
     ws = load_workspace()
-    rep = train_engine("brightfield-unet", out, TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
-                       TrainOptions(steps=4, config=TINY), workspace=ws)
+    rep = train_engine(
+        "brightfield-unet",
+        out,
+        TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
+        TrainOptions(steps=4, config=TINY),
+        workspace=ws,
+    )
     assert rep.train_items == 1 and rep.val_items == 1 and rep.metrics["set"] == "validation"
     run = json.loads((out / "training.json").read_text())
     d = run["data"]["plate"]
@@ -115,16 +140,30 @@ def test_train_on_a_plate_with_stain_derived_targets_then_segment_with_the_folde
     with pytest.raises(EngineError, match="--labels-from CHANNEL"):
         TrainData(plate="DEMO-PLATE")
     with pytest.raises(EngineError, match="has no channel 'Hoechst'"):
-        train_engine("brightfield-unet", tmp_path / "x", TrainData(plate="DEMO-PLATE", labels_from="Hoechst"),
-                     TrainOptions(steps=2, config=TINY), workspace=ws)
+        train_engine(
+            "brightfield-unet",
+            tmp_path / "x",
+            TrainData(plate="DEMO-PLATE", labels_from="Hoechst"),
+            TrainOptions(steps=2, config=TINY),
+            workspace=ws,
+        )
     with pytest.raises(EngineError, match="training from plate DEMO-PLATE needs the workspace"):
-        train_engine("brightfield-unet", tmp_path / "x", TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
-                     TrainOptions(steps=2, config=TINY))
+        train_engine(
+            "brightfield-unet",
+            tmp_path / "x",
+            TrainData(plate="DEMO-PLATE", labels_from="DAPI"),
+            TrainOptions(steps=2, config=TINY),
+        )
 
 
 def test_whole_cell_engine_trains_on_plate_cells(plate, tmp_path):
-    rep = train_engine("cytoplasm", tmp_path / "cyto", TrainData(plate="DEMO-PLATE", labels_from="DAPI", wells="A01"),
-                       TrainOptions(steps=2, config=TINY), workspace=load_workspace())
+    rep = train_engine(
+        "cytoplasm",
+        tmp_path / "cyto",
+        TrainData(plate="DEMO-PLATE", labels_from="DAPI", wells="A01"),
+        TrainOptions(steps=2, config=TINY),
+        workspace=load_workspace(),
+    )
     assert rep.train_items == 1 and rep.val_items == 0 and rep.metrics["set"].startswith("training")
     cfg = json.loads((tmp_path / "cyto" / "config.json").read_text())
     assert cfg["inputs"] == ["cytoplasm"] and cfg["cell_diameter_um"] > cfg["nucleus_diameter_um"] > 5
@@ -144,19 +183,27 @@ def test_interrupted_training_resumes_from_the_checkpoint(mask_folders, tmp_path
             raise Stop
 
     with pytest.raises(Stop):
-        train_engine("nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(steps=6, config=TINY),
-                     progress=stop_at_3)
+        train_engine(
+            "nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(steps=6, config=TINY), progress=stop_at_3
+        )
     assert (out / "checkpoint.pt").exists() and not (out / "config.json").exists()
     steps: list[int] = []
-    rep = train_engine("nuclei", out, TrainData(images=imgs, masks=masks), TrainOptions(config=TINY, resume=True),
-                       progress=lambda ev: ev["event"] == "step" and steps.append(ev["step"]))
+    rep = train_engine(
+        "nuclei",
+        out,
+        TrainData(images=imgs, masks=masks),
+        TrainOptions(config=TINY, resume=True),
+        progress=lambda ev: ev["event"] == "step" and steps.append(ev["step"]),
+    )
     assert rep.status == "resumed" and rep.steps == 6 and steps == [3, 4, 5, 6]  # continued from the step-2 checkpoint
     assert (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
 
 
 def test_minutes_size_the_run(mask_folders, tmp_path):
     imgs, masks = mask_folders
-    rep = train_engine("nuclei", tmp_path / "m", TrainData(images=imgs, masks=masks), TrainOptions(minutes=0.05, config=TINY))
+    rep = train_engine(
+        "nuclei", tmp_path / "m", TrainData(images=imgs, masks=masks), TrainOptions(minutes=0.05, config=TINY)
+    )
     assert rep.steps >= 10 and rep.seconds < 30
 
 
@@ -171,7 +218,9 @@ def test_bad_inputs_are_one_line_errors(mask_folders, tmp_path):
         TrainData(masks=masks)
     with pytest.raises(EngineError, match="cytoplasm trains on whole cells; no cell mask"):
         train_engine("cytoplasm", tmp_path / "o", data)
-    with pytest.raises(EngineError, match=r"img1.tif: image of shape \(1, 128, 128\); fpf takes 2 channel\(s\) \(nucleus, cytoplasm\)"):
+    with pytest.raises(
+        EngineError, match=r"img1.tif: image of shape \(1, 128, 128\); fpf takes 2 channel\(s\) \(nucleus, cytoplasm\)"
+    ):
         train_engine("fpf", tmp_path / "o", data)
     with pytest.raises(EngineError, match="--minutes -1"):
         TrainOptions(minutes=-1)

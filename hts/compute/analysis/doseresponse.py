@@ -61,8 +61,16 @@ def _jacobian(log_c, bottom, top, log_ec50, hill):
 
 def _failed(reason: str, n: int, n_zero: int, **extra) -> dict:
     out = {
-        "bottom": float("nan"), "top": float("nan"), "ec50": float("nan"), "hill": float("nan"),
-        "r2": float("nan"), "p_flat": float("nan"), "n": n, "n_zero": n_zero, "ok": False, "reason": reason,
+        "bottom": float("nan"),
+        "top": float("nan"),
+        "ec50": float("nan"),
+        "hill": float("nan"),
+        "r2": float("nan"),
+        "p_flat": float("nan"),
+        "n": n,
+        "n_zero": n_zero,
+        "ok": False,
+        "reason": reason,
     }
     out.update(extra)
     return out
@@ -123,11 +131,7 @@ def fit_4pl(concentration: np.ndarray, response: np.ndarray) -> dict:
     bottom0, top0 = min(y_low_dose, y_high_dose), max(y_low_dose, y_high_dose)
     if top0 - bottom0 < 0.1 * span:
         bottom0, top0 = y_lo, y_hi
-    starts = [
-        (bottom0, top0, float(np.quantile(levels, q)), h)
-        for h in (1.0, -1.0)
-        for q in (0.5, 0.25, 0.75)
-    ]
+    starts = [(bottom0, top0, float(np.quantile(levels, q)), h) for h in (1.0, -1.0) for q in (0.5, 0.25, 0.75)]
     best = None  # (sum of squares, parameters, converged)
     for p0 in starts:
         try:
@@ -146,8 +150,16 @@ def fit_4pl(concentration: np.ndarray, response: np.ndarray) -> dict:
     r2 = 1.0 - ss_fit / ss_flat
     p_flat = _f_test_p(ss_flat, ss_fit, n)
     result = {
-        "bottom": bottom, "top": top, "ec50": float(10.0**log_ec50), "hill": hill, "r2": float(r2),
-        "p_flat": p_flat, "n": n, "n_zero": n_zero, "ok": True, "reason": None,
+        "bottom": bottom,
+        "top": top,
+        "ec50": float(10.0**log_ec50),
+        "hill": hill,
+        "r2": float(r2),
+        "p_flat": p_flat,
+        "n": n,
+        "n_zero": n_zero,
+        "ok": True,
+        "reason": None,
     }
     if abs(hill) < 1e-3 or not (np.isfinite(p_flat) and p_flat < 0.05):
         p_text = "n/a" if not np.isfinite(p_flat) else f"{p_flat:.2g}"
@@ -167,7 +179,12 @@ def _least_squares(x, y, p0, lower, upper) -> tuple[np.ndarray, bool]:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = least_squares(
-            lambda p: _model(x, *p) - y, p0, jac=lambda p: _jacobian(x, *p),
-            bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=_MAX_NFEV,
+            lambda p: _model(x, *p) - y,
+            p0,
+            jac=lambda p: _jacobian(x, *p),
+            bounds=(lower, upper),
+            method="trf",
+            x_scale="jac",
+            max_nfev=_MAX_NFEV,
         )
     return res.x, bool(res.success)

@@ -34,7 +34,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
-    "AP_THRESHOLDS", "match_instances", "summarize", "overlaps", "splits_and_merges", "score_image", "pool", "scores",
+    "AP_THRESHOLDS",
+    "match_instances",
+    "summarize",
+    "overlaps",
+    "splits_and_merges",
+    "score_image",
+    "pool",
+    "scores",
 ]
 
 #: The IoU thresholds of AP (0.5:0.95): 0.50, 0.55, ..., 0.95.
@@ -69,8 +76,16 @@ def overlaps(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     gi, pj = g_new[gi], p_new[pj]
     g_area, p_area = g_area[g_fg], p_area[p_fg]
     iou = inter / (g_area[gi] + p_area[pj] - inter)
-    return {"gt_ids": g_ids[g_fg], "pred_ids": p_ids[p_fg], "gt_area": g_area, "pred_area": p_area,
-            "gi": gi, "pj": pj, "inter": inter, "iou": iou}
+    return {
+        "gt_ids": g_ids[g_fg],
+        "pred_ids": p_ids[p_fg],
+        "gt_area": g_area,
+        "pred_area": p_area,
+        "gi": gi,
+        "pj": pj,
+        "inter": inter,
+        "iou": iou,
+    }
 
 
 def _match(ov: dict[str, np.ndarray], thresholds: Sequence[float]) -> dict:
@@ -98,7 +113,9 @@ def scores(tp: int, fp: int, fn: int) -> dict[str, Any]:
     """``tp``, ``fp``, ``fn`` with precision, recall, F1 and AP (``tp / (tp + fp + fn)``); 1.0 when all are 0."""
     n_pred, n_true = tp + fp, tp + fn
     return {
-        "tp": int(tp), "fp": int(fp), "fn": int(fn),
+        "tp": int(tp),
+        "fp": int(fp),
+        "fn": int(fn),
         "precision": tp / n_pred if n_pred else (1.0 if not n_true else 0.0),
         "recall": tp / n_true if n_true else 1.0,
         "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
@@ -127,24 +144,36 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float
 
 def summarize(results: Sequence[dict], thresholds: Sequence[float]) -> dict:
     """Pooled (sum of tp/fp/fn over images) and per-image-mean metrics of :func:`match_instances` results."""
-    out: dict[str, Any] = {"images": len(results), "n_true": sum(r["n_true"] for r in results),
-                           "n_pred": sum(r["n_pred"] for r in results)}
+    out: dict[str, Any] = {
+        "images": len(results),
+        "n_true": sum(r["n_true"] for r in results),
+        "n_pred": sum(r["n_pred"] for r in results),
+    }
     for th in thresholds:
         k = f"{th:g}"
         tp = sum(r[k]["tp"] for r in results)
         fp = sum(r[k]["fp"] for r in results)
         fn = sum(r[k]["fn"] for r in results)
         ious = [r[k]["mean_matched_iou"] * r[k]["tp"] for r in results]
-        out[k] = {"tp": tp, "fp": fp, "fn": fn,
-                  "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
-                  "ap": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
-                  "mean_matched_iou": sum(ious) / tp if tp else 0.0,
-                  "f1_mean_per_image": float(np.mean([r[k]["f1"] for r in results])) if results else None}
+        out[k] = {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
+            "ap": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
+            "mean_matched_iou": sum(ious) / tp if tp else 0.0,
+            "f1_mean_per_image": float(np.mean([r[k]["f1"] for r in results])) if results else None,
+        }
     return out
 
 
-def splits_and_merges(gt: np.ndarray | None = None, pred: np.ndarray | None = None, *, overlap: float = 0.5,
-                      table: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+def splits_and_merges(
+    gt: np.ndarray | None = None,
+    pred: np.ndarray | None = None,
+    *,
+    overlap: float = 0.5,
+    table: dict[str, np.ndarray] | None = None,
+) -> dict[str, int]:
     """Over- and under-segmentation counts (definitions in the module docstring).
 
     Returns ``splits`` (true objects holding >= ``overlap`` of the area of each of
@@ -162,13 +191,16 @@ def splits_and_merges(gt: np.ndarray | None = None, pred: np.ndarray | None = No
     absorbed = inter >= overlap * ov["gt_area"][gi]
     per_pred = np.bincount(pj[absorbed], minlength=len(ov["pred_ids"]))
     return {
-        "splits": int((per_true >= 2).sum()), "split_pieces": int(per_true[per_true >= 2].sum()),
-        "merges": int((per_pred >= 2).sum()), "merged_true": int(per_pred[per_pred >= 2].sum()),
+        "splits": int((per_true >= 2).sum()),
+        "split_pieces": int(per_true[per_true >= 2].sum()),
+        "merges": int((per_pred >= 2).sum()),
+        "merged_true": int(per_pred[per_pred >= 2].sum()),
     }
 
 
-def score_image(gt: np.ndarray, pred: np.ndarray, *, thresholds: Sequence[float] = AP_THRESHOLDS,
-                overlap: float = 0.5) -> dict[str, Any]:
+def score_image(
+    gt: np.ndarray, pred: np.ndarray, *, thresholds: Sequence[float] = AP_THRESHOLDS, overlap: float = 0.5
+) -> dict[str, Any]:
     """Every metric of one image (truth ``gt``, prediction ``pred``; instance labels, 0 = background).
 
     Returns a flat summary: ``n_true``, ``n_pred``, ``ap`` (mean AP over
@@ -188,9 +220,11 @@ def score_image(gt: np.ndarray, pred: np.ndarray, *, thresholds: Sequence[float]
 def _flat(n_true: int, n_pred: int, per_th: dict[str, dict], ap_thresholds: Sequence[float]) -> dict[str, Any]:
     at50 = per_th["0.5"]
     return {
-        "n_true": int(n_true), "n_pred": int(n_pred),
+        "n_true": int(n_true),
+        "n_pred": int(n_pred),
         "ap": float(np.mean([per_th[f"{t:g}"]["ap"] for t in ap_thresholds])),
-        "ap50": at50["ap"], "ap75": per_th["0.75"]["ap"],
+        "ap50": at50["ap"],
+        "ap75": per_th["0.75"]["ap"],
         **{k: at50[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")},
         "mean_matched_iou": at50["mean_matched_iou"],
         "thresholds": {k: {kk: vv for kk, vv in v.items() if kk != "mean_matched_iou"} for k, v in per_th.items()},
@@ -209,7 +243,9 @@ def pool(per_image: Sequence[dict[str, Any]], *, thresholds: Sequence[float] = A
         tp, fp, fn = (sum(r["thresholds"][k][c] for r in per_image) for c in ("tp", "fp", "fn"))
         per_th[k] = scores(tp, fp, fn)
     tp50 = per_th["0.5"]["tp"]
-    per_th["0.5"]["mean_matched_iou"] = (sum(r["mean_matched_iou"] * r["tp"] for r in per_image) / tp50) if tp50 else 0.0
+    per_th["0.5"]["mean_matched_iou"] = (
+        (sum(r["mean_matched_iou"] * r["tp"] for r in per_image) / tp50) if tp50 else 0.0
+    )
     out = {"images": len(per_image)}
     out.update(_flat(sum(r["n_true"] for r in per_image), sum(r["n_pred"] for r in per_image), per_th, thresholds))
     for k in ("splits", "split_pieces", "merges", "merged_true"):

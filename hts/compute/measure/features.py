@@ -138,8 +138,10 @@ class _Objects:
         """Mean row and column of each object's pixels."""
         if self._centroid is None:
             with np.errstate(divide="ignore", invalid="ignore"):
-                self._centroid = (np.bincount(self.rank, self.r, self.n) / self.counts,
-                                  np.bincount(self.rank, self.c, self.n) / self.counts)
+                self._centroid = (
+                    np.bincount(self.rank, self.r, self.n) / self.counts,
+                    np.bincount(self.rank, self.c, self.n) / self.counts,
+                )
         return self._centroid
 
     def rank_of(self, lab: np.ndarray) -> np.ndarray:
@@ -352,7 +354,7 @@ def _default_scale(dtype: np.dtype) -> float:
         return 255.0
     if dtype == np.uint16:
         return 65535.0
-    if dtype == bool or np.issubdtype(dtype, np.floating):
+    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
         return 1.0
     if np.issubdtype(dtype, np.integer):
         return float(np.iinfo(dtype).max)
@@ -440,7 +442,11 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
         m = has
         st, nn = start[m], cnt[m]
         q = {}
-        for name, frac in (("LowerQuartileIntensity", 0.25), ("MedianIntensity", 0.5), ("UpperQuartileIntensity", 0.75)):
+        for name, frac in (
+            ("LowerQuartileIntensity", 0.25),
+            ("MedianIntensity", 0.5),
+            ("UpperQuartileIntensity", 0.75),
+        ):
             q[name] = np.zeros(n)
             q[name][m] = _quantile(s, st, nn, frac, legacy)
         srank = np.repeat(np.arange(n), cnt)

@@ -50,7 +50,9 @@ class MeasureOptions(BaseModel):
 
     texture: bool = Field(False, description="Haralick texture of nuclei and cells, every channel")
     texture_scale: int = Field(3, ge=1, le=32, description="pixel offset of the co-occurrence matrices")
-    granularity: bool = Field(False, description="granularity spectrum (CellProfiler MeasureGranularity) of nuclei and cells")
+    granularity: bool = Field(
+        False, description="granularity spectrum (CellProfiler MeasureGranularity) of nuclei and cells"
+    )
     rod: bool = Field(False, description="rod-cell coordinate system: length, width, curvature, volume, axial profile")
 
     def key(self) -> str:
@@ -196,10 +198,14 @@ def _add(cols: dict, prefix: str, feats: Mapping[str, np.ndarray], own_ids: np.n
     for k, v in feats.items():
         if k == "ObjectNumber":
             continue
-        cols[f"{prefix}_{k}"] = np.asarray(v, np.float64) if same else _aligned(np.asarray(v, np.float64), own_ids, want_ids)
+        cols[f"{prefix}_{k}"] = (
+            np.asarray(v, np.float64) if same else _aligned(np.asarray(v, np.float64), own_ids, want_ids)
+        )
 
 
-def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _foci_per_cell(
+    foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, images: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     from hts.compute.measure.rod import axial_position
 
     n = len(cell_ids)
@@ -218,7 +224,7 @@ def _foci_per_cell(foci: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, im
     with np.errstate(invalid="ignore", divide="ignore"):
         out["Cells_Sum_Foci_AreaShape_Area"] = np.bincount(pos, weights=area, minlength=n)
         out["Cells_Mean_Foci_AreaShape_Area"] = out["Cells_Sum_Foci_AreaShape_Area"] / count
-        for ch, im in images.items():
+        for ch in images:
             mean = shape[f"Intensity_MeanIntensity_{ch}"][inside]
             integ = shape[f"Intensity_IntegratedIntensity_{ch}"][inside]
             out[f"Cells_Mean_Foci_Intensity_MeanIntensity_{ch}"] = np.bincount(pos, weights=mean, minlength=n) / count

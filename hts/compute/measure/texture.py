@@ -175,7 +175,7 @@ def _haralick(rank, a, b, n: int, levels: int, maxv: np.ndarray) -> np.ndarray:
 
         # marginal m (both marginals of a symmetric matrix), sum and difference distributions
         k = np.arange(L, dtype=np.float64)
-        m = (np.bincount(rank * L + a, minlength=n * L) + np.bincount(rank * L + b, minlength=n * L))
+        m = np.bincount(rank * L + a, minlength=n * L) + np.bincount(rank * L + b, minlength=n * L)
         m = m.reshape(n, L) / total[:, None]  # divided, not times 1/total: a lone level is exactly 1
         s = np.arange(2 * L, dtype=np.float64)
         ps = 2.0 * np.bincount(rank * (2 * L) + a + b, minlength=n * 2 * L).reshape(n, 2 * L) / total[:, None]

@@ -46,8 +46,19 @@ from hts.compute.segment.nets import ACTIVATIONS, ARCHS, InferenceModel, build_m
 from hts.errors import EngineError
 
 __all__ = [
-    "EngineError", "BackendUnavailable", "ModelSpec", "save_model_dir", "export_onnx", "Runner", "TorchRunner",
-    "OnnxRuntimeRunner", "TensorRTRunner", "available_backends", "resolve_device", "load_runner", "default_cache_dir",
+    "EngineError",
+    "BackendUnavailable",
+    "ModelSpec",
+    "save_model_dir",
+    "export_onnx",
+    "Runner",
+    "TorchRunner",
+    "OnnxRuntimeRunner",
+    "TensorRTRunner",
+    "available_backends",
+    "resolve_device",
+    "load_runner",
+    "default_cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,8 +199,14 @@ class ModelSpec:
         if problem:
             raise EngineError(f"{cfg_path}: {problem}")
         return cls(
-            path=path, name=cfg["name"], arch=cfg["arch"], arch_config=cfg["arch_config"], heads=cfg["heads"],
-            in_channels=cfg["in_channels"], weights_sha256=cfg["weights_sha256"].lower(), weights=weights,
+            path=path,
+            name=cfg["name"],
+            arch=cfg["arch"],
+            arch_config=cfg["arch_config"],
+            heads=cfg["heads"],
+            in_channels=cfg["in_channels"],
+            weights_sha256=cfg["weights_sha256"].lower(),
+            weights=weights,
             extra={k: v for k, v in cfg.items() if k not in _KNOWN},
         )
 
@@ -201,8 +218,10 @@ class ModelSpec:
         except ValueError as e:
             raise EngineError(f"{self.path / 'config.json'}: {e}") from None
         if net.in_channels not in (None, self.in_channels):
-            raise EngineError(f"{self.path / 'config.json'}: in_channels is {self.in_channels} "
-                              f"but arch {self.arch!r} takes {net.in_channels}")
+            raise EngineError(
+                f"{self.path / 'config.json'}: in_channels is {self.in_channels} "
+                f"but arch {self.arch!r} takes {net.in_channels}"
+            )
         self.multiple = net.multiple
 
     @property
@@ -239,8 +258,14 @@ class ModelSpec:
     @property
     def arch_hash(self) -> str:
         """A short hash of everything besides the weights that shapes the exported graph."""
-        key = dict(arch=self.arch, arch_config=self.arch_config, heads=self.heads, in_channels=self.in_channels,
-                   opset=OPSET, export=EXPORT_VERSION)
+        key = dict(
+            arch=self.arch,
+            arch_config=self.arch_config,
+            heads=self.heads,
+            in_channels=self.in_channels,
+            opset=OPSET,
+            export=EXPORT_VERSION,
+        )
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
     def load_torch(self, device: str | torch.device = "cpu") -> InferenceModel:
@@ -264,7 +289,9 @@ class ModelSpec:
         try:
             missing, unexpected = model.net.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise EngineError(f"weights file {p} does not fit arch {self.arch!r} ({str(e).splitlines()[-1].strip()})") from None
+            raise EngineError(
+                f"weights file {p} does not fit arch {self.arch!r} ({str(e).splitlines()[-1].strip()})"
+            ) from None
         if missing or unexpected:
             raise EngineError(
                 f"weights file {p} does not fit arch {self.arch!r} (missing: {', '.join(missing[:5]) or '-'}; "
@@ -274,8 +301,16 @@ class ModelSpec:
 
 
 def save_model_dir(
-    path: str | Path, model: nn.Module, *, name: str, arch: str, arch_config: dict, heads: list[dict],
-    in_channels: int, extra: dict | None = None, weights: str = "model.safetensors",
+    path: str | Path,
+    model: nn.Module,
+    *,
+    name: str,
+    arch: str,
+    arch_config: dict,
+    heads: list[dict],
+    in_channels: int,
+    extra: dict | None = None,
+    weights: str = "model.safetensors",
 ) -> Path:
     """Write ``model``'s weights (safetensors) and ``config.json`` (with their sha256) to folder ``path``.
 
@@ -327,8 +362,16 @@ def save_model_dir(
         raise EngineError(f"{path}: cannot save model ({problem})")
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     _atomic_write(path / weights, lambda tmp: save_file(state, str(tmp), metadata={"name": name, "arch": arch}))
-    cfg = dict(name=name, arch=arch, arch_config=arch_config, heads=heads, in_channels=in_channels, weights=weights,
-               weights_sha256=_file_sha256(path / weights), **extra)
+    cfg = dict(
+        name=name,
+        arch=arch,
+        arch_config=arch_config,
+        heads=heads,
+        in_channels=in_channels,
+        weights=weights,
+        weights_sha256=_file_sha256(path / weights),
+        **extra,
+    )
     _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
     return path
 
@@ -353,7 +396,9 @@ def resolve_device(device: str) -> str:
     if not m:
         raise EngineError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
     if not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} requested but there is no CUDA device (torch.cuda.is_available() is False)")
+        raise EngineError(
+            f"device {device!r} requested but there is no CUDA device (torch.cuda.is_available() is False)"
+        )
     if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
         raise EngineError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return d
@@ -461,7 +506,9 @@ class Runner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise EngineError(f"model {self.spec.name!r}: expected a (N, {self.in_channels}, H, W) batch, got shape {x.shape}")
+            raise EngineError(
+                f"model {self.spec.name!r}: expected a (N, {self.in_channels}, H, W) batch, got shape {x.shape}"
+            )
         n, _, h, w = x.shape
         if h % self.multiple or w % self.multiple:
             raise EngineError(f"model {self.spec.name!r}: H and W must be multiples of {self.multiple}, got {h}x{w}")
@@ -474,8 +521,10 @@ class Runner:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.spec.name!r}, device={self.device!r}, "
-                f"precision={self.precision!r}, max_batch={self.max_batch})")
+        return (
+            f"{type(self).__name__}(model={self.spec.name!r}, device={self.device!r}, "
+            f"precision={self.precision!r}, max_batch={self.max_batch})"
+        )
 
 
 class TorchRunner(Runner):
@@ -496,8 +545,15 @@ class TorchRunner(Runner):
 
     backend = "torch"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", fp16: bool | None = None, *, max_batch: int = 8,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "cpu",
+        fp16: bool | None = None,
+        *,
+        max_batch: int = 8,
+        threads: int | None = None,
+    ):
         device = resolve_device(device)
         cuda = device.startswith("cuda")
         fp16 = cuda if fp16 is None else bool(fp16)
@@ -553,7 +609,11 @@ def export_onnx(spec: ModelSpec, cache_dir: str | Path | None = None, *, fp16: b
     Path
         ``<cache_dir>/onnx/<weights sha256>-<arch hash>[-fp16].onnx``.
     """
-    final = Path(cache_dir or default_cache_dir()) / "onnx" / f"{spec.sha256}-{spec.arch_hash}{'-fp16' if fp16 else ''}.onnx"
+    final = (
+        Path(cache_dir or default_cache_dir())
+        / "onnx"
+        / f"{spec.sha256}-{spec.arch_hash}{'-fp16' if fp16 else ''}.onnx"
+    )
     if final.is_file():
         return final
     from torch.export import Dim
@@ -568,8 +628,16 @@ def export_onnx(spec: ModelSpec, cache_dir: str | Path | None = None, *, fp16: b
 
     def write(tmp: Path) -> None:
         with _quiet_export():
-            program = torch.onnx.export(module, (sample,), dynamo=True, dynamic_shapes=dims, opset_version=OPSET,
-                                        input_names=["image"], output_names=["output"], verbose=False)
+            program = torch.onnx.export(
+                module,
+                (sample,),
+                dynamo=True,
+                dynamic_shapes=dims,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=["output"],
+                verbose=False,
+            )
             program.save(str(tmp), external_data=False)
 
     try:
@@ -577,8 +645,10 @@ def export_onnx(spec: ModelSpec, cache_dir: str | Path | None = None, *, fp16: b
     except EngineError:
         raise
     except Exception as e:  # the exporter raises many kinds
-        raise EngineError(f"model {spec.name!r} ({spec.path}): ONNX export failed ({type(e).__name__}: "
-                          f"{(str(e).strip().splitlines() or [''])[0]})") from e
+        raise EngineError(
+            f"model {spec.name!r} ({spec.path}): ONNX export failed ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0]})"
+        ) from e
 
 
 class OnnxRuntimeRunner(Runner):
@@ -598,8 +668,15 @@ class OnnxRuntimeRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: str | Path | None = None, *,
-                 threads: int | None = None, max_batch: int = 8):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "cpu",
+        cache_dir: str | Path | None = None,
+        *,
+        threads: int | None = None,
+        max_batch: int = 8,
+    ):
         device = resolve_device(device)
         reason = _unavailable("onnxruntime", device)
         if reason:
@@ -609,8 +686,10 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(spec, device, "fp32", max_batch)
         self.threads = _cpu_threads(threads)
         if device.startswith("cuda"):
-            providers: list = [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}),
-                               "CPUExecutionProvider"]
+            providers: list = [
+                ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}),
+                "CPUExecutionProvider",
+            ]
         else:
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
@@ -666,8 +745,16 @@ class TensorRTRunner(Runner):
 
     backend = "tensorrt"
 
-    def __init__(self, spec: ModelSpec, device: str = "cuda", cache_dir: str | Path | None = None, *,
-                 fp16: bool = True, max_batch: int = 8, opt_shape: tuple[int, int] = (512, 512)):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "cuda",
+        cache_dir: str | Path | None = None,
+        *,
+        fp16: bool = True,
+        max_batch: int = 8,
+        opt_shape: tuple[int, int] = (512, 512),
+    ):
         trt = _import_tensorrt()
         reason = _unavailable("tensorrt", "cuda" if device == "auto" else str(device))
         if reason:
@@ -683,8 +770,13 @@ class TensorRTRunner(Runner):
         strong = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
         gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(self._dev).lower()).strip("-")
         cache = Path(cache_dir or default_cache_dir())
-        self.engine_path = cache / "tensorrt" / (
-            f"{spec.sha256}-{spec.arch_hash}-{gpu}-trt{trt.__version__}-{self.precision}-b{max_batch}-{opt[0]}x{opt[1]}.engine")
+        self.engine_path = (
+            cache
+            / "tensorrt"
+            / (
+                f"{spec.sha256}-{spec.arch_hash}-{gpu}-trt{trt.__version__}-{self.precision}-b{max_batch}-{opt[0]}x{opt[1]}.engine"
+            )
+        )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self._dev):
@@ -722,7 +814,9 @@ class TensorRTRunner(Runner):
             config.set_flag(trt.BuilderFlag.FP16)
         c, lo, hi = self.in_channels, self.min_hw, self.max_hw
         profile = builder.create_optimization_profile()
-        profile.set_shape(network.get_input(0).name, (1, c, lo, lo), (self.max_batch, c, *opt), (self.max_batch, c, hi, hi))
+        profile.set_shape(
+            network.get_input(0).name, (1, c, lo, lo), (self.max_batch, c, *opt), (self.max_batch, c, hi, hi)
+        )
         config.add_optimization_profile(profile)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -732,8 +826,9 @@ class TensorRTRunner(Runner):
     def _run(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape[2:]
         if not (self.min_hw <= h <= self.max_hw and self.min_hw <= w <= self.max_hw):
-            raise EngineError(f"model {self.spec.name!r}: the TensorRT engine takes H, W in "
-                              f"{self.min_hw}..{self.max_hw}, got {h}x{w}")
+            raise EngineError(
+                f"model {self.spec.name!r}: the TensorRT engine takes H, W in {self.min_hw}..{self.max_hw}, got {h}x{w}"
+            )
         with torch.cuda.device(self._dev), torch.cuda.stream(self._stream):
             xt = torch.from_numpy(x).to(self._dev)
             if not self.context.set_input_shape(self._in, tuple(xt.shape)):
@@ -748,8 +843,13 @@ class TensorRTRunner(Runner):
 
 
 def load_runner(
-    spec: ModelSpec | str | Path, backend: str = "auto", device: str = "auto", *,
-    cache_dir: str | Path | None = None, fp16: bool | None = None, threads: int | None = None,
+    spec: ModelSpec | str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    *,
+    cache_dir: str | Path | None = None,
+    fp16: bool | None = None,
+    threads: int | None = None,
     max_batch: int = 8,
 ) -> Runner:
     """A runner for ``spec`` (a :class:`ModelSpec` or a model folder).

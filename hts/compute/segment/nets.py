@@ -99,7 +99,13 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, base: int = 16, depth: int = 4, norm: str = "batch",
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        base: int = 16,
+        depth: int = 4,
+        norm: str = "batch",
         up: str = "bilinear",
     ):
         super().__init__()
@@ -109,8 +115,9 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels, self.depth, self.multiple = in_channels, out_channels, depth, 2**depth
         self.encoder = Encoder(in_channels, w, norm)
         self.ups = nn.ModuleList(
-            nn.ConvTranspose2d(w[i + 1], w[i + 1], 2, stride=2) if up == "transpose" else nn.Upsample(
-                scale_factor=2, mode="bilinear", align_corners=False)
+            nn.ConvTranspose2d(w[i + 1], w[i + 1], 2, stride=2)
+            if up == "transpose"
+            else nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
             for i in range(depth)
         )
         self.decoder = nn.ModuleList(ConvBlock(w[i + 1] + w[i], w[i], norm) for i in range(depth))
@@ -184,7 +191,13 @@ class FPFNet(nn.Module):
     in_channels = 2
 
     def __init__(
-        self, *, base: int = 16, depth: int = 4, nucleus_out: int, cell_out: int, norm: str = "batch",
+        self,
+        *,
+        base: int = 16,
+        depth: int = 4,
+        nucleus_out: int,
+        cell_out: int,
+        norm: str = "batch",
         pyramid: int | None = None,
     ):
         super().__init__()
@@ -254,8 +267,9 @@ class InferenceModel(nn.Module):
         self.heads = [dict(h) for h in heads]
         for h in self.heads:
             if h.get("activation", "none") not in ACTIVATIONS:
-                raise ValueError(f"head {h.get('name')!r}: unknown activation {h['activation']!r} "
-                                 f"(known: {', '.join(ACTIVATIONS)})")
+                raise ValueError(
+                    f"head {h.get('name')!r}: unknown activation {h['activation']!r} (known: {', '.join(ACTIVATIONS)})"
+                )
             if not isinstance(h.get("channels"), int) or h["channels"] < 1:
                 raise ValueError(f"head {h.get('name')!r}: 'channels' must be a positive integer")
         total = sum(h["channels"] for h in self.heads)

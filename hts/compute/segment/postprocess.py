@@ -77,8 +77,13 @@ def log_seeds(img: np.ndarray, mask: np.ndarray, *, diameter_px: float, threshol
     r = diameter_px / 2.0
     sigmas = np.sqrt(2) ** np.arange(-2, 2) * r / np.sqrt(2)
     blobs = feature.blob_log(
-        img * mask, min_sigma=float(sigmas.min()), max_sigma=float(sigmas.max()), num_sigma=4,
-        threshold=threshold, overlap=0.5, exclude_border=False,
+        img * mask,
+        min_sigma=float(sigmas.min()),
+        max_sigma=float(sigmas.max()),
+        num_sigma=4,
+        threshold=threshold,
+        overlap=0.5,
+        exclude_border=False,
     )
     markers = np.zeros(img.shape, np.int32)
     for i, (y, x, _) in enumerate(blobs, start=1):

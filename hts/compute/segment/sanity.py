@@ -46,8 +46,12 @@ def dark_background_skew(image: np.ndarray) -> float:
 
 
 def field_checks(
-    images: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, pixel_size_um: float,
-    nucleus_diameter_um: float, channels: dict[str, str] | None = None,
+    images: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    *,
+    pixel_size_um: float,
+    nucleus_diameter_um: float,
+    channels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The checks a field fails: ``[{"check", "channel" or "output", "value", "message"}]`` (empty: plausible).
 
@@ -61,21 +65,39 @@ def field_checks(
             s = dark_background_skew(images[role])
             if s < SKEW_LIMIT:
                 ch = channels.get(role, role)
-                out.append({"check": "dark_objects", "channel": ch, "value": round(s, 3),
-                            "message": f"channel {ch} ({role}) shows dark objects on a bright background "
-                                       f"(skewness {s:.2f}); the engine expects bright stained nuclei"})
+                out.append(
+                    {
+                        "check": "dark_objects",
+                        "channel": ch,
+                        "value": round(s, 3),
+                        "message": f"channel {ch} ({role}) shows dark objects on a bright background "
+                        f"(skewness {s:.2f}); the engine expects bright stained nuclei",
+                    }
+                )
     nuc = labels.get("nuclei")
     if nuc is not None and nuc.size:
         fill = float(np.count_nonzero(nuc)) / nuc.size
         if fill > FILL_LIMIT:
-            out.append({"check": "objects_fill_field", "output": "nuclei", "value": round(fill, 3),
-                        "message": f"nuclei cover {fill:.0%} of the field: objects tile the field instead of lying on a background"})
+            out.append(
+                {
+                    "check": "objects_fill_field",
+                    "output": "nuclei",
+                    "value": round(fill, 3),
+                    "message": f"nuclei cover {fill:.0%} of the field: objects tile the field instead of lying on a background",
+                }
+            )
         d = object_diameters_px(nuc)
         if len(d) >= 5:
             med_um = float(np.median(d)) * pixel_size_um
             lo, hi = SIZE_RANGE[0] * nucleus_diameter_um, SIZE_RANGE[1] * nucleus_diameter_um
             if not lo <= med_um <= hi:
-                out.append({"check": "object_size", "output": "nuclei", "value": round(med_um, 2),
-                            "message": f"median nucleus {med_um:.1f} µm across, expected {lo:.0f}-{hi:.0f} µm: "
-                                       "check the pixel size (--pixel-size) or the channel"})
+                out.append(
+                    {
+                        "check": "object_size",
+                        "output": "nuclei",
+                        "value": round(med_um, 2),
+                        "message": f"median nucleus {med_um:.1f} µm across, expected {lo:.0f}-{hi:.0f} µm: "
+                        "check the pixel size (--pixel-size) or the channel",
+                    }
+                )
     return out

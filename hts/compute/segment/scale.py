@@ -49,8 +49,10 @@ class ScaleEstimate:
     tried: list[dict] = field(default_factory=list)  # per candidate: pixel size, objects, median diameter, implied
 
     def message(self, output: str = "nuclei") -> str:
-        return (f"pixel size unknown: {output} measure ~{self.diameter_px:.0f} px, segmenting as if "
-                f"{self.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it")
+        return (
+            f"pixel size unknown: {output} measure ~{self.diameter_px:.0f} px, segmenting as if "
+            f"{self.pixel_size_um:.3g} µm/px; pass --pixel-size to fix it"
+        )
 
 
 def engine_nucleus_diameter_um(engine: Engine) -> float:
@@ -76,7 +78,7 @@ def object_diameters_px(labels: np.ndarray, *, exclude_border: bool = True) -> n
 def _crop(image: np.ndarray, side: int) -> np.ndarray:
     ny, nx = image.shape
     y0, x0 = max(0, (ny - side) // 2), max(0, (nx - side) // 2)
-    return image[y0: y0 + side, x0: x0 + side]
+    return image[y0 : y0 + side, x0 : x0 + side]
 
 
 def _measure(engine: Engine, fields: Sequence[dict[str, np.ndarray]], px: float, crop: int, output: str) -> np.ndarray:
@@ -92,8 +94,13 @@ def _measure(engine: Engine, fields: Sequence[dict[str, np.ndarray]], px: float,
 
 
 def estimate_pixel_size(
-    engine: Engine, fields: Sequence[dict[str, np.ndarray]], *, candidates: Sequence[float] = CANDIDATES,
-    crop: int = 512, min_objects: int = 5, output: str = "nuclei",
+    engine: Engine,
+    fields: Sequence[dict[str, np.ndarray]],
+    *,
+    candidates: Sequence[float] = CANDIDATES,
+    crop: int = 512,
+    min_objects: int = 5,
+    output: str = "nuclei",
 ) -> ScaleEstimate | None:
     """The pixel size (µm) at which ``engine`` finds nuclei of its typical size in ``fields``.
 
@@ -132,8 +139,16 @@ def estimate_pixel_size(
     ds = _measure(engine, fields, px, crop, output)
     if len(ds) >= min_objects:
         refined = float(np.clip(d_um / float(np.median(ds)), px / 1.5, px * 1.5))
-        tried.append({"pixel_size_um": px, "objects": int(len(ds)), "median_diameter_px": float(np.median(ds)),
-                      "implied_um": refined, "refinement": True})
+        tried.append(
+            {
+                "pixel_size_um": px,
+                "objects": int(len(ds)),
+                "median_diameter_px": float(np.median(ds)),
+                "implied_um": refined,
+                "refinement": True,
+            }
+        )
         px = refined
-    return ScaleEstimate(pixel_size_um=round(px, 4), diameter_px=d_um / px, diameter_um=d_um, n_objects=int(len(ds)),
-                         tried=tried)
+    return ScaleEstimate(
+        pixel_size_um=round(px, 4), diameter_px=d_um / px, diameter_um=d_um, n_objects=int(len(ds)), tried=tried
+    )

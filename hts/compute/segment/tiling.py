@@ -155,4 +155,3 @@ def _relabel_jointly(full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     lut = np.zeros(int(present.max()) + 1 if present.size else 1, np.int32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
     return {k: lut[v] for k, v in full.items()}
-

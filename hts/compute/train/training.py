@@ -45,9 +45,8 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,19 +57,47 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from hts.compute.segment.backends import save_model_dir
 from hts.compute.analysis.metrics import match_instances, summarize
+from hts.compute.segment.backends import save_model_dir
 from hts.compute.segment.nets import build_model, count_parameters
 from hts.compute.train.targets import foreground_distance, three_class
 from hts.errors import EngineError
 from hts.formats.images import read_image
 
 __all__ = [
-    "Recipe", "RECIPES", "HeadLoss", "Sample", "Augment", "TrainConfig", "TrainResult",
-    "normalize_channels", "make_sample", "parse_pair", "load_pair", "format_event", "nucleus_folder_samples", "paired_stain_samples",
-    "mask_folder_samples", "median_diameter_px", "split_samples", "make_targets", "random_crop", "make_batch",
-    "train", "save_engine_model", "match_instances", "evaluate_engine", "load_image", "cpu_threads", "stain_nuclei",
-    "get_recipe", "head_loss", "total_loss", "load_init_weights", "labelled_folder_samples", "cell_cores",
+    "Recipe",
+    "RECIPES",
+    "HeadLoss",
+    "Sample",
+    "Augment",
+    "TrainConfig",
+    "TrainResult",
+    "normalize_channels",
+    "make_sample",
+    "parse_pair",
+    "load_pair",
+    "format_event",
+    "nucleus_folder_samples",
+    "paired_stain_samples",
+    "mask_folder_samples",
+    "median_diameter_px",
+    "split_samples",
+    "make_targets",
+    "random_crop",
+    "make_batch",
+    "train",
+    "save_engine_model",
+    "match_instances",
+    "evaluate_engine",
+    "load_image",
+    "cpu_threads",
+    "stain_nuclei",
+    "get_recipe",
+    "head_loss",
+    "total_loss",
+    "load_init_weights",
+    "labelled_folder_samples",
+    "cell_cores",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,16 +166,30 @@ _NUC_LOSSES = (
 )
 
 RECIPES: dict[str, Recipe] = {
-    "nuclei": Recipe("nuclei", ("nucleus",), tuple(FG_DIST_HEADS), "unet", _NUC_LOSSES, ("nuclei",),
-                     {"base": 16, "depth": 4}),
-    "brightfield-unet": Recipe("brightfield-unet", ("brightfield",), tuple(FG_DIST_HEADS), "unet", _NUC_LOSSES,
-                               ("nuclei",), {"base": 16, "depth": 4}),
+    "nuclei": Recipe(
+        "nuclei", ("nucleus",), tuple(FG_DIST_HEADS), "unet", _NUC_LOSSES, ("nuclei",), {"base": 16, "depth": 4}
+    ),
+    "brightfield-unet": Recipe(
+        "brightfield-unet",
+        ("brightfield",),
+        tuple(FG_DIST_HEADS),
+        "unet",
+        _NUC_LOSSES,
+        ("nuclei",),
+        {"base": 16, "depth": 4},
+    ),
     "cytoplasm": Recipe(
-        "cytoplasm", ("cytoplasm",), ({"name": "classes", "channels": 3, "activation": "softmax"},), "unet",
-        (HeadLoss("classes", "ce_dice", "classes"),), ("nuclei", "cells"), {"base": 16, "depth": 4},
+        "cytoplasm",
+        ("cytoplasm",),
+        ({"name": "classes", "channels": 3, "activation": "softmax"},),
+        "unet",
+        (HeadLoss("classes", "ce_dice", "classes"),),
+        ("nuclei", "cells"),
+        {"base": 16, "depth": 4},
     ),
     "fpf": Recipe(
-        "fpf", ("nucleus", "cytoplasm"),
+        "fpf",
+        ("nucleus", "cytoplasm"),
         (
             {"name": "nucleus_foreground", "channels": 1, "activation": "sigmoid"},
             {"name": "nucleus_distance", "channels": 1, "activation": "relu"},
@@ -240,20 +281,34 @@ def normalize_channels(image: np.ndarray, normalization: Sequence[float] = (1.0,
     return out
 
 
-def _rescale(image: np.ndarray, labels: dict[str, np.ndarray], factor: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _rescale(
+    image: np.ndarray, labels: dict[str, np.ndarray], factor: float
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Image (linear, anti-aliased when shrinking) and labels (nearest) scaled by ``factor``."""
     if abs(factor - 1.0) <= 0.02:
         return image, labels
     ny, nx = image.shape[-2:]
     new = (max(8, round(ny * factor)), max(8, round(nx * factor)))
-    img = resize(image, (image.shape[0], *new), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
-    labs = {k: resize(v, new, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32) for k, v in labels.items()}
+    img = resize(image, (image.shape[0], *new), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(
+        np.float32
+    )
+    labs = {
+        k: resize(v, new, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32) for k, v in labels.items()
+    }
     return img, labs
 
 
 def make_sample(
-    name: str, image: np.ndarray, labels: dict[str, np.ndarray], *, pixel_size_um: float, train_pixel_um: float,
-    normalization: Sequence[float] = (1.0, 99.8), source: str = "", weight: float = 1.0, meta: dict | None = None,
+    name: str,
+    image: np.ndarray,
+    labels: dict[str, np.ndarray],
+    *,
+    pixel_size_um: float,
+    train_pixel_um: float,
+    normalization: Sequence[float] = (1.0, 99.8),
+    source: str = "",
+    weight: float = 1.0,
+    meta: dict | None = None,
 ) -> Sample:
     """A :class:`Sample` from raw pixels: normalized (as at inference), then rescaled to ``train_pixel_um``."""
     img = normalize_channels(image, normalization)
@@ -281,9 +336,15 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def nucleus_folder_samples(
-    folder: str | Path, *, names: Sequence[str] | None = None, object_diameter_um: float = 12.0,
-    train_pixel_um: float = 0.65, normalization: Sequence[float] = (1.0, 99.8), modalities: Sequence[str] | None = ("fluorescence",),
-    invert_colour: bool = True, weight: float = 1.0,
+    folder: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    object_diameter_um: float = 12.0,
+    train_pixel_um: float = 0.65,
+    normalization: Sequence[float] = (1.0, 99.8),
+    modalities: Sequence[str] | None = ("fluorescence",),
+    invert_colour: bool = True,
+    weight: float = 1.0,
 ) -> list[Sample]:
     """Real nucleus images with instance masks from ``folder`` (``<name>_img.tif`` + ``<name>_mask.tif``).
 
@@ -324,10 +385,24 @@ def nucleus_folder_samples(
         mask = read_image(mask_path).astype(np.int32)
         d = median_diameter_px(mask)
         px_est = train_pixel_um if d is None else object_diameter_um / d  # "as if" pixel size
-        out.append(make_sample(r["name"], img, {"nuclei": mask}, pixel_size_um=px_est, train_pixel_um=train_pixel_um,
-                               normalization=normalization, source=str(img_path), weight=weight,
-                               meta={"modality": r.get("modality", ""), "median_diameter_px": d,
-                                     "scale": px_est / train_pixel_um, "dataset": r.get("dataset", "")}))
+        out.append(
+            make_sample(
+                r["name"],
+                img,
+                {"nuclei": mask},
+                pixel_size_um=px_est,
+                train_pixel_um=train_pixel_um,
+                normalization=normalization,
+                source=str(img_path),
+                weight=weight,
+                meta={
+                    "modality": r.get("modality", ""),
+                    "median_diameter_px": d,
+                    "scale": px_est / train_pixel_um,
+                    "dataset": r.get("dataset", ""),
+                },
+            )
+        )
     return out
 
 
@@ -340,9 +415,18 @@ def stain_nuclei(stain: np.ndarray, pixel_size_um: float, **classic_params: Any)
 
 
 def paired_stain_samples(
-    image: np.ndarray, stain: np.ndarray, *, name: str, pixel_size_um: float | None = None,
-    object_diameter_um: float = 12.0, train_pixel_um: float = 0.65, normalization: Sequence[float] = (1.0, 99.8),
-    classic_params: dict | None = None, rows: tuple[int, int] | None = None, source: str = "", weight: float = 1.0,
+    image: np.ndarray,
+    stain: np.ndarray,
+    *,
+    name: str,
+    pixel_size_um: float | None = None,
+    object_diameter_um: float = 12.0,
+    train_pixel_um: float = 0.65,
+    normalization: Sequence[float] = (1.0, 99.8),
+    classic_params: dict | None = None,
+    rows: tuple[int, int] | None = None,
+    source: str = "",
+    weight: float = 1.0,
 ) -> list[Sample]:
     """A label-free ``image`` (brightfield / phase / cytoplasm) whose nuclei come from a registered ``stain``.
 
@@ -363,18 +447,33 @@ def paired_stain_samples(
     nuclei = stain_nuclei(stain, pixel_size_um, **params)
     img = image
     if rows is not None:
-        img, nuclei = image[rows[0]: rows[1]], nuclei[rows[0]: rows[1]]
+        img, nuclei = image[rows[0] : rows[1]], nuclei[rows[0] : rows[1]]
         # normalize with the band's own percentiles (what inference on that band would do)
-    s = make_sample(name, img, {"nuclei": nuclei}, pixel_size_um=pixel_size_um, train_pixel_um=train_pixel_um,
-                    normalization=normalization, source=source, weight=weight,
-                    meta={"pixel_size_um": pixel_size_um, "rows": rows, "targets": "classic engine on the paired stain"})
+    s = make_sample(
+        name,
+        img,
+        {"nuclei": nuclei},
+        pixel_size_um=pixel_size_um,
+        train_pixel_um=train_pixel_um,
+        normalization=normalization,
+        source=source,
+        weight=weight,
+        meta={"pixel_size_um": pixel_size_um, "rows": rows, "targets": "classic engine on the paired stain"},
+    )
     return [s]
 
 
 def mask_folder_samples(
-    image_dir: str | Path, mask_dir: str | Path, *, pixel_size_um: float | None, cells_dir: str | Path | None = None,
-    pattern: str = "*.tif", object_diameter_um: float = 12.0, train_pixel_um: float = 0.65,
-    normalization: Sequence[float] = (1.0, 99.8), weight: float = 1.0,
+    image_dir: str | Path,
+    mask_dir: str | Path,
+    *,
+    pixel_size_um: float | None,
+    cells_dir: str | Path | None = None,
+    pattern: str = "*.tif",
+    object_diameter_um: float = 12.0,
+    train_pixel_um: float = 0.65,
+    normalization: Sequence[float] = (1.0, 99.8),
+    weight: float = 1.0,
 ) -> list[Sample]:
     """Images with explicit instance masks: ``image_dir/<stem>.*`` with ``mask_dir/<stem>.*`` (same stem).
 
@@ -398,15 +497,33 @@ def mask_folder_samples(
         if px is None:
             d = median_diameter_px(labels["nuclei"])
             px = train_pixel_um if d is None else object_diameter_um / d
-        out.append(make_sample(p.stem, img, labels, pixel_size_um=px, train_pixel_um=train_pixel_um,
-                               normalization=normalization, source=str(p), weight=weight))
+        out.append(
+            make_sample(
+                p.stem,
+                img,
+                labels,
+                pixel_size_um=px,
+                train_pixel_um=train_pixel_um,
+                normalization=normalization,
+                source=str(p),
+                weight=weight,
+            )
+        )
     return out
 
 
 def labelled_folder_samples(
-    folder: str | Path, names: Sequence[str], *, image_suffix: str, labels: dict[str, str], pixel_size_um: float,
-    train_pixel_um: float = 0.65, normalization: Sequence[float] = (1.0, 99.8), weight: float = 1.0,
-    derive_nuclei: float | None = None, meta: dict | None = None,
+    folder: str | Path,
+    names: Sequence[str],
+    *,
+    image_suffix: str,
+    labels: dict[str, str],
+    pixel_size_um: float,
+    train_pixel_um: float = 0.65,
+    normalization: Sequence[float] = (1.0, 99.8),
+    weight: float = 1.0,
+    derive_nuclei: float | None = None,
+    meta: dict | None = None,
 ) -> list[Sample]:
     """Named images of one acquisition with instance labels: ``<name><image_suffix>.tif`` + ``<name><suffix>.tif``.
 
@@ -436,9 +553,19 @@ def labelled_folder_samples(
             labs["nuclei"] = cell_cores(labs["cells"], derive_nuclei)
             m["nuclei"] = f"cell cores (distance >= {derive_nuclei} x the cell's largest)"
         img = read_image(img_path, rgb="keep")
-        out.append(make_sample(name, img, labs, pixel_size_um=pixel_size_um, train_pixel_um=train_pixel_um,
-                               normalization=normalization, source=str(img_path), weight=weight,
-                               meta={"pixel_size_um": pixel_size_um, **m}))
+        out.append(
+            make_sample(
+                name,
+                img,
+                labs,
+                pixel_size_um=pixel_size_um,
+                train_pixel_um=train_pixel_um,
+                normalization=normalization,
+                source=str(img_path),
+                weight=weight,
+                meta={"pixel_size_um": pixel_size_um, **m},
+            )
+        )
     return out
 
 
@@ -461,7 +588,9 @@ def _read_stack(path: Path) -> np.ndarray:
     return read_image(path, rgb="keep" if path.suffix.lower() in (".tif", ".tiff") else "gray")
 
 
-def split_samples(items: Sequence[Any], fractions: Sequence[float], *, seed: int = 0, key: Callable[[Any], str] = str) -> list[list[Any]]:
+def split_samples(
+    items: Sequence[Any], fractions: Sequence[float], *, seed: int = 0, key: Callable[[Any], str] = str
+) -> list[list[Any]]:
     """Deterministic split of ``items`` into parts of the given fractions (the last part takes the rest).
 
     The order is a seeded permutation of the items sorted by ``key``, so the
@@ -472,7 +601,7 @@ def split_samples(items: Sequence[Any], fractions: Sequence[float], *, seed: int
     parts, start = [], 0
     for i, frac in enumerate(fractions):
         n = len(items) - start if i == len(fractions) - 1 else int(round(frac * len(items)))
-        parts.append([items[j] for j in order[start: start + n]])
+        parts.append([items[j] for j in order[start : start + n]])
         start += n
     return parts
 
@@ -480,8 +609,9 @@ def split_samples(items: Sequence[Any], fractions: Sequence[float], *, seed: int
 # ============================================================================ targets and augmentation
 
 
-def make_targets(recipe: Recipe, labels: dict[str, np.ndarray], *, nucleus_radius_px: float,
-                 cell_radius_px: float | None = None) -> dict[str, np.ndarray]:
+def make_targets(
+    recipe: Recipe, labels: dict[str, np.ndarray], *, nucleus_radius_px: float, cell_radius_px: float | None = None
+) -> dict[str, np.ndarray]:
     """The training targets of ``recipe`` from instance labels (definitions: :mod:`hts.compute.train.targets`).
 
     Keys: ``nucleus_foreground``, ``nucleus_distance`` (all recipes with nuclei
@@ -490,10 +620,13 @@ def make_targets(recipe: Recipe, labels: dict[str, np.ndarray], *, nucleus_radiu
     needed = {hl.target for hl in recipe.losses} | {hl.mask for hl in recipe.losses if hl.mask}
     out: dict[str, np.ndarray] = {}
     if needed & {"nucleus_foreground", "nucleus_distance"}:
-        out["nucleus_foreground"], out["nucleus_distance"] = foreground_distance(labels["nuclei"], radius_px=nucleus_radius_px)
+        out["nucleus_foreground"], out["nucleus_distance"] = foreground_distance(
+            labels["nuclei"], radius_px=nucleus_radius_px
+        )
     if needed & {"cell_foreground", "cell_distance"}:
         out["cell_foreground"], out["cell_distance"] = foreground_distance(
-            labels["cells"], radius_px=cell_radius_px or 2.0 * nucleus_radius_px)
+            labels["cells"], radius_px=cell_radius_px or 2.0 * nucleus_radius_px
+        )
     if "classes" in needed:
         out["classes"] = three_class(labels["nuclei"], labels["cells"])
     return {k: v for k, v in out.items() if k in needed}
@@ -539,14 +672,24 @@ class Augment:
 
     @classmethod
     def none(cls) -> Augment:
-        return cls(flips=False, rot90=False, scale=(1.0, 1.0), gain=(1.0, 1.0), offset=(0.0, 0.0), gamma=(1.0, 1.0),
-                   blur_p=0.0, noise_p=0.0, invert_p=0.0)
+        return cls(
+            flips=False,
+            rot90=False,
+            scale=(1.0, 1.0),
+            gain=(1.0, 1.0),
+            offset=(0.0, 0.0),
+            gamma=(1.0, 1.0),
+            blur_p=0.0,
+            noise_p=0.0,
+            invert_p=0.0,
+        )
 
     @classmethod
     def label_free(cls) -> Augment:
         """The augmentation of the transmitted-light engines: contrast sign, defocus, illumination, DIC relief, halos, scale."""
-        return cls(scale=(0.7, 1.4), blur=(0.5, 2.5), blur_p=0.3, invert_p=0.2, illumination_p=0.5, relief_p=0.2,
-                   halo_p=0.2)
+        return cls(
+            scale=(0.7, 1.4), blur=(0.5, 2.5), blur_p=0.3, invert_p=0.2, illumination_p=0.5, relief_p=0.2, halo_p=0.2
+        )
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], amplitude: float) -> np.ndarray:
@@ -576,7 +719,12 @@ def _pad_to(a: np.ndarray, ny: int, nx: int) -> np.ndarray:
 
 
 def random_crop(
-    sample: Sample, size: int, rng: np.random.Generator, aug: Augment, *, margin: int = 16,
+    sample: Sample,
+    size: int,
+    rng: np.random.Generator,
+    aug: Augment,
+    *,
+    margin: int = 16,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A ``size`` x ``size`` augmented crop: (image ``(C, size, size)``, labels of a ``size + 2 * margin`` window).
 
@@ -593,11 +741,14 @@ def random_crop(
         labs = {k: _pad_to(v, src, src) for k, v in labs.items()}
     y0 = int(rng.integers(0, img.shape[-2] - src + 1))
     x0 = int(rng.integers(0, img.shape[-1] - src + 1))
-    im = img[:, y0: y0 + src, x0: x0 + src]
-    lb = {k: v[y0: y0 + src, x0: x0 + src] for k, v in labs.items()}
+    im = img[:, y0 : y0 + src, x0 : x0 + src]
+    lb = {k: v[y0 : y0 + src, x0 : x0 + src] for k, v in labs.items()}
     if src != win:
         im = resize(im, (im.shape[0], win, win), order=1, anti_aliasing=s < 1, preserve_range=True).astype(np.float32)
-        lb = {k: resize(v, (win, win), order=0, anti_aliasing=False, preserve_range=True).astype(np.int32) for k, v in lb.items()}
+        lb = {
+            k: resize(v, (win, win), order=0, anti_aliasing=False, preserve_range=True).astype(np.int32)
+            for k, v in lb.items()
+        }
     k = int(rng.integers(0, 4)) if aug.rot90 else 0
     fy, fx = (bool(rng.integers(0, 2)), bool(rng.integers(0, 2))) if aug.flips else (False, False)
 
@@ -610,7 +761,7 @@ def random_crop(
         return np.ascontiguousarray(a)
 
     im, lb = geo(im), {k2: geo(v) for k2, v in lb.items()}
-    im = im[:, margin: margin + size, margin: margin + size].copy()
+    im = im[:, margin : margin + size, margin : margin + size].copy()
     for c in range(im.shape[0]):
         x = im[c]
         if aug.invert_p and rng.random() < aug.invert_p:
@@ -637,8 +788,16 @@ def random_crop(
 
 
 def make_batch(
-    recipe: Recipe, samples: Sequence[Sample], rng: np.random.Generator, *, batch_size: int, size: int, aug: Augment,
-    nucleus_radius_px: float, cell_radius_px: float | None = None, margin: int | None = None,
+    recipe: Recipe,
+    samples: Sequence[Sample],
+    rng: np.random.Generator,
+    *,
+    batch_size: int,
+    size: int,
+    aug: Augment,
+    nucleus_radius_px: float,
+    cell_radius_px: float | None = None,
+    margin: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A batch of augmented crops: images ``(N, C, size, size)`` and ``{target: (N, K, size, size)}``."""
     w = np.array([s.weight for s in samples], float)
@@ -649,15 +808,22 @@ def make_batch(
         im, lb = random_crop(samples[i], size, rng, aug, margin=m)
         tg = make_targets(recipe, lb, nucleus_radius_px=nucleus_radius_px, cell_radius_px=cell_radius_px)
         xs.append(im)
-        ts.append({k: (v if v.ndim == 3 else v[None])[:, m: m + size, m: m + size] for k, v in tg.items()})
+        ts.append({k: (v if v.ndim == 3 else v[None])[:, m : m + size, m : m + size] for k, v in tg.items()})
     x = torch.from_numpy(np.stack(xs))
     targets = {k: torch.from_numpy(np.ascontiguousarray(np.stack([t[k] for t in ts]))) for k in ts[0]}
     return x, targets
 
 
 def _val_batches(
-    recipe: Recipe, samples: Sequence[Sample], *, size: int, crops_per_sample: int, seed: int, batch_size: int,
-    nucleus_radius_px: float, cell_radius_px: float | None,
+    recipe: Recipe,
+    samples: Sequence[Sample],
+    *,
+    size: int,
+    crops_per_sample: int,
+    seed: int,
+    batch_size: int,
+    nucleus_radius_px: float,
+    cell_radius_px: float | None,
 ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """Fixed validation crops (no augmentation), batched."""
     rng = np.random.default_rng([seed, 424242])
@@ -667,10 +833,12 @@ def _val_batches(
         for _ in range(crops_per_sample):
             im, lb = random_crop(s, size, rng, Augment.none(), margin=m)
             tg = make_targets(recipe, lb, nucleus_radius_px=nucleus_radius_px, cell_radius_px=cell_radius_px)
-            items.append((im, {k: (v if v.ndim == 3 else v[None])[:, m: m + size, m: m + size] for k, v in tg.items()}))
+            items.append(
+                (im, {k: (v if v.ndim == 3 else v[None])[:, m : m + size, m : m + size] for k, v in tg.items()})
+            )
     out = []
     for i in range(0, len(items), batch_size):
-        chunk = items[i: i + batch_size]
+        chunk = items[i : i + batch_size]
         x = torch.from_numpy(np.stack([c[0] for c in chunk]))
         t = {k: torch.from_numpy(np.ascontiguousarray(np.stack([c[1][k] for c in chunk]))) for k in chunk[0][1]}
         out.append((x, t))
@@ -709,7 +877,9 @@ def head_loss(hl: HeadLoss, logits: torch.Tensor, targets: dict[str, torch.Tenso
     raise ValueError(f"unknown loss kind {hl.kind!r}")
 
 
-def total_loss(recipe: Recipe, logits: torch.Tensor, targets: dict[str, torch.Tensor], phase: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(
+    recipe: Recipe, logits: torch.Tensor, targets: dict[str, torch.Tensor], phase: int = 0
+) -> tuple[torch.Tensor, dict[str, float]]:
     sl = _head_slices(recipe.heads)
     parts: dict[str, float] = {}
     total = logits.new_zeros(())
@@ -904,8 +1074,13 @@ def load_init_weights(model: torch.nn.Module, init: str | Path) -> None:
 
 
 def train(
-    config: TrainConfig, train_samples: Sequence[Sample], val_samples: Sequence[Sample] = (), *,
-    checkpoint: str | Path | None = None, resume: bool = True, callback: Callable[[dict], Any] | None = None,
+    config: TrainConfig,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample] = (),
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    callback: Callable[[dict], Any] | None = None,
     init: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config.engine``'s network on ``train_samples``; validate on ``val_samples``.
@@ -943,12 +1118,16 @@ def train(
         raise EngineError(f"train {config.engine}: no training samples")
     for s in [*train_samples, *val_samples]:
         if s.image.shape[0] != len(recipe.inputs):
-            raise EngineError(f"sample {s.name}: {s.image.shape[0]} channels, {config.engine} takes {len(recipe.inputs)} ({', '.join(recipe.inputs)})")
+            raise EngineError(
+                f"sample {s.name}: {s.image.shape[0]} channels, {config.engine} takes {len(recipe.inputs)} ({', '.join(recipe.inputs)})"
+            )
         missing = [k for k in recipe.labels if k not in s.labels]
         if missing:
             raise EngineError(f"sample {s.name}: missing labels {missing} (needed by {config.engine})")
         if abs(s.pixel_size_um - config.pixel_size_um) > 1e-6:
-            raise EngineError(f"sample {s.name}: pixel size {s.pixel_size_um} µm, the run trains at {config.pixel_size_um} µm")
+            raise EngineError(
+                f"sample {s.name}: pixel size {s.pixel_size_um} µm, the run trains at {config.pixel_size_um} µm"
+            )
     threads = cpu_threads(config.threads)
     torch.set_num_threads(threads)
     model, arch_config = _build(config)
@@ -984,10 +1163,16 @@ def train(
         if not val_samples:
             return None
         if phase not in val_cache:
-            val_cache[phase] = _val_batches(recipe, val_samples, size=config.val_crop,
-                                            crops_per_sample=config.val_crops_per_sample, seed=config.seed,
-                                            batch_size=config.batch_size, nucleus_radius_px=config.nucleus_radius_px,
-                                            cell_radius_px=config.cell_radius_px)
+            val_cache[phase] = _val_batches(
+                recipe,
+                val_samples,
+                size=config.val_crop,
+                crops_per_sample=config.val_crops_per_sample,
+                seed=config.seed,
+                batch_size=config.batch_size,
+                nucleus_radius_px=config.nucleus_radius_px,
+                cell_radius_px=config.cell_radius_px,
+            )
         model.eval()
         tot, n = 0.0, 0
         with torch.no_grad():
@@ -1003,10 +1188,22 @@ def train(
             return
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"key": config.key(), "config": config.to_dict(), "arch_config": arch_config,
-                    "model": model.state_dict(), "optimizer": opt.state_dict() if with_optimizer else None, "step": step,
-                    "phase_index": phase_index, "frozen": bool(getattr(model, "nucleus_frozen", False)),
-                    "history": history, "best": state["best"], "elapsed_s": time.monotonic() - t0}, tmp)
+        torch.save(
+            {
+                "key": config.key(),
+                "config": config.to_dict(),
+                "arch_config": arch_config,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict() if with_optimizer else None,
+                "step": step,
+                "phase_index": phase_index,
+                "frozen": bool(getattr(model, "nucleus_frozen", False)),
+                "history": history,
+                "best": state["best"],
+                "elapsed_s": time.monotonic() - t0,
+            },
+            tmp,
+        )
         os.replace(tmp, ckpt_path)
 
     step = int(state["step"])
@@ -1033,15 +1230,31 @@ def train(
                 g["lr"] = lr
             rng = np.random.default_rng([config.seed, phase, step])
             size = int(rng.choice(config.crop_sizes))
-            x, t = make_batch(recipe, train_samples, rng, batch_size=config.batch_size, size=size, aug=config.augment,
-                              nucleus_radius_px=config.nucleus_radius_px, cell_radius_px=config.cell_radius_px)
+            x, t = make_batch(
+                recipe,
+                train_samples,
+                rng,
+                batch_size=config.batch_size,
+                size=size,
+                aug=config.augment,
+                nucleus_radius_px=config.nucleus_radius_px,
+                cell_radius_px=config.cell_radius_px,
+            )
             loss, parts = total_loss(recipe, _forward(model, x, recipe, phase), t, phase)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            rec = {"event": "step", "step": step, "steps": config.steps, "phase": phase, "loss": float(loss.detach()),
-                   "parts": parts, "lr": lr, "elapsed_s": round(time.monotonic() - t0, 2)}
+            rec = {
+                "event": "step",
+                "step": step,
+                "steps": config.steps,
+                "phase": phase,
+                "loss": float(loss.detach()),
+                "parts": parts,
+                "lr": lr,
+                "elapsed_s": round(time.monotonic() - t0, 2),
+            }
             history.append({k: rec[k] for k in ("step", "phase", "loss", "lr", "elapsed_s")})
             emit(rec)
             last = step == start + n
@@ -1053,9 +1266,21 @@ def train(
                     best.update(val_loss=math.inf if vl is None else vl, step=step, weights=_state_copy(model), bad=0)
                 else:
                     best["bad"] += 1
-                history.append({"step": step, "phase": phase, "val_loss": vl, "elapsed_s": round(time.monotonic() - t0, 2)})
-                emit({"event": "val", "step": step, "steps": config.steps, "phase": phase, "val_loss": vl,
-                      "best_val_loss": best["val_loss"], "best_step": best["step"], "elapsed_s": round(time.monotonic() - t0, 2)})
+                history.append(
+                    {"step": step, "phase": phase, "val_loss": vl, "elapsed_s": round(time.monotonic() - t0, 2)}
+                )
+                emit(
+                    {
+                        "event": "val",
+                        "step": step,
+                        "steps": config.steps,
+                        "phase": phase,
+                        "val_loss": vl,
+                        "best_val_loss": best["val_loss"],
+                        "best_step": best["step"],
+                        "elapsed_s": round(time.monotonic() - t0, 2),
+                    }
+                )
                 if vl is not None and best["bad"] >= config.patience:
                     stopped_early = stop_phase = True
                 if over:
@@ -1072,20 +1297,34 @@ def train(
     elapsed = time.monotonic() - t0
     train_losses = [h["loss"] for h in history if "loss" in h]
     metrics = {
-        "engine": config.engine, "steps_run": step, "steps": config.steps,
-        "best": {str(bounds[pi][0]): {"val_loss": b["val_loss"] if math.isfinite(b["val_loss"]) else None,
-                                       "step": b["step"]} for pi, b in state["best"].items()},
+        "engine": config.engine,
+        "steps_run": step,
+        "steps": config.steps,
+        "best": {
+            str(bounds[pi][0]): {"val_loss": b["val_loss"] if math.isfinite(b["val_loss"]) else None, "step": b["step"]}
+            for pi, b in state["best"].items()
+        },
         "final_train_loss": float(np.mean(train_losses[-20:])) if train_losses else None,
-        "stopped_early": stopped_early, "timed_out": timed_out, "elapsed_s": round(elapsed, 1),
-        "threads": threads, "parameters": count_parameters(model),
-        "train_samples": len(train_samples), "val_samples": len(val_samples),
+        "stopped_early": stopped_early,
+        "timed_out": timed_out,
+        "elapsed_s": round(elapsed, 1),
+        "threads": threads,
+        "parameters": count_parameters(model),
+        "train_samples": len(train_samples),
+        "val_samples": len(val_samples),
     }
     emit({"event": "done", **metrics})
     return TrainResult(model=model, config=config, metrics=metrics, history=history)
 
 
-def save_engine_model(path: str | Path, result: TrainResult | torch.nn.Module, config: TrainConfig | None = None, *,
-                      name: str | None = None, extra: dict | None = None) -> Path:
+def save_engine_model(
+    path: str | Path,
+    result: TrainResult | torch.nn.Module,
+    config: TrainConfig | None = None,
+    *,
+    name: str | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write an engine model folder (``model.safetensors`` + ``config.json``) that the deep engine loads.
 
     ``config.json`` gets the keys the engines read: ``inputs``, ``normalization``,
@@ -1101,22 +1340,35 @@ def save_engine_model(path: str | Path, result: TrainResult | torch.nn.Module, c
     recipe = config.recipe
     arch_config = recipe.arch_config(config.arch_config)
     ex = {
-        "inputs": list(recipe.inputs), "normalization": list(config.normalization),
-        "pixel_size_um": config.pixel_size_um, "object_diameter_um": config.object_diameter_um,
+        "inputs": list(recipe.inputs),
+        "normalization": list(config.normalization),
+        "pixel_size_um": config.pixel_size_um,
+        "object_diameter_um": config.object_diameter_um,
         "nucleus_diameter_um": config.nucleus_diameter_um or config.object_diameter_um,
     }
     if config.cell_diameter_um is not None:
         ex["cell_diameter_um"] = config.cell_diameter_um
     ex.update(extra or {})
-    return save_model_dir(path, model, name=name or config.engine, arch=recipe.arch, arch_config=arch_config,
-                          heads=[dict(h) for h in recipe.heads], in_channels=len(recipe.inputs), extra=ex)
+    return save_model_dir(
+        path,
+        model,
+        name=name or config.engine,
+        arch=recipe.arch,
+        arch_config=arch_config,
+        heads=[dict(h) for h in recipe.heads],
+        in_channels=len(recipe.inputs),
+        extra=ex,
+    )
 
 
 # ============================================================================ evaluation
 
 
 def evaluate_engine(
-    engine: Any, items: Sequence[tuple[dict[str, np.ndarray], np.ndarray, float]], *, output: str = "nuclei",
+    engine: Any,
+    items: Sequence[tuple[dict[str, np.ndarray], np.ndarray, float]],
+    *,
+    output: str = "nuclei",
     thresholds: Sequence[float] = (0.5, 0.75),
 ) -> dict:
     """Segment each ``(images by role, truth labels, pixel size µm)`` with ``engine`` and match ``output``.
@@ -1160,6 +1412,7 @@ def parse_pair(spec: str) -> tuple[str, str, float | None, tuple[int, int] | Non
 
 def load_pair(image: str, stain: str) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Two files, or one ND2 file given twice as ``FILE.nd2#CHANNEL`` (channel name or index; ``#~CHANNEL``: inverted)."""
+
     def one(spec: str) -> tuple[np.ndarray, float | None]:
         path, _, ch = spec.partition("#")
         if path.lower().endswith(".nd2"):

@@ -22,13 +22,23 @@ __all__ = ["LocalThresholdEngine", "LocalThresholdParams"]
 class LocalThresholdParams(EngineParams):
     """Sizes are in µm, so one set of values serves every magnification (hts gives the pixel size)."""
 
-    nucleus_diameter_um: float = Field(10.0, gt=0, description="Typical nucleus diameter: sets the window, the seed spacing and the size filter.")
+    nucleus_diameter_um: float = Field(
+        10.0, gt=0, description="Typical nucleus diameter: sets the window, the seed spacing and the size filter."
+    )
     smoothing_um: float = Field(1.0, ge=0, description="Gaussian smoothing sigma before thresholding.")
     window_diameters: float = Field(3.0, gt=0, description="Side of the local-threshold window, in nucleus diameters.")
-    offset: float = Field(0.02, description="Added to the local mean (in units of the field's 0.5-99.8 percentile range).")
-    floor: float = Field(0.5, ge=0, description="Pixels below this fraction of the field's Otsu threshold are background whatever their neighbourhood.")
+    offset: float = Field(
+        0.02, description="Added to the local mean (in units of the field's 0.5-99.8 percentile range)."
+    )
+    floor: float = Field(
+        0.5,
+        ge=0,
+        description="Pixels below this fraction of the field's Otsu threshold are background whatever their neighbourhood.",
+    )
     min_area_um2: float = Field(12.0, ge=0, description="Smaller objects are discarded.")
-    seed_spacing: float = Field(0.35, gt=0, le=2, description="Minimum distance between two nucleus seeds, in nucleus diameters.")
+    seed_spacing: float = Field(
+        0.35, gt=0, le=2, description="Minimum distance between two nucleus seeds, in nucleus diameters."
+    )
 
 
 class LocalThresholdEngine(Engine):
@@ -60,14 +70,21 @@ class LocalThresholdEngine(Engine):
         sigma = self.params.smoothing_um / pixel_size_um
         sm = self._smooth(nuc, (float(lo), float(hi)), sigma)
         otsu = float(filters.threshold_otsu(sm)) if sm.min() < sm.max() else float(sm.max())
-        return {"pixel_size_um": pixel_size_um, "norm": (float(lo), float(hi)), "sigma": sigma, "floor": otsu * self.params.floor}
+        return {
+            "pixel_size_um": pixel_size_um,
+            "norm": (float(lo), float(hi)),
+            "sigma": sigma,
+            "floor": otsu * self.params.floor,
+        }
 
     @staticmethod
     def _smooth(img: np.ndarray, norm: tuple[float, float], sigma: float) -> np.ndarray:
         x = (img.astype(np.float32) - norm[0]) / max(norm[1] - norm[0], 1e-6)
         return filters.gaussian(x, sigma=sigma, preserve_range=True) if sigma > 0 else x
 
-    def segment_tile(self, images: dict[str, np.ndarray], maps: np.ndarray | None, ctx: dict[str, Any]) -> dict[str, np.ndarray]:
+    def segment_tile(
+        self, images: dict[str, np.ndarray], maps: np.ndarray | None, ctx: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
         p, px = self.params, ctx["pixel_size_um"]
         diameter = p.nucleus_diameter_um / px
         sm = self._smooth(images["nucleus"], ctx["norm"], ctx["sigma"])

@@ -120,7 +120,9 @@ class EngineRef:
         if os.sep in value or "/" in value or value.startswith((".", "~")):
             _existing_folder(path, value)  # raises: "no such engine folder"
         why = next((f" (it did not load: {e.reason})" for e in _registry().errors if e.name == value), "")
-        raise EngineError(f"unknown engine {value!r}{why}; engines: {', '.join(known)} (or the path of an engine folder)")
+        raise EngineError(
+            f"unknown engine {value!r}{why}; engines: {', '.join(known)} (or the path of an engine folder)"
+        )
 
     @property
     def is_folder(self) -> bool:

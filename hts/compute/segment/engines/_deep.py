@@ -44,7 +44,9 @@ __all__ = ["DeepEngine", "DeepParams"]
 
 
 class DeepParams(EngineParams):
-    tta: bool = Field(False, description="Test-time augmentation: average the maps over flips and 90° rotations (4× the compute).")
+    tta: bool = Field(
+        False, description="Test-time augmentation: average the maps over flips and 90° rotations (4× the compute)."
+    )
     batch_size: int = Field(8, ge=1, le=256, description="Tiles per backend call.")
     model_tile: int = Field(512, ge=64, le=4096, description="Tile size fed to the network, in model pixels.")
 
@@ -77,7 +79,9 @@ class DeepEngine(Engine):
         self.backend, self.device = self.runner.backend, self.runner.device
         inputs = self.spec.extra.get("inputs")
         if inputs != list(self.roles):
-            raise EngineError(f"{path}/config.json: inputs {inputs} do not match engine {self.name} roles {list(self.roles)}")
+            raise EngineError(
+                f"{path}/config.json: inputs {inputs} do not match engine {self.name} roles {list(self.roles)}"
+            )
         self.params = self._with_model_defaults(self.params, path)
 
     def _with_model_defaults(self, params: DeepParams, path: Path) -> DeepParams:
@@ -92,7 +96,9 @@ class DeepEngine(Engine):
             raise EngineError(f"{path}/config.json: 'postprocess' must be an object of parameter values")
         unknown = sorted(set(tuned) - set(type(params).model_fields))
         if unknown:
-            raise EngineError(f"{path}/config.json: 'postprocess' names unknown parameters of {self.name}: {', '.join(unknown)}")
+            raise EngineError(
+                f"{path}/config.json: 'postprocess' names unknown parameters of {self.name}: {', '.join(unknown)}"
+            )
         update = {k: v for k, v in tuned.items() if k not in params.model_fields_set}
         if not update:
             return params
@@ -167,7 +173,10 @@ class DeepEngine(Engine):
     def predict(self, images: dict[str, np.ndarray], ctx: dict[str, Any], *, tile: int, halo: int) -> np.ndarray:
         shape = next(iter(images.values())).shape
         x = np.stack(
-            [(images[r].astype(np.float32) - ctx["norm"][r][0]) / max(ctx["norm"][r][1] - ctx["norm"][r][0], 1e-6) for r in self.roles]
+            [
+                (images[r].astype(np.float32) - ctx["norm"][r][0]) / max(ctx["norm"][r][1] - ctx["norm"][r][0], 1e-6)
+                for r in self.roles
+            ]
         )
         scale = ctx["scale"]
         if abs(scale - 1.0) > 0.02:
@@ -194,7 +203,9 @@ class DeepEngine(Engine):
             h = max(b.shape[-2] for b in batch)
             w = max(b.shape[-1] for b in batch)
             h, w = -(-h // m) * m, -(-w // m) * m
-            stack = np.stack([np.pad(b, ((0, 0), (0, h - b.shape[-2]), (0, w - b.shape[-1])), mode="reflect") for b in batch])
+            stack = np.stack(
+                [np.pad(b, ((0, 0), (0, h - b.shape[-2]), (0, w - b.shape[-1])), mode="reflect") for b in batch]
+            )
             acc = None
             for fwd, back in transforms:
                 y = self.runner(np.ascontiguousarray(fwd(stack)))

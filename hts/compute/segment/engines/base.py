@@ -51,7 +51,20 @@ class Role:
 
 NUCLEUS_NAMES = ("dapi", "hoechst", "dna", "nuc", "draq5", "h2b", "d0")
 BRIGHTFIELD_NAMES = ("brightfield", "bright", "bf", "mono", "dic", "phase", "trans", "pc")
-CYTOPLASM_NAMES = ("gfp", "fitc", "cyto", "actin", "phalloidin", "cellmask", "tritc", "rfp", "mcherry", "cy5", "cellbody", "d2")
+CYTOPLASM_NAMES = (
+    "gfp",
+    "fitc",
+    "cyto",
+    "actin",
+    "phalloidin",
+    "cellmask",
+    "tritc",
+    "rfp",
+    "mcherry",
+    "cy5",
+    "cellbody",
+    "d2",
+)
 
 
 @dataclass
@@ -76,11 +89,15 @@ class Engine:
     backends: ClassVar[tuple[str, ...]] = ("numpy",)
     Params: ClassVar[type[EngineParams]] = EngineParams
 
-    def __init__(self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"):
+    def __init__(
+        self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"
+    ):
         self.params = params if isinstance(params, EngineParams) else self.Params(**(params or {}))
         if self.backends == ("numpy",):
             if backend not in ("auto", "numpy"):
-                raise EngineError(f"engine {self.name} runs with numpy on the CPU; --backend {backend} is for the deep engines")
+                raise EngineError(
+                    f"engine {self.name} runs with numpy on the CPU; --backend {backend} is for the deep engines"
+                )
             if device not in ("auto", "cpu"):
                 raise EngineError(f"engine {self.name} runs on the CPU; --device {device} is for the deep engines")
         self.backend = "numpy" if self.backends == ("numpy",) else backend
@@ -112,7 +129,9 @@ class Engine:
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def finalize(self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]) -> SegmentResult:
+    def finalize(
+        self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]
+    ) -> SegmentResult:
         return SegmentResult(labels)
 
 

@@ -30,11 +30,23 @@ INSTALL_HINT = "cellpose is not installed: pip install 'hts[cellpose]'"
 
 
 class CellposeParams(EngineParams):
-    model: str | None = Field(None, description="Path of a local Cellpose weights file (required; nothing is downloaded).")
-    diameter_um: float = Field(10.0, gt=0, description="Typical diameter of the objects the model segments (nuclei; cells with a cytoplasm channel), converted to pixels with the plate's pixel size.")
-    flow_threshold: float = Field(0.4, ge=0, description="Cellpose flow error threshold (higher: more, less regular masks).")
-    cellprob_threshold: float = Field(0.0, ge=-6, le=6, description="Cellpose cell-probability threshold (lower: larger and more masks).")
-    cell_expansion_um: float = Field(0.0, ge=0, description="Without a cytoplasm channel, cells are the nuclei expanded by this distance.")
+    model: str | None = Field(
+        None, description="Path of a local Cellpose weights file (required; nothing is downloaded)."
+    )
+    diameter_um: float = Field(
+        10.0,
+        gt=0,
+        description="Typical diameter of the objects the model segments (nuclei; cells with a cytoplasm channel), converted to pixels with the plate's pixel size.",
+    )
+    flow_threshold: float = Field(
+        0.4, ge=0, description="Cellpose flow error threshold (higher: more, less regular masks)."
+    )
+    cellprob_threshold: float = Field(
+        0.0, ge=-6, le=6, description="Cellpose cell-probability threshold (lower: larger and more masks)."
+    )
+    cell_expansion_um: float = Field(
+        0.0, ge=0, description="Without a cytoplasm channel, cells are the nuclei expanded by this distance."
+    )
 
 
 class CellposeEngine(Engine):
@@ -57,7 +69,9 @@ class CellposeEngine(Engine):
     summary = "Cellpose flows on nucleus (or cytoplasm + nucleus); local weights, optional package"
     roles = {
         "nucleus": Role("nuclear stain (DAPI / Hoechst)", guess=NUCLEUS_NAMES),
-        "cytoplasm": Role("cytoplasm / cell-body channel: the model's objects are cells", required=False, guess=CYTOPLASM_NAMES),
+        "cytoplasm": Role(
+            "cytoplasm / cell-body channel: the model's objects are cells", required=False, guess=CYTOPLASM_NAMES
+        ),
     }
     outputs = ("nuclei", "cells")
     backends = ("torch",)
@@ -74,16 +88,22 @@ class CellposeEngine(Engine):
             found = False
         return None if found else INSTALL_HINT
 
-    def __init__(self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"):
+    def __init__(
+        self, params: EngineParams | dict[str, Any] | None = None, *, backend: str = "auto", device: str = "auto"
+    ):
         super().__init__(params, backend=backend, device=device)
         if backend not in ("auto", "torch"):
-            raise EngineError(f"engine cellpose runs Cellpose's own torch model; --backend {backend} is for the shipped deep engines")
+            raise EngineError(
+                f"engine cellpose runs Cellpose's own torch model; --backend {backend} is for the shipped deep engines"
+            )
         try:
             from cellpose import models
         except ImportError:
             raise EngineError(INSTALL_HINT) from None
         if not self.params.model:
-            raise EngineError("engine cellpose: -p model=PATH is required (a local Cellpose weights file; nothing is downloaded)")
+            raise EngineError(
+                "engine cellpose: -p model=PATH is required (a local Cellpose weights file; nothing is downloaded)"
+            )
         self.weights = Path(self.params.model).expanduser().resolve()
         if not self.weights.is_file():
             raise EngineError(f"engine cellpose: no Cellpose weights file at {self.weights}")
@@ -122,14 +142,24 @@ class CellposeEngine(Engine):
         else:
             img, channels, extra = np.stack([cyt.astype(np.float32), nuc], axis=-1), [1, 2], {"channel_axis": -1}
         out = self.model.eval(
-            img, diameter=ctx["diameter_px"], channels=channels, flow_threshold=p.flow_threshold,
-            cellprob_threshold=p.cellprob_threshold, **extra,
+            img,
+            diameter=ctx["diameter_px"],
+            channels=channels,
+            flow_threshold=p.flow_threshold,
+            cellprob_threshold=p.cellprob_threshold,
+            **extra,
         )
         masks = np.asarray(out[0]).astype(np.int32)
         if masks.shape != nuc.shape:
-            raise EngineError(f"engine cellpose: the model returned masks of shape {masks.shape} for a tile of {nuc.shape}")
+            raise EngineError(
+                f"engine cellpose: the model returned masks of shape {masks.shape} for a tile of {nuc.shape}"
+            )
         if cyt is None:
-            cells = segmentation.expand_labels(masks, distance=pp.um_to_px(p.cell_expansion_um, px)) if p.cell_expansion_um else masks
+            cells = (
+                segmentation.expand_labels(masks, distance=pp.um_to_px(p.cell_expansion_um, px))
+                if p.cell_expansion_um
+                else masks
+            )
             return {"nuclei": masks, "cells": cells.astype(np.int32)}
         return {"nuclei": np.where(nuc > ctx["nuc_threshold"], masks, 0).astype(np.int32), "cells": masks}
 

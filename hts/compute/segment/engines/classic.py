@@ -16,16 +16,29 @@ from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Eng
 class ClassicParams(EngineParams):
     nucleus_diameter_um: float = Field(10.0, gt=0, description="Typical nucleus diameter (LoG scale, size filters).")
     smoothing_um: float = Field(0.7, ge=0, description="Gaussian smoothing sigma before thresholding.")
-    threshold: Literal["otsu", "local"] = Field("otsu", description="Global Otsu on the field, or local (adaptive) threshold.")
-    threshold_factor: float = Field(1.0, gt=0, description="Multiplies the threshold (CellProfiler's correction factor).")
+    threshold: Literal["otsu", "local"] = Field(
+        "otsu", description="Global Otsu on the field, or local (adaptive) threshold."
+    )
+    threshold_factor: float = Field(
+        1.0, gt=0, description="Multiplies the threshold (CellProfiler's correction factor)."
+    )
     local_block_um: float = Field(60.0, gt=0, description="Block size of the local threshold.")
-    seeds: Literal["hmin", "log"] = Field("hmin", description="Split touching nuclei by h-minima of the inverse distance transform, or by LoG blobs.")
+    seeds: Literal["hmin", "log"] = Field(
+        "hmin", description="Split touching nuclei by h-minima of the inverse distance transform, or by LoG blobs."
+    )
     h_um: float = Field(1.0, gt=0, description="Depth h of the extended h-minima (saddle between touching nuclei).")
     min_nucleus_area_um2: float = Field(12.0, ge=0, description="Smaller nuclei are discarded.")
     cell_max_distance_um: float = Field(25.0, gt=0, description="A cell extends at most this far from its nucleus.")
-    cell_threshold: Literal["multiotsu", "otsu"] = Field("multiotsu", description="Cytoplasm foreground: lower threshold of a 3-class Otsu (keeps dim cells), or plain Otsu.")
+    cell_threshold: Literal["multiotsu", "otsu"] = Field(
+        "multiotsu",
+        description="Cytoplasm foreground: lower threshold of a 3-class Otsu (keeps dim cells), or plain Otsu.",
+    )
     cell_threshold_factor: float = Field(1.0, gt=0, description="Multiplies the cytoplasm threshold.")
-    gradient_weight: float = Field(20.0, ge=0, description="Weight of the cytoplasm intensity gradient against distance from the nucleus when cells compete for pixels (0: pure distance, Voronoi-like).")
+    gradient_weight: float = Field(
+        20.0,
+        ge=0,
+        description="Weight of the cytoplasm intensity gradient against distance from the nucleus when cells compete for pixels (0: pure distance, Voronoi-like).",
+    )
 
 
 class ClassicEngine(Engine):
@@ -47,7 +60,11 @@ class ClassicEngine(Engine):
     summary = "threshold + seeded watershed nuclei; cells grown from nuclei on a cytoplasm channel"
     roles = {
         "nucleus": Role("nuclear stain (DAPI / Hoechst)", guess=NUCLEUS_NAMES),
-        "cytoplasm": Role("cytoplasm / cell-body channel; cells are nucleus expansions without it", required=False, guess=CYTOPLASM_NAMES),
+        "cytoplasm": Role(
+            "cytoplasm / cell-body channel; cells are nucleus expansions without it",
+            required=False,
+            guess=CYTOPLASM_NAMES,
+        ),
     }
     outputs = ("nuclei", "cells")
     Params = ClassicParams
@@ -96,12 +113,18 @@ class ClassicEngine(Engine):
         sm = self._smoothed("nucleus", nucleus, ctx, "nuc_norm")
         if p.threshold == "local":
             block = int(pp.um_to_px(p.local_block_um, px)) | 1
-            thr = np.maximum(filters.threshold_local(sm, block_size=max(block, 3), offset=0), ctx["nuc_threshold"] * 0.5)
+            thr = np.maximum(
+                filters.threshold_local(sm, block_size=max(block, 3), offset=0), ctx["nuc_threshold"] * 0.5
+            )
         else:
             thr = ctx["nuc_threshold"]
         mask = pp.threshold_mask(sm, thr, min_area_px=p.min_nucleus_area_um2 / px**2)
         return pp.split_touching(
-            mask, seeds=p.seeds, diameter_px=pp.um_to_px(p.nucleus_diameter_um, px), h_px=pp.um_to_px(p.h_um, px), intensity=sm
+            mask,
+            seeds=p.seeds,
+            diameter_px=pp.um_to_px(p.nucleus_diameter_um, px),
+            h_px=pp.um_to_px(p.h_um, px),
+            intensity=sm,
         )
 
     def cells(self, nuclei: np.ndarray, cytoplasm: np.ndarray | None, ctx: dict[str, Any]) -> np.ndarray:

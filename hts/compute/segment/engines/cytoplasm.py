@@ -14,7 +14,10 @@ from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES, CYTOPLASM_NAMES,
 
 
 class CytoplasmParams(DeepParams):
-    seeds: Literal["hmin", "log"] = Field("hmin", description="Nucleus seeds: extended h-minima of the inverse distance transform, or multi-scale LoG blobs on the nucleus map.")
+    seeds: Literal["hmin", "log"] = Field(
+        "hmin",
+        description="Nucleus seeds: extended h-minima of the inverse distance transform, or multi-scale LoG blobs on the nucleus map.",
+    )
     h_um: float = Field(1.5, gt=0, description="h of the extended h-minima, in µm.")
     nucleus_diameter_um: float = Field(10.0, gt=0, description="Typical nucleus diameter (LoG scales).")
     min_nucleus_area_um2: float = Field(10.0, ge=0, description="Smaller nuclei are discarded.")
@@ -47,12 +50,18 @@ class CytoplasmEngine(DeepEngine):
         nuc_p, cell_p = probs[2], probs[1] + probs[2]
         nuc_mask = pp.remove_small(pp.fill_holes(nuc_p > _otsu_high(nuc_p)), p.min_nucleus_area_um2 / px**2)
         nuclei = pp.split_touching(
-            nuc_mask, seeds=p.seeds, diameter_px=pp.um_to_px(p.nucleus_diameter_um, px), h_px=pp.um_to_px(p.h_um, px), intensity=nuc_p
+            nuc_mask,
+            seeds=p.seeds,
+            diameter_px=pp.um_to_px(p.nucleus_diameter_um, px),
+            h_px=pp.um_to_px(p.h_um, px),
+            intensity=nuc_p,
         )
         lo, hi = ctx["norm"]["cytoplasm"]
         intensity = np.clip(pp.normalize(images["cytoplasm"], lo, hi), 1e-3, None)
         landscape = -(cell_p * np.log1p(intensity))
-        cells = pp.grow_cells(nuclei, landscape, cell_p > _otsu_high(cell_p), max_distance_px=pp.um_to_px(p.cell_max_distance_um, px))
+        cells = pp.grow_cells(
+            nuclei, landscape, cell_p > _otsu_high(cell_p), max_distance_px=pp.um_to_px(p.cell_max_distance_um, px)
+        )
         return {"nuclei": nuclei, "cells": cells}
 
 

@@ -9,17 +9,23 @@ from pydantic import Field
 from scipy import ndimage as ndi
 from skimage import morphology
 
+from hts.compute.measure.rod import axial_position
 from hts.compute.segment import postprocess as pp
 from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Role, SegmentResult
 from hts.compute.segment.engines.classic import ClassicEngine, ClassicParams
-from hts.compute.measure.rod import axial_position
 
 
 class FociParams(ClassicParams):
-    foci_diameter_um: float = Field(1.5, gt=0, description="Typical focus diameter: the white top-hat keeps structures up to about twice this.")
-    foci_threshold_mads: float = Field(8.0, gt=0, description="A focus pixel is this many MADs above the median top-hat response inside cells.")
+    foci_diameter_um: float = Field(
+        1.5, gt=0, description="Typical focus diameter: the white top-hat keeps structures up to about twice this."
+    )
+    foci_threshold_mads: float = Field(
+        8.0, gt=0, description="A focus pixel is this many MADs above the median top-hat response inside cells."
+    )
     min_foci_area_um2: float = Field(0.6, ge=0, description="Smaller spots are noise (single hot pixels).")
-    polar_fraction: float = Field(0.2, gt=0, lt=0.5, description="A focus within this fraction of the cell length from either end is polar.")
+    polar_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="A focus within this fraction of the cell length from either end is polar."
+    )
 
 
 class FociEngine(ClassicEngine):
@@ -39,7 +45,10 @@ class FociEngine(ClassicEngine):
     summary = "fluorescent foci/clusters assigned to the cell they touch, with long-axis position and polar flag"
     roles = {
         "nucleus": Role("nuclear stain (DAPI / Hoechst)", guess=NUCLEUS_NAMES),
-        "foci": Role("the channel with the spots / clusters", guess=("foci", "spot", "cluster", "tritc", "rfp", "mcherry", "cy3", "cy5")),
+        "foci": Role(
+            "the channel with the spots / clusters",
+            guess=("foci", "spot", "cluster", "tritc", "rfp", "mcherry", "cy3", "cy5"),
+        ),
         "cytoplasm": Role("cytoplasm channel for cell outlines (optional)", required=False, guess=CYTOPLASM_NAMES),
     }
     outputs = ("nuclei", "cells", "foci")
@@ -48,7 +57,9 @@ class FociEngine(ClassicEngine):
     def segment_tile(self, images, maps, ctx) -> dict[str, np.ndarray]:
         return super().segment_tile({k: v for k, v in images.items() if k != "foci"}, maps, ctx)
 
-    def finalize(self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]) -> SegmentResult:
+    def finalize(
+        self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]
+    ) -> SegmentResult:
         p, px = self.params, ctx["pixel_size_um"]
         cells = labels["cells"]
         img = pp.smooth(images["foci"].astype(np.float32), ctx["sigma"] / 2)
@@ -66,7 +77,9 @@ class FociEngine(ClassicEngine):
             ids = np.arange(1, n + 1)
             # the cell each spot overlaps most: count (spot, cell) pixel pairs, keep the largest per spot
             sel = (spots > 0) & (cells > 0)
-            pair, count = np.unique(spots[sel].astype(np.int64) * (int(cells.max()) + 1) + cells[sel], return_counts=True)
+            pair, count = np.unique(
+                spots[sel].astype(np.int64) * (int(cells.max()) + 1) + cells[sel], return_counts=True
+            )
             spot_of, cell_of_pair = pair // (int(cells.max()) + 1), pair % (int(cells.max()) + 1)
             order = np.lexsort((count, spot_of))  # by spot, then count ascending: last per spot is the best
             owner = np.zeros(n + 1, np.int64)
@@ -83,7 +96,14 @@ class FociEngine(ClassicEngine):
                 pos = axial_position(cells, np.stack([cy, cx], axis=1), cell_of)
                 polar = (pos < p.polar_fraction) | (pos > 1 - p.polar_fraction)
                 for new_id, c, a, pl in zip(range(1, kept.size + 1), cell_of, pos, polar):
-                    props.append({"label-value": int(new_id), "cell": int(c), "axis_position": round(float(a), 4), "polar": bool(pl)})
+                    props.append(
+                        {
+                            "label-value": int(new_id),
+                            "cell": int(c),
+                            "axis_position": round(float(a), 4),
+                            "polar": bool(pl),
+                        }
+                    )
         out = dict(labels)
         out["foci"] = foci.astype(np.int32)
         return SegmentResult(out, {"foci": props})

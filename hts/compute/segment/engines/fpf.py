@@ -44,6 +44,9 @@ class FPFEngine(DeepEngine):
         nuclei = instances_from_fg_dist(self, maps, "nucleus_foreground", "nucleus_distance", ctx)
         cell_mask = self.head(maps, "cell_foreground") > p.cell_foreground_threshold
         cells = pp.grow_cells(
-            nuclei, -self.head(maps, "cell_distance"), cell_mask, max_distance_px=pp.um_to_px(p.cell_max_distance_um, px)
+            nuclei,
+            -self.head(maps, "cell_distance"),
+            cell_mask,
+            max_distance_px=pp.um_to_px(p.cell_max_distance_um, px),
         )
         return {"nuclei": nuclei, "cells": cells}

@@ -19,8 +19,14 @@ class NucleiParams(DeepParams):
     is passed explicitly.
     """
 
-    foreground_threshold: float = Field(0.5, gt=0, lt=1, description="Foreground probability above which a pixel is nucleus.")
-    split_h: float = Field(0.3, gt=0, description="Depth of the saddle in the predicted (radius-normalized) distance map that separates touching nuclei.")
+    foreground_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Foreground probability above which a pixel is nucleus."
+    )
+    split_h: float = Field(
+        0.3,
+        gt=0,
+        description="Depth of the saddle in the predicted (radius-normalized) distance map that separates touching nuclei.",
+    )
     min_area_um2: float = Field(10.0, ge=0, description="Smaller objects are discarded.")
 
 
