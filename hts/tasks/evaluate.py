@@ -125,10 +125,8 @@ def read_label_image(path: str | Path) -> np.ndarray:
         Missing or unreadable file, not 2-D, colour, negative or fractional values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LabelFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix not in LABEL_SUFFIXES:
+    if suffix not in LABEL_SUFFIXES and path.is_file():
         raise LabelFileError(f"{path}: not a label image file (use {', '.join(LABEL_SUFFIXES)})")
     try:
         a = read_image(path, rgb="keep")
