@@ -5,7 +5,8 @@ Benchmarks: ``ingest`` (memory and throughput as the plate grows), ``pipeline``
 (DuckDB bulk load and well_stats at millions of cells), ``field`` (per-field CPU
 cost, hts vs scikit-image), ``engine-cost`` (a deep engine's weight folders on a
 real-sized field: CPU seconds per field), ``network`` (deep-engine
-network fields/s and fraction of peak FLOP/s).
+network fields/s and fraction of peak FLOP/s), ``sweep`` (CPU per megapixel and per
+object of every stage against field size and density, on real-derived fields).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import cells, engine_cost, field, ingest, pipeline, unet
+from benchmarks import cells, engine_cost, field, ingest, pipeline, sweep, unet
 
 
 def _add_network(sub) -> None:
@@ -73,6 +74,7 @@ def main() -> None:
     cells.add_parser(sub)
     field.add_parser(sub)
     engine_cost.add_parser(sub)
+    sweep.add_parser(sub)
     _add_network(sub)
     args = parser.parse_args()
     result = args.func(args)

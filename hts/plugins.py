@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BUILTIN_PACKAGE", "PluginError", "Registry", "load_group"]
+__all__ = ["BUILTIN_PACKAGE", "PluginError", "Registry", "entry_specs", "load_group", "load_named"]
 
 BUILTIN_PACKAGE = "hts"
 
@@ -73,6 +73,38 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def entry_specs(group: str, builtins: Mapping[str, str]) -> list[tuple[str, str, str, str | None]]:
+    """What ``group`` declares, without importing anything: ``(name, "module:Class", package, why_left_out)``.
+
+    Built-ins first (in ``builtins`` order), then plug-ins by name; ``why_left_out`` is set
+    for a plug-in whose name a built-in or an earlier plug-in already took.
+    """
+    try:
+        eps = list(md.entry_points(group=group))
+    except Exception:  # noqa: BLE001 - unreadable metadata of some installed package: the built-ins still work
+        eps = []
+    ours = {ep.name: ep.value for ep in eps if _normalized(_dist_name(ep)) == BUILTIN_PACKAGE}
+    theirs = sorted(
+        (ep for ep in eps if _normalized(_dist_name(ep)) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, _dist_name(ep))
+    )
+    specs = [(name, ours.get(name, value), BUILTIN_PACKAGE) for name, value in builtins.items()]
+    specs += [(name, value, BUILTIN_PACKAGE) for name, value in ours.items() if name not in builtins]
+    specs += [(ep.name, ep.value, _dist_name(ep)) for ep in theirs]
+    reserved = {name for name, _, package in specs if package == BUILTIN_PACKAGE}
+    taken: dict[str, str] = {}
+    out = []
+    for name, value, package in specs:
+        if package != BUILTIN_PACKAGE and name in reserved:
+            reason: str | None = "the name is taken by a built-in"
+        elif name in taken:
+            reason = f"the name is taken by package {taken[name]}"
+        else:
+            reason = None
+            taken[name] = package
+        out.append((name, value, package, reason))
+    return out
+
+
 def load_group(group: str, builtins: Mapping[str, str], *, base: type, key: str) -> Registry:
     """Load every class registered in entry-point ``group``: the built-ins first (in ``builtins`` order), then plug-ins by name.
 
@@ -90,28 +122,12 @@ def load_group(group: str, builtins: Mapping[str, str], *, base: type, key: str)
         an engine, ``format`` of a reader): a worker that gets the name back
         must find the same class.
     """
-    try:
-        eps = list(md.entry_points(group=group))
-    except Exception:  # noqa: BLE001 - unreadable metadata of some installed package: the built-ins still work
-        eps = []
-    ours = {ep.name: ep.value for ep in eps if _normalized(_dist_name(ep)) == BUILTIN_PACKAGE}
-    theirs = sorted(
-        (ep for ep in eps if _normalized(_dist_name(ep)) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, _dist_name(ep))
-    )
-    specs = [(name, ours.get(name, value), BUILTIN_PACKAGE) for name, value in builtins.items()]
-    specs += [(name, value, BUILTIN_PACKAGE) for name, value in ours.items() if name not in builtins]
-    specs += [(ep.name, ep.value, _dist_name(ep)) for ep in theirs]
-
-    reserved = {name for name, _, package in specs if package == BUILTIN_PACKAGE}
     classes: dict[str, type] = {}
     packages: dict[str, str] = {}
     errors: list[PluginError] = []
-    for name, value, package in specs:
-        if package != BUILTIN_PACKAGE and name in reserved:
-            reason: str | None = "the name is taken by a built-in"
-        elif name in classes:
-            reason = f"the name is taken by package {packages[name]}"
-        else:
+    for name, value, package, reason in entry_specs(group, builtins):
+        obj = None
+        if reason is None:
             obj, reason = _load_one(name, value, group, base=base, key=key)
         if reason is not None:
             errors.append(PluginError(group, name, package, reason))
@@ -119,6 +135,19 @@ def load_group(group: str, builtins: Mapping[str, str], *, base: type, key: str)
         classes[name] = obj
         packages[name] = package
     return Registry(classes, packages, tuple(errors))
+
+
+def load_named(
+    group: str, builtins: Mapping[str, str], name: str, *, base: type, key: str
+) -> tuple[type | None, PluginError | None]:
+    """The one class registered as ``name`` in ``group``, importing only its module (a Dask worker that
+    runs one engine does not import every engine's dependencies); None and why when it cannot be had."""
+    for n, value, package, reason in entry_specs(group, builtins):
+        if n != name or reason is not None:
+            continue
+        obj, reason = _load_one(name, value, group, base=base, key=key)
+        return (obj, None) if reason is None else (None, PluginError(group, name, package, reason))
+    return None, None
 
 
 def _load_one(name: str, value: str, group: str, *, base: type, key: str) -> tuple[Any, str | None]:

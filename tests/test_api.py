@@ -98,3 +98,14 @@ def test_engines_lists_the_built_ins_with_their_package():
     assert {"classic", "nuclei", "brightfield-unet", "cytoplasm", "fpf", "foci"} <= set(rows)
     assert rows["classic"].package == "hts" and rows["classic"].available
     assert "nucleus_diameter_um" in rows["classic"].parameters and rows["nuclei"].outputs == ["nuclei"]
+
+
+def test_a_classic_run_imports_no_deep_learning():
+    """Workers resolve only the engine they run: a classic segmentation never pays for importing torch."""
+    code = (
+        "import sys; from hts.compute.segment.engines import engine_class, engine_package; "
+        "c = engine_class('classic'); engine_package('classic'); import hts.tasks.plan; "
+        "print(c.name, 'torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["classic", "False", "False"], out

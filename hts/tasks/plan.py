@@ -91,6 +91,7 @@ class FieldSpec:
     measure: MeasureOptions | None = None
     engine: EngineSpec | None = None
     store_tile: int | None = None
+    measured: tuple[str, ...] | None = None  # the outputs whose objects get features (None: all)
 
 
 @dataclass
@@ -118,7 +119,16 @@ def measure_spec(rec: PlateRecord, run: Run, plate_channels: list[str], options:
         channel_names=list(plate_channels),
         pixel_size_um=float(run.pixel_size_um),
         measure=options,
+        measured=_measured_outputs(run),
     )
+
+
+def _measured_outputs(run: Run) -> tuple[str, ...]:
+    """The run's outputs that get features (:meth:`~hts.compute.segment.engines.Engine.measured_outputs`)."""
+    from hts.compute.segment.engines import engines
+
+    cls = engines().get(run.engine)  # an engine folder's runs carry the name of the engine it trains
+    return tuple(cls.measured_outputs(run.channels)) if cls is not None else tuple(run.labels)
 
 
 def execute_plans(
@@ -296,6 +306,8 @@ def _measure_time_point(
 ) -> pa.Table:
     """The cells of one time point of a field, with their plate, run, well, field and time keys."""
     channels = dict(zip(spec.channel_names, planes))
+    if spec.measured is not None:
+        labels = {out: lab for out, lab in labels.items() if out in spec.measured}
     tab = measure_field(labels, channels, pixel_size_um=spec.pixel_size_um, options=spec.measure)
     keys = {"plate_id": spec.plate_id, "run_id": spec.run_id, "well": task.well}
     for i, (k, v) in enumerate(keys.items()):

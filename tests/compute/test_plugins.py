@@ -133,7 +133,7 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _forget_plugins() -> None:
-    E._registry.cache_clear()
+    E.reload_plugins()
     F._registry.cache_clear()
     for mod in [m for m in sys.modules if m.split(".")[0] in ("hts_engine_example", "myfmt_reader")]:
         del sys.modules[mod]

@@ -333,3 +333,24 @@ def test_a_single_channel_plate_fills_the_engines_one_role_and_says_so(tmp_path)
     assert rep.notes == [
         "plate one has one channel, w1: used as the nucleus channel of classic (pass --channels nucleus=NAME to say so)"
     ]
+
+
+def test_nuclei_only_plates_measure_nuclei_only(tmp_path):
+    """classic without a cytoplasm channel writes cells (nucleus expansions) but measures the nuclei: the
+    expansions' Cells_ features would repeat them and their Cytoplasm_ ones measure background."""
+    import tifffile
+
+    from hts.catalog import Catalog
+
+    src = tmp_path / "one"
+    src.mkdir()
+    img = tifffile.imread(Path(__file__).parents[1] / "data/nuclei_gt/dsb2018_img2d.tif")
+    tifffile.imwrite(src / "A01_s1_w1.tif", img)
+    ingest(src, pattern="{well}_s{field}_{channel}.tif", workspace=here())
+    (rep,) = segment(engine="classic", pixel_size_um=0.45, workers=1, workspace=here())
+    assert set(rep.labels) == {"nuclei", "cells"} and rep.cells == rep.objects["nuclei"]
+    cols = [r["column_name"] for r in Catalog("hts.duckdb").query("DESCRIBE SELECT * FROM cells")]
+    assert "Nuclei_AreaShape_Area" in cols and "Nuclei_Intensity_MeanIntensity_w1" in cols
+    assert not any(c.startswith(("Cells_", "Cytoplasm_")) for c in cols), [c for c in cols if c.startswith("C")]
+    row = Catalog("hts.duckdb").query("SELECT object_id, nucleus_id, Location_Center_X FROM cells LIMIT 1")[0]
+    assert row["object_id"] == row["nucleus_id"] and row["Location_Center_X"] >= 0

@@ -62,7 +62,7 @@ class MeasureOptions(BaseModel):
 
 
 # Bump when a feature definition changes, so `hts measure` recomputes old runs.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: classic runs without a cytoplasm channel measure their nuclei only
 
 
 def column_safe(channel: str) -> str:

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, filters, morphology, segmentation
 
+from hts.compute.segment.reconstruct import h_maxima
+
 __all__ = [
     "normalize",
     "um_to_px",
@@ -116,12 +118,13 @@ def h_maxima_in(surface: np.ndarray, mask: np.ndarray, h: float, *, objects: Pac
     calls scikit-image once (15 ms for 91 nuclei on 512², against 60 object by object and
     114 on the whole field). Components meet only through zero-valued pixels in the
     field as in the canvas, so the result is the same (tested). ``objects``: the packing
-    of ``mask``, when already made.
+    of ``mask``, when already made. The h-maxima are :func:`hts.compute.segment.reconstruct.h_maxima`
+    (scikit-image's, with one radix sort: 5x faster on 2048², the same result).
     """
     objects = objects if objects is not None else PackedObjects(mask)
     if not objects.boxes:
         return np.zeros(mask.shape, bool)
-    return objects.unpack(morphology.h_maxima(objects.pack(np.asarray(surface, np.float32)), h).astype(bool))
+    return objects.unpack(h_maxima(objects.pack(np.asarray(surface, np.float32)), h))
 
 
 class PackedObjects:

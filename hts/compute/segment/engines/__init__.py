@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hts.compute.segment.engines.base import Engine, EngineParams, Role, SegmentResult, segment_field
 from hts.errors import EngineError
-from hts.plugins import PluginError, Registry, load_group
+from hts.plugins import PluginError, Registry, entry_specs, load_group, load_named
 
 __all__ = [
     "Engine",
@@ -63,6 +63,35 @@ def _registry() -> Registry:
     return load_group(GROUP, BUILTIN_ENGINES, base=Engine, key="name")
 
 
+@cache
+def _declared() -> dict[str, str]:
+    """Engine name -> package, of every usable declaration (nothing imported)."""
+    return {name: package for name, _, package, reason in entry_specs(GROUP, BUILTIN_ENGINES) if reason is None}
+
+
+def reload_plugins() -> None:
+    """Forget what was read of the entry points (after installing a plug-in into a running process)."""
+    for f in (_registry, _declared, _load):
+        f.cache_clear()
+
+
+def _left_out() -> list[PluginError]:
+    """Declarations left out without importing anything (a name already taken)."""
+    return [PluginError(GROUP, n, pkg, why) for n, _, pkg, why in entry_specs(GROUP, BUILTIN_ENGINES) if why]
+
+
+@cache
+def _load(name: str) -> type[Engine]:
+    """The class of one registered engine, importing only its module."""
+    cls, error = load_named(GROUP, BUILTIN_ENGINES, name, base=Engine, key="name")
+    if cls is None:
+        why = f" (it did not load: {error.reason})" if error is not None else ""
+        raise EngineError(
+            f"unknown engine {name!r}{why}; engines: {', '.join(_declared())} (or the path of an engine folder)"
+        )
+    return cls
+
+
 def engines() -> dict[str, type[Engine]]:
     """Every registered engine by name: the built-ins (by name), then the plug-ins (by name)."""
     return dict(_registry().classes)
@@ -75,7 +104,7 @@ def engine_package(name: str | EngineRef | os.PathLike[str]) -> str:
     """
     ref = EngineRef.parse(name)
     base = getattr(ref.resolve(), "base_engine", None) if ref.is_folder else ref.name
-    return _registry().packages[base]
+    return _declared()[base]
 
 
 def plugin_errors() -> list[PluginError]:
@@ -111,7 +140,7 @@ class EngineRef:
             return cls(folder=_existing_folder(Path(value), str(value)))
         if not isinstance(value, str):
             raise EngineError(f"an engine is a registered name or the path of an engine folder, not {value!r}")
-        known = _registry().classes
+        known = _declared()
         if value in known:
             return cls(name=value)
         path = Path(value).expanduser()
@@ -119,7 +148,7 @@ class EngineRef:
             return cls(folder=path.resolve())
         if os.sep in value or "/" in value or value.startswith((".", "~")):
             _existing_folder(path, value)  # raises: "no such engine folder"
-        why = next((f" (it did not load: {e.reason})" for e in _registry().errors if e.name == value), "")
+        why = next((f" (it did not load: {e.reason})" for e in _left_out() if e.name == value), "")
         raise EngineError(
             f"unknown engine {value!r}{why}; engines: {', '.join(known)} (or the path of an engine folder)"
         )
@@ -134,10 +163,7 @@ class EngineRef:
             from hts.compute.segment.engines._deep import DeepEngine
 
             return DeepEngine.from_folder(self.folder)
-        known = _registry().classes
-        if self.name not in known:
-            raise EngineError(f"unknown engine {self.name!r}; engines: {', '.join(known)}")
-        return known[self.name]
+        return _load(self.name)
 
     def __str__(self) -> str:
         return str(self.folder) if self.folder is not None else str(self.name)

@@ -117,6 +117,16 @@ class Engine:
         """Diameter of the largest object the engine outputs; the tiling halo must exceed it."""
         return 40.0
 
+    @classmethod
+    def measured_outputs(cls, channels: dict[str, str]) -> tuple[str, ...]:
+        """The outputs whose objects get per-cell features, for a run reading ``channels`` (role -> channel).
+
+        All of them by default. An engine whose cells are only a geometric expansion of its
+        nuclei for some channel mappings (no cell-body channel) leaves ``cells`` out there:
+        their Cells_ features would repeat the nuclei's, their Cytoplasm_ ones measure background.
+        """
+        return tuple(cls.outputs)
+
     # -- the four steps ------------------------------------------------------------
     def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
         return {"pixel_size_um": pixel_size_um}

@@ -72,6 +72,12 @@ class ClassicEngine(Engine):
     def max_object_um(self) -> float:
         return self.params.nucleus_diameter_um + 2 * self.params.cell_max_distance_um
 
+    @classmethod
+    def measured_outputs(cls, channels: dict[str, str]) -> tuple[str, ...]:
+        """Without a cytoplasm channel the cells are the nuclei expanded (Distance-N): written as labels,
+        not measured (their features would repeat the nuclei's; their cytoplasm is background)."""
+        return cls.outputs if "cytoplasm" in channels else ("nuclei",)
+
     def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
         p = self.params
         sigma = pp.um_to_px(p.smoothing_um, pixel_size_um)

@@ -1,0 +1,354 @@
+"""Cost against field size and density, on real-derived nuclei: ``python -m benchmarks sweep``.
+
+Fields are built from the real DSB2018 nucleus image shipped in tests/data (512², 125
+nuclei with their instance mask): tiled k×k for 512² … 4096² at the image's own density
+(~480 nuclei per megapixel), and at 2048² thinned (nuclei replaced by the background
+around them) to 50 … 2,000 objects, or made denser (the image halved, tiled 8×8, read at
+twice the pixel size so nuclei keep their size in µm) to ~5,000. Pixel size 0.5 µm.
+
+Per field, in one process (CPU seconds, ``time.process_time``), each stage of what a
+worker does: read from the plate store, segment (each kernel, from a profile with a CPU
+clock), features (each family), label writes to the store, and the catalog load of the
+cells. Reported per megapixel and per object. ``--e2e`` also runs the whole pipeline
+(ingest + segment + default features into the catalog, local Dask) against a
+single-process scikit-image pipeline on the same fields. Results: benchmarks/results/sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "nuclei_gt"
+PIXEL_UM = 0.5
+
+# profile entries reported as segmentation kernels: (label, function name, file suffix)
+SEGMENT_KERNELS = (
+    ("prepare (smooth, threshold)", "prepare", "engines/classic.py"),
+    ("foreground mask", "threshold_mask", "postprocess.py"),
+    ("distance transform", "distance_transform", "postprocess.py"),
+    ("h-maxima seeds", "h_maxima_in", "postprocess.py"),
+    ("nucleus watershed", "split_touching", "postprocess.py"),
+    ("cells", "cells", "engines/classic.py"),
+    ("stitching", "tiled_instances", "tiling.py"),
+)
+FEATURE_FAMILIES = (
+    ("objects (sort, ids)", "__init__", "measure/features.py"),
+    ("shape", "_shape", "measure/features.py"),
+    ("intensity", "_intensity", "measure/features.py"),
+    ("compartments (nucleus, cell, cytoplasm)", "compartment_features", "measure/features.py"),
+    ("parents", "parent_of", "measure/field.py"),
+)
+
+
+def source() -> tuple[np.ndarray, np.ndarray]:
+    import tifffile
+
+    return tifffile.imread(DATA / "dsb2018_img2d.tif"), tifffile.imread(DATA / "dsb2018_mask2d.tif").astype(np.int32)
+
+
+def _thin(img: np.ndarray, mask: np.ndarray, keep: int, seed: int = 0) -> np.ndarray:
+    """``img`` with all but ``keep`` of the nuclei of ``mask`` painted over with background.
+
+    A removed nucleus and an 8-pixel rim (the blur and halo the mask does not cover) get
+    values drawn from the image's background far from every nucleus, so a sparse field
+    looks like one (dark, noisy) and nothing of the removed nuclei is left to segment.
+    """
+    from scipy import ndimage as ndi
+
+    ids = np.unique(mask[mask > 0])
+    rng = np.random.default_rng(seed)
+    drop = np.setdiff1d(ids, rng.choice(ids, size=min(keep, len(ids)), replace=False))
+    kept = ndi.binary_dilation(np.isin(mask, np.setdiff1d(ids, drop)), iterations=2)
+    gone = ndi.binary_dilation(np.isin(mask, drop), iterations=8) & ~kept
+    far = ndi.distance_transform_edt(mask == 0) > 8
+    out = img.copy()
+    out[gone] = rng.choice(img[far], size=int(gone.sum()))
+    return out
+
+
+def make_field(size: int, objects: int | None = None) -> tuple[np.ndarray, float, int]:
+    """(image, pixel size µm, nuclei in it) of a ``size``² field; ``objects``: thin (or densify) to about that many."""
+    img, mask = source()
+    px = PIXEL_UM
+    if objects is not None and objects > 125 * (size // 512) ** 2:
+        # denser: the image at half size tiled twice as often, read at twice the pixel size
+        from skimage.transform import resize
+
+        img = resize(img, (256, 256), order=1, preserve_range=True, anti_aliasing=True).astype(img.dtype)
+        mask = resize(mask, (256, 256), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        px = 2 * PIXEL_UM
+    k = size // img.shape[0]
+    big = np.tile(img, (k, k))
+    # each tile's nuclei get their own ids, so thinning picks nuclei, not copies
+    offsets = (np.arange(k * k, dtype=np.int32) * (int(mask.max()) + 1)).reshape(k, k)
+    big_mask = np.where(
+        np.tile(mask, (k, k)) > 0, np.tile(mask, (k, k)) + np.kron(offsets, np.ones(mask.shape, np.int32)), 0
+    )
+    n = len(np.unique(big_mask)) - 1
+    if objects is not None and objects < n:
+        big = _thin(big, big_mask, objects)
+        n = objects
+    return np.ascontiguousarray(big.astype(np.uint16)), px, n
+
+
+def _profile_cpu(fn):
+    """(result, CPU seconds, profile stats with a CPU clock)."""
+    prof = cProfile.Profile(time.process_time)
+    t0 = time.process_time()
+    prof.enable()
+    try:
+        res = fn()
+    finally:
+        prof.disable()
+    return res, time.process_time() - t0, pstats.Stats(prof)
+
+
+def _cumulative(stats: pstats.Stats, entries) -> dict[str, float]:
+    out = {}
+    for label, func, suffix in entries:
+        total = 0.0
+        for (file, _, name), (_, _, _, ct, _) in stats.stats.items():
+            if name == func and file.endswith(suffix):
+                total += ct
+        out[label] = round(total, 4)
+    return out
+
+
+def field_stages(
+    size: int, objects: int | None, engine: str = "classic", *, tile: int = 1024, measure_all: bool = False
+) -> dict:
+    """Per-stage CPU seconds of one field, as a worker runs it (store read, segment, features, writes, catalog load)."""
+    import pyarrow as pa
+
+    from hts.catalog import Catalog
+    from hts.catalog import cells as cells_db
+    from hts.compute.measure import MeasureOptions, measure_field
+    from hts.compute.segment.engines import engine_class, segment_field
+    from hts.store import PlateStore
+
+    img, px, n_true = make_field(size, objects)
+    row: dict = {
+        "size": size,
+        "megapixels": round(size * size / 1e6, 3),
+        "objects_in_image": n_true,
+        "pixel_size_um": px,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        desc = _description(img, px)
+        store = PlateStore.create(tmp / "p.zarr", desc, plate_id="bench", fingerprint="x", tile=1024, max_project=False)
+        data = img[None, None, None]
+        t0 = time.process_time()
+        store.write_field(desc.fields[0].well, 0, data)
+        row["store_write_image_s"] = round(time.process_time() - t0, 4)
+        t0 = time.process_time()
+        field = np.asarray(store.read_field(desc.fields[0].well, 0)[0]).max(axis=1)
+        row["read_s"] = round(time.process_time() - t0, 4)
+
+        cls = engine_class(engine)
+        eng = cls(cls.Params())
+        res, row["segment_s"], stats = _profile_cpu(
+            lambda: segment_field(eng, {"nucleus": field[0]}, pixel_size_um=px, tile=tile, halo=64)
+        )
+        row["segment_s"] = round(row["segment_s"], 4)
+        row["segment_kernels_s"] = _cumulative(stats, SEGMENT_KERNELS)
+        row["objects"] = int(res.counts().get("nuclei", 0))
+
+        path = f"{desc.fields[0].well.path}/0"
+        t0 = time.process_time()
+        levels = store.create_labels(path, list(res.labels), n_t=1, tile=1024, overwrite=True)
+        store.write_labels(path, res.labels, 0, levels=levels)
+        row["store_write_labels_s"] = round(time.process_time() - t0, 4)
+
+        # what a worker measures: the engine's measured outputs for a DAPI-only plate (all of them with measure_all)
+        measured = (
+            res.labels
+            if measure_all
+            else {k: v for k, v in res.labels.items() if k in cls.measured_outputs({"nucleus": "DAPI"})}
+        )
+        tab, row["features_s"], stats = _profile_cpu(
+            lambda: measure_field(measured, {"DAPI": field[0]}, pixel_size_um=px, options=MeasureOptions())
+        )
+        row["measured_outputs"] = sorted(measured)
+        row["features_s"] = round(row["features_s"], 4)
+        row["feature_families_s"] = _cumulative(stats, FEATURE_FAMILIES)
+        row["feature_columns"] = tab.num_columns
+
+        keys = {"plate_id": "bench", "run_id": "r", "well": "B02"}
+        for i, (k, v) in enumerate(keys.items()):
+            tab = tab.add_column(i, k, pa.array([v] * tab.num_rows, pa.string()))
+        tab = tab.add_column(3, "field_index", pa.array([0] * tab.num_rows, pa.int32()))
+        tab = tab.add_column(4, "t", pa.array([0] * tab.num_rows, pa.int32()))
+        catalog = Catalog(tmp / "c.duckdb")
+        with catalog.connect() as con:
+            t0 = time.process_time()
+            cells_db.load_tables(con, [tab])
+            row["catalog_load_s"] = round(time.process_time() - t0, 4)
+    stages = ("read_s", "segment_s", "features_s", "store_write_labels_s", "catalog_load_s")
+    row["worker_total_s"] = round(sum(row[s] for s in stages), 4)
+    mp, n = row["megapixels"], max(row["objects"], 1)
+    row["per_megapixel_s"] = {s.removesuffix("_s"): round(row[s] / mp, 4) for s in (*stages, "worker_total_s")}
+    row["per_object_ms"] = {s.removesuffix("_s"): round(1000 * row[s] / n, 4) for s in (*stages, "worker_total_s")}
+    return row
+
+
+def _description(img: np.ndarray, px: float):
+    from hts.formats.base import Channel, PlateDescription, SourceField
+    from hts.wells import PLATE_TYPES, parse_well
+
+    w = parse_well("B02")
+    return PlateDescription(
+        name="SWEEP", format="pattern", plate_type=PLATE_TYPES[96], channels=[Channel("DAPI")],
+        fields=[SourceField(well=w, index=0, key=0)], shape=(1, 1, 1, *img.shape), dtype="uint16",
+        pixel_size_um=(px, px, 1.0), files=[],
+    )  # fmt: skip
+
+
+def skimage_nuclei_pipeline(files: list[Path], out: Path) -> dict:
+    """The issue's single-process baseline: read, Gaussian, Otsu, distance watershed, ``regionprops_table``
+    (area, perimeter, eccentricity, solidity, axes, orientation, centroid, mean/max/min intensity); one Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage import feature, filters, measure, segmentation
+
+    props = ("label", "area", "perimeter", "eccentricity", "solidity", "axis_major_length", "axis_minor_length",
+             "orientation", "centroid", "intensity_mean", "intensity_max", "intensity_min")  # fmt: skip
+    tables, n = [], 0
+    for i, path in enumerate(files):
+        img = tifffile.imread(path)
+        sm = filters.gaussian(img, 2, preserve_range=True)
+        mask = sm > filters.threshold_otsu(sm)
+        dist = ndi.distance_transform_edt(mask)
+        comps, _ = ndi.label(mask)
+        peaks = feature.peak_local_max(dist, min_distance=6, labels=comps, exclude_border=False)
+        markers = np.zeros(img.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        labels = segmentation.watershed(-dist, markers, mask=mask)
+        t = pa.table(measure.regionprops_table(labels, img, properties=props))
+        tables.append(t.append_column("field", pa.array([i] * t.num_rows, pa.int32())))
+        n += t.num_rows
+    pq.write_table(pa.concat_tables(tables), out)
+    return {"fields": len(files), "objects": n}
+
+
+def end_to_end(size: int, n_fields: int, objects: int | None, workers: int, workdir: Path) -> dict:
+    """Ingest + segment (classic, default features, into the catalog) on local Dask, against the scikit-image baseline."""
+    import tifffile
+
+    from benchmarks._util import PeakRSS, timer
+    from hts.api import segment
+    from hts.config import Workspace
+    from hts.tasks.ingest import ingest
+
+    img, px, n_true = make_field(size, objects)
+    src = workdir / f"tiffs_{size}_{objects}"
+    src.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n_fields):
+        well = f"B{2 + i // 4:02d}"
+        path = src / f"SWEEP_{well}_s{i % 4 + 1}_w1.tif"
+        # each field a little different (rolled), the same density
+        tifffile.imwrite(path, np.roll(img, (97 * i, 131 * i), axis=(0, 1)), resolution=(1 / px, 1 / px),
+                         resolutionunit="MICROMETER")  # fmt: skip
+        files.append(path)
+    ws = Workspace(db=workdir / f"e2e_{size}_{objects}.duckdb", plates_dir=workdir / "plates", scheduler="local")
+    row: dict = {"size": size, "fields": n_fields, "objects_per_field_in_image": n_true, "workers": workers}
+    with PeakRSS() as rss, timer() as t:
+        rep = ingest(src, workspace=ws, workers=workers, overwrite=True, name=f"E2E{size}")
+    row["ingest"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2)}
+    with PeakRSS() as rss, timer() as t:
+        (seg,) = segment([rep.plate_id], engine="classic", workspace=ws, workers=workers, pixel_size_um=px)
+    row["segment_features"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2), "cells": seg.cells,
+                               "peak_rss_MB": round(rss.peak / 1e6), "peak_anon_rss_MB": round(rss.peak_anon / 1e6)}  # fmt: skip
+    with PeakRSS() as rss, timer() as t:
+        base = skimage_nuclei_pipeline(files, workdir / f"baseline_{size}.parquet")
+    row["skimage"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2), "objects": base["objects"]}
+    hts_s = row["ingest"]["seconds"] + row["segment_features"]["seconds"]
+    row["hts_seconds"] = round(hts_s, 2)
+    row["speedup_vs_skimage"] = round(row["skimage"]["seconds"] / hts_s, 2)
+    row["cpu_ratio_hts_over_skimage"] = round(
+        (row["ingest"]["cpu_s"] + row["segment_features"]["cpu_s"]) / row["skimage"]["cpu_s"], 2
+    )
+    return row
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.e2e:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for size, n in ((2048, 8), (512, 64)):
+                rows.append(end_to_end(size, n, None, args.workers, Path(tmp)))
+                print(rows[-1], flush=True)
+        return {"benchmark": "sweep-e2e", "runs": rows}
+    rows = []
+    for size in args.sizes:
+        rows.append(field_stages(size, None, args.engine, tile=args.tile, measure_all=args.measure_all))
+        print(_line(rows[-1]), flush=True)
+    for objects in args.densities:
+        rows.append(
+            {
+                "sweep": "density",
+                **field_stages(args.density_size, objects, args.engine, tile=args.tile, measure_all=args.measure_all),
+            }
+        )
+        print(_line(rows[-1]), flush=True)
+    out = {
+        "benchmark": "sweep",
+        "engine": args.engine,
+        "tile": args.tile,
+        "measure_all": args.measure_all,
+        "fields": rows,
+    }
+    out["flatness"] = _flatness(rows, args)
+    return out
+
+
+def _line(r: dict) -> str:
+    return (f"{r['size']}² {r['objects']:>5} objects: worker {r['worker_total_s']:.2f} CPU-s "
+            f"({r['per_megapixel_s']['worker_total']:.3f}/MP, {r['per_object_ms']['worker_total']:.2f} ms/object); "
+            f"segment {r['segment_s']:.2f}, features {r['features_s']:.2f}, read {r['read_s']:.2f}, "
+            f"labels {r['store_write_labels_s']:.2f}, catalog {r['catalog_load_s']:.3f}")  # fmt: skip
+
+
+def _flatness(rows: list[dict], args) -> dict:
+    """Max/min of cost per megapixel over the size sweep and per object over the density sweep, per stage."""
+    size_rows = [r for r in rows if "sweep" not in r]
+    dens_rows = [r for r in rows if r.get("sweep") == "density"]
+    out = {}
+    for what, group, key in (("per_megapixel_over_sizes", size_rows, "per_megapixel_s"),
+                             ("per_object_over_densities", dens_rows, "per_object_ms")):  # fmt: skip
+        if len(group) > 1:
+            out[what] = {s: round(max(r[key][s] for r in group) / max(min(r[key][s] for r in group), 1e-12), 2)
+                         for s in group[0][key]}  # fmt: skip
+    return out
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="CPU per megapixel and per object, per stage, vs field size and density")
+    p.add_argument("--sizes", type=_ints, default=[512, 1024, 2048, 4096])
+    p.add_argument("--densities", type=_ints, default=[50, 200, 1000, 2000, 5000])
+    p.add_argument("--density-size", type=int, default=2048)
+    p.add_argument("--engine", default="classic")
+    p.add_argument("--tile", type=int, default=1024, help="segmentation tile size (hts segment --tile)")
+    p.add_argument("--measure-all", action="store_true", help="measure every output (the first rounds' behaviour)")
+    p.add_argument(
+        "--e2e",
+        action="store_true",
+        help="instead: the whole pipeline on 8 x 2048² and 64 x 512² fields vs scikit-image",
+    )
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers for --e2e")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.set_defaults(func=run)
