@@ -281,7 +281,50 @@ def end_to_end(size: int, n_fields: int, objects: int | None, workers: int, work
     return row
 
 
+def peak_memory(size: int, engine: str = "classic", tile: int = 1024) -> dict:
+    """Peak numpy/Python memory (tracemalloc) of segmenting and measuring one ``size``² field, as a worker does."""
+    import tracemalloc
+
+    from hts.compute.measure import MeasureOptions, measure_field
+    from hts.compute.segment.engines import engine_class, segment_field
+
+    img, px, _ = make_field(size)
+    cls = engine_class(engine)
+    eng = cls(cls.Params())
+    tracemalloc.start()
+    res = segment_field(eng, {"nucleus": img}, pixel_size_um=px, tile=tile, halo=64)
+    _, seg_peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    measured = {k: v for k, v in res.labels.items() if k in cls.measured_outputs({"nucleus": "DAPI"})}
+    measure_field(measured, {"DAPI": img}, pixel_size_um=px, options=MeasureOptions())
+    _, meas_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    field_mb = img.nbytes / 1e6
+    return {"size": size, "field_MB": round(field_mb, 1), "segment_peak_MB": round(seg_peak / 1e6, 1),
+            "measure_peak_MB": round(meas_peak / 1e6, 1), "peak_in_fields": round(max(seg_peak, meas_peak) / img.nbytes, 1)}  # fmt: skip
+
+
+def features_vs_cp_measure(size: int = 2048) -> dict:
+    """hts's shape + intensity features against cp-measure (and regionprops) on one dense real-derived field."""
+    from benchmarks.baselines import feature_comparison
+    from hts.compute.segment.engines import engine_class, segment_field
+
+    img, px, _ = make_field(size)
+    cls = engine_class("classic")
+    labels = segment_field(cls(cls.Params()), {"nucleus": img}, pixel_size_um=px).labels["nuclei"]
+    return {"size": size, **feature_comparison([({"nuclei": labels}, {"DAPI": img})], repeat=2)}
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.memory:
+        rows = [peak_memory(size, args.engine, args.tile) for size in args.sizes]
+        for r in rows:
+            print(r, flush=True)
+        return {"benchmark": "sweep-memory", "runs": rows}
+    if args.features:
+        out = features_vs_cp_measure(args.density_size)
+        print({k: v for k, v in out.items() if k != "max_rel_diff"}, flush=True)
+        return {"benchmark": "sweep-features", **out}
     if args.e2e:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -350,5 +393,50 @@ def add_parser(sub) -> None:
         help="instead: the whole pipeline on 8 x 2048² and 64 x 512² fields vs scikit-image",
     )
     p.add_argument("--workers", type=int, default=2, help="local Dask workers for --e2e")
+    p.add_argument("--plot", default=None, help="also draw the sweep into this PNG (docs/sweep.png)")
+    p.add_argument("--plot-before", default=None, help="an earlier sweep JSON drawn dashed beside it")
+    p.add_argument("--memory", action="store_true", help="instead: peak memory of one field per size (tracemalloc)")
+    p.add_argument(
+        "--features", action="store_true", help="instead: features vs cp-measure on a dense --density-size field"
+    )
     p.add_argument("--json", default=None, help="also write the result here")
     p.set_defaults(func=run)
+
+
+def plot(after: Path, before: Path | None, out: Path) -> Path:
+    """The sweep as a picture: CPU per megapixel vs field size, per object vs density (stacked by stage)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [("this round", json.loads(after.read_text()))]
+    if before is not None and before.exists():
+        runs.insert(0, ("before (measuring nucleus expansions, two-sort h-maxima)", json.loads(before.read_text())))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (label, data), style in zip(runs, ("--", "-")):
+        sizes = [r for r in data["fields"] if "sweep" not in r]
+        dens = [r for r in data["fields"] if r.get("sweep") == "density"]
+        a.plot([r["size"] for r in sizes], [r["per_megapixel_s"]["worker_total"] for r in sizes], "o" + style,
+               label=f"{label}: worker total")  # fmt: skip
+        a.plot([r["size"] for r in sizes], [r["per_megapixel_s"]["segment"] for r in sizes], "s" + style,
+               label=f"{label}: segment", alpha=0.7)  # fmt: skip
+        b.plot([r["objects"] for r in dens], [r["per_object_ms"]["worker_total"] for r in dens], "o" + style,
+               label=f"{label}: worker total")  # fmt: skip
+        b.plot([r["objects"] for r in dens], [r["per_object_ms"]["features"] for r in dens], "^" + style,
+               label=f"{label}: features", alpha=0.7)  # fmt: skip
+    a.set(xscale="log", xlabel="field side (pixels; tiled DSB2018 nuclei, ~480 per MP)",
+          ylabel="CPU seconds per megapixel", title="cost per megapixel vs field size", ylim=(0, None))  # fmt: skip
+    a.set_xscale("log", base=2)
+    a.set_xticks([512, 1024, 2048, 4096], ["512²", "1024²", "2048²", "4096²"])
+    a.minorticks_off()
+    b.set(xscale="log", yscale="log", xlabel="nuclei found in a 2048² field", ylabel="CPU ms per object",
+          title="cost per object vs density (2048²)")  # fmt: skip
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
