@@ -350,14 +350,16 @@ def segment(
 
       hts segment --engine foci --channels nucleus=DAPI,foci=FITC
     """
-    from hts.tasks.segment import SegmentOptions
-    from hts.tasks.segment import segment as run
+    from hts.api import segment as run
 
     params = param_values(pairs(",".join(param or []), "--param"))
     if tta:
         params["tta"] = True
     with _errors(), progress_bar("segment", not as_json) as progress:
-        options = SegmentOptions(
+        reports = run(
+            plates or None,
+            engine=engine_path.expanduser() if engine_path else engine,
+            workspace=workspace(db, scheduler),
             channels=pairs(channels, "--channels"),
             params=params,
             backend=backend,
@@ -368,12 +370,6 @@ def segment(
             overwrite=overwrite,
             label_suffix=label_suffix,
             pixel_size_um=pixel_size,
-        )
-        reports = run(
-            plates or None,
-            engine=engine_path.expanduser() if engine_path else engine,
-            workspace=workspace(db, scheduler),
-            options=options,
             workers=workers,
             features={"texture": texture, "granularity": granularity, "rod": rod} if features else False,
             progress=progress,
