@@ -206,7 +206,7 @@ def ingest(
         overwrite=overwrite,
         max_project=max_project,
         tile=tile,
-        format=reader,
+        reader=reader,
         pattern=pattern,
         name=name,
         workers=workers,

@@ -154,7 +154,7 @@ def ingest(
             overwrite=overwrite,
             max_project=max_project,
             tile=tile,
-            format=reader or reader_old,
+            reader=reader or reader_old,
             pattern=pattern,
             name=name,
             workers=workers,

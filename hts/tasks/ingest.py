@@ -83,7 +83,7 @@ def ingest(
     overwrite: bool = False,
     max_project: bool = False,
     tile: int = 1024,
-    format: str | None = None,
+    reader: str | None = None,
     pattern: str | None = None,
     name: str | None = None,
     workers: int | None = None,
@@ -108,8 +108,8 @@ def ingest(
         Store the maximum-intensity projection over Z instead of the stack.
     tile : int
         Chunk size in y and x (pixels).
-    format, pattern, name
-        Force a reader (:data:`hts.formats.FORMATS`), give a TIFF file-name pattern,
+    reader, pattern, name
+        Force a reader (a format of :data:`hts.formats.FORMATS`), give a TIFF file-name pattern,
         name the plate (default: from the source).
     workers : int, optional
         Local Dask workers (see :mod:`hts.orchestrate.dask`).
@@ -133,8 +133,8 @@ def ingest(
         raise SourceError(f"--plate-type {hint}: not a plate hts fits wells on (96, 384 or 1536)")
     if name:
         reader_options["name"] = name
-    reader = open_plate(source, format=format, pattern=pattern, **reader_options)
-    desc = reader.describe()
+    plate_reader = open_plate(source, format=reader, pattern=pattern, **reader_options)
+    desc = plate_reader.describe()
     store_path = location(out) if out else join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")
     files = sorted(desc.files)
     root = Path(source).expanduser().resolve()
@@ -158,7 +158,7 @@ def ingest(
     else:
         plate_id, status = target, "resumed"
     written, acq_checksum = _write_fields(
-        catalog, reader, desc, plate_id, store_path, files, workspace.scheduler, workers, max_project, progress
+        catalog, plate_reader, desc, plate_id, store_path, files, workspace.scheduler, workers, max_project, progress
     )
     _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
     catalog.finish_plate(plate_id, checksum=acq_checksum)
