@@ -155,9 +155,10 @@ class Plate:
     def _view(self, view: str, plate_col: str, run_col: str, run: str | None) -> pl.DataFrame:
         import polars as pl
 
+        from hts.catalog import runs as runs_db
         from hts.errors import CatalogError
 
-        runs = [r for r in self.runs(complete=run is None) if run is None or r.run_id.startswith(run)]
+        runs = runs_db.current_runs(self.catalog, self.plate_id, run, complete=run is None)
         if not runs:
             raise CatalogError(
                 f"plate {self.name} has no {'finished ' if run is None else ''}segmentation run"

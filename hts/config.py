@@ -24,7 +24,6 @@ local DuckDB file on the client.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass
@@ -74,10 +73,6 @@ class Workspace:
         from hts.catalog import Catalog
 
         return Catalog(self.db)
-
-    def with_scheduler(self, scheduler: str | None) -> Workspace:
-        """The same workspace with work run on ``scheduler`` (unchanged when None)."""
-        return self if scheduler is None else dataclasses.replace(self, scheduler=scheduler)
 
 
 def _config_file() -> tuple[dict, Path | None]:

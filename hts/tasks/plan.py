@@ -36,7 +36,7 @@ from hts.compute.measure import MeasureOptions, measure_field
 from hts.compute.segment.engines import Engine, SegmentResult, engine_class, segment_field
 from hts.compute.segment.sanity import field_checks
 from hts.compute.segment.scale import engine_nucleus_diameter_um
-from hts.errors import HtsError
+from hts.errors import EngineError, HtsError
 from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, to_ipc, write_part
@@ -125,10 +125,11 @@ def measure_spec(rec: PlateRecord, run: Run, plate_channels: list[str], options:
 
 def _measured_outputs(run: Run) -> tuple[str, ...]:
     """The run's outputs that get features (:meth:`~hts.compute.segment.engines.Engine.measured_outputs`)."""
-    from hts.compute.segment.engines import engines
-
-    cls = engines().get(run.engine)  # an engine folder's runs carry the name of the engine it trains
-    return tuple(cls.measured_outputs(run.channels)) if cls is not None else tuple(run.labels)
+    try:  # an engine folder's runs carry the name of the engine it trains; only that engine is loaded
+        cls = engine_class(run.engine)
+    except EngineError:  # a plug-in no longer installed: measure every output
+        return tuple(run.labels)
+    return tuple(cls.measured_outputs(run.channels))
 
 
 def execute_plans(
