@@ -17,7 +17,7 @@ LAYERS = {
     "hts.store": 1, "hts.catalog": 1, "hts.formats": 1, "hts.config": 1,
     "hts.orchestrate": 2, "hts.compute": 2, "hts.synth": 2, "hts.reports": 2,
     "hts.tasks": 3,
-    "hts.api": 4,
+    "hts.api": 4, "hts.web": 4,
     "hts.cli": 5,
 }  # fmt: skip
 

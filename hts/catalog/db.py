@@ -105,35 +105,38 @@ class Catalog:
         self.path = Path(path).expanduser().resolve()
         self._migrated = False
         self._checked: tuple[int, int, int, int] | None = None  # the file as this Catalog last left it
-        self._session: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (thread id, connection)
+        self._local = threading.local()  # .session: this thread's held connection (see session())
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
 
     # -- connections ----------------------------------------------------------
     @contextmanager
-    def session(self) -> Iterator[None]:
-        """Hold one writer connection for a burst of small queries and writes in this thread.
+    def session(self, *, read_only: bool = False) -> Iterator[None]:
+        """Hold one connection for a burst of small queries (and writes) in this thread.
 
         Every :meth:`connect` (and so :meth:`query`) of this thread inside the block
-        reuses it instead of opening the file again (~30 ms each); commands use it
+        reuses it instead of opening the file again (~30-50 ms each); commands use it
         around planning, not around long work, since it locks other processes out.
+        ``read_only``: a reader's session (the web app's requests), which never takes the
+        writer's lock and never migrates; writes inside it fail.
         """
-        if (self._session is not None and self._session[0] == threading.get_ident()) or not self.path.exists():
+        if getattr(self._local, "session", None) is not None or not self.path.exists():
             yield  # already in one, or no catalog yet (a session must not create the file)
             return
-        with self.connect() as con:
-            self._session = (threading.get_ident(), con)
+        with self.connect(read_only=read_only) as con:
+            self._local.session = con
             try:
                 yield
             finally:
-                self._session = None
+                self._local.session = None
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection; the writer's is migrated to the current schema first."""
-        if self._session is not None and self._session[0] == threading.get_ident():
-            yield self._session[1]
+        held = getattr(self._local, "session", None)
+        if held is not None:
+            yield held
             return
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
@@ -145,20 +148,7 @@ class Catalog:
         # left it after its last checked connection (it costs more than opening the file); a
         # write by anyone else in between changes its mtime or size and brings the check back.
         unchanged = self._migrated and self._checked is not None and self._file_id() == self._checked
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        delay = 0.05
-        while True:
-            try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
-            except duckdb.IOException as e:
-                if "lock" in str(e).lower() and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
-            except duckdb.Error as e:
-                raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
+        con = self._when_unlocked(lambda: duckdb.connect(str(self.path), read_only=read_only))
         try:
             if not unchanged:
                 self._check_version(con, migrate=not read_only)
@@ -169,14 +159,40 @@ class Catalog:
             # DuckDB's file lock kept other processes out while this connection was open
             self._checked = self._file_id() if self._migrated else None
 
+    def _when_unlocked(self, open_fn):
+        """``open_fn()``, retried while another process holds the file's lock (a writer holds it for
+        one batch at a time; waiting up to 30 s), else a one-line :class:`CatalogError`."""
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                return open_fn()
+            except duckdb.IOException as e:
+                if "lock" in str(e).lower() and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+            except duckdb.Error as e:
+                raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_local", None)  # a thread's held connection stays with that thread
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def _ensure_current(self) -> None:
         """Before the first read: a catalog already at this hts's schema is only read (it may sit on a
         read-only file system); an older one is brought up to date once, and when it cannot be written
         the error says that the update is what needs writing."""
         try:
-            con = duckdb.connect(str(self.path), read_only=True)
-        except duckdb.Error as e:
-            raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+            con = self._when_unlocked(lambda: duckdb.connect(str(self.path), read_only=True))
+        except CatalogError as e:
+            raise CatalogError(str(e).replace("not a DuckDB catalog", "cannot open catalog")) from None
         try:
             has = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
@@ -396,10 +412,7 @@ class Catalog:
             self._ensure_current()
         con = duckdb.connect(":memory:")
         try:
-            try:
-                con.execute(f"ATTACH {sql_literal(str(self.path))} AS catalog (READ_ONLY)")
-            except duckdb.Error as e:
-                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+            self._when_unlocked(lambda: con.execute(f"ATTACH {sql_literal(str(self.path))} AS catalog (READ_ONLY)"))
             con.execute("USE catalog")
             dirs = [str(Path(d).expanduser().resolve()) + "/" for d in allow_read]
             for d in dirs:

@@ -587,10 +587,11 @@ def demo(
 
 
 # Commands defined in their own modules.
-from hts.cli import evaluate_cmd, results_cmd  # noqa: E402
+from hts.cli import evaluate_cmd, results_cmd, serve_cmd  # noqa: E402
 
 results_cmd.register(app)
 evaluate_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

@@ -34,7 +34,14 @@ from skimage.segmentation import find_boundaries
 from hts.compute.measure.features import object_ids
 from hts.reports._render import new_figure, read_png, to_png
 
-__all__ = ["segmentation_overlay", "contact_sheet", "channel_color", "OUTLINE_PALETTE"]
+__all__ = [
+    "segmentation_overlay",
+    "contact_sheet",
+    "channel_color",
+    "output_colors",
+    "shown_channels",
+    "OUTLINE_PALETTE",
+]
 
 DPI = 100
 _PAD = 8  # px around the image
@@ -70,7 +77,24 @@ def channel_color(name: str, index: int = 0) -> str:
     return _CHANNEL_PALETTE[index % len(_CHANNEL_PALETTE)]
 
 
-def _output_colors(names: Sequence[str], colors: Mapping[str, str]) -> dict[str, str]:
+def shown_channels(channels: Sequence[str], read: Mapping[str, str]) -> list[int]:
+    """The channels an overlay shows: those the engine read when one is brightfield (a brightfield-unet run is
+    judged on its brightfield channel), else the fluorescence channels (transmitted light washes out a composite).
+    ``read``: the run's role -> channel name."""
+    from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES
+
+    channels = list(channels)
+    read_idx = [channels.index(c) for c in read.values() if c in channels]
+    if any(channels[i].lower().startswith(BRIGHTFIELD_NAMES) for i in read_idx):
+        return read_idx
+    return [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(
+        range(len(channels))
+    )
+
+
+def output_colors(names: Sequence[str], colors: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Outline colour per output (or label image) name: ``colors`` where given, else by name, else the palette."""
+    colors = colors or {}
     out: dict[str, str] = {}
     for name in names:
         if name in colors:
@@ -199,7 +223,7 @@ def segmentation_overlay(
     rgb8 = np.round(rgb * 255).astype(np.uint8)
 
     # Outlines, one colour per output, later outputs on top.
-    out_colors = _output_colors(list(labels), colors)
+    out_colors = output_colors(list(labels), colors)
     counts: dict[str, int] = {}
     for name, lab in labels.items():
         lab = np.asarray(lab)

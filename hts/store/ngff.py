@@ -372,6 +372,13 @@ class PlateStore:
             pyramid.append(downsample2(pyramid[-1]))
         self._write_arrays([(f"{fp}/{i}", ..., level) for i, level in enumerate(pyramid)])
 
+    def read_image(self, field_path: str, level: int = 0) -> zarr.Array:
+        """The (t, c, z, y, x) array of the field at ``field_path`` (as the catalog records it), one pyramid level."""
+        try:
+            return self._open_array(field_path, str(level))
+        except Exception:
+            raise StoreError(f"{self.path}/{field_path}: no image at pyramid level {level}") from None
+
     def read_field(self, well: WellRef | str, index: int, level: int = 0) -> zarr.Array:
         """The (t, c, z, y, x) array of one field at a pyramid level (lazy; slice it)."""
         return self._open_array(self.field_path(well, index), str(level))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -12,7 +15,7 @@ from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.resources import data_dir
 
-__all__ = ["run_query", "FORMATS", "presets", "preset_sql"]
+__all__ = ["run_query", "FORMATS", "presets", "preset_sql", "cancel_after"]
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -37,8 +40,40 @@ def preset_sql(name: str) -> str:
     return path.read_text()
 
 
+@contextmanager
+def cancel_after(con: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
+    """Interrupt ``con``'s query after ``seconds`` (None: never); a :class:`CatalogError` raised
+    inside then says that the query was cancelled and why."""
+    if seconds is None:
+        yield
+        return
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        con.interrupt()
+
+    timer = threading.Timer(seconds, stop)
+    timer.start()
+    try:
+        yield
+    except CatalogError:
+        if fired.is_set():
+            raise CatalogError(
+                f"the query ran longer than {seconds:g} s and was cancelled; narrow it (WHERE, LIMIT)"
+            ) from None
+        raise
+    finally:
+        timer.cancel()
+
+
 def run_query(
-    sql: str, *, workspace: Workspace, limit: int | None = None, allow_read: list[str | Path] | tuple = ()
+    sql: str,
+    *,
+    workspace: Workspace,
+    limit: int | None = None,
+    allow_read: list[str | Path] | tuple = (),
+    timeout_s: float | None = None,
 ) -> pa.Table:
     """Run one query ``sql`` on the catalog; return the result as an Arrow table.
 
@@ -49,9 +84,10 @@ def run_query(
     ``read_text``, ``glob``, ``COPY ... TO`` fail) except reading files under
     the folders of ``allow_read``. Errors come back as one-line
     :class:`~hts.errors.CatalogError` messages, DuckDB's hints kept.
+    ``timeout_s``: cancel the query after this long (the web app's SQL box).
     """
     catalog = workspace.catalog
-    with catalog.user_connection(allow_read=allow_read) as con:
+    with catalog.user_connection(allow_read=allow_read) as con, cancel_after(con, timeout_s):
         stmt = check_user_sql(con, sql)
         try:
             rel = con.sql(stmt.query)

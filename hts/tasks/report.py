@@ -319,21 +319,9 @@ def _dose_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, maps:
         )
 
 
-def _shown_channels(channels: list[str], read: dict[str, str]) -> list[int]:
-    """The channels an overlay shows: those the engine read when one is brightfield (a brightfield-unet run is
-    judged on its brightfield channel), else the fluorescence channels (transmitted light washes out a composite)."""
-    from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES
-
-    read_idx = [channels.index(c) for c in read.values() if c in channels]
-    if any(channels[i].lower().startswith(BRIGHTFIELD_NAMES) for i in read_idx):
-        return read_idx
-    return [i for i, c in enumerate(channels) if not c.lower().startswith(BRIGHTFIELD_NAMES)] or list(
-        range(len(channels))
-    )
-
-
 def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, picked: list[tuple[str, int]]) -> None:
     from hts.reports import contact_sheet, segmentation_overlay
+    from hts.reports.overlay import shown_channels
 
     channels = catalog.channel_names(rec.plate_id)
     paths = catalog.field_paths(rec.plate_id)
@@ -342,7 +330,7 @@ def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, pi
         x["well"]: x["role"]
         for x in catalog.query("SELECT well, role FROM platemap WHERE plate_id = ?", [rec.plate_id])
     }
-    shown = _shown_channels(channels, r.channels or {})
+    shown = shown_channels(channels, r.channels or {})
     tiles = []
     for well, idx in picked:
         path = paths.get((well, idx))
