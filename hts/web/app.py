@@ -240,9 +240,14 @@ class _Routes:
     async def query(self, request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
-        if request.method == "POST":
-            form = await request.form()
-            sql, limit_raw = str(form.get("sql", "")), form.get("limit")
+        if request.method == "POST":  # a form (application/x-www-form-urlencoded): SQL too long for a URL
+            from urllib.parse import parse_qs
+
+            body = await request.body()
+            if len(body) > 1_000_000:
+                raise HtsError("the query is over 1 MB; shorten it")
+            form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+            sql, limit_raw = form.get("sql", ""), form.get("limit")
         else:
             sql, limit_raw = request.query_params.get("sql", ""), request.query_params.get("limit")
         fmt = request.path_params.get("fmt")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from live import LiveServer
 
 
 @pytest.fixture(scope="session")
@@ -31,45 +29,17 @@ def browse_ws(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def copied_ws(browse_ws, tmp_path: Path):
     """A private copy of ``browse_ws`` a test may damage (stores deleted, runs started)."""
+    import duckdb
+
     from hts.config import Workspace
 
+    src = Path(browse_ws.db).parent
     root = tmp_path / "copy"
-    shutil.copytree(Path(browse_ws.db).parent, root)
+    shutil.copytree(src, root)
+    con = duckdb.connect(str(root / "hts.duckdb"))  # the stores' paths are absolute: point them at the copies
+    con.execute("UPDATE plates SET store_uri = replace(store_uri, ?, ?)", [str(src), str(root)])
+    con.close()
     return Workspace.at(root, scheduler="sync")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn serving the browser app on a free local port, in a thread; stopped by :meth:`stop`."""
-
-    def __init__(self, ws, **kw):
-        import uvicorn
-
-        from hts.web import create_app
-        from hts.web.app import LOOPBACK_HOSTS
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(ws, allowed_hosts=LOOPBACK_HOSTS, **kw)
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

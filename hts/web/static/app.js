@@ -117,7 +117,7 @@ function quantile(sorted, q) {
 
 // ---------------------------------------------------------------------------- router
 async function route() {
-  if (pageTimer) { clearInterval(pageTimer); pageTimer = null; }
+  if (pageTimer) { clearTimeout(pageTimer); pageTimer = null; }
   tip.hide();
   showError("");
   const { parts, q } = parseHash();
@@ -183,19 +183,23 @@ async function platePage(plate, q) {
   const draw = (d) => { drawHeatmap(heat, d, by, plate, metric); drawQC($("#qc"), d); drawRuns($("#runs"), d.runs); };
   draw(data);
   // live: while ingest or a run is going, poll its progress and redraw when fields complete
+  // (every 2 s while something runs, every 5 s otherwise, so a run started later is picked up too)
   let version = null;
+  const here = location.hash;
   const poll = async () => {
+    let active = false;
     try {
       const p = await api(`/api/plates/${enc(plate)}/progress`);
+      if (location.hash !== here) return;
       if (version !== null && p.version !== version) draw(await api(`/api/plates/${enc(plate)}`, { metric, run }));
       else drawRuns($("#runs"), p.runs);
       version = p.version;
-      if (!p.active && pageTimer && version !== null) { clearInterval(pageTimer); pageTimer = null; }
+      active = p.active;
       $("#runs").dataset.version = p.version;
     } catch (e) { showError(e.message); }
+    if (location.hash === here) pageTimer = setTimeout(poll, active ? 2000 : 5000);
   };
   await poll();
-  pageTimer = setInterval(poll, 2000);
 }
 
 function drawRuns(el, runs) {
@@ -401,7 +405,7 @@ async function fieldPage(plate, well, field, q) {
     cb.addEventListener("change", () => v.setLabel(name, cb.checked));
     labBox.append(h("div", {}, h("label", {}, cb, h("span", { class: "swatch", style: `background:${m.label_colors[name]}` }), name)));
   }
-  const info = h("div", { class: "muted" }, `${m.shape[4]} × ${m.shape[3]} px` + (m.pixel_size_um ? ` · ${fmt(m.pixel_size_um)} µm/px` : "") + ` · ${m.levels} pyramid levels` + (m.shape[2] > 1 ? ` · ${m.shape[2]} z planes (max projection)` : ""));
+  const info = h("div", { class: "muted" }, `${m.shape[4]} × ${m.shape[3]} px` + (m.pixel_size_um ? ` · ${fmt(m.pixel_size_um)} µm/px` : "") + ` · ${m.levels} pyramid level${m.levels > 1 ? "s" : ""}` + (m.shape[2] > 1 ? ` · ${m.shape[2]} z planes (max projection)` : ""));
   main().replaceChildren(h("h1", {}, `${m.plate} ${m.well} · field ${m.field_index}`), info,
     h("div", { class: "row" }, h("div", { id: "viewer-wrap" }, canvas, status), h("div", { class: "side" }, h("div", { class: "panel" }, chanBox, h("br"), labBox), h("h2", {}, "Cell"), cellPanel)));
   v.onCell = async (x, y) => {
