@@ -47,3 +47,21 @@ def live_server(browse_ws):
     server = LiveServer(browse_ws)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def formats_ws(tmp_path_factory: pytest.TempPathFactory):
+    """A 384-well plate imaged without its outer ring (B02:O23) and a 1536-well plate's corner block, ingested
+    (not segmented): the plate page must place every well where it is on the plate."""
+    import hts
+    from hts.config import Workspace
+    from hts.synth import make_plate
+
+    root = tmp_path_factory.mktemp("formats")
+    ws = Workspace.at(root / "ws", scheduler="sync")
+    for name, plate_type, wells in (("P384", 384, "B02:O23"), ("P1536", 1536, "AC40:AF48")):
+        synth = make_plate(
+            root / name, format="nd2", plate_type=plate_type, wells=wells, fields=1, shape=(32, 32), name=name
+        )
+        hts.ingest(synth.source, ws)
+    return ws

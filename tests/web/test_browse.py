@@ -244,3 +244,16 @@ def test_catalog_stays_readable_during_a_run(copied_ws):
     assert not final["active"] and len(final["runs"]) == 2
     assert {"nuclei_b", "cells_b"} <= set(b.field(PLATE, "B05", 0).labels)
     assert seen == sorted(seen) and any(0 < s < 96 for s in seen), seen
+
+
+def test_384_without_outer_wells_and_1536_geometry(formats_ws):
+    b = Browser(formats_ws)
+    d = b.plate("P384")
+    assert (d["plate_type"], len(d["rows"]), len(d["columns"])) == (384, 16, 24)
+    assert len(d["wells"]) == 14 * 22 and d["run"] is None
+    pos = {w["well"]: (w["row_index"], w["column_index"]) for w in d["wells"]}
+    assert pos["B02"] == (1, 1) and pos["O23"] == (14, 22) and "A01" not in pos and "P24" not in pos
+    e = b.plate("P1536")
+    assert (len(e["rows"]), len(e["columns"])) == (32, 48) and e["rows"][-1] == "AF"
+    pos = {w["well"]: (w["row_index"], w["column_index"]) for w in e["wells"]}
+    assert pos["AC40"] == (28, 39) and pos["AF48"] == (31, 47) and len(pos) == 4 * 9

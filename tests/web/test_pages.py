@@ -265,3 +265,30 @@ def test_live_progress_in_chromium(browser, copied_ws, shots):
         browser.save_screenshot(str(shots / "plate-live.png"))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("plate, n_rows, n_cols, n_wells", [("P384", 16, 24, 308), ("P1536", 32, 48, 36)])
+def test_384_and_1536_plates_render(browser, formats_ws, shots, plate, n_rows, n_cols, n_wells):
+    """Every position of the plate is drawn, imaged wells where they are: a skipped outer ring stays empty."""
+    from live import LiveServer
+
+    server = LiveServer(formats_ws)
+    try:
+        browser.get(server.url + f"/#/plate/{plate}")
+        wait(browser, lambda d: len(css(d, "#heatmap rect.well")) == n_wells)
+        geo = browser.execute_script(
+            "const r = [...document.querySelectorAll('#heatmap rect')];"
+            "const w = r.filter(e => e.classList.contains('well'));"
+            "const box = e => [e.getAttribute('data-well'), +e.getAttribute('x'), +e.getAttribute('y')];"
+            "return {all: r.length, wells: w.map(box)};"
+        )
+        assert geo["all"] == n_rows * n_cols + n_wells  # the plate's positions, then the imaged wells on top
+        xs = sorted({x for _, x, _ in geo["wells"]})
+        ys = sorted({y for _, _, y in geo["wells"]})
+        first = min(geo["wells"], key=lambda w: (w[2], w[1]))
+        assert first[0] == ("B02" if plate == "P384" else "AC40")
+        assert len(xs) == (22 if plate == "P384" else 9) and len(ys) == (14 if plate == "P384" else 4)
+        assert "not segmented yet" in text(browser, "#heatmap") and "No segmentation run yet" in text(browser, "#runs")
+        browser.save_screenshot(str(shots / f"plate-{plate[1:]}.png"))
+    finally:
+        server.stop()
