@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := workspace
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup demo lint test bench screenshots clean
 
 # torch is installed first, on its own: TORCH_INDEX picks the build (empty: pip's configured indexes; here that is
 # the CPU wheel on local disk). On a plain Linux machine PyPI's torch 2.13.0 is the CUDA build (several GB); for the
@@ -33,6 +33,9 @@ demo: setup
 	cd $(DEMO) && ../$(BIN)/hts query --preset cell-count --limit 12
 	cd $(DEMO) && ../$(BIN)/hts report DEMO-PLATE -v cell_count -v Cells_Intensity_NucCytoRatio_GFP
 	cd $(DEMO) && ../$(BIN)/hts export --out profiles --overwrite
+	@echo
+	@echo "Explore the demo plate in the web browser (heatmap -> well -> field -> cells):"
+	@echo "  cd $(DEMO) && ../$(BIN)/hts serve      # then open http://127.0.0.1:8000/"
 
 # lint: ruff's checks and formatting (pyproject.toml [tool.ruff]); part of the test command, so CI runs it.
 lint: setup
@@ -45,6 +48,10 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m benchmarks ingest && $(BIN)/python -m benchmarks pipeline --workers 2 && $(BIN)/python -m benchmarks cells --rows 1e6
+
+# screenshots: the plate browser's pages as its Chromium tests see them, into docs/img/serve/ (docs/serve.md)
+screenshots: setup
+	HTS_SCREENSHOTS=docs/img/serve $(BIN)/python -m pytest -q tests/web/test_pages.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
