@@ -17,7 +17,8 @@ The public API, all of it here (docs/api.md walks through it)::
   :class:`Plate` (``Plate.open(name, workspace)``);
 - the pipeline: :func:`ingest`, :func:`segment`, :func:`measure`, :func:`qc`,
   :func:`export`, :func:`report`, :func:`query`;
-- models: :func:`engines`, :func:`train`, :func:`evaluate`.
+- models: :func:`engines`, :func:`train`, :func:`evaluate`;
+- browsing: :class:`Browser` (what ``hts serve`` shows, as calls; the web app is :mod:`hts.web`).
 
 Names are imported on first use, so ``import hts`` stays cheap (no torch, no Dask).
 """
@@ -43,6 +44,7 @@ _API = {
     "evaluate": "hts.api",
     "train": "hts.api",
     "engines": "hts.api",
+    "Browser": "hts.tasks.browse",
 }
 
 __all__ = ["__version__", *_API]
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from hts.api import Plate, engines, evaluate, export, ingest, measure, qc, query, report, segment, train
     from hts.catalog import Catalog
     from hts.config import Workspace
+    from hts.tasks.browse import Browser
 
 
 def __getattr__(name: str) -> Any:
