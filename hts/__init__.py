@@ -18,6 +18,7 @@ The public API, all of it here (docs/api.md walks through it)::
 - the pipeline: :func:`ingest`, :func:`segment`, :func:`measure`, :func:`qc`,
   :func:`export`, :func:`report`, :func:`query`;
 - models: :func:`engines`, :func:`train`, :func:`evaluate`;
+- profiling: :func:`profile`, :func:`activity`, :func:`similar`, :func:`profiles`, :func:`export_profiles`;
 - browsing: :class:`Browser` (what ``hts serve`` shows, as calls; the web app is :mod:`hts.web`).
 
 Names are imported on first use, so ``import hts`` stays cheap (no torch, no Dask).
@@ -44,13 +45,35 @@ _API = {
     "evaluate": "hts.api",
     "train": "hts.api",
     "engines": "hts.api",
+    "profile": "hts.api",
+    "activity": "hts.api",
+    "similar": "hts.api",
+    "profiles": "hts.api",
+    "export_profiles": "hts.api",
     "Browser": "hts.tasks.browse",
 }
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from hts.api import Plate, engines, evaluate, export, ingest, measure, qc, query, report, segment, train
+    from hts.api import (
+        Plate,
+        activity,
+        engines,
+        evaluate,
+        export,
+        export_profiles,
+        ingest,
+        measure,
+        profile,
+        profiles,
+        qc,
+        query,
+        report,
+        segment,
+        similar,
+        train,
+    )
     from hts.catalog import Catalog
     from hts.config import Workspace
     from hts.tasks.browse import Browser

@@ -37,10 +37,11 @@ if TYPE_CHECKING:
     from hts.compute.segment.engines import EngineRef
     from hts.tasks.engines import EngineInfo
     from hts.tasks.evaluate import EvaluationReport
-    from hts.tasks.export import ExportReport
+    from hts.tasks.export import ExportReport, ProfileExportReport
     from hts.tasks.ingest import IngestReport
     from hts.tasks.measure import MeasureReport
     from hts.tasks.plan import ProgressFn
+    from hts.tasks.profile import ActivityReport, ProfileRecipe, ProfileReport
     from hts.tasks.qc import QCReport
     from hts.tasks.report import ReportResult
     from hts.tasks.segment import SegmentReport
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Plate", "ingest", "segment", "measure", "qc", "export", "report", "evaluate", "train", "engines", "query",
+    "profile", "activity", "similar", "profiles", "export_profiles",
 ]  # fmt: skip
 
 WorkspaceLike = Workspace | str | Path
@@ -394,3 +396,78 @@ def query(sql: str, workspace: WorkspaceLike, *, limit: int | None = None) -> pl
     from hts.tasks.query import run_query
 
     return pl.from_arrow(run_query(sql, workspace=_workspace(workspace), limit=limit))
+
+
+def profile(
+    plates: Plate | str | Sequence[Plate | str] | None = None,
+    *,
+    workspace: WorkspaceLike | None = None,
+    recipe: ProfileRecipe | None = None,
+    engine: str | None = None,
+    overwrite: bool = False,
+) -> ProfileReport:
+    """Per-well phenotype profiles of ``plates`` (default: every plate with a finished run), stored in the catalog.
+
+    Cells aggregated per well (median), each plate normalised against its negative controls
+    (robust z), features selected over the set, replicate wells merged per treatment
+    (consensus); ``recipe`` (:class:`hts.tasks.profile.ProfileRecipe`) changes any step.
+    Building the same set again is a no-op (``overwrite`` rebuilds it).
+    """
+    from hts.tasks.profile import build_profiles
+
+    items, names = _names(plates)
+    return build_profiles(
+        names, workspace=_workspace(workspace, items), recipe=recipe, engine=engine, overwrite=overwrite
+    )
+
+
+def activity(
+    workspace: WorkspaceLike,
+    *,
+    profile_set: str | None = None,
+    null_size: int = 10000,
+    seed: int = 0,
+    q: float = 0.05,
+    metric: str = "cosine",
+) -> ActivityReport:
+    """Phenotypic activity per treatment (mAP against the negative controls, p- and q-values, hits); stored."""
+    from hts.tasks.profile import compute_activity
+
+    return compute_activity(
+        workspace=_workspace(workspace), profile_set=profile_set, null_size=null_size, seed=seed, q_threshold=q,
+        metric=metric,
+    )  # fmt: skip
+
+
+def similar(
+    query: str, workspace: WorkspaceLike, *, profile_set: str | None = None, top: int = 10, metric: str = "cosine"
+) -> dict[str, Any]:
+    """Treatments nearest a well (``PLATE/B05``) or a compound (``NAME`` or ``NAME@10``) by profile similarity."""
+    from hts.tasks.profile import similar as task
+
+    return task(query, workspace=_workspace(workspace), profile_set=profile_set, top=top, metric=metric)
+
+
+def profiles(
+    workspace: WorkspaceLike, *, profile_set: str | None = None, level: str = "normalized", selected: bool = True
+) -> pl.DataFrame:
+    """A stored profile set as a polars DataFrame in pycytominer's layout (``level``: aggregated, normalized, consensus)."""
+    import polars as pl
+
+    from hts.tasks.profile import profile_table
+
+    return pl.from_arrow(profile_table(_workspace(workspace), profile_set, level=level, selected=selected))
+
+
+def export_profiles(
+    out: str | Path,
+    workspace: WorkspaceLike,
+    *,
+    profile_set: str | None = None,
+    format: str = "parquet",
+    overwrite: bool = False,
+) -> ProfileExportReport:
+    """Write a profile set as pycytominer writes one: per plate augmented + normalised/feature-selected, consensus, activity."""
+    from hts.tasks.export import export_profiles as task
+
+    return task(out, workspace=_workspace(workspace), profile_set=profile_set, format=format, overwrite=overwrite)

@@ -440,7 +440,7 @@ def query(
         Optional[str],
         typer.Option(
             "--preset",
-            help="A named query instead of SQL: cell-count, dose-response or qc (`--preset list` shows them).",
+            help="A named query instead of SQL: cell-count, dose-response, qc, hits, profile-features (`--preset list` shows them).",
             show_default=False,
         ),
     ] = None,
@@ -587,10 +587,11 @@ def demo(
 
 
 # Commands defined in their own modules.
-from hts.cli import evaluate_cmd, results_cmd, serve_cmd  # noqa: E402
+from hts.cli import evaluate_cmd, profile_cmd, results_cmd, serve_cmd  # noqa: E402
 
 results_cmd.register(app)
 evaluate_cmd.register(app)
+profile_cmd.register(app)
 serve_cmd.register(app)
 
 

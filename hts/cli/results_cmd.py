@@ -151,16 +151,45 @@ def export(
     run: RunOpt = None,
     format_: Annotated[str, typer.Option("--format", help="parquet (default) or csv.")] = "parquet",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the folder if it is not empty.")] = False,
+    profiles: Annotated[
+        bool,
+        typer.Option(
+            "--profiles",
+            help="Export a profile set (`hts profile`) instead of the cells, as pycytominer writes one: per plate "
+            "<plate>_augmented and <plate>_normalized_feature_select_negcon, consensus, features, activity.",
+        ),
+    ] = False,
+    profile_set: Annotated[
+        Optional[str],
+        typer.Option(
+            "--profile-set", help="With --profiles: this set (id or prefix; default the latest).", show_default=False
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export per-cell profiles (Metadata_Plate / _Well / _Site + platemap columns) and per-well aggregates.
 
     Read it with polars (pl.scan_parquet("OUT/cells/**/*.parquet", hive_partitioning=True))
-    or pycytominer (the Metadata_* columns are inside every file).
+    or pycytominer (the Metadata_* columns are inside every file). With --profiles, the
+    well profiles of `hts profile` instead.
     """
     from hts.tasks.export import export as run_export
+    from hts.tasks.export import export_profiles
 
+    if profiles:
+        with cli.errors():
+            rep = export_profiles(
+                out_dir, workspace=cli.workspace(db), profile_set=profile_set, format=format_, overwrite=overwrite
+            )
+        if as_json:
+            cli.print_json(rep.to_dict())
+            return
+        cli.out.print(
+            f"Exported profile set {rep.profile_set_id[:12]}: {rep.wells} wells of {', '.join(rep.plates)}, "
+            f"{rep.treatments} consensus profiles, {rep.features} selected features ({rep.files} files) to {rep.out}"
+        )
+        return
     with cli.errors():
         rep = run_export(
             out_dir, workspace=cli.workspace(db), plates=plates or None, run=run, format=format_, overwrite=overwrite

@@ -32,9 +32,15 @@ import duckdb
 from hts.catalog.db import sql_literal
 from hts.config import Workspace
 from hts.errors import CatalogError
-from hts.tasks.outputs import check_output_path, check_replaceable, spreadsheet_safe_sql, write_marker
+from hts.tasks.outputs import (
+    check_output_path,
+    check_replaceable,
+    spreadsheet_safe_sql,
+    spreadsheet_safe_table,
+    write_marker,
+)
 
-__all__ = ["ExportReport", "export", "EXPORT_FORMATS"]
+__all__ = ["ExportReport", "ProfileExportReport", "export", "export_profiles", "EXPORT_FORMATS"]
 
 EXPORT_FORMATS = ("parquet", "csv")
 
@@ -124,16 +130,117 @@ def export(
                 )
             except duckdb.Error as e:
                 raise CatalogError(f"export failed: {str(e).strip().splitlines()[0]}") from None
-        files = sum(1 for p in tmp.rglob(f"*.{ext}"))
-        write_marker(tmp, "export")
-        if out.exists():
-            # checked above: empty, or an earlier export of hts's own (its marker lists every file in it)
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        files = _publish(tmp, out, ext)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(out=str(out), format=format, cells=int(n), wells=int(wells), files=files, plates=names)
+
+
+def _publish(tmp: Path, out: Path, ext: str) -> int:
+    """Mark the finished folder ``tmp`` as hts's and put it at ``out``; the number of data files."""
+    files = sum(1 for p in tmp.rglob(f"*.{ext}"))
+    write_marker(tmp, "export")
+    if out.exists():
+        # checked before writing: empty, or an earlier export of hts's own (its marker lists every file in it)
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return files
+
+
+@dataclass
+class ProfileExportReport:
+    out: str
+    format: str
+    profile_set_id: str
+    wells: int
+    treatments: int
+    features: int
+    files: int
+    plates: list[str]
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def export_profiles(
+    out: str | Path,
+    *,
+    workspace: Workspace,
+    profile_set: str | None = None,
+    format: str = "parquet",
+    overwrite: bool = False,
+) -> ProfileExportReport:
+    """Write a profile set (default: the latest) in the layout pycytominer writes, one pair of files per plate::
+
+    <plate>_augmented.parquet                        per-well aggregated profiles (all features) + Metadata_*
+    <plate>_normalized_feature_select_negcon.parquet normalised, feature-selected profiles
+    consensus.parquet                                per treatment, median of its wells (selected features)
+    activity.parquet                                 mAP, p, q, hit per treatment (after `hts activity`)
+    features.parquet                                 every feature: selected, or why it was dropped
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from hts.catalog import profiles as pstore
+    from hts.tasks.profile import profile_table
+
+    if format not in EXPORT_FORMATS:
+        raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    catalog = workspace.catalog
+    row = pstore.find_profile_set(catalog, profile_set)
+    sid = row["profile_set_id"]
+    out = check_output_path(out, catalog, plates_dir=workspace.plates_dir)
+    check_replaceable(out, "export", overwrite=overwrite)
+
+    def write(table: pa.Table, path: Path) -> None:
+        if format == "parquet":
+            pq.write_table(table, path, compression="zstd")
+        else:
+            pacsv.write_csv(spreadsheet_safe_table(table), path)
+
+    aggregated = profile_table(workspace, sid, level="aggregated", selected=False)
+    normalized = profile_table(workspace, sid, level="normalized", selected=True)
+    consensus = profile_table(workspace, sid, level="consensus", selected=True)
+    with catalog.connect(read_only=True) as con:
+        activity = con.sql(
+            "SELECT compound AS Metadata_Compound, concentration AS Metadata_Concentration, unit AS Metadata_Unit, "
+            "* EXCLUDE (profile_set_id, compound, concentration, unit) FROM activity WHERE profile_set_id = ? "
+            "ORDER BY q_value, compound",
+            params=[sid],
+        ).to_arrow_table()
+        features = con.sql(
+            "SELECT ordinal, feature, selected, reason FROM profile_features WHERE profile_set_id = ? ORDER BY ordinal",
+            params=[sid],
+        ).to_arrow_table()
+    plates = sorted(set(aggregated.column("Metadata_Plate").to_pylist()))
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        for plate in plates:
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in plate)
+            write(
+                aggregated.filter(pc.equal(aggregated.column("Metadata_Plate"), plate)),
+                tmp / f"{safe}_augmented.{format}",
+            )
+            write(
+                normalized.filter(pc.equal(normalized.column("Metadata_Plate"), plate)),
+                tmp / f"{safe}_normalized_feature_select_negcon.{format}",
+            )
+        write(consensus, tmp / f"consensus.{format}")
+        write(features, tmp / f"features.{format}")
+        if activity.num_rows:
+            write(activity, tmp / f"activity.{format}")
+        files = _publish(tmp, out, format)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n_sel = sum(features.column("selected").to_pylist())
+    return ProfileExportReport(
+        out=str(out), format=format, profile_set_id=sid, wells=normalized.num_rows, treatments=consensus.num_rows,
+        features=n_sel, files=files, plates=plates,
+    )  # fmt: skip

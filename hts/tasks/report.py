@@ -6,6 +6,7 @@ by :mod:`hts.reports`. Files written under ``out`` (default ``reports/<plate>/``
     heatmap_<value>.png       one per value (cell count, feature medians, a query column)
     dose_<value>.png          dose-response with 4PL fits (when the platemap has concentrations)
     overlay_<well>_<field>.png   the chosen fields with their label outlines
+    activity.png, activity_hits.png   phenotypic activity (when `hts profile` + `hts activity` covered the run)
     report.html               all of the above with the layout, QC and fit tables, self-contained
 """
 
@@ -159,6 +160,7 @@ def report(
     else:
         picked = _pick_fields(catalog, r.run_id, {row["well"]: _finite(row["value"]) for row in maps[0][1]}, n_overlays)
     _overlay_section(page, catalog, rec, r, picked)
+    _activity_section(page, workspace, r)
     html_path = page.html.write(out_dir / "report.html")
     return ReportResult(plate=rec.name, run_id=r.run_id, out=str(out_dir), html=str(html_path), images=page.images)
 
@@ -352,4 +354,44 @@ def _overlay_section(page: _Page, catalog: Catalog, rec: PlateRecord, r: Run, pi
         sheet = contact_sheet([("", png) for png in tiles], columns=min(len(tiles), 2))
         page.html.image(
             sheet, caption=f"Label outlines ({', '.join(r.labels.values())}) on {', '.join(channels[i] for i in shown)}"
+        )
+
+
+def _activity_section(page: _Page, workspace: Workspace, r: Run) -> None:
+    """Hits of the latest profile set made from this run, with the mAP plot and the hits' feature heatmap."""
+    from hts.tasks.profile import activity_of_run, activity_pictures
+
+    sid = activity_of_run(workspace, r.run_id)
+    if sid is None:
+        return
+    plot, heat, rows = activity_pictures(workspace, sid)
+    html = page.html
+    html.heading("Phenotypic activity", 2)
+    n_hits = sum(x["hit"] for x in rows)
+    html.text(
+        f"Profile set {sid[:12]} (`hts profile`, `hts activity`): {n_hits} of {len(rows)} treatments differ from the "
+        f"negative controls at q < {rows[0]['q_threshold']:g} (mean average precision of replicate wells against the "
+        f"controls, {rows[0]['null_size']} permutations)."
+    )
+    html.table(
+        ["compound", "concentration", "unit", "wells", "mAP", "p", "q", "hit"],
+        [
+            [
+                x["compound"],
+                x["concentration"],
+                x["unit"],
+                x["n_wells"],
+                x["mean_average_precision"],
+                x["p_value"],
+                x["q_value"],
+                "hit" if x["hit"] else "",
+            ]
+            for x in rows
+        ],  # fmt: skip
+        caption="Activity per treatment, hits first",
+    )
+    html.image(page.save("activity.png", plot), caption="mAP against -log10 p; red: hits")
+    if heat is not None:
+        html.image(
+            page.save("activity_hits.png", heat), caption="Hits' consensus profiles against the negative controls"
         )
