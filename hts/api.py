@@ -440,12 +440,18 @@ def activity(
 
 
 def similar(
-    query: str, workspace: WorkspaceLike, *, profile_set: str | None = None, top: int = 10, metric: str = "cosine"
+    query: str,
+    workspace: WorkspaceLike,
+    *,
+    profile_set: str | None = None,
+    top: int = 10,
+    metric: str = "cosine",
+    level: str = "consensus",
 ) -> dict[str, Any]:
-    """Treatments nearest a well (``PLATE/B05``) or a compound (``NAME`` or ``NAME@10``) by profile similarity."""
+    """Treatments (``level="well"``: wells) nearest a well (``PLATE/B05``) or a compound (``NAME`` or ``NAME@10``)."""
     from hts.tasks.profile import similar as task
 
-    return task(query, workspace=_workspace(workspace), profile_set=profile_set, top=top, metric=metric)
+    return task(query, workspace=_workspace(workspace), profile_set=profile_set, top=top, metric=metric, level=level)
 
 
 def profiles(

@@ -234,25 +234,29 @@ def similar(
         ),
     ],
     top: Annotated[int, typer.Option("--top", min=1, help="How many neighbours.")] = 10,
+    level: Annotated[
+        str, typer.Option("--level", help="Compare with treatments' consensus profiles, or with every well's profile.")
+    ] = "consensus",
     metric: MetricOpt = "cosine",
     profile_set: SetOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The treatments whose profiles are nearest a well or a compound, with their activity.
+    """The treatments (or wells) whose profiles are nearest a well or a compound, with their activity.
 
     Compares the query's profile (a well's normalised profile, or a compound's consensus)
-    with every treatment's consensus profile over the selected features.
+    with every treatment's consensus profile (or, --level well, every well's profile)
+    over the selected features.
 
     Examples:
       hts similar CMPD-001               # its highest concentration
       hts similar CMPD-001@1.111 --top 5
-      hts similar PLATE-1/B05
+      hts similar PLATE-1/B05 --level well
     """
     from hts.tasks.profile import similar as task
 
     with cli.errors():
-        res = task(query, workspace=cli.workspace(db), profile_set=profile_set, top=top, metric=metric)
+        res = task(query, workspace=cli.workspace(db), profile_set=profile_set, top=top, metric=metric, level=level)
     if as_json:
         cli.print_json(res)
         return
@@ -261,11 +265,15 @@ def similar(
     cli.out.print(
         f"Nearest [bold]{res['query']}[/] ({res['metric']} similarity, profile set {res['profile_set_id'][:12]}):"
     )
-    t = Table("compound", "concentration", "role", "wells", "similarity", "mAP", "q", "hit")
+    wells = res["level"] == "well"
+    t = Table(*(["plate", "well"] if wells else []), "compound", "concentration", "role", *([] if wells else ["wells"]),
+              "similarity", "mAP", "q", "hit")  # fmt: skip
     for r in res["neighbours"]:
         t.add_row(
-            r["compound"], f"{r['concentration']:g} {r['unit']}".strip(), r["role"], str(r["n_wells"]),
-            f"{r['similarity']:.3f}", "" if r["mean_average_precision"] is None else f"{r['mean_average_precision']:.3f}",
+            *([r["plate"], r["well"]] if wells else []), r["compound"] or "",
+            "" if r["concentration"] is None else f"{r['concentration']:g} {r['unit'] or ''}".strip(), r["role"] or "",
+            *([] if wells else [str(r["n_wells"])]), f"{r['similarity']:.3f}",
+            "" if r["mean_average_precision"] is None else f"{r['mean_average_precision']:.3f}",
             "" if r["q_value"] is None else f"{r['q_value']:.2g}", "[red]hit[/]" if r["hit"] else "",
         )  # fmt: skip
     cli.out.print(t)

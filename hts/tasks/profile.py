@@ -186,7 +186,8 @@ def build_profiles(
     cons_meta, cons = _consensus(meta, normalized)
     row = {
         "profile_set_id": sid, "hts_version": __version__, "recipe": recipe.to_dict(), "plates": plate_rows,
-        "n_wells": meta.num_rows, "n_features": len(features), "n_selected": int(selected.sum()), "warnings": warnings,
+        "n_wells": meta.num_rows, "n_features": len(features), "n_selected": int(selected.sum()),
+        "n_treatments": sum(r != NEGATIVE for r in cons_meta.column("role").to_pylist()), "warnings": warnings,
     }  # fmt: skip
     store.store_profile_set(catalog, row, features, selected, reasons, meta, agg, normalized, cons_meta, cons)
     feats = pa.table({"ordinal": range(1, len(features) + 1), "feature": features, "selected": selected.tolist(),
@@ -203,7 +204,7 @@ def _report(row: dict[str, Any], feats: pa.Table, *, built: bool, seconds: float
     return ProfileReport(
         profile_set_id=row["profile_set_id"], built=built, plates=row["plates"], n_wells=row["n_wells"],
         n_features=row["n_features"], n_selected=row["n_selected"], dropped=dropped,
-        n_treatments=sum(p.get("n_treatments", 0) for p in row["plates"]), warnings=row["warnings"],
+        n_treatments=row["n_treatments"], warnings=row["warnings"],
         seconds=round(seconds, 2), recipe=row["recipe"],
     )  # fmt: skip
 
@@ -478,12 +479,16 @@ def similar(
     profile_set: str | None = None,
     top: int = 10,
     metric: str = "cosine",
+    level: str = "consensus",
 ) -> dict[str, Any]:
-    """The treatments whose consensus profiles are nearest ``query``: a well (``PLATE/B05``,
-    or ``B05`` on a one-plate set) or a compound (``NAME``, its highest concentration, or
-    ``NAME@10``), with their activity where ``hts activity`` has run."""
+    """The profiles nearest ``query``: a well (``PLATE/B05``, or ``B05`` on a one-plate set) or a
+    compound (``NAME``, its highest concentration, or ``NAME@10``), with their activity where
+    ``hts activity`` has run. ``level``: compare with every treatment's consensus profile, or
+    with every ``well``'s profile."""
     if top < 1:
         raise ConfigError("--top: at least 1")
+    if level not in ("consensus", "well"):
+        raise ConfigError(f"--level {level}: choose consensus or well")
     catalog = workspace.catalog
     row = store.find_profile_set(catalog, profile_set)
     sid = row["profile_set_id"]
@@ -497,7 +502,7 @@ def similar(
     concs = cmeta.column("concentration").to_pylist()
     if kind == "well":
         vec = norm[what, keep]
-        own = None
+        own = what if level == "well" else None
         label = f"{meta.column('plate')[what].as_py()}/{meta.column('well')[what].as_py()}"
     else:
         name, conc = what
@@ -506,20 +511,27 @@ def similar(
             known = sorted(set(comps))
             raise CatalogError(f"{query}: no such compound{'/concentration' if conc is not None else ''} in the profile set"
                                f" (compounds: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''})")  # fmt: skip
-        own = max(idx, key=lambda i: concs[i])
-        vec = cons[own, keep]
-        label = f"{comps[own]} {concs[own]:g} {cmeta.column('unit')[own].as_py()}".strip()
-    sims = pf.similarity(np.nan_to_num(vec)[None, :], np.nan_to_num(cons[:, keep]), metric)[0]
+        best = max(idx, key=lambda i: concs[i])
+        own = best if level == "consensus" else None
+        vec = cons[best, keep]
+        label = f"{comps[best]} {concs[best]:g} {cmeta.column('unit')[best].as_py()}".strip()
+    if level == "consensus":
+        cand, cmp_, cconc, cunit, crole = cons, comps, concs, cmeta.column("unit"), cmeta.column("role")
+    else:
+        cand, cmp_, cconc = norm, meta.column("compound").to_pylist(), meta.column("concentration").to_pylist()
+        cunit, crole = meta.column("unit"), meta.column("role")
+    sims = pf.similarity(np.nan_to_num(vec)[None, :], np.nan_to_num(cand[:, keep]), metric)[0]
     act = {(r["compound"], r["concentration"]): r for r in store.load_activity(catalog, sid)}
-    order = [i for i in np.argsort(-np.nan_to_num(sims, nan=-np.inf), kind="stable") if i != own][:top]
+    order = [i for i in np.argsort(-np.nan_to_num(sims, nan=-np.inf), kind="stable")[: top + 1] if i != own][:top]
     rows = []
     for i in order:
-        a = act.get((comps[i], concs[i]))
-        rows.append({
-            "compound": comps[i], "concentration": concs[i], "unit": cmeta.column("unit")[i].as_py(),
-            "role": cmeta.column("role")[i].as_py(), "n_wells": cmeta.column("n_wells")[i].as_py(),
-            "similarity": float(sims[i]),
-            "mean_average_precision": a["mean_average_precision"] if a else None,
-            "q_value": a["q_value"] if a else None, "hit": a["hit"] if a else None,
-        })  # fmt: skip
-    return {"profile_set_id": sid, "query": label, "metric": metric, "neighbours": rows}
+        a = act.get((cmp_[i], cconc[i]))
+        r = {"compound": cmp_[i], "concentration": cconc[i], "unit": cunit[i].as_py(), "role": crole[i].as_py()}
+        if level == "consensus":
+            r["n_wells"] = cmeta.column("n_wells")[i].as_py()
+        else:
+            r = {"plate": meta.column("plate")[i].as_py(), "well": meta.column("well")[i].as_py()} | r
+        r |= {"similarity": float(sims[i]), "mean_average_precision": a["mean_average_precision"] if a else None,
+              "q_value": a["q_value"] if a else None, "hit": a["hit"] if a else None}  # fmt: skip
+        rows.append(r)
+    return {"profile_set_id": sid, "query": label, "metric": metric, "level": level, "neighbours": rows}

@@ -19,6 +19,7 @@ CREATE TABLE profile_sets (
     n_wells         INTEGER NOT NULL,
     n_features      INTEGER NOT NULL,
     n_selected      INTEGER NOT NULL,
+    n_treatments    INTEGER NOT NULL,     -- distinct (compound, concentration, unit) that are not negative controls
     warnings        JSON NOT NULL         -- one line each (a plate without controls ...)
 );
 

@@ -85,6 +85,7 @@ def test_profiles_equal_pycytominer_on_the_same_cells(screen_copy):
     ws = screen_copy
     rep = hts.profile(workspace=ws)
     assert rep.built and rep.n_wells == 96 and len(rep.plates) == 2 and rep.warnings == []
+    assert rep.n_treatments == 5  # DMSO is the reference, not a treatment
     meta, agg, norm, feats = pstore.load_profiles(ws.catalog, rep.profile_set_id)
     names = feats.column("feature").to_pylist()
     # identifiers and positions are not features (pycytominer's infer would take Nuclei_ObjectNumber etc.)
@@ -194,6 +195,11 @@ def test_similar_puts_same_phenotype_first(screen_copy):
     assert res["neighbours"][0]["similarity"] > 0.8 > res["neighbours"][2]["similarity"]
     well = hts.similar("SCREEN-2/B02", ws, top=1)  # a CMPD-001 30 µM well
     assert well["neighbours"][0]["compound"] in {"CMPD-001", "REF"}
+    wells = hts.similar("SCREEN-2/B02", ws, top=10, level="well")
+    assert len(wells["neighbours"]) == 10 and ("SCREEN-2", "B02") not in {
+        (n["plate"], n["well"]) for n in wells["neighbours"]
+    }
+    assert all(n["compound"] in {"CMPD-001", "CMPD-002", "REF"} for n in wells["neighbours"])  # active wells only
     with pytest.raises(Exception, match="no such compound"):
         hts.similar("NOPE", ws)
     with pytest.raises(Exception, match="on 2 plates; write PLATE/B02"):
