@@ -31,8 +31,12 @@ demo: setup
 	cd $(DEMO) && ../$(BIN)/hts info DEMO-PLATE
 	cd $(DEMO) && ../$(BIN)/hts qc --metric Cells_Intensity_NucCytoRatio_GFP
 	cd $(DEMO) && ../$(BIN)/hts query --preset cell-count --limit 12
+	cd $(DEMO) && ../$(BIN)/hts profile
+	cd $(DEMO) && ../$(BIN)/hts activity --show 12
+	cd $(DEMO) && ../$(BIN)/hts similar CMPD-001 --top 5
 	cd $(DEMO) && ../$(BIN)/hts report DEMO-PLATE -v cell_count -v Cells_Intensity_NucCytoRatio_GFP
-	cd $(DEMO) && ../$(BIN)/hts export --out profiles --overwrite
+	cd $(DEMO) && ../$(BIN)/hts export --out cells --overwrite
+	cd $(DEMO) && ../$(BIN)/hts export --profiles --out profiles --overwrite
 	@echo
 	@echo "Explore the demo plate in the web browser (heatmap -> well -> field -> cells):"
 	@echo "  cd $(DEMO) && ../$(BIN)/hts serve      # then open http://127.0.0.1:8000/"

@@ -440,7 +440,7 @@ def query(
         Optional[str],
         typer.Option(
             "--preset",
-            help="A named query instead of SQL: cell-count, dose-response, qc, hits, profile-features (`--preset list` shows them).",
+            help="A named query instead of SQL: cell-count, dose-response, qc, hits, profile-features, dose-dependent-features (`--preset list` shows them).",
             show_default=False,
         ),
     ] = None,

@@ -322,3 +322,29 @@ def test_one_well_plate_is_a_clear_message():
         "plate AS_09125_050116030001: 1 reference well(s) with cells (no negative controls in its platemap, "
         "so all its wells); normalising a plate needs at least 2" in text
     )
+
+
+def test_dose_series_plate_activity_follows_the_dose(tmp_path):
+    """`hts demo`'s dose-response plate (4 replicate rows per compound, 10 concentrations, DMSO and a reference):
+    high concentrations are hits, the lowest are not; the dose-dependent-features preset finds the GFP ratio."""
+    import hts
+    from hts.config import Workspace
+    from hts.synth import make_plate
+
+    ws = Workspace.at(tmp_path / "dose", scheduler="sync")
+    p = make_plate(tmp_path / "raw", format="nd2", fields=1, shape=(192, 192))
+    plate = hts.ingest(p.source, ws)
+    plate.annotate(p.platemap)
+    hts.segment(plate, engine="classic")
+    rep = hts.profile(plate, workspace=ws)
+    assert rep.n_wells == 96 and rep.n_treatments == 21  # 2 compounds x 10 concentrations + the reference
+    act = {(t["compound"], t["concentration"]): t for t in hts.activity(ws, null_size=2000).treatments}
+    assert act[("CMPD-001", 30.0)]["hit"] and act[("CMPD-002", 30.0)]["hit"]
+    lowest = min(k for c, k in act if c == "CMPD-001")
+    assert not act[("CMPD-001", lowest)]["hit"] and not act[("CMPD-002", lowest)]["hit"]
+    from hts.tasks.query import preset_sql
+
+    dose = hts.query(preset_sql("dose-dependent-features"), ws)
+    first = dose.filter(dose["compound"] == "CMPD-001").head(10)
+    assert first["concentrations"].to_list() == [10] * 10 and first["spearman_dose"].abs().head(5).min() >= 0.85
+    assert any("GFP" in f for f in first["feature"])  # the reporter the synthetic compounds move
