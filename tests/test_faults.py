@@ -499,8 +499,12 @@ def test_an_old_catalog_on_a_read_only_file_system_says_it_needs_an_update(ws: P
     )
     r = run("plates")
     text = " ".join(r.output.split())
+    latest = db_mod.migrations()[-1][0]
     assert (
-        r.exit_code == 1 and "needs a schema update" in text and "v5 -> v7" in text and "Read-only file system" in text
+        r.exit_code == 1
+        and "needs a schema update" in text
+        and f"v5 -> v{latest}" in text
+        and "Read-only file system" in text
     ), text
 
 

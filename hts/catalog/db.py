@@ -315,6 +315,38 @@ class Catalog:
                 con.execute("ROLLBACK")
                 raise CatalogError(f"{self.path}: could not register plate ({str(e).splitlines()[0]})") from None
 
+    def grow_plate(
+        self, plate_id: str, *, plate: dict[str, Any], acquisition: dict[str, Any], wells: pa.Table, fields: pa.Table
+    ) -> None:
+        """Add wells and fields (pending) to a plate still being acquired, in one transaction; the plate
+        row's geometry and fingerprint, the acquisition's file count and every well's field count updated."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            try:
+                sets = ", ".join(f"{sql_ident(k)} = ?" for k in plate)
+                con.execute(
+                    f"UPDATE plates SET {sets}, status = 'ingesting' WHERE plate_id = ?", [*plate.values(), plate_id]
+                )
+                sets = ", ".join(f"{sql_ident(k)} = ?" for k in acquisition)
+                con.execute(f"UPDATE acquisitions SET {sets} WHERE plate_id = ?", [*acquisition.values(), plate_id])
+                con.register("_wells", wells)
+                con.execute(
+                    "UPDATE wells SET n_fields = w.n_fields FROM _wells w "
+                    "WHERE wells.plate_id = w.plate_id AND wells.well = w.well"
+                )
+                con.execute(
+                    "INSERT INTO wells SELECT * FROM _wells w WHERE NOT EXISTS "
+                    "(SELECT 1 FROM wells x WHERE x.plate_id = w.plate_id AND x.well = w.well)"
+                )
+                con.unregister("_wells")
+                _insert_arrow(con, "fields", fields)
+                con.execute("COMMIT")
+            except duckdb.Error as e:
+                con.execute("ROLLBACK")
+                raise CatalogError(
+                    f"{self.path}: could not add fields to the plate ({str(e).splitlines()[0]})"
+                ) from None
+
     def delete_plate(self, plate_id: str) -> None:
         """Every row of the plate, its runs and their cells included, in one transaction."""
         with self.connect() as con:

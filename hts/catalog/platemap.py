@@ -137,15 +137,20 @@ def read_platemap(path: str | Path, *, plate_wells: int = 1536) -> list[dict[str
     return out
 
 
-def annotate(catalog: Catalog, plate: PlateRecord, platemap: str | Path, *, replace: bool = True) -> int:
+def annotate(
+    catalog: Catalog, plate: PlateRecord, platemap: str | Path, *, replace: bool = True, imaged_only: bool = False
+) -> int:
     """Validate ``platemap`` against ``plate`` and store it in the catalog. Returns the number of wells.
 
     Wells in the platemap that the plate does not have are an error (a platemap
     for another plate, or a typo); plate wells the platemap does not mention are
-    left without treatment.
+    left without treatment. ``imaged_only``: leave out rows of wells not imaged yet
+    instead (``hts watch`` annotates again as wells arrive).
     """
     rows = read_platemap(platemap, plate_wells=plate.plate_type)
     have = {r["well"] for r in catalog.query("SELECT well FROM wells WHERE plate_id = ?", [plate.plate_id])}
+    if imaged_only:
+        rows = [r for r in rows if r["well"] in have]
     missing = [r["well"] for r in rows if r["well"] not in have]
     if missing:
         raise PlatemapError(

@@ -136,6 +136,8 @@ def open_run(
     """
     existing = find_run(catalog, draft.plate_id, draft.run_key)
     if existing is not None and not overwrite:
+        if add_run_fields(catalog, existing.run_id, fields):  # the plate grew (`hts watch`): the run goes on
+            existing = dataclasses.replace(existing, status="running")
         return existing, "unchanged" if existing.status == "complete" else "resumed"
     owners = label_owners(catalog, draft.plate_id)
     conflicts = {
@@ -154,6 +156,31 @@ def open_run(
         if on_replaced is not None:
             on_replaced(old)
     return draft, "segmented"
+
+
+def add_run_fields(catalog: Catalog, run_id: str, fields: list[tuple[str, int]]) -> int:
+    """Add the fields a run does not cover yet as pending (a plate still being acquired); a complete
+    run with new fields is running again. How many were added."""
+    incoming = pa.table({"well": [w for w, _ in fields], "field_index": pa.array([i for _, i in fields], pa.int32())})
+    with catalog.connect() as con:
+        con.register("_f", incoming)
+        try:
+            con.execute("BEGIN")
+            n = con.execute(
+                "INSERT INTO run_fields (run_id, well, field_index, status) "
+                "SELECT ?, f.well, f.field_index, 'pending' FROM _f f "
+                "ANTI JOIN (SELECT well, field_index FROM run_fields WHERE run_id = ?) r USING (well, field_index)",
+                [run_id, run_id],
+            ).fetchall()[0][0]
+            if n:
+                con.execute(
+                    "UPDATE runs SET status = 'running', completed_at = NULL WHERE run_id = ? AND status = 'complete'",
+                    [run_id],
+                )
+            con.execute("COMMIT")
+        finally:
+            con.unregister("_f")
+    return int(n)
 
 
 def find_run(catalog: Catalog, plate_id: str, run_key: str) -> Run | None:

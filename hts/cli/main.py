@@ -540,16 +540,34 @@ def demo(
     size: Annotated[int, typer.Option("--size", min=64, help="Field size in pixels (square).")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
     masks: Annotated[bool, typer.Option("--masks", help="Also write ground-truth nucleus and cell masks.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Write the plate into the folder as an imager would, field after field (TIFF layouts; default "
+            "ImageXpress): watch it with `hts watch` in another terminal.",
+        ),
+    ] = False,
+    rate: Annotated[float, typer.Option("--rate", min=0.01, help="With --live: fields per second.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a synthetic demo plate (nuclei, cytoplasm, brightfield; dose-response; platemap CSV)."""
+    """Write a synthetic demo plate (nuclei, cytoplasm, brightfield; dose-response; platemap CSV).
+
+    With --live the plate is written into the folder while you watch it: each field's
+    images one channel after another, each file in pieces, at --rate fields per second.
+    """
+    import tempfile
+
     from hts.errors import SourceError
     from hts.synth import make_plate
 
+    if live and format_ == "nd2":
+        format_ = "imagexpress"
+    staging = tempfile.TemporaryDirectory(prefix="hts-demo-live-") if live else None
     with _errors():
         try:
             plate = make_plate(
-                out_dir,
+                Path(staging.name) if staging else out_dir,
                 format=format_,
                 plate_type=plate_type,
                 wells=wells,
@@ -568,6 +586,20 @@ def demo(
             }
             first = str(e).split(" ", 1)[0]
             raise SourceError(f"{opt.get(first, 'demo')}: {e}") from None
+    if staging is not None:
+        from hts.synth.acquire import acquire
+
+        out.print(
+            f"Acquiring {len(plate.wells)} wells × {plate.fields} fields into {out_dir} at {rate:g} field(s)/s; "
+            f"in another terminal:\n  hts watch {out_dir} --platemap {out_dir / plate.platemap.name}"
+        )
+        with _errors():
+            try:
+                n = acquire(plate.source, out_dir, fields_per_second=rate)
+            finally:
+                staging.cleanup()
+        out.print(f"Acquisition finished: {n} fields in {out_dir}")
+        return
     data = {
         "source": str(plate.source),
         "platemap": str(plate.platemap),
@@ -587,11 +619,12 @@ def demo(
 
 
 # Commands defined in their own modules.
-from hts.cli import evaluate_cmd, profile_cmd, results_cmd, serve_cmd  # noqa: E402
+from hts.cli import evaluate_cmd, profile_cmd, results_cmd, serve_cmd, watch_cmd  # noqa: E402
 
 results_cmd.register(app)
 evaluate_cmd.register(app)
 profile_cmd.register(app)
+watch_cmd.register(app)
 serve_cmd.register(app)
 
 

@@ -223,8 +223,12 @@ class _TiffFolderReader(PlateReader):
         return _Image(path, g.get("plate"), well, g.get("field"), channel, g.get("z"), g.get("t"))
 
     def _images(self) -> list[_Image]:
-        """The parsed image files of the selected plate."""
+        """The parsed image files of the selected plate (only those in the ``only`` option when given:
+        ``hts watch`` describes the fields that are complete so far)."""
         files = _tiff_files(self.source)
+        only = self.options.get("only")
+        if only is not None:
+            files = [p for p in files if p.relative_to(self.source).as_posix() in only]
         if not files:
             raise SourceError(f"{self.source}: no TIFF files (.tif/.tiff) in this folder")
         images = [im for p in files if (im := self._parse(p)) is not None]

@@ -24,12 +24,17 @@ def activity_plot(treatments: Sequence[Mapping], *, null_size: int, q_threshold:
         ax = fig.add_subplot(1, 1, 1)
         ax.scatter(x[~hit], m[~hit], s=22, c="#888888", label="not active", zorder=2)
         ax.scatter(x[hit], m[hit], s=28, c="#d62728", label=f"hit (q < {q_threshold:g})", zorder=3)
-        order = np.argsort(-(m + x))[:12]  # label the strongest few
-        for i in order:
-            if hit[i]:
-                t = treatments[i]
-                ax.annotate(f"{t['compound']} {t['concentration']:g}", (x[i], m[i]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        # label the hits; hits on the same spot (often several at the smallest p) share one label
+        spots: dict[tuple[float, float], list[str]] = {}
+        for i in np.flatnonzero(hit):
+            t = treatments[i]
+            spots.setdefault((round(float(x[i]), 2), round(float(m[i]), 3)), []).append(
+                f"{t['compound']} {t['concentration']:.3g}"
+            )
+        for k, ((sx, sm), names) in enumerate(sorted(spots.items(), key=lambda kv: -(kv[0][0] + kv[0][1]))[:12]):
+            text = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
+            ax.annotate(text, (sx, sm), fontsize=7, xytext=(-4, -10 - 9 * (k % 2)), textcoords="offset points",
+                        ha="right")  # fmt: skip
         floor = -np.log10(1.0 / (null_size + 1))
         ax.axvline(floor, color="#bbbbbb", lw=0.8, ls=":", zorder=1)
         ax.set_xlabel(f"-log10 p  (permutations: {null_size}; dotted: smallest p possible)")

@@ -98,6 +98,69 @@ def downsample2(a: np.ndarray) -> np.ndarray:
     return mean.astype(a.dtype)
 
 
+def _plate_attrs(
+    description: PlateDescription, *, plate_id: str, fingerprint: str, shape, tile: int, levels: int
+) -> dict:
+    """The plate group's attributes: NGFF plate metadata and hts's own."""
+    wells = description.wells
+    return {
+        "ome": {
+            "version": NGFF_VERSION,
+            "plate": {
+                "version": NGFF_VERSION,
+                "name": description.name,
+                "rows": [{"name": r} for r in description.plate_type.row_names],
+                "columns": [{"name": c} for c in description.plate_type.column_names],
+                "wells": [{"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells],
+                "field_count": max(description.fields_per_well.values()),
+                "acquisitions": [{"id": 0, "name": description.name}],
+            },
+        },
+        "hts": {
+            "plate_id": plate_id,
+            "name": description.name,
+            "fingerprint": fingerprint,
+            "source_format": description.format,
+            "shape": list(shape),
+            "dtype": description.dtype,
+            "tile": tile,
+            "levels": levels,
+            "hts_version": __version__,
+        },
+    }
+
+
+def _well_attrs(n_fields: int) -> dict:
+    return {
+        "ome": {
+            "version": NGFF_VERSION,
+            "well": {"images": [{"path": str(i), "acquisition": 0} for i in range(n_fields)]},
+        }
+    }
+
+
+def _field_nodes(description: PlateDescription, shape, levels: int, tile: int, fields: dict) -> dict[str, Any]:
+    """Groups and empty level arrays of ``fields`` (well -> field indices), with their wells' groups."""
+    multiscales = _multiscales(description, shape, levels)
+    omero = _omero(description.channels, description.dtype)
+    # every field's group and level arrays have the same metadata: built once, shared
+    field_meta = GroupMetadata(
+        attributes={"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}}
+    )
+    level_meta = [
+        _array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype) for level in range(levels)
+    ]
+    per_well = description.fields_per_well
+    nodes: dict[str, Any] = {}
+    for w, indices in fields.items():
+        nodes[w.path] = GroupMetadata(attributes=_well_attrs(per_well[w]))
+        for i in indices:
+            nodes[f"{w.path}/{i}"] = field_meta
+            for level, meta in enumerate(level_meta):
+                nodes[f"{w.path}/{i}/{level}"] = meta
+    return nodes
+
+
 class PlateStore:
     """An NGFF HCS plate on disk or in object storage.
 
@@ -245,54 +308,10 @@ class PlateStore:
             self.remove()
         shape = field_shape(description, max_project=max_project)
         levels = pyramid_levels(shape[-2:])
-        wells = description.wells
+        root_attrs = _plate_attrs(description, plate_id=plate_id, fingerprint=fingerprint, shape=shape, tile=tile,
+                                  levels=levels)  # fmt: skip
         per_well = description.fields_per_well
-        rows = description.plate_type.row_names
-        cols = description.plate_type.column_names
-        root_attrs = {
-            "ome": {
-                "version": NGFF_VERSION,
-                "plate": {
-                    "version": NGFF_VERSION,
-                    "name": description.name,
-                    "rows": [{"name": r} for r in rows],
-                    "columns": [{"name": c} for c in cols],
-                    "wells": [{"path": w.path, "rowIndex": w.row, "columnIndex": w.column} for w in wells],
-                    "field_count": max(per_well.values()),
-                    "acquisitions": [{"id": 0, "name": description.name}],
-                },
-            },
-            "hts": {
-                "plate_id": plate_id,
-                "name": description.name,
-                "fingerprint": fingerprint,
-                "source_format": description.format,
-                "shape": list(shape),
-                "dtype": description.dtype,
-                "tile": tile,
-                "levels": levels,
-                "hts_version": __version__,
-            },
-        }
-        multiscales = _multiscales(description, shape, levels)
-        omero = _omero(description.channels, description.dtype)
-        # every field's group and level arrays have the same metadata: built once, shared
-        field_meta = GroupMetadata(
-            attributes={"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": omero}}
-        )
-        level_meta = [
-            _array_metadata(shape[:3] + _level_yx(shape[-2:], level), tile, description.dtype)
-            for level in range(levels)
-        ]
-        nodes: dict[str, Any] = {}
-        for w in wells:
-            n = per_well[w]
-            images = [{"path": str(i), "acquisition": 0} for i in range(n)]
-            nodes[w.path] = GroupMetadata(attributes={"ome": {"version": NGFF_VERSION, "well": {"images": images}}})
-            for i in range(n):
-                nodes[f"{w.path}/{i}"] = field_meta
-                for level, meta in enumerate(level_meta):
-                    nodes[f"{w.path}/{i}/{level}"] = meta
+        nodes = _field_nodes(description, shape, levels, tile, {w: range(per_well[w]) for w in description.wells})
         try:
             self._create_nodes(nodes)  # and the row groups and an empty plate group, implicitly
             self._update_attrs([""], lambda _path, _attrs: root_attrs)
@@ -301,6 +320,39 @@ class PlateStore:
                 self.remove()
             raise
         return self
+
+    def extend(self, description: PlateDescription, *, fingerprint: str, max_project: bool = False) -> None:
+        """Add the wells and fields of ``description`` the store lacks, as :meth:`create` makes them (``hts watch``).
+
+        The plate's metadata (wells, rows and columns of its format, field count, fingerprint)
+        becomes ``description``'s; groups and arrays already there are not touched.
+        """
+        hts = self.hts_attrs
+        shape, levels, tile = tuple(hts["shape"]), int(hts["levels"]), int(hts["tile"])
+        if tuple(field_shape(description, max_project=max_project)) != shape:
+            raise StoreError(f"{self.path}: the new fields' shape differs from the plate's {shape}")
+        per_well = description.fields_per_well
+        have = {w["path"] for w in self.group().attrs["ome"]["plate"]["wells"]}
+        todo: dict[WellRef, range] = {}
+        grown: list[str] = []
+        for w in description.wells:
+            start = 0
+            if w.path in have:
+                start = len(self._open_group(w.path, mode="r").attrs["ome"]["well"]["images"])
+                if per_well[w] > start:
+                    grown.append(w.path)
+            if per_well[w] > start:
+                todo[w] = range(start, per_well[w])
+        nodes = _field_nodes(description, shape, levels, tile, todo)
+        for path in grown:
+            nodes.pop(path)  # the well group exists: its attributes are updated below, its children kept
+        self._create_nodes(nodes)
+        by_path = {w.path: per_well[w] for w in description.wells}
+        self._update_attrs(grown, lambda path, _attrs: _well_attrs(by_path[path]))
+        root = _plate_attrs(description, plate_id=hts["plate_id"], fingerprint=fingerprint, shape=shape, tile=tile,
+                            levels=levels)  # fmt: skip
+        root["hts"]["hts_version"] = hts.get("hts_version", __version__)
+        self._update_attrs([""], lambda _path, _attrs: root)
 
     def check_writable(self, *paths: str) -> None:
         """Raise :class:`StoreError` unless files can be created in the store's root and in ``paths`` (local stores).

@@ -88,6 +88,7 @@ def ingest(
     name: str | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    grow: bool = False,
     **reader_options: Any,
 ) -> IngestReport:
     """Ingest ``source`` into an OME-Zarr HCS plate registered in the workspace's catalog.
@@ -115,6 +116,10 @@ def ingest(
         Local Dask workers (see :mod:`hts.orchestrate.dask`).
     progress : callable, optional
         ``progress(done, total, message)`` after each field.
+    grow : bool
+        The source is still being acquired (``hts watch``): when the store holds this plate
+        from fewer files, add the new wells and fields to it (the ones it holds must be
+        unchanged) instead of refusing a different source.
     reader_options
         Passed to the reader (e.g. ``plate_wells=384``).
 
@@ -123,23 +128,20 @@ def ingest(
     IngestReport
     """
     t0 = time.perf_counter()
-    if tile < 64 or tile > 16384:
-        raise StoreError(f"tile size {tile} is out of range (64..16384)")
+    _check_options(workspace, tile=tile, workers=workers, plate_wells=reader_options.get("plate_wells"))
     catalog = workspace.catalog
-    if not is_external(workspace.scheduler):
-        check_workers(workers)
-    hint = reader_options.get("plate_wells")
-    if hint is not None and hint not in (96, 384, 1536):
-        raise SourceError(f"--plate-type {hint}: not a plate hts fits wells on (96, 384 or 1536)")
     if name:
         reader_options["name"] = name
     plate_reader = open_plate(source, format=reader, pattern=pattern, **reader_options)
     desc = plate_reader.describe()
+    plate_reader.options.pop("only", None)  # workers read fields by their files; the selection stays here
     store_path = location(out) if out else join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")
     files = sorted(desc.files)
     root = Path(source).expanduser().resolve()
     fp = fingerprint([f.resolve() for f in files], root=root)
 
+    if grow and not overwrite:
+        _grow(catalog, desc, store_path, fp, tile=tile, max_project=max_project)
     target = _open_target(catalog, store_path, fp, max_project=max_project, tile=tile, overwrite=overwrite)
     if target == "unchanged":
         record = catalog.plate_by_store(str(store_path))
@@ -163,6 +165,75 @@ def ingest(
     _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
     catalog.finish_plate(plate_id, checksum=acq_checksum)
     return _report(plate_id, desc, store_path, catalog, status, written, t0, max_project)
+
+
+def _check_options(workspace: Workspace, *, tile: int, workers: int | None, plate_wells: int | None) -> None:
+    if tile < 64 or tile > 16384:
+        raise StoreError(f"tile size {tile} is out of range (64..16384)")
+    if not is_external(workspace.scheduler):
+        check_workers(workers)
+    if plate_wells is not None and plate_wells not in (96, 384, 1536):
+        raise SourceError(f"--plate-type {plate_wells}: not a plate hts fits wells on (96, 384 or 1536)")
+
+
+def _grow(catalog: Catalog, desc: PlateDescription, store_path: Any, fp: str, *, tile: int, max_project: bool) -> None:
+    """Add the wells and fields that ``desc`` has and the stored plate lacks (``hts watch``).
+
+    The stored ones must be unchanged (same files, channels, shape); the plate's geometry and
+    fingerprint become ``desc``'s, so that when the acquisition is complete the plate is what a
+    batch ingest of the finished folder makes. Nothing to do for a new plate or the same files.
+    """
+    record = catalog.plate_by_store(str(store_path))
+    if record is None or record.source_fingerprint == fp:
+        return
+    if record.max_projected != max_project or record.tile_size != tile:
+        raise StoreError(f"{store_path}: plate {record.name!r} was ingested with other --tile / --max-project options")
+    shape = field_shape(desc, max_project=max_project)
+    if tuple(record.shape) != tuple(shape) or record.dtype != desc.dtype:
+        raise SourceError(
+            f"{desc.name}: the new files make fields of {'x'.join(map(str, shape))} {desc.dtype}, the plate's are "
+            f"{'x'.join(map(str, record.shape))} {record.dtype} (a channel, plane or timepoint appeared or went)"
+        )
+    if [c.name for c in desc.channels] != catalog.channel_names(record.plate_id):
+        raise SourceError(
+            f"{desc.name}: channels changed to {', '.join(c.name for c in desc.channels)} while acquiring"
+        )
+    known = {
+        (r["well"], r["field_index"]): r["source_key"]
+        for r in catalog.query("SELECT well, field_index, source_key FROM fields WHERE plate_id = ?", [record.plate_id])
+    }
+    tables = _layout_tables(record.plate_id, desc)
+    keys = dict(zip(zip(tables["fields"].column("well").to_pylist(), tables["fields"].column("field_index").to_pylist()),
+                    tables["fields"].column("source_key").to_pylist()))  # fmt: skip
+    for k, key in known.items():
+        if keys.get(k) != key:
+            raise SourceError(
+                f"{desc.name}: field {k[0]}/{k[1]} is not made of the same files as when it was ingested "
+                "(files renamed, or a field's sites arrived out of order); ingest the finished folder with --overwrite"
+            )
+    new_fields = [(w, i) for w, i in keys if (w, i) not in known]
+    catalog.grow_plate(
+        record.plate_id,
+        plate={
+            "plate_type": desc.plate_type.wells,
+            "n_rows": desc.plate_type.rows,
+            "n_columns": desc.plate_type.columns,
+            "source_fingerprint": fp,
+        },  # fmt: skip
+        acquisition={"n_files": len(desc.files), "size_bytes": sum(f.stat().st_size for f in desc.files)},
+        wells=tables["wells"],
+        fields=tables["fields"].filter(
+            pa.array(
+                [
+                    (w, i) in set(new_fields)
+                    for w, i in zip(
+                        tables["fields"].column("well").to_pylist(), tables["fields"].column("field_index").to_pylist()
+                    )
+                ]
+            )
+        ),  # fmt: skip
+    )
+    PlateStore(store_path).extend(desc, fingerprint=fp, max_project=max_project)
 
 
 def _open_target(

@@ -149,7 +149,9 @@ def build_profiles(
     with catalog.session(read_only=True):
         recs = select_plates(catalog, plates)
         if plates is None:
-            recs = [r for r in recs if runs_db.current_runs(catalog, r.plate_id, complete=True)] or recs
+            done = [r for r in recs if runs_db.current_runs(catalog, r.plate_id, complete=True)]
+            warnings += [f"plate {r.name}: no finished segmentation run; left out" for r in recs if r not in done]
+            recs = done or recs
         runs = [_choose_run(catalog, rec, engine, warnings) for rec in recs]
         sid = _set_id(recipe, runs, catalog)
         exists = store.profile_set_exists(catalog, sid)
