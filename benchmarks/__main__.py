@@ -8,7 +8,8 @@ real-sized field: CPU seconds per field), ``network`` (deep-engine
 network fields/s and fraction of peak FLOP/s), ``sweep`` (CPU per megapixel and per
 object of every stage against field size and density, on real-derived fields), ``serve``
 (the plate browser's latency: plate page and cells table on 10 million cells, 2048² field tiles),
-``profiles`` (hts profile / activity / similar on 100 plates and 20 million cells, against pycytominer + copairs).
+``profiles`` (hts profile / activity / similar on 100 plates and 20 million cells, against pycytominer + copairs),
+``watch`` (hts watch latency at an imager's rate: a field's last file to its cells in the catalog).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import cells, engine_cost, field, ingest, pipeline, profiles, serve, sweep, unet
+from benchmarks import cells, engine_cost, field, ingest, pipeline, profiles, serve, sweep, unet, watch
 
 
 def _add_network(sub) -> None:
@@ -79,6 +80,7 @@ def main() -> None:
     sweep.add_parser(sub)
     serve.add_parser(sub)
     profiles.add_parser(sub)
+    watch.add_parser(sub)
     _add_network(sub)
     args = parser.parse_args()
     result = args.func(args)

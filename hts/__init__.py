@@ -18,6 +18,7 @@ The public API, all of it here (docs/api.md walks through it)::
 - the pipeline: :func:`ingest`, :func:`segment`, :func:`measure`, :func:`qc`,
   :func:`export`, :func:`report`, :func:`query`;
 - models: :func:`engines`, :func:`train`, :func:`evaluate`;
+- acquisition in progress: :func:`watch`;
 - profiling: :func:`profile`, :func:`activity`, :func:`similar`, :func:`profiles`, :func:`export_profiles`;
 - browsing: :class:`Browser` (what ``hts serve`` shows, as calls; the web app is :mod:`hts.web`).
 
@@ -50,6 +51,7 @@ _API = {
     "similar": "hts.api",
     "profiles": "hts.api",
     "export_profiles": "hts.api",
+    "watch": "hts.api",
     "Browser": "hts.tasks.browse",
 }
 
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         segment,
         similar,
         train,
+        watch,
     )
     from hts.catalog import Catalog
     from hts.config import Workspace

@@ -46,10 +46,11 @@ if TYPE_CHECKING:
     from hts.tasks.report import ReportResult
     from hts.tasks.segment import SegmentReport
     from hts.tasks.train import TrainData, TrainOptions, TrainReport
+    from hts.tasks.watch import WatchOptions, WatchReport
 
 __all__ = [
     "Plate", "ingest", "segment", "measure", "qc", "export", "report", "evaluate", "train", "engines", "query",
-    "profile", "activity", "similar", "profiles", "export_profiles",
+    "profile", "activity", "similar", "profiles", "export_profiles", "watch",
 ]  # fmt: skip
 
 WorkspaceLike = Workspace | str | Path
@@ -477,3 +478,25 @@ def export_profiles(
     from hts.tasks.export import export_profiles as task
 
     return task(out, workspace=_workspace(workspace), profile_set=profile_set, format=format, overwrite=overwrite)
+
+
+def watch(
+    folder: str | Path,
+    workspace: WorkspaceLike,
+    options: WatchOptions | None = None,
+    *,
+    on_event: Any = None,
+    stop: Any = None,
+    workers: int | None = None,
+) -> WatchReport:
+    """Follow a TIFF plate folder while the imager writes it: ingest, segment and QC each finished field.
+
+    ``options`` (:class:`hts.tasks.watch.WatchOptions`): engines, platemap, poll interval,
+    idle timeout ...; ``on_event(dict)`` is called with each event as it happens; set the
+    ``threading.Event`` ``stop`` to end after the current round. Restartable at any time.
+    """
+    from hts.tasks.watch import WatchOptions
+    from hts.tasks.watch import watch as task
+
+    return task(folder, workspace=_workspace(workspace), options=options or WatchOptions(), on_event=on_event,
+                stop=stop, workers=workers)  # fmt: skip

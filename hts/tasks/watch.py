@@ -178,11 +178,22 @@ def watch(
 
     t0 = time.perf_counter()
     folder = Path(folder).expanduser().resolve()
+    if folder.is_file():
+        raise SourceError(
+            f"{folder}: hts watch follows a folder of TIFF files as an imager writes them; a single file "
+            "(ND2) is ingested once the acquisition has finished: hts ingest"
+        )
     if not folder.is_dir():
         raise SourceError(f"{folder}: no such folder to watch")
     if options.poll_s <= 0 or options.stable_polls < 1:
         raise SourceError("--poll must be > 0 seconds and the stability checks at least 1")
     expected_wells = _expected_wells(options.platemap)
+    if expected_wells and options.plate_wells is None:
+        # the plate's format from the platemap's wells (as a batch ingest guesses it from all wells imaged),
+        # not from the few wells imaged so far
+        from hts.wells import parse_well, plate_type_for
+
+        options = dataclasses.replace(options, plate_wells=plate_type_for([parse_well(w) for w in expected_wells]).wells)
     stop = stop or threading.Event()
     state = _State(workspace, folder, options, on_event, expected_wells)
     scheduler = workspace.scheduler
