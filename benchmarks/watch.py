@@ -7,7 +7,8 @@ it (classic engine, features, ``--workers`` local Dask workers, ``--poll`` secon
 field: the time its last file was finished by the simulator, and the time the round that
 segmented it reported its cells in the catalog. Reported: latency median / p95 / max, the
 time from the last field written to the end of the watch, and whether the watch kept up
-(its rounds finish faster than fields arrive).
+(its rounds finish faster than fields arrive), next to the batch path (``ingest`` + ``segment``
+of the finished folder with the same workers): the rate this machine sustains at all.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def run(args: argparse.Namespace) -> dict:
                     done.setdefault(f, at)
                 pending = []
         lat = [done[k] - written[k] for k in written if k in done]
+        # the batch path on the finished folder, same machine and workers: what the hardware sustains
+        import hts
+
+        wb = Workspace.at(root / "batch", scheduler=None)
+        tb = time.perf_counter()
+        plate = hts.ingest(live, wb, workers=args.workers)
+        hts.segment(plate, engine="classic", workers=args.workers)
+        batch_s = time.perf_counter() - tb
         return {
             "benchmark": "watch", "date": time.strftime("%Y-%m-%d %H:%M"), "machine_before": machine_info(),
             "params": {k: v for k, v in vars(args).items() if k != "func"},
@@ -81,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
             "latency_s": {"median": round(statistics.median(lat), 2),
                           "p95": round(sorted(lat)[int(0.95 * (len(lat) - 1))], 2), "max": round(max(lat), 2),
                           "n": len(lat)},  # fmt: skip
+            "batch_ingest_segment_s": round(batch_s, 1),
+            "batch_fields_per_s": round(len(written) / batch_s, 3),
             "rounds": len(rounds), "fields_per_round_max": max((r["fields"] for r in rounds), default=0),
             "report": rep.to_dict(),
             "machine_after": machine_info(),
@@ -99,4 +110,5 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--poll", type=float, default=1.0)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--json", default=None, help="also save the result here")
     p.set_defaults(func=run, name="watch")
