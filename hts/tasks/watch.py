@@ -193,7 +193,9 @@ def watch(
         # not from the few wells imaged so far
         from hts.wells import parse_well, plate_type_for
 
-        options = dataclasses.replace(options, plate_wells=plate_type_for([parse_well(w) for w in expected_wells]).wells)
+        options = dataclasses.replace(
+            options, plate_wells=plate_type_for([parse_well(w) for w in expected_wells]).wells
+        )
     stop = stop or threading.Event()
     state = _State(workspace, folder, options, on_event, expected_wells)
     scheduler = workspace.scheduler
@@ -211,7 +213,9 @@ def watch(
                 break
             idle = time.monotonic() - state.files.last_change
             if options.idle_minutes is not None and idle > options.idle_minutes * 60:
-                ended = "idle"
+                state.stopped = True  # the imager has stopped: a last round takes the fields still open
+                state.round()
+                ended = "complete" if state.complete() else "idle"
                 break
             if stop.wait(options.poll_s):
                 ended = "stopped"
@@ -253,6 +257,7 @@ class _State:
         self.controls = (0, 0)
         self.reported: set[str] = set()
         self.pending_events: list[dict[str, Any]] = []
+        self.stopped = False  # set when the folder has been idle long enough to end the watch
 
     # -- events ---------------------------------------------------------------
     def emit(self, kind: str, message: str, **extra: Any) -> None:
@@ -333,13 +338,18 @@ class _State:
                     continue
                 rels = groups[k]
                 done = len(rels) >= need and all(self.files.finished(x) for x in rels)
-                # without a vendor file or --channels, only a field the imager has left is whole
+                # without a vendor file or --channels, only a field the imager has left is whole (or the
+                # last one, once the folder has been quiet for a while: the imager has stopped)
                 if done and meta_channels is None and self.o.channels is None and newest[k] >= moved_on:
-                    done = False
+                    done = self._quiet()
                 if not done:
                     break  # later sites of this well wait for this one (field numbers follow sites)
                 out[k] = rels
         return out
+
+    def _quiet(self) -> bool:
+        """No file new or changed for 3 polls (at least 10 s): the imager is not writing."""
+        return self.stopped or time.monotonic() - self.files.last_change >= max(3 * self.o.poll_s, 10.0)
 
     def _ingest(self, new: dict[tuple[str, str | None], list[str]]) -> None:
         from hts.tasks.ingest import ingest
@@ -354,6 +364,12 @@ class _State:
         self.plate, self.plate_id = rep.name, rep.plate_id
         if first:
             self._adopt()
+            rec = self.workspace.catalog.find_plate(self.plate_id)
+            if rec.pixel_size_um[0] is None and self.o.pixel_size_um is None:
+                raise SourceError(
+                    f"plate {rec.name}: its files give no pixel size; pass --pixel-size (a size estimated from the "
+                    "first fields could differ from the one the finished plate gives, and so would the cells)"
+                )
         known_wells = {w for w, _ in self.taken}
         if self.o.platemap is not None and (first or {w for w, _ in new} - known_wells):
             from hts.catalog.platemap import annotate
