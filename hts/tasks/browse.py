@@ -215,6 +215,7 @@ class Browser:
                     "flagged_fields": len(q.flagged_fields),
                 }
             runs = [self._run_row(x) for x in runs_db.current_runs(self.catalog, rec.plate_id)]
+            activity = self._activity(r, wells) if r is not None else None
         return {
             "plate": rec.name,
             "plate_id": rec.plate_id,
@@ -226,7 +227,36 @@ class Browser:
             "runs": runs,
             "wells": wells,
             "qc": qc,
+            "activity": activity,
         }
+
+    def _activity(self, r: runs_db.Run, wells: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Hits of the latest profile set made from run ``r`` (``hts profile`` + ``hts activity``), with
+        the plate's wells of each treatment; None when there is none."""
+        from hts.catalog.profiles import load_activity
+        from hts.tasks.profile import activity_of_run
+
+        sid = activity_of_run(self.workspace, r.run_id)
+        if sid is None:
+            return None
+        rows = load_activity(self.catalog, sid)
+        where: dict[tuple, list[str]] = {}
+        for w in wells:
+            if w["compound"] is not None:
+                where.setdefault((w["compound"], float(w["concentration"] or 0.0)), []).append(w["well"])
+        treatments = sorted(rows, key=lambda x: (not x["hit"], x["q_value"], -x["mean_average_precision"]))
+        return {
+            "profile_set_id": sid,
+            "n_treatments": len(rows),
+            "n_hits": sum(bool(x["hit"]) for x in rows),
+            "q_threshold": rows[0]["q_threshold"] if rows else None,
+            "treatments": [
+                {"compound": x["compound"], "concentration": x["concentration"], "unit": x["unit"],
+                 "map": _finite(x["mean_average_precision"]), "q": _finite(x["q_value"]), "hit": bool(x["hit"]),
+                 "wells": where.get((x["compound"], float(x["concentration"])), [])}
+                for x in treatments
+            ],
+        }  # fmt: skip
 
     def _run_row(self, r: runs_db.Run) -> dict[str, Any]:
         done = self.catalog.query(

@@ -257,3 +257,22 @@ def test_384_without_outer_wells_and_1536_geometry(formats_ws):
     assert (len(e["rows"]), len(e["columns"])) == (32, 48) and e["rows"][-1] == "AF"
     pos = {w["well"]: (w["row_index"], w["column_index"]) for w in e["wells"]}
     assert pos["AC40"] == (28, 39) and pos["AF48"] == (31, 47) and len(pos) == 4 * 9
+
+
+def test_plate_carries_the_activity_of_its_run(copied_ws):
+    """After `hts profile` + `hts activity`, the plate page's data lists the hits with this plate's wells."""
+    import hts
+
+    assert Browser(copied_ws).plate(PLATE)["activity"] is None  # no profiles yet
+    hts.profile(workspace=copied_ws)
+    act = hts.activity(copied_ws, null_size=1000)
+    a = Browser(copied_ws).plate(PLATE)["activity"]
+    assert a["profile_set_id"] == act.profile_set_id and a["n_hits"] == act.n_hits > 0
+    assert a["n_treatments"] == len(act.treatments)
+    top = a["treatments"][0]
+    assert top["hit"] and top["q"] < 0.05
+    wells = {r["well"] for r in hts.query(
+        f"SELECT well FROM platemap WHERE compound = '{top['compound']}' AND concentration = {top['concentration']}",
+        copied_ws).iter_rows(named=True)}  # fmt: skip
+    assert set(top["wells"]) == wells and len(wells) >= 4
+    assert [t["hit"] for t in a["treatments"]] == sorted((t["hit"] for t in a["treatments"]), reverse=True)

@@ -293,3 +293,26 @@ def test_384_and_1536_plates_render(browser, formats_ws, shots, plate, n_rows, n
         browser.save_screenshot(str(shots / f"plate-{plate[1:]}.png"))
     finally:
         server.stop()
+
+
+def test_activity_panel_in_chromium(browser, copied_ws, shots):
+    """The plate page shows the run's phenotypic activity; a hit opens its well."""
+    from live import LiveServer
+
+    import hts
+
+    hts.profile(workspace=copied_ws)
+    act = hts.activity(copied_ws, null_size=1000)
+    server = LiveServer(copied_ws)
+    try:
+        browser.get(server.url + f"/#/plate/{PLATE}")
+        wait(browser, lambda d: css(d, "#activity-table tbody tr"))
+        assert f"{act.n_hits} of {len(act.treatments)} treatments active" in text(browser, "#activity-hits")
+        hits = css(browser, '#activity-table tr[data-hit="true"]')
+        assert len(hits) == min(act.n_hits, 15)
+        browser.save_screenshot(str(shots / "plate-activity.png"))
+        compound = hits[0].get_attribute("data-compound")
+        hits[0].click()
+        wait(browser, lambda d: css(d, "#well-title") and compound in text(d, "#well-title"))
+    finally:
+        server.stop()

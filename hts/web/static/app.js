@@ -178,9 +178,9 @@ async function platePage(plate, q) {
     h("label", {}, "Metric ", input, h("datalist", { id: "metric-list" }, metrics.metrics.map((m) => h("option", { value: m })))),
     data.runs.length ? h("label", {}, "Run ", runSel) : null, h("label", {}, "Colour by ", bySel));
   const heat = h("div", { id: "heatmap" });
-  const side = h("div", { class: "side" }, h("div", { class: "panel", id: "qc" }), h("h2", {}, "Runs"), h("div", { id: "runs" }));
+  const side = h("div", { class: "side" }, h("div", { class: "panel", id: "qc" }), h("div", { id: "activity" }), h("h2", {}, "Runs"), h("div", { id: "runs" }));
   put(main(), h("h1", {}, `Plate ${data.plate}`, h("span", { class: "muted" }, ` · ${data.plate_type} wells`)), controls, h("div", { class: "row" }, heat, side));
-  const draw = (d) => { drawHeatmap(heat, d, by, plate, metric); drawQC($("#qc"), d); drawRuns($("#runs"), d.runs); };
+  const draw = (d) => { drawHeatmap(heat, d, by, plate, metric); drawQC($("#qc"), d); drawActivity($("#activity"), d, plate); drawRuns($("#runs"), d.runs); };
   draw(data);
   // live: while ingest or a run is going, poll its progress and redraw when fields complete
   // (every 2 s while something runs, every 5 s otherwise, so a run started later is picked up too)
@@ -208,6 +208,24 @@ function drawRuns(el, runs) {
     h("div", {}, h("b", {}, r.engine), " ", h("span", { class: "muted" }, r.run_id.slice(0, 8)), " ", badge(r.state)),
     h("div", {}, bar(r.fields_done, r.fields), ` fields · ${r.cells} cells`),
     r.error ? h("div", { class: "muted" }, r.error) : null)));
+}
+
+// Phenotypic activity (hts profile + hts activity) of the run shown: hits first; a row opens the treatment's first well.
+function drawActivity(el, d, plate) {
+  const a = d.activity;
+  if (!a) { el.replaceChildren(); return; }
+  const rows = a.treatments.slice(0, 15).map((t) => {
+    const tr = h("tr", { class: t.hit ? "hit" : "", dataset: { compound: t.compound, hit: String(t.hit) } },
+      h("td", {}, t.compound), h("td", { class: "num" }, `${fmt(t.concentration)} ${t.unit || ""}`),
+      h("td", { class: "num" }, fmt(t.map)), h("td", { class: "num" }, fmt(t.q)), h("td", {}, t.hit ? badge("hit") : ""));
+    if (t.wells.length) { tr.style.cursor = "pointer"; tr.addEventListener("click", () => { location.hash = link(["plate", plate, "well", t.wells[0]]); }); }
+    return tr;
+  });
+  el.replaceChildren(h("div", { class: "panel" },
+    h("b", {}, "Phenotypic activity"), " ", h("span", { id: "activity-hits" }, `${a.n_hits} of ${a.n_treatments} treatments active`),
+    h("span", { class: "muted" }, ` (q < ${fmt(a.q_threshold)}, profile set ${a.profile_set_id.slice(0, 8)})`),
+    h("table", { id: "activity-table" }, h("thead", {}, h("tr", {}, ["treatment", "conc.", "mAP", "q", ""].map((c) => h("th", {}, c)))), h("tbody", {}, rows)),
+    a.treatments.length > 15 ? h("div", { class: "muted" }, `… ${a.treatments.length - 15} more: hts query --preset hits`) : null));
 }
 
 function drawQC(el, d) {
