@@ -266,3 +266,34 @@ def test_gpu_tasks_run_only_on_gpu_tagged_workers(tmp_path):
     # a cluster without GPU-tagged workers: no resource request (tasks would wait forever)
     with cluster(tmp_path / "cl2", n=1) as (address, _), Client(address) as client:
         assert gpu_resources(client, address, gpu=True) is None
+
+
+def test_watch_writes_the_growing_plate_to_object_storage(tmp_path, bucket):
+    """`hts watch` with the plates in S3: the store grows there field by field and ends as the batch path's."""
+    import threading
+
+    import hts
+    from hts.config import Workspace
+    from hts.synth.acquire import acquire
+    from hts.tasks.watch import WatchOptions, watch
+
+    src = make_plate(tmp_path / "src", format="imagexpress", wells="A01:B02", fields=2, shape=(128, 128))
+    live = tmp_path / "live"
+    live.mkdir()
+    writer = threading.Thread(target=acquire, args=(src.source, live), kwargs={"fields_per_second": 6})
+    writer.start()
+    ws = Workspace(db=tmp_path / "w" / "hts.duckdb", plates_dir=f"s3://{bucket}/watched", scheduler="sync")
+    rep = watch(live, workspace=ws, options=WatchOptions(platemap=src.platemap, poll_s=0.2, idle_minutes=1))
+    writer.join()
+    assert rep.ended == "complete" and rep.fields_segmented == 8
+    wb = Workspace(db=tmp_path / "b" / "hts.duckdb", plates_dir=f"s3://{bucket}/batch", scheduler="sync")
+    plate = hts.ingest(live, wb)
+    plate.annotate(src.platemap)
+    hts.segment(plate, engine="classic")
+    q = "SELECT * EXCLUDE (plate_id, run_id) FROM cells ORDER BY well, field_index, object_id"
+    assert hts.query(q, ws).equals(hts.query(q, wb))
+    sa = PlateStore(hts.query("SELECT store_uri FROM plates", ws).item())
+    sb = PlateStore(hts.query("SELECT store_uri FROM plates", wb).item())
+    assert sa.uri.startswith("s3://") and dict(sa.group().attrs)["ome"] == dict(sb.group().attrs)["ome"]
+    for (path,) in hts.query("SELECT path FROM fields", ws).iter_rows():
+        np.testing.assert_array_equal(sa.read_labels(path, "nuclei")[:], sb.read_labels(path, "nuclei")[:])
