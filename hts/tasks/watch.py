@@ -286,7 +286,7 @@ class _State:
         for rel in sorted(self.files.broken - self.reported):
             self.reported.add(rel)
             self.emit(
-                "broken", f"{rel}: not a readable TIFF after {self.o.stable_polls + 2} checks; its field is skipped"
+                "broken", f"{rel}: still not a readable TIFF after 3 checks of the settled file; its field is skipped"
             )
         if not self._open_reader():
             return
