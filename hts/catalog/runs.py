@@ -159,24 +159,38 @@ def open_run(
 
 
 def add_run_fields(catalog: Catalog, run_id: str, fields: list[tuple[str, int]]) -> int:
-    """Add the fields a run does not cover yet as pending (a plate still being acquired); a complete
-    run with new fields is running again. How many were added."""
+    """Add the fields a run does not cover yet as pending (a plate still being acquired, ``hts watch``);
+    a complete run with new fields is running again. Only fields whose pixels are written (status
+    complete) are added; the catalog is opened for writing only when there are some. How many were added."""
     incoming = pa.table({"well": [w for w, _ in fields], "field_index": pa.array([i for _, i in fields], pa.int32())})
+    missing = (
+        "SELECT ? AS run_id, f.well, f.field_index, 'pending' AS status FROM _f f "
+        "JOIN runs r ON r.run_id = ? "
+        "JOIN fields x ON x.plate_id = r.plate_id AND x.well = f.well AND x.field_index = f.field_index "
+        "AND x.status = 'complete' "
+        "ANTI JOIN (SELECT well, field_index FROM run_fields WHERE run_id = ?) rf "
+        "ON rf.well = f.well AND rf.field_index = f.field_index"
+    )
+    with catalog.connect(read_only=True) as con:
+        con.register("_f", incoming)
+        try:
+            n = con.execute(f"SELECT count(*) FROM ({missing})", [run_id, run_id, run_id]).fetchall()[0][0]
+        finally:
+            con.unregister("_f")
+    if not n:
+        return 0
     with catalog.connect() as con:
         con.register("_f", incoming)
         try:
             con.execute("BEGIN")
             n = con.execute(
-                "INSERT INTO run_fields (run_id, well, field_index, status) "
-                "SELECT ?, f.well, f.field_index, 'pending' FROM _f f "
-                "ANTI JOIN (SELECT well, field_index FROM run_fields WHERE run_id = ?) r USING (well, field_index)",
-                [run_id, run_id],
+                f"INSERT INTO run_fields (run_id, well, field_index, status) SELECT * FROM ({missing})",
+                [run_id, run_id, run_id],
             ).fetchall()[0][0]
-            if n:
-                con.execute(
-                    "UPDATE runs SET status = 'running', completed_at = NULL WHERE run_id = ? AND status = 'complete'",
-                    [run_id],
-                )
+            con.execute(
+                "UPDATE runs SET status = 'running', completed_at = NULL WHERE run_id = ? AND status = 'complete'",
+                [run_id],
+            )
             con.execute("COMMIT")
         finally:
             con.unregister("_f")

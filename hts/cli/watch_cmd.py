@@ -60,6 +60,19 @@ def watch(
             show_default=False,
         ),
     ] = None,
+    planes: Annotated[
+        Optional[int],
+        typer.Option(
+            "--planes",
+            min=1,
+            help="Z planes per field of a Z-stack plate (the watch waits for all of them).",
+            show_default=False,
+        ),
+    ] = None,
+    timepoints: Annotated[
+        Optional[int],
+        typer.Option("--timepoints", min=1, help="Time points per field of a time-lapse plate.", show_default=False),
+    ] = None,
     pixel_size: Annotated[
         Optional[float],
         typer.Option(
@@ -139,7 +152,7 @@ def watch(
         params = cli.param_values(cli.pairs(",".join(param), "--param")) if param else None
         options = WatchOptions(
             engines=tuple(engine or ["classic"]), params=params, pixel_size_um=pixel_size, platemap=platemap,
-            fields=fields, channels=channels, format=reader, pattern=pattern, name=name, plate_wells=plate_type,
+            fields=fields, channels=channels, planes=planes, timepoints=timepoints, format=reader, pattern=pattern, name=name, plate_wells=plate_type,
             poll_s=poll, idle_minutes=idle if idle > 0 else None, metric=metric,
         )  # fmt: skip
         previous = (

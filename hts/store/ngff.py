@@ -346,7 +346,9 @@ class PlateStore:
         nodes = _field_nodes(description, shape, levels, tile, todo)
         for path in grown:
             nodes.pop(path)  # the well group exists: its attributes are updated below, its children kept
-        self._create_nodes(nodes)
+        # overwrite: nodes a cut-off extend left behind are made again (they hold no pixels: a field is
+        # written only once the catalog lists it, after this)
+        self._create_nodes(nodes, overwrite=True)
         by_path = {w.path: per_well[w] for w in description.wells}
         self._update_attrs(grown, lambda path, _attrs: _well_attrs(by_path[path]))
         root = _plate_attrs(description, plate_id=hts["plate_id"], fingerprint=fingerprint, shape=shape, tile=tile,

@@ -45,7 +45,7 @@ from hts.store import PlateStore, pyramid_levels
 from hts.store.location import join, location
 from hts.store.ngff import field_shape
 
-__all__ = ["IngestReport", "ingest", "ingest_field"]
+__all__ = ["IngestReport", "ingest", "ingest_field", "finish_growing"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -160,11 +160,26 @@ def ingest(
     else:
         plate_id, status = target, "resumed"
     written, acq_checksum = _write_fields(
-        catalog, plate_reader, desc, plate_id, store_path, files, workspace.scheduler, workers, max_project, progress
-    )
-    _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
-    catalog.finish_plate(plate_id, checksum=acq_checksum)
+        catalog, plate_reader, desc, plate_id, store_path, [] if grow else files, workspace.scheduler, workers,
+        max_project, progress,
+    )  # fmt: skip
+    if not grow:  # while growing, done once at the end (finish_growing): they read the whole plate
+        _set_display_windows(catalog, plate_id, PlateStore(store_path), desc)
+    catalog.finish_plate(plate_id, checksum=acq_checksum if not grow else None)
     return _report(plate_id, desc, store_path, catalog, status, written, t0, max_project)
+
+
+def finish_growing(source: str | Path, *, workspace: Workspace, **reader_options: Any) -> None:
+    """End of ``hts watch``: the acquisition's checksum and the channels' display windows, over the
+    whole plate as a batch ingest computes them (skipped while it was growing)."""
+    fmt, pattern = reader_options.pop("format", None), reader_options.pop("pattern", None)
+    desc = open_plate(source, format=fmt, pattern=pattern, **reader_options).describe()
+    catalog = workspace.catalog
+    record = catalog.plate_by_store(str(join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")))
+    if record is None:
+        return
+    _set_display_windows(catalog, record.plate_id, PlateStore(record.store_uri), desc)
+    catalog.finish_plate(record.plate_id, checksum=checksum(sorted(desc.files)))
 
 
 def _check_options(workspace: Workspace, *, tile: int, workers: int | None, plate_wells: int | None) -> None:
@@ -181,10 +196,15 @@ def _grow(catalog: Catalog, desc: PlateDescription, store_path: Any, fp: str, *,
 
     The stored ones must be unchanged (same files, channels, shape); the plate's geometry and
     fingerprint become ``desc``'s, so that when the acquisition is complete the plate is what a
-    batch ingest of the finished folder makes. Nothing to do for a new plate or the same files.
+    batch ingest of the finished folder makes. The store is extended first, then the catalog;
+    each step compares its own fingerprint, so a grow cut off between or inside them is finished
+    by the next one. Nothing to do for a new plate or the same files.
     """
     record = catalog.plate_by_store(str(store_path))
-    if record is None or record.source_fingerprint == fp:
+    store = PlateStore(store_path)
+    if record is None or not store.exists() or "shape" not in store.hts_attrs:
+        return  # new, or a skeleton that never finished: ingest makes it afresh
+    if record.source_fingerprint == fp and store.hts_attrs.get("fingerprint") == fp:
         return
     if record.max_projected != max_project or record.tile_size != tile:
         raise StoreError(f"{store_path}: plate {record.name!r} was ingested with other --tile / --max-project options")
@@ -192,7 +212,9 @@ def _grow(catalog: Catalog, desc: PlateDescription, store_path: Any, fp: str, *,
     if tuple(record.shape) != tuple(shape) or record.dtype != desc.dtype:
         raise SourceError(
             f"{desc.name}: the new files make fields of {'x'.join(map(str, shape))} {desc.dtype}, the plate's are "
-            f"{'x'.join(map(str, record.shape))} {record.dtype} (a channel, plane or timepoint appeared or went)"
+            f"{'x'.join(map(str, record.shape))} {record.dtype} (a channel, plane or timepoint appeared or went: "
+            "watch Z-stacks and time-lapse plates with --planes / --timepoints; ingest the finished folder with "
+            "--overwrite)"
         )
     if [c.name for c in desc.channels] != catalog.channel_names(record.plate_id):
         raise SourceError(
@@ -203,37 +225,30 @@ def _grow(catalog: Catalog, desc: PlateDescription, store_path: Any, fp: str, *,
         for r in catalog.query("SELECT well, field_index, source_key FROM fields WHERE plate_id = ?", [record.plate_id])
     }
     tables = _layout_tables(record.plate_id, desc)
-    keys = dict(zip(zip(tables["fields"].column("well").to_pylist(), tables["fields"].column("field_index").to_pylist()),
-                    tables["fields"].column("source_key").to_pylist()))  # fmt: skip
+    fields = tables["fields"]
+    pairs = list(zip(fields.column("well").to_pylist(), fields.column("field_index").to_pylist()))
+    keys = dict(zip(pairs, fields.column("source_key").to_pylist()))
     for k, key in known.items():
         if keys.get(k) != key:
             raise SourceError(
                 f"{desc.name}: field {k[0]}/{k[1]} is not made of the same files as when it was ingested "
                 "(files renamed, or a field's sites arrived out of order); ingest the finished folder with --overwrite"
             )
-    new_fields = [(w, i) for w, i in keys if (w, i) not in known]
-    catalog.grow_plate(
-        record.plate_id,
-        plate={
-            "plate_type": desc.plate_type.wells,
-            "n_rows": desc.plate_type.rows,
-            "n_columns": desc.plate_type.columns,
-            "source_fingerprint": fp,
-        },  # fmt: skip
-        acquisition={"n_files": len(desc.files), "size_bytes": sum(f.stat().st_size for f in desc.files)},
-        wells=tables["wells"],
-        fields=tables["fields"].filter(
-            pa.array(
-                [
-                    (w, i) in set(new_fields)
-                    for w, i in zip(
-                        tables["fields"].column("well").to_pylist(), tables["fields"].column("field_index").to_pylist()
-                    )
-                ]
-            )
-        ),  # fmt: skip
-    )
-    PlateStore(store_path).extend(desc, fingerprint=fp, max_project=max_project)
+    if store.hts_attrs.get("fingerprint") != fp:
+        store.extend(desc, fingerprint=fp, max_project=max_project)
+    if record.source_fingerprint != fp:
+        catalog.grow_plate(
+            record.plate_id,
+            plate={
+                "plate_type": desc.plate_type.wells,
+                "n_rows": desc.plate_type.rows,
+                "n_columns": desc.plate_type.columns,
+                "source_fingerprint": fp,
+            },  # fmt: skip
+            acquisition={"n_files": len(desc.files), "size_bytes": sum(f.stat().st_size for f in desc.files)},
+            wells=tables["wells"],
+            fields=fields.filter(pa.array([k not in known for k in pairs])),
+        )
 
 
 def _open_target(

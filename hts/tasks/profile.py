@@ -119,13 +119,16 @@ def _choose_run(catalog, rec, engine: str | None, warnings: list[str]) -> runs_d
 
 def _set_id(recipe: ProfileRecipe, runs: list[runs_db.Run], catalog) -> str:
     # a run measured again (`hts measure --texture`) or a platemap changed makes a different set
+    # the runs' measurements and how many fields and cells they hold now (a run grows under `hts watch`)
     marks = catalog.query(
-        "SELECT run_id, CAST(features AS VARCHAR) AS f FROM runs WHERE run_id IN (SELECT unnest(?)) ORDER BY run_id",
+        "SELECT r.run_id, CAST(r.features AS VARCHAR) AS f, count(f.well) AS fields, sum(f.n_cells) AS cells "
+        "FROM runs r LEFT JOIN run_fields f ON f.run_id = r.run_id AND f.status = 'complete' "
+        "WHERE r.run_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY r.run_id",
         [[r.run_id for r in runs]],
     )
     maps = catalog.query(
         "SELECT plate_id, count(*) AS n, CAST(hash(string_agg(well || coalesce(compound, '') || "
-        "coalesce(CAST(concentration AS VARCHAR), '') || role, ',' ORDER BY well)) AS VARCHAR) AS h "
+        "coalesce(CAST(concentration AS VARCHAR), '') || coalesce(unit, '') || role, ',' ORDER BY well)) AS VARCHAR) AS h "
         "FROM platemap WHERE plate_id IN (SELECT unnest(?)) GROUP BY plate_id ORDER BY plate_id",
         [[r.plate_id for r in runs]],
     )

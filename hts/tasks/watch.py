@@ -59,6 +59,8 @@ class WatchOptions:
     platemap: Path | None = None
     fields: int | None = None  # fields per well of the finished plate
     channels: int | None = None  # channels per field, when no vendor file names them
+    planes: int | None = None  # Z planes per field (Z-stacks: the watch must know how many to wait for)
+    timepoints: int | None = None  # time points per field (time-lapse plates)
     format: str | None = None
     pattern: str | None = None
     name: str | None = None
@@ -116,6 +118,7 @@ class _Files:
                 self.last_change = time.monotonic()
                 self.decoded.discard(rel)
                 self.bad.pop(rel, None)
+                self.broken.discard(rel)  # written again (a stalled copy that resumed): judged afresh
         self.seen = now
 
     def finished(self, rel: str) -> bool:
@@ -147,7 +150,7 @@ def _expected_wells(platemap: Path | None) -> list[str] | None:
     from hts.catalog.platemap import read_platemap
 
     rows = read_platemap(platemap)
-    return sorted({r["well"] for r in rows if r.get("role") != "empty"})
+    return sorted({r["well"] for r in rows})  # empty wells too: imagers image them, batch ingest keeps them
 
 
 def _record(workspace: Workspace, plate_id: str | None, events: list[dict[str, Any]]) -> None:
@@ -220,6 +223,7 @@ def watch(
             if stop.wait(options.poll_s):
                 ended = "stopped"
                 break
+    state.finish()
     state.emit("end", f"watch ended ({ended}): {state.n_ingested} fields ingested, {state.n_segmented} segmented")
     state.flush()
     return WatchReport(
@@ -317,16 +321,23 @@ class _State:
         except Exception:  # noqa: BLE001 - a side file still being written: use what the files say
             meta_channels = None
         chans = meta_channels or {im.channel for im in parsed.values()}
-        zs = {im.z for im in parsed.values()}
-        ts = {im.t for im in parsed.values()}
-        need = len(chans) * len(zs) * len(ts)
-        if self.o.channels is not None and meta_channels is None:
-            need = self.o.channels * len(zs) * len(ts)
+        n_c = self.o.channels if self.o.channels is not None and meta_channels is None else len(chans)
+        n_z = self.o.planes or len({im.z for im in parsed.values()})
+        n_t = self.o.timepoints or len({im.t for im in parsed.values()})
+        need = n_c * n_z * n_t
         groups: dict[tuple[str, str | None], list[str]] = {}
         for rel, im in parsed.items():
             groups.setdefault((im.well.name, im.field), []).append(rel)
         newest = {k: max(self.files.mtime(x) for x in v) for k, v in groups.items()}
         moved_on = max(newest.values())
+        if self.o.fields is None:  # fields per well: the most any well the imager has left has
+            current = max(newest, key=newest.get)[0]
+            sites: dict[str, set] = {}
+            for w, site in groups:
+                sites.setdefault(w, set()).add(site)
+            left = [len(v) for w, v in sites.items() if w != current]
+            if left:
+                self.per_well = max(self.per_well or 0, *left)
         out = {}
         by_well: dict[str, list[str | None]] = {}
         for w, site in groups:
@@ -346,6 +357,20 @@ class _State:
                     break  # later sites of this well wait for this one (field numbers follow sites)
                 out[k] = rels
         return out
+
+    def _reader_options(self) -> dict[str, Any]:
+        opts = {"format": self.o.format, "pattern": self.o.pattern}
+        opts |= {k: v for k, v in (("plate_wells", self.o.plate_wells), ("name", self.o.name)) if v}
+        return opts
+
+    def finish(self) -> None:
+        """The plate-wide steps a growing ingest leaves to the end: acquisition checksum, display windows."""
+        if self.plate_id is None or not self.taken:
+            return
+        from hts.tasks.ingest import finish_growing
+
+        only = frozenset(x for v in self.taken.values() for x in v)
+        finish_growing(self.folder, workspace=self.workspace, only=only, **self._reader_options())
 
     def _quiet(self) -> bool:
         """No file new or changed for 3 polls (at least 10 s): the imager is not writing."""
@@ -381,8 +406,6 @@ class _State:
         wells = sorted({w for w, _ in new})
         self.emit("ingested", f"ingested {len(new)} field(s) in {', '.join(wells)} ({len(self.taken)} so far)",
                   data={"fields": [f"{w}/{s}" for w, s in new]})  # fmt: skip
-        if self.per_well is None:
-            self._learn_fields_per_well()
 
     def _adopt(self) -> None:
         """A watch started again: the fields the plate already holds are taken."""
@@ -394,13 +417,6 @@ class _State:
             keys = json.loads(r["source_key"])
             self.taken[(r["well"], r["source_name"])] = [Path(k).relative_to(self.folder.resolve()).as_posix()
                                                          if Path(k).is_absolute() else k for k in keys]  # fmt: skip
-
-    def _learn_fields_per_well(self) -> None:
-        # a well is finished when the imager has gone on to another well: its field count is the plate's
-        wells = sorted({w for w, _ in self.taken})
-        if len(wells) >= 2:
-            counts = {w: sum(1 for x, _ in self.taken if x == w) for w in wells}
-            self.per_well = max(counts[w] for w in wells[:-1])
 
     def _segment(self) -> None:
         from hts.tasks.segment import SegmentOptions, segment

@@ -50,6 +50,8 @@ def _same_plate(a, b) -> None:
     assert hts.query(q, a).equals(hts.query(q, b))
     q = "SELECT well, compound, concentration, role FROM platemap ORDER BY well"
     assert hts.query(q, a).equals(hts.query(q, b))
+    q = "SELECT n_files, size_bytes, checksum FROM acquisitions"
+    assert hts.query(q, a).equals(hts.query(q, b))  # the watch's checksum is the whole acquisition's
     assert hts.query("SELECT status FROM runs", a)["status"].to_list() == ["complete"]
     assert hts.query("SELECT status FROM plates", a)["status"].to_list() == ["complete"]
     sa = PlateStore(hts.query("SELECT store_uri FROM plates", a).item())
@@ -58,6 +60,7 @@ def _same_plate(a, b) -> None:
     assert attrs_a["ome"] == attrs_b["ome"]
     for r in hts.query("SELECT path FROM fields", a).iter_rows():
         np.testing.assert_array_equal(sa.read_image(r[0])[:], sb.read_image(r[0])[:])
+        assert sa._open_group(r[0], mode="r").attrs["ome"] == sb._open_group(r[0], mode="r").attrs["ome"]  # windows
         for label in ("nuclei", "cells"):
             np.testing.assert_array_equal(sa.read_labels(r[0], label)[:], sb.read_labels(r[0], label)[:])
 
@@ -222,3 +225,26 @@ def test_a_layout_without_side_file_takes_fields_once_the_imager_moves_on(tmp_pa
     rep = watch(live, workspace=ws, options=dataclasses.replace(opts, pixel_size_um=0.65))
     assert rep.ended == "complete" and rep.fields_segmented == 4  # the first watch's fields were kept
     _same_plate(ws, _batch(live, src.platemap, tmp_path / "batch", pixel_size_um=0.65))
+
+
+def test_time_lapse_waits_for_every_timepoint(tmp_path):
+    """A time-lapse plate written time point after time point: with --timepoints the watch waits for the
+    second one before taking a field, and the plate equals the batch path's."""
+    import shutil
+
+    from hts.config import Workspace
+    from hts.synth import make_plate
+    from hts.tasks.watch import WatchOptions, watch
+
+    src = make_plate(tmp_path / "src", format="imagexpress", wells="A01:A02", fields=1, shape=(192, 192), n_time=2)
+    live = tmp_path / "live"
+    shutil.copytree(src.source / "TimePoint_1", live / "TimePoint_1")
+    shutil.copy(src.source / "DEMO-PLATE.HTD", live)
+    ws = Workspace.at(tmp_path / "w", scheduler="sync")
+    opts = WatchOptions(platemap=src.platemap, poll_s=0.05, idle_minutes=0.01, timepoints=2)
+    first = watch(live, workspace=ws, options=opts)
+    assert first.ended == "idle" and first.fields_ingested == 0  # the second time point is not there yet
+    shutil.copytree(src.source / "TimePoint_2", live / "TimePoint_2")
+    rep = watch(live, workspace=ws, options=opts)
+    assert rep.ended == "complete" and rep.fields_ingested == 2
+    _same_plate(ws, _batch(live, src.platemap, tmp_path / "batch"))
