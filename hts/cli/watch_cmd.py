@@ -47,7 +47,7 @@ def watch(
         typer.Option(
             "--fields",
             min=1,
-            help="Fields per well (default: as many as the first finished well has).",
+            help="Fields per well (default: the most any well the imager has finished has).",
             show_default=False,
         ),
     ] = None,
