@@ -24,7 +24,9 @@ def _screen(seed=0, n_plates=2, wells=96, n_feat=40, nan_col=True):
             rows.append({"Metadata_Plate": f"P{p}", "Metadata_Well": f"W{w:02d}", "Metadata_treatment": treatments[w]})
     meta = pd.DataFrame(rows)
     latent = rng.normal(size=(len(meta), 8))
-    effect = {t: rng.normal(scale=2.0 if int(t[1:]) < 8 else 0.0, size=8) for t in set(treatments) if t != "DMSO"}
+    effect = {
+        t: rng.normal(scale=2.0 if int(t[1:]) < 8 else 0.0, size=8) for t in sorted(set(treatments)) if t != "DMSO"
+    }
     for i, t in enumerate(meta["Metadata_treatment"]):
         if t != "DMSO":
             latent[i] += effect[t]
