@@ -25,10 +25,13 @@ __all__ = [
     "profile_set_exists",
     "make_current",
     "find_profile_set",
+    "load_features",
+    "selected_mask",
     "load_profiles",
     "load_consensus",
     "store_activity",
     "load_activity",
+    "activity_rank",
     "as_matrix",
 ]
 
@@ -169,13 +172,24 @@ def find_profile_set(catalog: Catalog, ref: str | None = None) -> dict[str, Any]
     return row
 
 
-def load_profiles(catalog: Catalog, profile_set_id: str) -> tuple[pa.Table, np.ndarray, np.ndarray, pa.Table]:
-    """(well metadata, aggregated matrix, normalised matrix, features table) of a profile set."""
+def load_features(catalog: Catalog, profile_set_id: str) -> pa.Table:
+    """The features of a profile set in array order: ordinal, feature, selected, reason."""
     with catalog.connect(read_only=True) as con:
-        feats = con.sql(
+        return con.sql(
             "SELECT ordinal, feature, selected, reason FROM profile_features WHERE profile_set_id = ? ORDER BY ordinal",
             params=[profile_set_id],
         ).to_arrow_table()
+
+
+def selected_mask(features: pa.Table) -> np.ndarray:
+    """Which features (as :func:`load_features` lists them) feature selection kept."""
+    return np.asarray(features.column("selected").to_pylist(), dtype=bool)
+
+
+def load_profiles(catalog: Catalog, profile_set_id: str) -> tuple[pa.Table, np.ndarray, np.ndarray, pa.Table]:
+    """(well metadata, aggregated matrix, normalised matrix, features table) of a profile set."""
+    feats = load_features(catalog, profile_set_id)
+    with catalog.connect(read_only=True) as con:
         t = con.sql(
             "SELECT * EXCLUDE (profile_set_id) FROM profiles WHERE profile_set_id = ? ORDER BY plate, well",
             params=[profile_set_id],
@@ -218,8 +232,15 @@ def store_activity(catalog: Catalog, profile_set_id: str, rows: pa.Table) -> Non
             raise
 
 
+def activity_rank(row: dict[str, Any]) -> tuple:
+    """Sort key of activity rows: hits first, then by q-value, then by mAP (highest first)."""
+    return (not row["hit"], row["q_value"], -row["mean_average_precision"])
+
+
 def load_activity(catalog: Catalog, profile_set_id: str) -> list[dict[str, Any]]:
+    """A profile set's activity rows in :func:`activity_rank` order."""
     return catalog.query(
-        "SELECT * EXCLUDE (profile_set_id) FROM activity WHERE profile_set_id = ? ORDER BY q_value, compound",
+        "SELECT * EXCLUDE (profile_set_id) FROM activity WHERE profile_set_id = ? "
+        "ORDER BY hit DESC, q_value, mean_average_precision DESC, compound, concentration",
         [profile_set_id],
     )

@@ -244,7 +244,6 @@ class Browser:
         for w in wells:
             if w["compound"] is not None:
                 where.setdefault((w["compound"], float(w["concentration"] or 0.0)), []).append(w["well"])
-        treatments = sorted(rows, key=lambda x: (not x["hit"], x["q_value"], -x["mean_average_precision"]))
         return {
             "profile_set_id": sid,
             "n_treatments": len(rows),
@@ -254,7 +253,7 @@ class Browser:
                 {"compound": x["compound"], "concentration": x["concentration"], "unit": x["unit"],
                  "map": _finite(x["mean_average_precision"]), "q": _finite(x["q_value"]), "hit": bool(x["hit"]),
                  "wells": where.get((x["compound"], float(x["concentration"])), [])}
-                for x in treatments
+                for x in rows  # hits first (load_activity's order)
             ],
         }  # fmt: skip
 

@@ -68,11 +68,8 @@ def export(
     overwrite: bool = False,
 ) -> ExportReport:
     """Write the cells of the current complete runs (of ``plates``, or run ``run``, finished or not) and the well/field tables under ``out``."""
-    if format not in EXPORT_FORMATS:
-        raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     catalog = workspace.catalog
-    out = check_output_path(out, catalog, plates_dir=workspace.plates_dir)
-    check_replaceable(out, "export", overwrite=overwrite)
+    out = _checked_out(out, format, workspace, overwrite)
     plate_ids = [catalog.find_plate(p).plate_id for p in plates] if plates else None
 
     def where(plate_col: str, run_col: str) -> str:
@@ -88,8 +85,7 @@ def export(
     cond, wcond = where("Metadata_PlateID", "Metadata_Run"), where("plate_id", "run_id")
     ext = format  # the file extension
     opts = "FORMAT parquet, COMPRESSION zstd" if format == "parquet" else "FORMAT csv, HEADER true"
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
+    tmp = _staging(out)
     try:
         with catalog.connect(read_only=True) as con:
             try:
@@ -134,6 +130,22 @@ def export(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(out=str(out), format=format, cells=int(n), wells=int(wells), files=files, plates=names)
+
+
+def _checked_out(out: str | Path, format: str, workspace: Workspace, overwrite: bool) -> Path:
+    """The export folder, once the format is known and the folder is one hts may write or replace."""
+    if format not in EXPORT_FORMATS:
+        raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    out = check_output_path(out, workspace.catalog, plates_dir=workspace.plates_dir)
+    check_replaceable(out, "export", overwrite=overwrite)
+    return out
+
+
+def _staging(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` to write the export into (:func:`_publish` puts it in place)."""
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _publish(tmp: Path, out: Path, ext: str) -> int:
@@ -190,13 +202,9 @@ def export_profiles(
     from hts.catalog import profiles as pstore
     from hts.tasks.profile import profile_table
 
-    if format not in EXPORT_FORMATS:
-        raise CatalogError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     catalog = workspace.catalog
-    row = pstore.find_profile_set(catalog, profile_set)
-    sid = row["profile_set_id"]
-    out = check_output_path(out, catalog, plates_dir=workspace.plates_dir)
-    check_replaceable(out, "export", overwrite=overwrite)
+    out = _checked_out(out, format, workspace, overwrite)
+    sid = pstore.find_profile_set(catalog, profile_set)["profile_set_id"]
 
     def write(table: pa.Table, path: Path) -> None:
         if format == "parquet":
@@ -214,13 +222,9 @@ def export_profiles(
             "ORDER BY q_value, compound",
             params=[sid],
         ).to_arrow_table()
-        features = con.sql(
-            "SELECT ordinal, feature, selected, reason FROM profile_features WHERE profile_set_id = ? ORDER BY ordinal",
-            params=[sid],
-        ).to_arrow_table()
+    features = pstore.load_features(catalog, sid)
     plates = sorted(set(aggregated.column("Metadata_Plate").to_pylist()))
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
+    tmp = _staging(out)
     try:
         for plate in plates:
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in plate)

@@ -161,7 +161,7 @@ def build_profiles(
     if exists and not overwrite:
         store.make_current(catalog, sid)
         row = store.find_profile_set(catalog, sid)
-        _, _, _, feats = store.load_profiles(catalog, sid)
+        feats = store.load_features(catalog, sid)
         return _report(row, feats, built=False, seconds=time.perf_counter() - t0)
 
     features = store.profile_feature_columns(catalog)
@@ -299,7 +299,7 @@ def profile_table(
     sid = row["profile_set_id"]
     if level == "consensus":
         meta, x = store.load_consensus(catalog, sid)
-        _, _, _, feats = store.load_profiles(catalog, sid)
+        feats = store.load_features(catalog, sid)
         cols = {
             "Metadata_Compound": meta.column("compound"), "Metadata_Concentration": meta.column("concentration"),
             "Metadata_Unit": meta.column("unit"), "Metadata_Role": meta.column("role"),
@@ -316,7 +316,7 @@ def profile_table(
         }  # fmt: skip
     else:
         raise ConfigError(f"unknown profile level {level!r}; choose aggregated, normalized or consensus")
-    keep = np.asarray(feats.column("selected").to_pylist(), dtype=bool) if selected else None
+    keep = store.selected_mask(feats) if selected else None
     for j, name in enumerate(feats.column("feature").to_pylist()):
         if keep is None or keep[j]:
             cols[name] = pa.array(x[:, j], pa.float64())
@@ -344,7 +344,7 @@ class ActivityReport:
 
 
 def _selected_matrix(norm: np.ndarray, feats: pa.Table) -> np.ndarray:
-    keep = np.asarray(feats.column("selected").to_pylist(), dtype=bool)
+    keep = store.selected_mask(feats)
     if not keep.any():
         raise CatalogError("the profile set has no selected features (see `hts query --preset profile-features`)")
     return np.nan_to_num(norm[:, keep], nan=0.0)
@@ -385,7 +385,7 @@ def compute_activity(
         treat.append({"compound": comp, "concentration": conc, "unit": unit, "n_wells": int((codes == c).sum()),
                       "mean_average_precision": float(m), "p_value": float(p), "q_value": float(q),
                       "hit": bool(q < q_threshold)})  # fmt: skip
-    treat.sort(key=lambda r: (not r["hit"], r["q_value"], -r["mean_average_precision"]))
+    treat.sort(key=store.activity_rank)
     n = len(treat)
     table = pa.table({
         "compound": [r["compound"] for r in treat], "concentration": pa.array([r["concentration"] for r in treat], pa.float64()),
@@ -412,17 +412,16 @@ def activity_pictures(workspace: Workspace, profile_set: str | None = None) -> t
 
     catalog = workspace.catalog
     sid = store.find_profile_set(catalog, profile_set)["profile_set_id"]
-    rows = store.load_activity(catalog, sid)
+    rows = store.load_activity(catalog, sid)  # best first
     if not rows:
         raise CatalogError(f"profile set {sid[:12]} has no activity yet (run `hts activity`)")
-    rows.sort(key=lambda r: (not r["hit"], r["q_value"], -r["mean_average_precision"]))
     plot = activity_plot(rows, null_size=rows[0]["null_size"], q_threshold=rows[0]["q_threshold"])
     hits = {(r["compound"], r["concentration"]) for r in rows if r["hit"]}
     if not hits:
         return plot, None, rows
     meta, cons = store.load_consensus(catalog, sid)
-    _, _, _, feats = store.load_profiles(catalog, sid)
-    keep = np.asarray(feats.column("selected").to_pylist(), dtype=bool)
+    feats = store.load_features(catalog, sid)
+    keep = store.selected_mask(feats)
     names = [f for f, k in zip(feats.column("feature").to_pylist(), keep) if k]
     labels, idx = [], []
     for i, (c, conc, role) in enumerate(
@@ -499,7 +498,7 @@ def similar(
     sid = row["profile_set_id"]
     meta, _, norm, feats = store.load_profiles(catalog, sid)
     cmeta, cons = store.load_consensus(catalog, sid)
-    keep = np.asarray(feats.column("selected").to_pylist(), dtype=bool)
+    keep = store.selected_mask(feats)
     if not keep.any():
         raise CatalogError("the profile set has no selected features (see `hts query --preset profile-features`)")
     kind, what = _parse_query(query, meta)
