@@ -315,6 +315,11 @@ class Catalog:
                 con.execute("ROLLBACK")
                 raise CatalogError(f"{self.path}: could not register plate ({str(e).splitlines()[0]})") from None
 
+    def append(self, table: str, rows: pa.Table) -> None:
+        """Bulk-insert the Arrow ``rows`` into ``table`` (its columns by name)."""
+        with self.connect() as con:
+            _insert_arrow(con, table, rows)
+
     def grow_plate(
         self, plate_id: str, *, plate: dict[str, Any], acquisition: dict[str, Any], wells: pa.Table, fields: pa.Table
     ) -> None:

@@ -135,7 +135,7 @@ def ingest(
     plate_reader = open_plate(source, format=reader, pattern=pattern, **reader_options)
     desc = plate_reader.describe()
     plate_reader.options.pop("only", None)  # workers read fields by their files; the selection stays here
-    store_path = location(out) if out else join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")
+    store_path = _store_path(workspace, desc, out)
     files = sorted(desc.files)
     root = Path(source).expanduser().resolve()
     fp = fingerprint([f.resolve() for f in files], root=root)
@@ -175,11 +175,16 @@ def finish_growing(source: str | Path, *, workspace: Workspace, **reader_options
     fmt, pattern = reader_options.pop("format", None), reader_options.pop("pattern", None)
     desc = open_plate(source, format=fmt, pattern=pattern, **reader_options).describe()
     catalog = workspace.catalog
-    record = catalog.plate_by_store(str(join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")))
+    record = catalog.plate_by_store(str(_store_path(workspace, desc)))
     if record is None:
         return
     _set_display_windows(catalog, record.plate_id, PlateStore(record.store_uri), desc)
     catalog.finish_plate(record.plate_id, checksum=checksum(sorted(desc.files)))
+
+
+def _store_path(workspace: Workspace, desc: PlateDescription, out: str | Path | None = None) -> Any:
+    """Where the plate goes: ``out``, else ``<plates dir>/<plate name>.zarr``."""
+    return location(out) if out else join(workspace.plates_dir, f"{_safe_name(desc.name)}.zarr")
 
 
 def _check_options(workspace: Workspace, *, tile: int, workers: int | None, plate_wells: int | None) -> None:

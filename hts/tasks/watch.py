@@ -156,15 +156,12 @@ def _expected_wells(platemap: Path | None) -> list[str] | None:
 def _record(workspace: Workspace, plate_id: str | None, events: list[dict[str, Any]]) -> None:
     if not events or plate_id is None:
         return
-    from hts.catalog.db import _insert_arrow
-
     t = pa.table({
         "plate_id": [plate_id] * len(events), "kind": [e["kind"] for e in events],
         "well": [e.get("well") for e in events], "field_index": pa.array([e.get("field_index") for e in events], pa.int32()),
         "message": [e["message"] for e in events], "data": [json.dumps(e.get("data")) for e in events],
     })  # fmt: skip
-    with workspace.catalog.connect() as con:
-        _insert_arrow(con, "watch_events", t)
+    workspace.catalog.append("watch_events", t)
 
 
 def watch(
@@ -177,7 +174,7 @@ def watch(
     workers: int | None = None,
 ) -> WatchReport:
     """Follow ``folder`` until the plate is complete, idle, or stopped; see the module notes."""
-    from hts.orchestrate.dask import dask_client, is_external
+    from hts.orchestrate.dask import dask_client
 
     t0 = time.perf_counter()
     folder = Path(folder).expanduser().resolve()
@@ -201,12 +198,7 @@ def watch(
         )
     stop = stop or threading.Event()
     state = _State(workspace, folder, options, on_event, expected_wells)
-    scheduler = workspace.scheduler
-    with (
-        dask_client(scheduler, workers=workers)
-        if scheduler != "sync" and not is_external(scheduler)
-        else _nothing() as client
-    ):
+    with dask_client(workspace.scheduler, workers=workers) as client:  # one cluster (or client) for every round
         ws = workspace if client is None else dataclasses.replace(workspace, scheduler=client.scheduler.address)
         state.workspace = ws
         while True:
@@ -231,14 +223,6 @@ def watch(
         rounds=state.rounds, ended=ended, skipped=sorted(state.files.broken), z_prime=state.z_prime,
         seconds=round(time.perf_counter() - t0, 1),
     )  # fmt: skip
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _State:
@@ -280,8 +264,7 @@ class _State:
             return True
         if not any(self.files.seen):
             return False
-        opts = {k: v for k, v in (("plate_wells", self.o.plate_wells), ("name", self.o.name)) if v}
-        self.reader = open_plate(self.folder, format=self.o.format, pattern=self.o.pattern, **opts)
+        self.reader = open_plate(self.folder, **self._reader_options())
         return True
 
     def round(self) -> None:
@@ -380,11 +363,8 @@ class _State:
         from hts.tasks.ingest import ingest
 
         only = frozenset(x for v in [*self.taken.values(), *new.values()] for x in v)
-        kw = {k: v for k, v in (("plate_wells", self.o.plate_wells),) if v}
-        rep = ingest(
-            self.folder, workspace=self.workspace, reader=self.o.format, pattern=self.o.pattern, name=self.o.name,
-            grow=True, only=only, **kw,
-        )  # fmt: skip
+        opts = self._reader_options()
+        rep = ingest(self.folder, workspace=self.workspace, reader=opts.pop("format"), grow=True, only=only, **opts)
         first = self.plate_id is None
         self.plate, self.plate_id = rep.name, rep.plate_id
         if first:
