@@ -65,7 +65,8 @@ def acquire(
     """
     source, dest = Path(source), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    images = {p.resolve() for group in acquisition_order(source) for p in group}
+    fields = acquisition_order(source)
+    images = {p.resolve() for group in fields for p in group}
     for side in sorted(p for p in source.rglob("*") if p.is_file() and p.resolve() not in images):
         if side.suffix.lower() in (".tif", ".tiff"):
             continue  # thumbnails and other images the layout skips: not part of the plate
@@ -73,7 +74,6 @@ def acquire(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(side, target)
     broken = set(corrupt)
-    fields = acquisition_order(source)
     period = 1.0 / fields_per_second if fields_per_second > 0 else 0.0
     held: list[Path] = []
     written = 0
