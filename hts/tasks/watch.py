@@ -384,7 +384,9 @@ class _State:
         self.taken.update(new)
         self.n_ingested += rep.fields_written
         wells = sorted({w for w, _ in new})
-        self.emit("ingested", f"ingested {len(new)} field(s) in {', '.join(wells)} ({len(self.taken)} so far)",
+        kept = len(new) - rep.fields_written  # a restarted watch finds them in the plate already
+        note = f"; {kept} were already in the plate" if kept > 0 else ""
+        self.emit("ingested", f"ingested {rep.fields_written} field(s) in {', '.join(wells)}{note} ({len(self.taken)} so far)",
                   data={"fields": [f"{w}/{s}" for w, s in new]})  # fmt: skip
 
     def _adopt(self) -> None:
