@@ -266,12 +266,12 @@ def similar(
         f"Nearest [bold]{res['query']}[/] ({res['metric']} similarity, profile set {res['profile_set_id'][:12]}):"
     )
     wells = res["level"] == "well"
-    t = Table(*(["plate", "well"] if wells else []), "compound", "concentration", "role", *([] if wells else ["wells"]),
-              "similarity", "mAP", "q", "hit")  # fmt: skip
+    t = Table(*(["plate", "well"] if wells else []), "compound", "conc.", "role", *([] if wells else ["wells"]),
+              "sim.", "mAP", "q", "hit")  # fmt: skip
     for r in res["neighbours"]:
         t.add_row(
             *([r["plate"], r["well"]] if wells else []), r["compound"] or "",
-            "" if r["concentration"] is None else f"{r['concentration']:g} {r['unit'] or ''}".strip(), r["role"] or "",
+            "" if r["concentration"] is None else f"{r['concentration']:g} {r['unit'] or ''}".strip(), (r["role"] or "").replace("_control", " ctrl"),
             *([] if wells else [str(r["n_wells"])]), f"{r['similarity']:.3f}",
             "" if r["mean_average_precision"] is None else f"{r['mean_average_precision']:.3f}",
             "" if r["q_value"] is None else f"{r['q_value']:.2g}", "[red]hit[/]" if r["hit"] else "",
