@@ -45,7 +45,7 @@ def _add_columns(con: duckdb.DuckDBPyConnection, have: dict[str, str], schema: p
             sql_type = _TYPES.get(f.type)
             if sql_type is None:
                 raise ValueError(f"{where}: column {f.name!r} has unsupported type {f.type}")
-            con.execute(f"ALTER TABLE cells ADD COLUMN {sql_ident(f.name)} {sql_type}")
+            con.execute(f"ALTER TABLE cells ADD COLUMN IF NOT EXISTS {sql_ident(f.name)} {sql_type}")
             have[f.name] = sql_type
 
 

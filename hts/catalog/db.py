@@ -93,6 +93,13 @@ class PlateRecord:
         )
 
 
+_MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+    "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+)
+
+
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -110,6 +117,35 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
 
+    @property
+    def name(self) -> str:
+        """How messages name this catalog (its file)."""
+        return str(self.path)
+
+    def exists(self) -> bool:
+        """Whether the catalog has been created (commands that only read never create it)."""
+        return self.path.exists()
+
+    def state(self) -> tuple:
+        """A token that changes with every commit: (device, inode, mtime, size) of the file and its write-ahead log."""
+        out = []
+        for p in self.files():
+            try:
+                st = p.stat()
+                out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    @property
+    def locks_table(self) -> str:
+        """Where plate locks live (:mod:`hts.catalog.locks`): a table of this catalog."""
+        return "plate_locks"
+
+    def files(self) -> list[Path]:
+        """The local files that hold the catalog (outputs must never be written over them)."""
+        return [self.path, self.path.with_name(self.path.name + ".wal")]
+
     # -- connections ----------------------------------------------------------
     @contextmanager
     def session(self, *, read_only: bool = False) -> Iterator[None]:
@@ -121,7 +157,7 @@ class Catalog:
         ``read_only``: a reader's session (the web app's requests), which never takes the
         writer's lock and never migrates; writes inside it fail.
         """
-        if getattr(self._local, "session", None) is not None or not self.path.exists():
+        if getattr(self._local, "session", None) is not None or not self.exists():
             yield  # already in one, or no catalog yet (a session must not create the file)
             return
         with self.connect(read_only=read_only) as con:
@@ -138,8 +174,8 @@ class Catalog:
         if held is not None:
             yield held
             return
-        if read_only and not self.path.exists():
-            raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if read_only and not self.exists():
+            raise CatalogError(f"{self.name}: no catalog here (run `hts ingest` first, or pass --db)")
         if read_only and not self._migrated:
             self._ensure_current()
         if not read_only:
@@ -168,13 +204,18 @@ class Catalog:
             try:
                 return open_fn()
             except duckdb.IOException as e:
+                if "newer version of DuckDB" in str(e):
+                    raise CatalogError(
+                        f"{self.name}: written by a newer DuckDB than this hts runs (DuckDB {duckdb.__version__}); "
+                        "open it with the DuckDB that wrote it and EXPORT DATABASE, or use another catalog"
+                    ) from None
                 if "lock" in str(e).lower() and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                raise CatalogError(f"{self.path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+                raise CatalogError(f"{self.name}: cannot open catalog ({str(e).splitlines()[0]})") from None
             except duckdb.Error as e:
-                raise CatalogError(f"{self.path}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
+                raise CatalogError(f"{self.name}: not a DuckDB catalog ({str(e).splitlines()[0]})") from None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -195,11 +236,11 @@ class Catalog:
             raise CatalogError(str(e).replace("not a DuckDB catalog", "cannot open catalog")) from None
         try:
             has = con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations' AND table_catalog = current_database()"
             ).fetchone()[0]
             applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} if has else set()
         except duckdb.Error as e:
-            raise CatalogError(f"{self.path}: cannot read catalog ({str(e).splitlines()[0]})") from None
+            raise CatalogError(f"{self.name}: cannot read catalog ({str(e).splitlines()[0]})") from None
         finally:
             con.close()
         todo = [v for v, _, _ in migrations() if v not in applied]
@@ -211,7 +252,7 @@ class Catalog:
                 pass
         except CatalogError as e:
             raise CatalogError(
-                f"{self.path}: this catalog needs a schema update for this hts "
+                f"{self.name}: this catalog needs a schema update for this hts "
                 f"(v{max(applied) if applied else 0} -> v{max(v for v, _, _ in migrations())}) and it cannot be written "
                 f"({str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else e}); "
                 "run hts once where it is writable (or free disk space); nothing was changed"
@@ -227,7 +268,7 @@ class Catalog:
     def _check_version(self, con: duckdb.DuckDBPyConnection, *, migrate: bool) -> None:
         known = migrations()
         has_table = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations' AND table_catalog = current_database()"
         ).fetchone()[0]
         applied = (
             {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} if has_table else set()
@@ -235,24 +276,22 @@ class Catalog:
         newest = max((v for v, _, _ in known), default=0)
         if applied and max(applied) > newest:
             raise CatalogError(
-                f"{self.path}: catalog schema v{max(applied)} is newer than this hts knows (v{newest}); upgrade hts"
+                f"{self.name}: catalog schema v{max(applied)} is newer than this hts knows (v{newest}); upgrade hts"
             )
         todo = [m for m in known if m[0] not in applied]
         if not todo:
             return
         if not migrate:
             if not has_table:
-                raise CatalogError(f"{self.path}: not an hts catalog")
+                raise CatalogError(f"{self.name}: not an hts catalog")
             return  # a reader of an older catalog sees the tables it has
         con.execute("BEGIN")
         try:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-                "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
-            )
+            for stmt in self._ddl(_MIGRATIONS_TABLE):
+                con.execute(stmt)
             for version, name, sql in todo:
-                con.execute(sql)
+                for stmt in self._ddl(sql):
+                    con.execute(stmt)
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except duckdb.Error as e:
@@ -261,8 +300,12 @@ class Catalog:
             ):  # a transaction DuckDB already aborted (e.g. a full disk) has nothing to roll back
                 con.execute("ROLLBACK")
             raise CatalogError(
-                f"{self.path}: schema update failed, catalog unchanged ({str(e).splitlines()[0]})"
+                f"{self.name}: schema update failed, catalog unchanged ({str(e).splitlines()[0]})"
             ) from None
+
+    def _ddl(self, sql: str) -> list[str]:
+        """The statements that apply one migration's DDL here (the DuckDB file runs it as written)."""
+        return [sql]
 
     def schema_version(self) -> int:
         with self.connect(read_only=True) as con:
@@ -270,13 +313,13 @@ class Catalog:
 
     # -- plates -----------------------------------------------------------------
     def plates(self) -> list[PlateRecord]:
-        if not self.path.exists():
+        if not self.exists():
             return []
         with self.connect(read_only=True) as con:
             return [PlateRecord.from_row(r) for r in _rows(con.execute("SELECT * FROM plates ORDER BY name"))]
 
     def plate_by_store(self, store_uri: str) -> PlateRecord | None:
-        if not self.path.exists():
+        if not self.exists():
             return None
         with self.connect(read_only=True) as con:
             rows = _rows(con.execute("SELECT * FROM plates WHERE store_uri = ?", [store_uri]))
@@ -286,7 +329,7 @@ class Catalog:
         """A plate by name, id, id prefix or store path. Raises CatalogError naming the choices."""
         plates = self.plates()
         if not plates:
-            raise CatalogError(f"{self.path}: no plates in the catalog (run `hts ingest SOURCE` first)")
+            raise CatalogError(f"{self.name}: no plates in the catalog (run `hts ingest SOURCE` first)")
         from hts.store.location import location
 
         ref_path = str(location(ref)) if ref else ""  # a local path or a store URL (s3://...)
@@ -297,9 +340,9 @@ class Catalog:
             return hits[0]
         names = ", ".join(sorted(p.name for p in plates))
         if not hits:
-            raise CatalogError(f"no plate {ref!r} in {self.path}; plates: {names}")
+            raise CatalogError(f"no plate {ref!r} in {self.name}; plates: {names}")
         raise CatalogError(
-            f"{ref!r} names {len(hits)} plates in {self.path}; use the plate id or store path "
+            f"{ref!r} names {len(hits)} plates in {self.name}; use the plate id or store path "
             f"({', '.join(p.plate_id[:8] + ' ' + p.store_uri for p in hits)})"
         )
 
@@ -313,7 +356,7 @@ class Catalog:
                 con.execute("COMMIT")
             except duckdb.Error as e:
                 con.execute("ROLLBACK")
-                raise CatalogError(f"{self.path}: could not register plate ({str(e).splitlines()[0]})") from None
+                raise CatalogError(f"{self.name}: could not register plate ({str(e).splitlines()[0]})") from None
 
     def append(self, table: str, rows: pa.Table) -> None:
         """Bulk-insert the Arrow ``rows`` into ``table`` (its columns by name)."""
@@ -349,7 +392,7 @@ class Catalog:
             except duckdb.Error as e:
                 con.execute("ROLLBACK")
                 raise CatalogError(
-                    f"{self.path}: could not add fields to the plate ({str(e).splitlines()[0]})"
+                    f"{self.name}: could not add fields to the plate ({str(e).splitlines()[0]})"
                 ) from None
 
     def delete_plate(self, plate_id: str) -> None:
@@ -432,7 +475,9 @@ class Catalog:
         ]
 
     @contextmanager
-    def user_connection(self, *, allow_read: Sequence[str | Path] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+    def user_connection(
+        self, *, allow_read: Sequence[str | Path] = (), snapshot: int | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for SQL a user typed: the catalog attached read-only, nothing else reachable.
 
         An in-memory DuckDB attaches the catalog ``READ_ONLY`` as its default
@@ -442,9 +487,12 @@ class Catalog:
         turns it back on). ``allow_read`` names folders whose files queries may
         read (e.g. a compound table to join); :func:`check_user_sql` keeps the
         statement a single query, so nothing is ever written there either.
+        ``snapshot``: an earlier state, which only a DuckLake catalog keeps.
         """
-        if not self.path.exists():
-            raise CatalogError(f"{self.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if snapshot is not None:
+            raise CatalogError(f"{self.name}: a DuckDB file keeps no earlier snapshots (time travel needs DuckLake)")
+        if not self.exists():
+            raise CatalogError(f"{self.name}: no catalog here (run `hts ingest` first, or pass --db)")
         if not self._migrated:
             self._ensure_current()
         con = duckdb.connect(":memory:")
@@ -494,6 +542,8 @@ def check_user_sql(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement
     if len(stmts) != 1:
         raise CatalogError(f"one statement at a time, please (got {len(stmts)}); queries only")
     kind = stmts[0].type.name
+    if re.match(r"\s*PRAGMA\b", sql, re.IGNORECASE):
+        kind = "PRAGMA"  # DuckDB 1.5 rewrites some pragmas into a SELECT; they are settings, not queries
     if kind not in _QUERY_TYPES:
         raise CatalogError(
             f"SQL here is read-only: one query (SELECT / WITH / FROM ...); refused: a statement of type {kind}"

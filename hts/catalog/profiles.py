@@ -164,7 +164,7 @@ def find_profile_set(catalog: Catalog, ref: str | None = None) -> dict[str, Any]
         rows = catalog.query("SELECT * FROM profile_sets ORDER BY current_at DESC LIMIT 1")
     if not rows:
         what = f"no profile set {ref!r}" if ref else "no profiles yet"
-        raise CatalogError(f"{catalog.path}: {what} (run `hts profile` first)")
+        raise CatalogError(f"{catalog.name}: {what} (run `hts profile` first)")
     row = rows[0]
     for k in ("recipe", "plates", "warnings"):
         if isinstance(row[k], str):

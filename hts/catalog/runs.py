@@ -239,9 +239,10 @@ def create_run(catalog: Catalog, run: Run, fields: list[tuple[str, int]], *, rep
             ),
         )
         con.execute("INSERT INTO run_fields (run_id, well, field_index, status) SELECT * FROM _rf")
-        for name in run.labels.values():
+        for name in run.labels.values():  # (DuckLake has no keys to INSERT OR REPLACE on)
+            con.execute("DELETE FROM plate_labels WHERE plate_id = ? AND label_name = ?", [run.plate_id, name])
             con.execute(
-                "INSERT OR REPLACE INTO plate_labels (plate_id, label_name, run_id) VALUES (?, ?, ?)",
+                "INSERT INTO plate_labels (plate_id, label_name, run_id) VALUES (?, ?, ?)",
                 [run.plate_id, name, run.run_id],
             )
         con.execute("COMMIT")
@@ -362,7 +363,12 @@ def complete_run_fields(
                 [run_id],
             )
             con.register("_counts", counts)
-            con.execute("INSERT OR REPLACE INTO run_object_counts SELECT * FROM _counts")
+            con.execute(
+                "DELETE FROM run_object_counts USING _counts c WHERE run_object_counts.run_id = c.run_id "
+                "AND run_object_counts.well = c.well AND run_object_counts.field_index = c.field_index "
+                "AND run_object_counts.output = c.output"
+            )
+            con.execute("INSERT INTO run_object_counts SELECT * FROM _counts")
         if measured:
             con.register(
                 "_measured",

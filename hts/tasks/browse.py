@@ -110,8 +110,8 @@ class Browser:
     # -- plumbing -------------------------------------------------------------
     @contextmanager
     def _reading(self):
-        if not self.catalog.path.exists():
-            raise NotFound(f"{self.catalog.path}: no catalog here (run `hts ingest` first, or pass --db)")
+        if not self.catalog.exists():
+            raise NotFound(f"{self.catalog.name}: no catalog here (run `hts ingest` first, or pass --db)")
         with self.catalog.session(read_only=True):
             yield
 
@@ -135,7 +135,7 @@ class Browser:
         from hts.tasks.info import list_plates
         from hts.tasks.qc import run_qc
 
-        if not self.catalog.path.exists():
+        if not self.catalog.exists():
             return []
         with self._reading():
             rows = list_plates(workspace=self.workspace)
@@ -471,15 +471,8 @@ class Browser:
         return meta
 
     def _catalog_state(self) -> tuple:
-        """(device, inode, mtime, size) of the catalog file and its write-ahead log: changes with every commit."""
-        out = []
-        for p in (self.catalog.path, self.catalog.path.with_name(self.catalog.path.name + ".wal")):
-            try:
-                st = p.stat()
-                out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return tuple(out)
+        """A token that changes with every commit to the catalog (:meth:`Catalog.state`)."""
+        return self.catalog.state()
 
     def _tile_box(self, meta: FieldMeta, level: int, row: int, col: int) -> tuple[int, int, int, int]:
         if not 0 <= level < meta.levels:

@@ -92,7 +92,7 @@ def export(
                 n = con.execute(f"SELECT count(*) FROM cell_profiles WHERE {cond}").fetchall()[0][0]
                 if n == 0:
                     raise CatalogError(
-                        f"{catalog.path}: no measured cells to export (run `hts segment` or `hts measure` first)"
+                        f"{catalog.name}: no measured cells to export (run `hts segment` or `hts measure` first)"
                     )
                 names = [
                     r[0]

@@ -96,7 +96,7 @@ def _plan(catalog: Catalog, records: list[PlateRecord], run: str | None, options
     if not plans:
         where = f"run {run!r}" if run else "the selected plates"
         raise CatalogError(
-            f"{catalog.path}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)"
+            f"{catalog.name}: no segmentation runs for {where} (run `hts segment` first; `hts info PLATE` lists runs)"
         )
     return plans
 

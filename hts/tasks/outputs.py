@@ -41,9 +41,9 @@ MARKER = ".hts-output.json"
 
 def protected_paths(catalog: Catalog, plates_dir: str | Path | None = None) -> list[tuple[Path, str]]:
     """(path, what it is) of everything an output must not touch: the catalog and the local plate stores."""
-    cat = Path(catalog.path).expanduser().resolve()
-    out = [(cat, "the catalog"), (cat.with_name(cat.name + ".wal"), "the catalog's write-ahead log")]
-    if cat.exists():
+    files = [Path(p).expanduser().resolve() for p in catalog.files()]
+    out = [(p, "the catalog" if i == 0 else "the catalog's write-ahead log") for i, p in enumerate(files)]
+    if catalog.exists():
         try:
             for p in catalog.plates():
                 if not is_url(p.store_uri):

@@ -166,7 +166,7 @@ def build_profiles(
 
     features = store.profile_feature_columns(catalog)
     if not features:
-        raise CatalogError(f"{catalog.path}: the cells table has no features to profile (run `hts measure`)")
+        raise CatalogError(f"{catalog.name}: the cells table has no features to profile (run `hts measure`)")
     table = store.aggregate_wells(catalog, [r.run_id for r in runs], features, recipe.aggregation)
     if table.num_rows == 0:
         raise CatalogError("no cells in the chosen runs: nothing to profile")

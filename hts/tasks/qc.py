@@ -82,7 +82,7 @@ def plate_qc(
         notes.append(runs_db.unfinished_note(catalog, rec.plate_id))
     if not reports:
         note = next((n for n in notes if n), "")
-        raise CatalogError(f"{catalog.path}: no finished segmentation runs to check (run `hts segment` first){note}")
+        raise CatalogError(f"{catalog.name}: no finished segmentation runs to check (run `hts segment` first){note}")
     return reports
 
 

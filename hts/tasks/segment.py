@@ -146,7 +146,7 @@ def select_plates(catalog: Catalog, plates: list[str] | None) -> list[PlateRecor
         return [catalog.find_plate(p) for p in plates]
     found = [p for p in catalog.plates() if p.status == "complete"]
     if not found:
-        raise CatalogError(f"{catalog.path}: no ingested plates to segment (run `hts ingest SOURCE` first)")
+        raise CatalogError(f"{catalog.name}: no ingested plates to segment (run `hts ingest SOURCE` first)")
     return found
 
 

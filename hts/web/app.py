@@ -156,7 +156,7 @@ class _Routes:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     def plates(self, request: Request) -> Response:
-        return _json({"catalog": str(self.b.catalog.path), "plates": self.b.plates()})
+        return _json({"catalog": self.b.catalog.name, "plates": self.b.plates()})
 
     def plate(self, request: Request) -> Response:
         q = request.query_params

@@ -111,3 +111,21 @@ def test_session_reuses_one_connection_and_creates_no_file(tmp_path):
         assert cat.query("SELECT count(*) AS n FROM plates") == [{"n": 0}]
     with cat.connect() as c:  # after the block: a fresh connection again
         assert c is not a
+
+
+def test_a_catalog_written_by_a_newer_duckdb_is_refused_in_one_line(tmp_path, monkeypatch):
+    """hts pins one DuckDB (the version the DuckLake extensions exist for); a file from a newer DuckDB
+    is named as such, not reported as a broken file. The error is the one DuckDB 1.5.5 raises on a
+    catalog written by DuckDB 2.0.1 (measured; a file cannot be forged: its header is checksummed)."""
+    path = tmp_path / "newer.duckdb"
+    path.write_bytes(b"x")
+
+    def newer(*args, **kwargs):
+        raise duckdb.IOException(
+            "IO Error: Trying to read a database file with version number 999, but we can only read versions "
+            "between 64 and 68.\nThe database file was created with an newer version of DuckDB."
+        )
+
+    monkeypatch.setattr(duckdb, "connect", newer)
+    with pytest.raises(CatalogError, match=r"written by a newer DuckDB than this hts runs \(DuckDB 1\.5\.5\)"):
+        Catalog(path).plates()
