@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 
@@ -103,3 +104,66 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
     }
+
+
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+@contextmanager
+def postgres_server(user: str = "hts"):
+    """A throw-away PostgreSQL cluster (``initdb`` in a temporary folder, trust authentication, no fsync)
+    on a free local port; yields the port and stops and removes it afterwards. As root it runs as the
+    ``postgres`` user (PostgreSQL refuses root). Raises RuntimeError naming what is missing."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+    if not (initdb and pg_ctl and pg_bin("psql")):
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="hts-pg-"))  # not under a root-only folder: the server user reads it
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RuntimeError("running as root and there is no 'postgres' user to run PostgreSQL as") from None
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True)  # fmt: skip
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
+                       check=True, capture_output=True)  # fmt: skip
+        yield port
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(port: int, name: str, user: str = "hts") -> str:
+    """CREATE DATABASE ``name`` on the local server; returns its DuckLake URL."""
+    import subprocess
+
+    subprocess.run([pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", "postgres", "-qc",
+                    f"CREATE DATABASE {name}"], check=True, capture_output=True)  # fmt: skip
+    return f"ducklake:postgres://{user}@127.0.0.1:{port}/{name}"

@@ -5,7 +5,7 @@ itself; build one explicitly (``Workspace.at("screen1")``, or with its fields).
 The command line resolves one with :func:`load_workspace`, which reads, first match wins:
 
 1. explicit arguments (``--db``, ``--plates-dir`` / ``--out``);
-2. environment variables ``HTS_DB``, ``HTS_PLATES_DIR``, ``HTS_SCHEDULER``;
+2. environment variables ``HTS_DB``, ``HTS_PLATES_DIR``, ``HTS_SCHEDULER``, ``HTS_DATA_PATH``;
 3. ``hts.toml`` in the current folder (or ``HTS_CONFIG``), e.g.::
 
        [workspace]
@@ -18,8 +18,11 @@ The command line resolves one with :func:`load_workspace`, which reads, first ma
 
 ``plates_dir`` may be an fsspec URL (``s3://bucket/plates``; ``file://`` URLs become
 local paths): plates are then created and read in object storage, with the
-credentials described in :mod:`hts.store.location`. The catalog (``db``) is always a
-local DuckDB file on the client.
+credentials described in :mod:`hts.store.location`. The catalog (``db``) is a local
+DuckDB file on the client (the default: one writing process at a time), or a DuckLake
+catalog that many machines write at once, ``db = "ducklake:postgres://user@host:5432/hts"``
+with ``data_path = "s3://bucket/hts-lake/"`` (or a shared folder) for its Parquet files
+(:mod:`hts.catalog.lake`).
 """
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ class Workspace:
     ('hts.duckdb', 'plates')
     """
 
-    db: Path
+    db: Path | str  # a DuckDB file, or a DuckLake catalog "ducklake:postgres://user@host:5432/dbname"
     plates_dir: Path | str  # a local Path, or a URL string (s3://bucket/plates)
     scheduler: str | None = None
+    data_path: str | None = None  # a DuckLake catalog's Parquet files: a folder or s3://bucket/prefix/
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "db", Path(self.db).expanduser().absolute())
+        if not _is_lake(self.db):
+            object.__setattr__(self, "db", Path(self.db).expanduser().absolute())
         plates = self.plates_dir
         if isinstance(plates, str) and "://" in plates:
             plates = location(plates)  # s3://... stays a URL; file://... becomes a Path
@@ -72,6 +77,10 @@ class Workspace:
         """The :class:`~hts.catalog.Catalog` (one object per workspace, so its schema check is done once)."""
         from hts.catalog import Catalog
 
+        if _is_lake(self.db):
+            from hts.catalog.lake import LakeCatalog
+
+            return LakeCatalog(str(self.db), data_path=self.data_path)
         return Catalog(self.db)
 
 
@@ -86,14 +95,24 @@ def _config_file() -> tuple[dict, Path | None]:
     except (tomllib.TOMLDecodeError, OSError) as e:
         raise ConfigError(f"{path}: invalid config file ({e})") from None
     ws = data.get("workspace", {})
-    unknown = set(ws) - {"db", "plates_dir", "scheduler"}
+    unknown = set(ws) - {"db", "plates_dir", "scheduler", "data_path"}
     if unknown:
-        raise ConfigError(f"{path}: unknown [workspace] keys {sorted(unknown)} (known: db, plates_dir, scheduler)")
+        raise ConfigError(
+            f"{path}: unknown [workspace] keys {sorted(unknown)} (known: db, plates_dir, scheduler, data_path)"
+        )
     return ws, path.parent
 
 
+def _is_lake(db: object) -> bool:
+    return isinstance(db, str) and db.startswith("ducklake:")
+
+
 def load_workspace(
-    *, db: str | Path | None = None, plates_dir: str | Path | None = None, scheduler: str | None = None
+    *,
+    db: str | Path | None = None,
+    plates_dir: str | Path | None = None,
+    scheduler: str | None = None,
+    data_path: str | None = None,
 ) -> Workspace:
     """Resolve the workspace from arguments, environment, ``hts.toml`` and defaults (what the CLI does)."""
     conf, base = _config_file()
@@ -114,8 +133,14 @@ def load_workspace(
         return Path(default)
 
     plates = pick(plates_dir, "HTS_PLATES_DIR", "plates_dir", "plates", urls=True)
+    raw_db = str(db) if db is not None else os.environ.get("HTS_DB") or conf.get("db")
+    data_path = data_path or os.environ.get("HTS_DATA_PATH") or conf.get("data_path")
+    if data_path and "://" not in str(data_path):  # a folder: absolute; a relative one in hts.toml is relative to it
+        from_file = base is not None and data_path == conf.get("data_path") and not os.environ.get("HTS_DATA_PATH")
+        data_path = str(((base if from_file else Path()) / Path(data_path).expanduser()).resolve())
     return Workspace(
-        db=pick(db, "HTS_DB", "db", "hts.duckdb").resolve(),
+        db=raw_db if _is_lake(raw_db) else pick(db, "HTS_DB", "db", "hts.duckdb").resolve(),
+        data_path=str(data_path) if data_path else None,
         plates_dir=plates.resolve() if isinstance(plates, Path) else plates,
         scheduler=scheduler or os.environ.get("HTS_SCHEDULER") or conf.get("scheduler"),
     )

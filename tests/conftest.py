@@ -32,7 +32,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
     monkeypatch.chdir(ws)
-    for var in ("HTS_DB", "HTS_PLATES_DIR", "HTS_CONFIG"):
+    for var in ("HTS_DB", "HTS_PLATES_DIR", "HTS_CONFIG", "HTS_DATA_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HTS_SCHEDULER", "sync")
     return ws

@@ -37,3 +37,22 @@ def test_bad_config_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HTS_CONFIG", "/nonexistent/hts.toml")
     with pytest.raises(ConfigError, match="HTS_CONFIG"):
         load_workspace()
+
+
+def test_a_ducklake_catalog_from_the_config_file_environment_and_options(monkeypatch, tmp_path):
+    from hts.catalog.lake import LakeCatalog
+
+    url = "ducklake:postgres://hts:secret@db.lab:5432/screens"
+    Path("hts.toml").write_text(f'[workspace]\ndb = "{url}"\ndata_path = "lake"\n')
+    ws = load_workspace()
+    assert ws.db == url and ws.data_path == str(Path("lake").resolve())  # relative to hts.toml, as db paths
+    cat = ws.catalog
+    assert isinstance(cat, LakeCatalog) and cat.data_path == str(Path("lake").resolve()) + "/"
+    assert cat.name == "ducklake:postgres://hts:***@db.lab:5432/screens"  # messages never show the password
+    assert cat.conninfo == "postgresql://hts:secret@db.lab:5432/screens"
+    monkeypatch.setenv("HTS_DATA_PATH", "s3://bucket/lake")
+    assert (
+        load_workspace().data_path == "s3://bucket/lake" and load_workspace().catalog.data_path == "s3://bucket/lake/"
+    )
+    assert load_workspace(db="ducklake:postgres:dbname=x host=h").catalog.conninfo == "dbname=x host=h"
+    assert load_workspace(db=str(tmp_path / "f.duckdb")).db == tmp_path / "f.duckdb"  # a file stays a Path

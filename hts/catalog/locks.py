@@ -17,9 +17,10 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 
+import duckdb
 import psutil
 
 from hts.catalog.db import Catalog
@@ -58,39 +59,65 @@ def plate_locks(catalog: Catalog, plates: Sequence[tuple[str, str]], *, command:
     """
     token = uuid.uuid4().hex
     me = psutil.Process()
-    now = time.time()
+    table = catalog.locks_table
+    for attempt in range(_CLAIM_TRIES):
+        now = time.time()
+        try:
+            _claim(catalog, table, plates, token, command, me, now)
+            break
+        except duckdb.Error as e:
+            # on the DuckLake catalog the locks are PostgreSQL rows with a key: another command claimed
+            # the plate between our read and our insert; read again (it is now the holder, or gone)
+            if attempt + 1 == _CLAIM_TRIES or not _lost_race(e):
+                raise CatalogError(
+                    f"{catalog.name}: could not take the plate lock ({str(e).splitlines()[0]})"
+                ) from None
+            time.sleep(0.05 * (attempt + 1))
+    try:
+        yield token
+    finally:
+        with catalog.connect() as con:
+            con.execute(f"DELETE FROM {table} WHERE token = ?", [token])
+
+
+_CLAIM_TRIES = 8
+
+
+def _lost_race(e: BaseException) -> bool:
+    msg = str(e)
+    return "duplicate key" in msg or "could not serialize" in msg or "Transaction conflict" in msg
+
+
+def _claim(catalog: Catalog, table: str, plates, token: str, command: str, me, now: float) -> None:
+    """Read-check-insert of every plate's lock in one transaction (PlateBusyError when one is held)."""
     with catalog.connect() as con:
         con.execute("BEGIN")
         try:
             for plate_id, name in plates:
-                cur = con.execute("SELECT * FROM plate_locks WHERE plate_id = ?", [plate_id])
+                cur = con.execute(f"SELECT * FROM {table} WHERE plate_id = ?", [plate_id])
                 cols = [d[0] for d in cur.description]
-                row = cur.fetchone()
-                if row is not None:
-                    held = dict(zip(cols, row))
+                rows = cur.fetchall()
+                if rows:
+                    held = dict(zip(cols, rows[0]))
                     if not _stale(held, now):
                         raise PlateBusyError(
                             f"plate {name} is busy: `hts {held['command']}` started {held['started_at']:%Y-%m-%d %H:%M:%S} "
                             f"on {held['host']} (pid {held['pid']}); wait for it to finish, or stop it "
                             f"(a lock whose process is gone is taken over)"
                         )
-                    con.execute("DELETE FROM plate_locks WHERE plate_id = ?", [plate_id])
+                    con.execute(f"DELETE FROM {table} WHERE plate_id = ?", [plate_id])
                 con.execute(
-                    "INSERT INTO plate_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [plate_id, token, command, socket.gethostname(), me.pid, me.create_time(), datetime.now(), now],
                 )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            with suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
-    try:
-        yield token
-    finally:
-        with catalog.connect() as con:
-            con.execute("DELETE FROM plate_locks WHERE token = ?", [token])
 
 
 def heartbeat(catalog: Catalog, token: str) -> None:
     """Tell other hosts the holder of ``token`` is still working."""
     with catalog.connect() as con:
-        con.execute("UPDATE plate_locks SET heartbeat = ? WHERE token = ?", [time.time(), token])
+        con.execute(f"UPDATE {catalog.locks_table} SET heartbeat = ? WHERE token = ?", [time.time(), token])

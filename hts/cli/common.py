@@ -26,7 +26,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-def workspace(db: Path | None = None, scheduler: str | None = None, plates_dir: str | Path | None = None):
+def workspace(db: str | Path | None = None, scheduler: str | None = None, plates_dir: str | Path | None = None):
     """The workspace of this command: options, then HTS_* variables, ./hts.toml, defaults.
 
     The one place the command line looks at the environment; everything below it
@@ -41,7 +41,13 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 DbOpt = Annotated[
-    Optional[Path], typer.Option("--db", help="Catalog file (default: workspace ./hts.duckdb).", show_default=False)
+    Optional[str],
+    typer.Option(
+        "--db",
+        help="Catalog: a DuckDB file (default: workspace ./hts.duckdb) or ducklake:postgres://USER@HOST/DB "
+        "(data files in HTS_DATA_PATH).",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SchedulerOpt = Annotated[

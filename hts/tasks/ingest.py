@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from hts import __version__
 from hts.catalog import Catalog
+from hts.catalog.locks import HEARTBEAT_EVERY_S, heartbeat, plate_locks
 from hts.compute.measure.imagestats import channel_stats
 from hts.config import Workspace
 from hts.errors import SourceError, StoreError
@@ -140,6 +141,35 @@ def ingest(
     root = Path(source).expanduser().resolve()
     fp = fingerprint([f.resolve() for f in files], root=root)
 
+    # One ingest per plate store at a time, across processes and machines (the DuckLake catalog has no
+    # unique keys to refuse a second registration of the same store; the lock does it on both backends).
+    with plate_locks(catalog, [(f"store:{store_path}", desc.name)], command="ingest") as lock:
+        return _ingest_locked(
+            catalog, plate_reader, desc, store_path, files, root, fp, workspace=workspace, overwrite=overwrite,
+            max_project=max_project, tile=tile, workers=workers, progress=_beating(catalog, lock, progress),
+            grow=grow, t0=t0,
+        )  # fmt: skip
+
+
+def _beating(catalog: Catalog, lock: str, progress: ProgressFn | None) -> ProgressFn:
+    """``progress`` that also refreshes the lock's heartbeat (other hosts take over a silent lock)."""
+    last = [time.monotonic()]
+
+    def beat(done: int, total: int, message: str = "") -> None:
+        if time.monotonic() - last[0] > HEARTBEAT_EVERY_S:
+            last[0] = time.monotonic()
+            heartbeat(catalog, lock)
+        if progress is not None:
+            progress(done, total, message)
+
+    return beat
+
+
+def _ingest_locked(
+    catalog: Catalog, plate_reader: PlateReader, desc: PlateDescription, store_path: Any, files: list, root: Path,
+    fp: str, *, workspace: Workspace, overwrite: bool, max_project: bool, tile: int, workers: int | None,
+    progress: ProgressFn, grow: bool, t0: float,
+) -> IngestReport:  # fmt: skip
     if grow and not overwrite:
         _grow(catalog, desc, store_path, fp, tile=tile, max_project=max_project)
     target = _open_target(catalog, store_path, fp, max_project=max_project, tile=tile, overwrite=overwrite)
@@ -288,7 +318,7 @@ def _open_target(
     if store.occupied():  # a plate of another catalog, or other files: not ours to replace unasked
         if not overwrite:
             name = store.hts_attrs.get("name")
-            what = f"plate {name!r} not in catalog {catalog.path}" if name else "data that is not an hts plate"
+            what = f"plate {name!r} not in catalog {catalog.name}" if name else "data that is not an hts plate"
             raise StoreError(
                 f"{store_path} already exists and holds {what}; "
                 "pass --overwrite to replace it or --out to choose another store"
@@ -544,7 +574,7 @@ def _report(plate_id, desc, store_path, catalog, status, written, t0, max_projec
         plate_id=plate_id,
         name=desc.name,
         store=str(store_path),
-        catalog=str(catalog.path),
+        catalog=catalog.name,
         status=status,
         wells=len(desc.wells),
         fields_total=len(desc.fields),

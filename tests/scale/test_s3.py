@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from conftest import here
+from servers import free_port, moto_endpoint, wait_port  # noqa: F401 (a fixture)
 
 from hts.api import segment  # noqa: E402
 from hts.catalog import Catalog  # noqa: E402
@@ -35,41 +35,8 @@ pytestmark = pytest.mark.s3
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.fixture
-def bucket(moto_endpoint, monkeypatch) -> str:
+def bucket(moto_endpoint, monkeypatch) -> str:  # noqa: F811 (the imported fixture)
     """A fresh bucket; fake credentials and the endpoint in the environment (inherited by workers)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -92,7 +59,7 @@ def cluster(tmp_path: Path, n: int = 2, resources: list[str | None] | None = Non
     own empty folder. Yields (address, {name: Popen})."""
     dask = str(BIN / "dask")
     tmp_path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     sched = subprocess.Popen(
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
@@ -103,7 +70,7 @@ def cluster(tmp_path: Path, n: int = 2, resources: list[str | None] | None = Non
     )
     workers: dict[str, subprocess.Popen] = {}
     try:
-        _wait_port(port)
+        wait_port(port)
         for i in range(n):
             wdir = tmp_path / f"worker{i}"
             wdir.mkdir()
