@@ -462,6 +462,14 @@ def query(
             show_default=False,
         ),
     ] = None,
+    as_of: Annotated[
+        Optional[str],
+        typer.Option(
+            "--as-of",
+            help="Read the catalog as it was when this run (id or its first 6+ characters) completed: DuckLake catalogs only.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one read-only SQL query on the catalog; print it as a table or write CSV / JSON / Parquet.
 
@@ -481,6 +489,8 @@ def query(
       hts query "SELECT well, compound, cell_count FROM well_stats ORDER BY cell_count DESC LIMIT 5"
 
       hts query --preset dose-response --format csv --out dose.csv
+
+      hts query "SELECT count(*) FROM cells" --as-of 3f2a9c    (DuckLake: as when run 3f2a9c completed)
     """
     from hts.errors import CatalogError
     from hts.tasks.query import FORMATS, preset_sql, presets, run_query, write_result
@@ -501,7 +511,11 @@ def query(
             raise CatalogError("give either a SQL query or --preset NAME")
         ws = workspace(db)
         table = run_query(
-            sql if preset is None else preset_sql(preset), workspace=ws, limit=limit, allow_read=allow_read or ()
+            sql if preset is None else preset_sql(preset),
+            workspace=ws,
+            limit=limit,
+            allow_read=allow_read or (),
+            as_of=as_of,
         )
         if out_file is not None:
             path = write_result(table, out_file, "csv" if format_ == "table" else format_, workspace=ws)
@@ -619,13 +633,14 @@ def demo(
 
 
 # Commands defined in their own modules.
-from hts.cli import evaluate_cmd, profile_cmd, results_cmd, serve_cmd, watch_cmd  # noqa: E402
+from hts.cli import catalog_cmd, evaluate_cmd, profile_cmd, results_cmd, serve_cmd, watch_cmd  # noqa: E402
 
 results_cmd.register(app)
 evaluate_cmd.register(app)
 profile_cmd.register(app)
 watch_cmd.register(app)
 serve_cmd.register(app)
+catalog_cmd.register(app)
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ from typing import Any
 from hts.config import Workspace
 from hts.errors import CatalogError
 
-__all__ = ["list_plates", "plate_info"]
+__all__ = ["list_plates", "plate_info", "run_history"]
 
 
 def list_plates(*, workspace: Workspace) -> list[dict[str, Any]]:
     """One row per plate: name, id, wells, fields (complete/total), channels, status, store."""
     catalog = workspace.catalog
-    if not catalog.path.exists():
+    if not catalog.exists():
         return []
     return catalog.query(
         """
@@ -32,10 +32,10 @@ def plate_info(plate: str | None = None, *, workspace: Workspace) -> dict[str, A
     """Everything about one plate (by name, id or store path; the only plate when None)."""
     catalog = workspace.catalog
     if plate is None:
-        plates = catalog.plates() if catalog.path.exists() else []
+        plates = catalog.plates() if catalog.exists() else []
         if len(plates) != 1:
             names = ", ".join(p.name for p in plates) or "none"
-            raise CatalogError(f"name a plate: {catalog.path} holds {len(plates)} plates ({names})")
+            raise CatalogError(f"name a plate: {catalog.name} holds {len(plates)} plates ({names})")
         record = plates[0]
     else:
         record = catalog.find_plate(plate)
@@ -86,3 +86,31 @@ def plate_info(plate: str | None = None, *, workspace: Workspace) -> dict[str, A
         "fields_complete": sum(w["fields_complete"] for w in wells),
         "annotated_wells": sum(1 for w in wells if w["role"] is not None),
     }
+
+
+def run_history(plate: str | None = None, *, workspace: Workspace) -> list[dict[str, Any]]:
+    """Every segmentation run, oldest first, replaced and failed ones included: plate, run id, engine,
+    state, when it was created and completed, fields, cells. On a DuckLake catalog each completed run
+    also names the snapshot at which it completed (``hts query --as-of RUN`` reads that state)."""
+    catalog = workspace.catalog
+    if not catalog.exists():
+        return []
+    where, params = "", []
+    if plate is not None:
+        where, params = "WHERE r.plate_id = ?", [catalog.find_plate(plate).plate_id]
+    rows = catalog.query(
+        f"""
+        SELECT p.name AS plate, r.run_id, r.engine, r.status, r.error, r.created_at, r.completed_at,
+               (SELECT count(*) FROM run_fields f WHERE f.run_id = r.run_id) AS fields,
+               (SELECT coalesce(sum(n_cells), 0) FROM run_fields f WHERE f.run_id = r.run_id) AS cells
+        FROM runs r JOIN plates p ON p.plate_id = r.plate_id {where}
+        ORDER BY r.created_at
+        """,
+        params,
+    )
+    snapshots = hasattr(catalog, "snapshot_of_run")
+    for r in rows:
+        r["state"] = "failed" if r["error"] else r["status"]
+        if snapshots:
+            r["snapshot"] = catalog.snapshot_of_run(r["run_id"]) if r["status"] != "running" else None
+    return rows

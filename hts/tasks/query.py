@@ -15,7 +15,7 @@ from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.resources import data_dir
 
-__all__ = ["run_query", "FORMATS", "presets", "preset_sql", "cancel_after"]
+__all__ = ["run_query", "FORMATS", "presets", "preset_sql", "cancel_after", "snapshot_of_run"]
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -74,6 +74,7 @@ def run_query(
     limit: int | None = None,
     allow_read: list[str | Path] | tuple = (),
     timeout_s: float | None = None,
+    as_of: str | None = None,
 ) -> pa.Table:
     """Run one query ``sql`` on the catalog; return the result as an Arrow table.
 
@@ -85,9 +86,12 @@ def run_query(
     the folders of ``allow_read``. Errors come back as one-line
     :class:`~hts.errors.CatalogError` messages, DuckDB's hints kept.
     ``timeout_s``: cancel the query after this long (the web app's SQL box).
+    ``as_of``: a run id (or its first 6+ characters): read the catalog as it was when that run
+    completed (DuckLake catalogs keep every snapshot; a DuckDB file keeps none).
     """
     catalog = workspace.catalog
-    with catalog.user_connection(allow_read=allow_read) as con, cancel_after(con, timeout_s):
+    snapshot = snapshot_of_run(catalog, as_of) if as_of else None
+    with catalog.user_connection(allow_read=allow_read, snapshot=snapshot) as con, cancel_after(con, timeout_s):
         stmt = check_user_sql(con, sql)
         try:
             rel = con.sql(stmt.query)
@@ -100,6 +104,23 @@ def run_query(
             return fetch()
         except duckdb.Error as e:
             raise CatalogError(_one_line(e)) from None
+
+
+def snapshot_of_run(catalog, run: str) -> int:
+    """The catalog snapshot at which run ``run`` (an id or its first 6+ characters) completed."""
+    if not hasattr(catalog, "snapshot_of_run"):
+        raise CatalogError(
+            f"--as-of reads the catalog as it was: that needs a DuckLake catalog (snapshots); "
+            f"{catalog.name} is a DuckDB file, which keeps only its present state"
+        )
+    if len(run) < 6:
+        raise CatalogError(f"--as-of {run!r}: give a run id or at least its first 6 characters")
+    ids = [r["run_id"] for r in catalog.query("SELECT run_id FROM runs WHERE starts_with(run_id, ?)", [run])]
+    if len(ids) != 1:
+        raise CatalogError(
+            f"--as-of {run!r}: {'no run' if not ids else f'{len(ids)} runs'} with that id (`hts runs` lists them)"
+        )
+    return catalog.snapshot_of_run(ids[0])
 
 
 def write_result(table: pa.Table, path: str | Path, fmt: str, *, workspace: Workspace) -> Path:
