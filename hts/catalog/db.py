@@ -499,19 +499,14 @@ class Catalog:
         try:
             self._when_unlocked(lambda: con.execute(f"ATTACH {sql_literal(str(self.path))} AS catalog (READ_ONLY)"))
             con.execute("USE catalog")
-            dirs = [str(Path(d).expanduser().resolve()) + "/" for d in allow_read]
-            for d in dirs:
-                if not Path(d).is_dir():
-                    raise CatalogError(f"--allow-read {d}: no such folder")
-            if dirs:
-                con.execute("SET allowed_directories = ?", [dirs])
-            con.execute("SET enable_external_access = false")
-            con.execute("SET autoinstall_known_extensions = false")
-            con.execute("SET autoload_known_extensions = false")
-            con.execute("SET lock_configuration = true")
+            lock_down(con, allow_read)
             yield con
         finally:
             con.close()
+
+    def check_user_sql(self, con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> duckdb.Statement:
+        """:func:`check_user_sql` on a :meth:`user_connection` (``params``: the query's parameters)."""
+        return check_user_sql(con, sql)
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only query and return rows as dicts."""
@@ -527,6 +522,22 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
     cols = ", ".join(f'"{c}"' for c in data.column_names)
     con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
     con.unregister("_incoming")
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allow_read: Sequence[str | Path] = (), also: Sequence[str] = ()) -> None:
+    """Turn off ``con``'s access to files (except reading under the folders ``allow_read``, checked to
+    exist, and the locations ``also``), extension installs and loads, and any later change of that."""
+    dirs = [str(Path(d).expanduser().resolve()) + "/" for d in allow_read]
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise CatalogError(f"--allow-read {d}: no such folder")
+    dirs += [a if a.endswith("/") else a + "/" for a in also]
+    if dirs:
+        con.execute("SET allowed_directories = ?", [dirs])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
 
 
 #: Statement types a user's SQL may be: queries only.

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 
-from hts.catalog.db import Catalog, sql_literal
+from hts.catalog.db import Catalog, _one_line, check_user_sql, lock_down, sql_literal
 from hts.errors import CatalogError
 
 __all__ = ["LakeCatalog", "is_lake", "lake_ddl", "load_extensions", "PG_TABLES"]
@@ -373,6 +373,7 @@ class LakeCatalog(Catalog):
         if con is None:
             con = duckdb.connect()
             try:
+                con.execute("SET enable_progress_bar = false")  # a long load must not draw on the terminal
                 load_extensions(con)
                 self._attach(con)
                 con.execute(f"USE {ALIAS}")
@@ -520,22 +521,27 @@ class LakeCatalog(Catalog):
             data = con.execute(
                 "SELECT options['data_path'] FROM duckdb_databases() WHERE database_name = ?", [ALIAS]
             ).fetchall()
-            dirs = [str(Path(d).expanduser().resolve()) + "/" for d in allow_read]
-            for d in dirs:
-                if not Path(d).is_dir():
-                    raise CatalogError(f"--allow-read {d}: no such folder")
             lake_data = data[0][0] if data and data[0][0] else self.data_path
-            if lake_data:
-                dirs.append(lake_data if lake_data.endswith("/") else lake_data + "/")
-            if dirs:
-                con.execute("SET allowed_directories = ?", [dirs])
-            con.execute("SET enable_external_access = false")
-            con.execute("SET autoinstall_known_extensions = false")
-            con.execute("SET autoload_known_extensions = false")
-            con.execute("SET lock_configuration = true")
+            lock_down(con, allow_read, also=[lake_data] if lake_data else [])  # the lake's own files only
             yield con
         finally:
             con.close()
+
+    def check_user_sql(self, con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> duckdb.Statement:
+        """One query, and one whose plan does not reach PostgreSQL itself (``postgres_query``, the metadata
+        tables; also through ``query('...')``): those would run SQL with the catalog role's rights, outside
+        what the read-only attachment guards."""
+        stmt = check_user_sql(con, sql)
+        try:
+            plan = " ".join(str(r[-1]) for r in con.execute("EXPLAIN " + stmt.query, params or []).fetchall())
+        except duckdb.Error as e:
+            raise CatalogError(_one_line(e)) from None
+        if "POSTGRES_" in plan:
+            raise CatalogError(
+                "SQL here reads the catalog's tables and views; refused: a query that reaches the PostgreSQL "
+                "server itself (postgres_query, postgres_scan, the DuckLake metadata tables)"
+            )
+        return stmt
 
 
 def _data_path(p: str | Path | None) -> str | None:

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from hts.catalog import runs as runs_db
-from hts.catalog.db import PlateRecord, _one_line, check_user_sql
+from hts.catalog.db import PlateRecord, _one_line
 from hts.config import Workspace
 from hts.errors import CatalogError, StoreError
 from hts.store.ngff import PlateStore
@@ -618,7 +618,7 @@ class Browser:
         count_sql = f"SELECT count(*) FROM ({base})"
         params = {"run": r.run_id, "well": name}
         with self.catalog.user_connection() as con:
-            check_user_sql(con, sql)
+            self.catalog.check_user_sql(con, sql, params)
             with cancel_after(con, self.timeout_s):
                 try:
                     n = con.execute(count_sql, params).fetchall()[0][0]

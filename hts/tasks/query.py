@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from hts.catalog.db import _one_line, check_user_sql
+from hts.catalog.db import _one_line
 from hts.config import Workspace
 from hts.errors import CatalogError
 from hts.resources import data_dir
@@ -92,7 +92,7 @@ def run_query(
     catalog = workspace.catalog
     snapshot = snapshot_of_run(catalog, as_of) if as_of else None
     with catalog.user_connection(allow_read=allow_read, snapshot=snapshot) as con, cancel_after(con, timeout_s):
-        stmt = check_user_sql(con, sql)
+        stmt = catalog.check_user_sql(con, sql)
         try:
             rel = con.sql(stmt.query)
             if rel is None:

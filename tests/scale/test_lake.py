@@ -321,6 +321,14 @@ def test_query_as_of_a_run_reads_the_catalog_as_it_was(postgres, tmp_path):  # n
     assert then["area"] > now["area"]  # a higher threshold: smaller nuclei
     r = _hts("query", sql, "--as-of", "nope00", env=env, cwd=work, check=False)
     assert r.returncode == 1 and "no run with that id" in r.stderr
+    # the user's SQL reads the catalog, never the PostgreSQL server behind it (directly or through query())
+    for sneaky in (
+        "SELECT * FROM postgres_query('__ducklake_metadata_lake', 'SELECT 1')",
+        "SELECT * FROM __ducklake_metadata_lake.ducklake_snapshot",
+        "SELECT * FROM query('SELECT * FROM postgres_query(''__ducklake_metadata_lake'', ''SELECT 1'')')",
+    ):
+        r = _hts("query", sneaky, env=env, cwd=work, check=False)
+        assert r.returncode == 1 and "reaches the PostgreSQL server itself" in r.stderr.replace("\n", " "), r.stderr
 
 
 def test_as_of_on_a_duckdb_file_says_what_it_needs(tmp_path):
@@ -388,3 +396,33 @@ def test_a_lake_on_s3_object_storage(postgres, moto_endpoint, tmp_path, monkeypa
     # the user's SQL still reads nothing but the lake
     r = _hts("query", "SELECT * FROM read_text('/etc/hostname')", env=env, cwd=work, check=False)
     assert r.returncode == 1 and "disabled" in r.stderr
+
+
+def test_a_transaction_that_conflicts_with_another_writer_is_replayed(postgres, tmp_path):  # noqa: F811
+    """DuckLake refuses the second of two commits that update the same table (even different rows);
+    the catalog rolls it back and replays its statements, so both writes land."""
+    import duckdb
+
+    from hts.catalog.lake import LakeCatalog
+
+    db, data = postgres.new_db(), str(tmp_path / "lake")
+    a, b = LakeCatalog(db, data_path=data), LakeCatalog(db, data_path=data)  # two connections, as two processes
+    with a.connect() as con:
+        con.execute("CREATE TABLE scratch (k VARCHAR, v INTEGER)")
+        con.execute("INSERT INTO scratch VALUES ('a', 0), ('b', 0)")
+
+    def race(ca, cb) -> None:
+        ca.execute("BEGIN")
+        cb.execute("BEGIN")
+        ca.execute("UPDATE scratch SET v = v + 1 WHERE k = 'a'")
+        cb.execute("UPDATE scratch SET v = v + 10 WHERE k = 'b'")
+        ca.execute("COMMIT")
+        cb.execute("COMMIT")
+
+    ra, rb = a._raw(), b._raw()  # DuckDB's own connections: the second commit is refused
+    with pytest.raises(duckdb.TransactionException, match="conflict"):
+        race(ra, rb)  # (and rolled back)
+    assert dict(ra.execute("SELECT k, v FROM scratch").fetchall()) == {"a": 1, "b": 0}
+    with a.connect() as ca, b.connect() as cb:  # the catalog's: replayed, both land
+        race(ca, cb)
+    assert dict(ra.execute("SELECT k, v FROM scratch").fetchall()) == {"a": 2, "b": 10}
