@@ -9,7 +9,8 @@ network fields/s and fraction of peak FLOP/s), ``sweep`` (CPU per megapixel and 
 object of every stage against field size and density, on real-derived fields), ``serve``
 (the plate browser's latency: plate page and cells table on 10 million cells, 2048² field tiles),
 ``profiles`` (hts profile / activity / similar on 100 plates and 20 million cells, against pycytominer + copairs),
-``watch`` (hts watch latency at an imager's rate: a field's last file to its cells in the catalog).
+``watch`` (hts watch latency at an imager's rate: a field's last file to its cells in the catalog),
+``lake`` (the DuckDB file vs a DuckLake catalog on PostgreSQL: cell load rate, well_stats, 1-4 writers at once).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import cells, engine_cost, field, ingest, pipeline, profiles, serve, sweep, unet, watch
+from benchmarks import cells, engine_cost, field, ingest, lake, pipeline, profiles, serve, sweep, unet, watch
 
 
 def _add_network(sub) -> None:
@@ -75,6 +76,7 @@ def main() -> None:
     ingest.add_parser(sub)
     pipeline.add_parser(sub)
     cells.add_parser(sub)
+    lake.add_parser(sub)
     field.add_parser(sub)
     engine_cost.add_parser(sub)
     sweep.add_parser(sub)

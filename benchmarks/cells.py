@@ -90,17 +90,18 @@ def write_parts(
     return parts
 
 
-def setup_catalog(path: Path, plate_id: str, run_id: str):
+def setup_catalog(path, plate_id: str, run_id: str, *, name: str = "BENCH"):
+    """One plate with a complete run in the catalog ``path`` (a file path, or any Catalog)."""
     from hts.catalog import Catalog
 
-    catalog = Catalog(path)
+    catalog = path if isinstance(path, Catalog) else Catalog(path)
     with catalog.connect() as con:
         con.execute(
             "INSERT INTO plates (plate_id, name, store_uri, plate_type, n_rows, n_columns, source_format, source_uri, "
             "source_fingerprint, size_t, size_c, size_z, size_y, size_x, source_size_z, dtype, tile_size, pyramid_levels, "
-            "status, hts_version) VALUES (?, 'BENCH', ?, 384, 16, 24, 'nd2', '-', '-', 1, 3, 1, 2048, 2048, 1, 'uint16', "
+            "status, hts_version) VALUES (?, ?, ?, 384, 16, 24, 'nd2', '-', '-', 1, 3, 1, 2048, 2048, 1, 'uint16', "
             "1024, 3, 'complete', 'bench')",
-            [plate_id, f"/bench/{plate_id}.zarr"],
+            [plate_id, name, f"/bench/{plate_id}.zarr"],
         )
         con.executemany(
             "INSERT INTO wells VALUES (?, ?, ?, ?, ?, ?, ?)",

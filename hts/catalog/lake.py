@@ -29,6 +29,7 @@ is why hts pins DuckDB to it (pyproject.toml).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import random
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 
-from hts.catalog.db import Catalog, _one_line, check_user_sql, lock_down, sql_literal
+from hts.catalog.db import Catalog, _one_line, check_user_sql, lock_down, migrations, sql_literal
 from hts.errors import CatalogError
 
 __all__ = ["LakeCatalog", "is_lake", "lake_ddl", "load_extensions", "PG_TABLES"]
@@ -205,11 +206,12 @@ def lake_ddl(sql: str) -> str:
     return sql
 
 
-def _statements(sql: str) -> list[str]:
+@functools.cache
+def _statements(sql: str) -> tuple[str, ...]:
     """The statements of a migration file, as text."""
     con = duckdb.connect()
     try:
-        return [s.query for s in con.extract_statements(sql)]
+        return tuple(s.query for s in con.extract_statements(sql))
     finally:
         con.close()
 
@@ -431,7 +433,17 @@ class LakeCatalog(Catalog):
         state.pop("_local", None)
         return state
 
+    def _current(self, con) -> bool:
+        """Whether the lake holds every shipped migration (one small query; no attachment of its own)."""
+        try:
+            have = {r[0] for r in con.execute(f"SELECT version FROM {ALIAS}.schema_migrations").fetchall()}
+        except duckdb.Error:
+            return False
+        return {v for v, _, _ in migrations()} <= have
+
     def _check_version(self, con, *, migrate: bool) -> None:
+        if self._current(con):
+            return super()._check_version(con, migrate=migrate)  # nothing to apply: only the newer-than-known check
         # the tables that need a key enforced between processes first, in PostgreSQL (idempotent)
         for _version, _name, sql in _migrations_with(PG_TABLES):
             for stmt in _statements(sql):
@@ -504,8 +516,6 @@ class LakeCatalog(Catalog):
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Like :meth:`Catalog.user_connection`: the lake attached read-only (at ``snapshot`` when
         given), its data path the only place files are read from, external access then turned off."""
-        if not self._migrated:
-            self._ensure_current()
         con = duckdb.connect(":memory:")
         try:
             load_extensions(con)
@@ -513,11 +523,17 @@ class LakeCatalog(Catalog):
             if snapshot is not None:
                 opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
             target = sql_literal(f"ducklake:postgres:{self.conninfo}")
+            attach = f"ATTACH {target} AS {ALIAS} ({', '.join(opts)})"
             try:
-                con.execute(f"ATTACH {target} AS {ALIAS} ({', '.join(opts)})")
+                con.execute(attach)
             except duckdb.Error as e:
-                raise CatalogError(f"{self.name}: cannot attach the catalog ({str(e).splitlines()[0]})") from None
+                if "does not exist" not in str(e):
+                    raise CatalogError(f"{self.name}: cannot attach the catalog ({str(e).splitlines()[0]})") from None
+                self._ensure_current()  # a new catalog (a read-only attachment cannot create it): made once
+                con.execute(attach)
             con.execute(f"USE {ALIAS}")
+            if not self._migrated and not self._current(con) and snapshot is None:
+                self._ensure_current()  # an older catalog: brought up to date once
             data = con.execute(
                 "SELECT options['data_path'] FROM duckdb_databases() WHERE database_name = ?", [ALIAS]
             ).fetchall()
@@ -559,6 +575,4 @@ def _creates(stmt: str, tables: Sequence[str]) -> bool:
 
 
 def _migrations_with(tables: Sequence[str]) -> list[tuple[int, str, str]]:
-    from hts.catalog.db import migrations
-
     return [m for m in migrations() if any(_creates(s, tables) for s in _statements(m[2]))]
