@@ -426,3 +426,34 @@ def test_a_transaction_that_conflicts_with_another_writer_is_replayed(postgres, 
     with a.connect() as ca, b.connect() as cb:  # the catalog's: replayed, both land
         race(ca, cb)
     assert dict(ra.execute("SELECT k, v FROM scratch").fetchall()) == {"a": 2, "b": 10}
+
+
+def test_watch_into_a_lake_equals_a_batch_run_into_a_file(postgres, tmp_path):  # noqa: F811
+    """`hts watch` (ingest + segment round by round, watch events) on DuckLake: the finished plate's
+    catalog equals the batch path's on a DuckDB file."""
+    import threading
+
+    from hts import api
+    from hts.synth import make_plate
+    from hts.synth.acquire import acquire
+    from hts.tasks.query import run_query
+    from hts.tasks.watch import WatchOptions, watch
+
+    src = make_plate(tmp_path / "src", format="imagexpress", wells="A01:A04", fields=2, shape=(128, 128))
+    live = tmp_path / "live"
+    live.mkdir()
+    writer = threading.Thread(target=acquire, args=(src.source, live), kwargs={"fields_per_second": 6}, daemon=True)
+    writer.start()
+    lake_ws = Workspace(
+        db=postgres.new_db(), plates_dir=tmp_path / "l" / "plates", scheduler="sync", data_path=str(tmp_path / "lake")
+    )
+    rep = watch(live, workspace=lake_ws, options=WatchOptions(platemap=src.platemap, poll_s=0.2, idle_minutes=1))
+    writer.join()
+    assert rep.ended == "complete" and rep.fields_segmented == 8
+    file_ws = Workspace(db=tmp_path / "f" / "hts.duckdb", plates_dir=tmp_path / "f" / "plates", scheduler="sync")
+    plate = api.ingest(live, file_ws)
+    plate.annotate(src.platemap)
+    api.segment(plate.name, engine="classic", workspace=file_ws)
+    assert _canonical(lake_ws) == _canonical(file_ws)
+    kinds = {r["kind"] for r in run_query("SELECT DISTINCT kind FROM watch_events", workspace=lake_ws).to_pylist()}
+    assert {"ingested", "end"} <= kinds
