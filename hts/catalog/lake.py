@@ -317,6 +317,10 @@ def _wait(attempt: int) -> None:
     time.sleep(random.uniform(0.02, 0.05) * (1.6 ** min(attempt, 8)))
 
 
+class _NoLakeYet(Exception):
+    """A read-only attachment found no DuckLake catalog in the database (it cannot create one)."""
+
+
 class LakeCatalog(Catalog):
     """A DuckLake catalog: metadata in PostgreSQL, tables as Parquet under ``data_path``.
 
@@ -331,7 +335,6 @@ class LakeCatalog(Catalog):
         self.data_path = _data_path(data_path)
         self.path = None  # no file: see files()
         self._migrated = False
-        self._checked = None
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -342,7 +345,7 @@ class LakeCatalog(Catalog):
         return redacted(self.url)
 
     def exists(self) -> bool:
-        return self._raw() is not None and self._has_schema()
+        return self._has_schema()
 
     def state(self) -> tuple:
         """The latest snapshot id (changes with every commit by anyone)."""
@@ -352,17 +355,19 @@ class LakeCatalog(Catalog):
         return [Path(self.data_path)] if self.data_path and "://" not in self.data_path else []
 
     # -- connections ------------------------------------------------------------
-    def _attach(self, con: duckdb.DuckDBPyConnection, *, alias: str = ALIAS, read_only: bool = False) -> None:
-        opts = []
-        if self.data_path:
-            opts.append(f"DATA_PATH {sql_literal(self.data_path)}")
-        if read_only:
-            opts.append("READ_ONLY")
+    def _attach(self, con: duckdb.DuckDBPyConnection, *, snapshot: int | None = None, read_only: bool = False) -> None:
+        """Attach the lake to ``con`` as ``lake``: for writing (with the data path a new lake needs), or
+        read-only (at ``snapshot`` when given)."""
+        opts = ["READ_ONLY"] if read_only else [f"DATA_PATH {sql_literal(self.data_path)}"] if self.data_path else []
+        if snapshot is not None:
+            opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
         target = sql_literal(f"ducklake:postgres:{self.conninfo}")
         try:
-            con.execute(f"ATTACH {target} AS {alias}" + (f" ({', '.join(opts)})" if opts else ""))
+            con.execute(f"ATTACH {target} AS {ALIAS}" + (f" ({', '.join(opts)})" if opts else ""))
         except duckdb.Error as e:
             first = str(e).strip().splitlines()[0]
+            if read_only and "does not exist" in first:
+                raise _NoLakeYet from None
             if "data path" in first.lower() or "DATA_PATH" in first:
                 raise CatalogError(
                     f"{self.name}: a new DuckLake catalog needs a data path for its Parquet files: "
@@ -370,7 +375,7 @@ class LakeCatalog(Catalog):
                 ) from None
             raise CatalogError(f"{self.name}: cannot attach the DuckLake catalog ({first})") from None
 
-    def _raw(self) -> duckdb.DuckDBPyConnection | None:
+    def _raw(self) -> duckdb.DuckDBPyConnection:
         con = getattr(self._local, "con", None)
         if con is None:
             con = duckdb.connect()
@@ -427,11 +432,6 @@ class LakeCatalog(Catalog):
         if con is not None:
             self._local.con = None
             con.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_local", None)
-        return state
 
     def _current(self, con) -> bool:
         """Whether the lake holds every shipped migration (one small query; no attachment of its own)."""
@@ -519,18 +519,11 @@ class LakeCatalog(Catalog):
         con = duckdb.connect(":memory:")
         try:
             load_extensions(con)
-            opts = ["READ_ONLY"]
-            if snapshot is not None:
-                opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-            target = sql_literal(f"ducklake:postgres:{self.conninfo}")
-            attach = f"ATTACH {target} AS {ALIAS} ({', '.join(opts)})"
             try:
-                con.execute(attach)
-            except duckdb.Error as e:
-                if "does not exist" not in str(e):
-                    raise CatalogError(f"{self.name}: cannot attach the catalog ({str(e).splitlines()[0]})") from None
-                self._ensure_current()  # a new catalog (a read-only attachment cannot create it): made once
-                con.execute(attach)
+                self._attach(con, read_only=True, snapshot=snapshot)
+            except _NoLakeYet:  # a new catalog (a read-only attachment cannot create it): made once
+                self._ensure_current()
+                self._attach(con, read_only=True, snapshot=snapshot)
             con.execute(f"USE {ALIAS}")
             if not self._migrated and not self._current(con) and snapshot is None:
                 self._ensure_current()  # an older catalog: brought up to date once
