@@ -137,6 +137,9 @@ class Catalog:
                 out.append(None)
         return tuple(out)
 
+    #: Whether earlier states can be read (``user_connection(snapshot=...)``): a DuckDB file keeps only its present.
+    keeps_snapshots = False
+
     @property
     def locks_table(self) -> str:
         """Where plate locks live (:mod:`hts.catalog.locks`): a table of this catalog."""

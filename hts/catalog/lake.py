@@ -467,6 +467,8 @@ class LakeCatalog(Catalog):
                     raise
                 _wait(attempt)
 
+    keeps_snapshots = True
+
     def _ddl(self, sql: str) -> list[str]:
         return [lake_ddl(s) for s in _statements(sql) if not _creates(s, PG_TABLES)]
 
@@ -475,24 +477,24 @@ class LakeCatalog(Catalog):
         return f"{PG_ALIAS}.{PG_SCHEMA}.plate_locks"
 
     # -- time travel ------------------------------------------------------------
-    def snapshots(self) -> list[dict[str, Any]]:
-        """Every snapshot (commit) of the catalog: id, time, what it changed."""
-        cur = self._raw().execute(
-            f"SELECT snapshot_id, snapshot_time::TIMESTAMP AS snapshot_time, changes FROM {ALIAS}.snapshots() "
-            "ORDER BY snapshot_id"
-        )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
-
     def snapshot_of_run(self, run_id: str) -> int:
         """The first snapshot at which run ``run_id`` was complete (a binary search over the snapshots)."""
+        return self.snapshots_of_runs([run_id])[run_id]
+
+    def snapshots_of_runs(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """:meth:`snapshot_of_run` of several runs, the snapshot list read once."""
         con = self._raw()
+        ids = [
+            r[0] for r in con.execute(f"SELECT snapshot_id FROM {ALIAS}.snapshots() ORDER BY snapshot_id").fetchall()
+        ]
+        return {run_id: self._first_complete(con, run_id, ids) for run_id in run_ids}
+
+    def _first_complete(self, con: duckdb.DuckDBPyConnection, run_id: str, ids: list[int]) -> int:
         rows = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
         if not rows:
             raise CatalogError(f"{self.name}: no run {run_id!r}")
         if rows[0][0] == "running":
             raise CatalogError(f"run {run_id[:8]} has not completed: there is no snapshot of it complete")
-        ids = [s["snapshot_id"] for s in self.snapshots()]
 
         def complete(i: int) -> bool:
             r = con.execute(

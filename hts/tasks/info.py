@@ -108,9 +108,13 @@ def run_history(plate: str | None = None, *, workspace: Workspace) -> list[dict[
         """,
         params,
     )
-    snapshots = hasattr(catalog, "snapshot_of_run")
+    done = (
+        catalog.snapshots_of_runs([r["run_id"] for r in rows if r["status"] != "running"])
+        if catalog.keeps_snapshots
+        else {}
+    )
     for r in rows:
         r["state"] = "failed" if r["error"] else r["status"]
-        if snapshots:
-            r["snapshot"] = catalog.snapshot_of_run(r["run_id"]) if r["status"] != "running" else None
+        if catalog.keeps_snapshots:
+            r["snapshot"] = done.get(r["run_id"])
     return rows

@@ -108,7 +108,7 @@ def run_query(
 
 def snapshot_of_run(catalog, run: str) -> int:
     """The catalog snapshot at which run ``run`` (an id or its first 6+ characters) completed."""
-    if not hasattr(catalog, "snapshot_of_run"):
+    if not catalog.keeps_snapshots:
         raise CatalogError(
             f"--as-of reads the catalog as it was: that needs a DuckLake catalog (snapshots); "
             f"{catalog.name} is a DuckDB file, which keeps only its present state"
