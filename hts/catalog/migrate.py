@@ -74,16 +74,15 @@ def migrate_catalog(
         raise CatalogError(f"{source.name}: no catalog to migrate")
     if source.name == destination.name:
         raise CatalogError(f"{source.name}: the source and the destination are the same catalog")
-    with source.connect(read_only=True) as scon:  # brings an older source up to this hts's schema
-        tables = _tables(scon)
-        columns = {t: _columns(scon, t) for t in tables}
-        counts = {t: scon.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
-    with destination.connect() as dcon:
+    # the source brought up to this hts's schema (read-only connect), the destination created or migrated
+    with source.connect(read_only=True) as scon, destination.connect() as dcon:
         n_plates = dcon.execute("SELECT count(*) FROM plates").fetchall()[0][0]
         if n_plates:
             raise CatalogError(f"{destination.name}: already holds {n_plates} plate(s); migrate into an empty catalog")
-    total, done = sum(counts.values()), 0
-    with source.connect(read_only=True) as scon, destination.connect() as dcon:
+        tables = _tables(scon)
+        columns = {t: _columns(scon, t) for t in tables}
+        total = sum(scon.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables)
+        done = 0
         dcon.execute("BEGIN")
         try:
             for t in tables:
