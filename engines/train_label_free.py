@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=None)
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights (an engine folder): fine-tuning")
     ap.add_argument("--dry-run", action="store_true", help="load the data and write manifest.json only (no training)")
     args = ap.parse_args(argv)
 
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if ev["event"] != "step" or ev["step"] % 20 == 0:
             print(T.format_event(ev), flush=True)
 
-    result = T.train(cfg, train, val, checkpoint=ckpt, callback=cb)
+    result = T.train(cfg, train, val, checkpoint=ckpt, callback=cb, init=args.init)
     out = T.save_engine_model(args.out, result)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (out / "training.json").write_text(json.dumps(result.metrics, indent=1) + "\n")
