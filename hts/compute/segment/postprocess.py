@@ -35,9 +35,17 @@ def um_to_px(um: float, pixel_size_um: float) -> float:
     return float(um) / float(pixel_size_um)
 
 
-def normalize(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Scale to float32 so that ``lo`` -> 0 and ``hi`` -> 1 (not clipped)."""
-    return ((img.astype(np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+def normalize(img: np.ndarray, lo: float, hi: float, *, copy: bool = True) -> np.ndarray:
+    """Scale to float32 so that ``lo`` -> 0 and ``hi`` -> 1 (not clipped).
+
+    One float32 array is allocated (none with ``copy=False`` when ``img`` is already a float32
+    array the caller gives up): the subtraction and division run in place, the same float32
+    arithmetic as ``(x - lo) / (hi - lo)``.
+    """
+    out = img.astype(np.float32, copy=copy)
+    out -= lo
+    out /= max(hi - lo, 1e-6)
+    return out
 
 
 def smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:

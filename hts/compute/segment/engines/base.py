@@ -9,7 +9,9 @@ parameters as a pydantic model whose sizes are in µm.
 :func:`segment_field` drives any engine over a field of any size:
 
 1. ``prepare``: field-level statistics (normalization percentiles,
-   thresholds), so every tile of the field uses the same ones;
+   thresholds), so every tile of the field uses the same ones; whole-field arrays
+   that only serve a tile covering the whole field go under ``ctx["whole_field"]``,
+   which the driver drops when it tiles the field (memory bounded by a tile);
 2. ``predict`` (deep engines): network maps for the whole field, computed on
    halo-padded tiles batched through the backend and stitched by their cores;
 3. ``segment_tile``: instances per tile (with a halo wider than the largest
@@ -28,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from hts.compute.measure.features import object_ids
-from hts.compute.segment.tiling import Tile, tiled_instances
+from hts.compute.segment.tiling import Tile, tile_grid, tiled_instances
 from hts.errors import EngineError
 
 __all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
@@ -153,11 +155,14 @@ def segment_field(
     ctx = engine.prepare(images, pixel_size_um)
     halo_px = max(int(halo), math.ceil(1.25 * engine.max_object_um() / pixel_size_um))
     maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
+    tiles = tile_grid(shape, tile, halo_px)
+    if len(tiles) > 1:
+        ctx.pop("whole_field", None)
 
     def run(t: Tile) -> dict[str, np.ndarray]:
         sl = t.outer_slices
         region = {role: im[sl] for role, im in images.items()}
         return engine.segment_tile(region, None if maps is None else maps[(slice(None), *sl)], ctx)
 
-    labels = tiled_instances(shape, run, tile=tile, halo=halo_px, primary=engine.outputs[0])
+    labels = tiled_instances(shape, run, tile=tile, halo=halo_px, primary=engine.outputs[0], tiles=tiles)
     return engine.finalize(labels, images, ctx)

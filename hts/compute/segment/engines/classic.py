@@ -85,15 +85,18 @@ class ClassicEngine(Engine):
         nuc = images["nucleus"].astype(np.float32)
         lo, hi = np.percentile(nuc[::2, ::2], [0.5, 99.8])
         ctx["nuc_norm"] = (float(lo), float(hi))
-        sm = pp.smooth(pp.normalize(nuc, lo, hi), sigma)
+        sm = pp.smooth(pp.normalize(nuc, lo, hi, copy=False), sigma)
+        del nuc
         ctx["nuc_threshold"] = float(filters.threshold_otsu(sm)) * p.threshold_factor
-        # the smoothed field, reused by a tile that is the whole field (fields up to the tile size)
-        ctx["smoothed"] = {"nucleus": sm}
+        # the smoothed field, reused by a tile that is the whole field (fields up to the tile size);
+        # segment_field drops ctx["whole_field"] when it tiles the field
+        ctx["whole_field"] = {"nucleus": sm}
         if "cytoplasm" in images:
             cyt = images["cytoplasm"].astype(np.float32)
             clo, chi = np.percentile(cyt[::2, ::2], [0.5, 99.8])
             ctx["cyt_norm"] = (float(clo), float(chi))
-            csm = ctx["smoothed"]["cytoplasm"] = pp.smooth(pp.normalize(cyt, clo, chi), sigma)
+            csm = ctx["whole_field"]["cytoplasm"] = pp.smooth(pp.normalize(cyt, clo, chi, copy=False), sigma)
+            del cyt
             thr = None
             if p.cell_threshold == "multiotsu":
                 try:
@@ -109,7 +112,7 @@ class ClassicEngine(Engine):
     def _smoothed(role: str, tile: np.ndarray, ctx: dict[str, Any], norm: str) -> np.ndarray:
         """The normalized, smoothed tile: from ``prepare`` when the tile is the whole field (a tile
         smaller than the field in any direction has another shape), else computed."""
-        full = ctx.get("smoothed", {}).get(role)
+        full = ctx.get("whole_field", {}).get(role)
         if full is not None and full.shape == tile.shape:
             return full
         return pp.smooth(pp.normalize(tile, *ctx[norm]), ctx["sigma"])
