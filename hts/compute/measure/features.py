@@ -77,7 +77,10 @@ def object_ids(labels: np.ndarray) -> np.ndarray:
     if mx == 0:
         return np.zeros(0, np.int64)
     if mx <= 4 * labels.size:
-        ids = np.flatnonzero(np.bincount(labels.ravel(), minlength=mx + 1))
+        # a presence table (bincount would first copy the labels as int64: 2x an int32 field)
+        present = np.zeros(mx + 1, bool)
+        present[labels] = True
+        ids = np.flatnonzero(present)
     else:
         ids = np.unique(labels)
     return ids[ids > 0].astype(np.int64)
@@ -99,7 +102,12 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 
 class _Objects:
-    """The object pixels of a label image in row-major order, with each pixel's object rank."""
+    """The object pixels of a label image in row-major order, with each pixel's object rank.
+
+    The per-pixel arrays (:attr:`idx`, :attr:`rank`, :attr:`r`, :attr:`c`) are int32 when the
+    image has fewer than 2**31 pixels (half the memory of int64; arithmetic that could exceed
+    int32, such as a key of rank and row, casts first).
+    """
 
     def __init__(self, labels: np.ndarray):
         labels = _check_labels(labels)
@@ -107,16 +115,18 @@ class _Objects:
         self.shape = labels.shape
         self.ids = object_ids(labels)
         self.n = len(self.ids)
+        itype = np.int32 if labels.size < 2**31 else np.int64
         flat = labels.ravel()
-        self.idx = np.flatnonzero(flat)  # ascending = row-major
+        self.idx = np.flatnonzero(flat).astype(itype, copy=False)  # ascending = row-major
         lab = flat[self.idx]
         self._lut = None
         if self.n and self.ids[-1] <= 4 * labels.size:
             self._lut = np.zeros(int(self.ids[-1]) + 1, np.int64)
             self._lut[self.ids] = np.arange(self.n)
-        self.rank = self.rank_of(lab)
+        self.rank = self.rank_of(lab).astype(itype, copy=False)
+        del lab
         self.counts = np.bincount(self.rank, minlength=self.n)
-        self.r, self.c = np.divmod(self.idx, labels.shape[1])
+        self.r, self.c = np.divmod(self.idx, itype(labels.shape[1]))
         self._diff = None
         self._on_edge = None
         self._centroid = None
@@ -173,7 +183,7 @@ class _Objects:
         start[1:] = (np.diff(idx) != 1) | (np.diff(self.rank) != 0) | (np.diff(r) != 0)
         s = np.flatnonzero(start)
         e = np.append(s[1:], idx.size) - 1
-        key = self.rank[s] * self.shape[0] + r[s]
+        key = self.rank[s].astype(np.int64) * self.shape[0] + r[s]
         order = np.argsort(key, kind="stable")
         key, c0, c1 = key[order], c[s][order], c[e][order]
         g = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -206,14 +216,19 @@ def _shape(o: _Objects, pixel_size_um: float | None) -> dict[str, np.ndarray]:
         # centroid: exact integer sums, as regionprops' coordinate mean
         cy = np.bincount(rank, r, n) / area
         cx = np.bincount(rank, c, n) / area
-        # central moments in the bounding-box frame (as cp-measure / regionprops)
-        rl = (r - rmin[rank]).astype(np.float64)
-        cl = (c - cmin[rank]).astype(np.float64)
-        dr = rl - (np.bincount(rank, rl, n) / area)[rank]
-        dc = cl - (np.bincount(rank, cl, n) / area)[rank]
-        a = np.bincount(rank, dr * dr, n) / area  # mu20 / mu00 (rows)
+        # central moments in the bounding-box frame (as cp-measure / regionprops); each
+        # per-pixel array is shifted in place, so two of them are alive at a time
+        dr = (r - rmin[rank]).astype(np.float64)
+        dr -= (np.bincount(rank, dr, n) / area)[rank]
+        dc = (c - cmin[rank]).astype(np.float64)
+        dc -= (np.bincount(rank, dc, n) / area)[rank]
         b = np.bincount(rank, dr * dc, n) / area  # mu11 / mu00
-        cc = np.bincount(rank, dc * dc, n) / area  # mu02 / mu00 (columns)
+        dr *= dr
+        a = np.bincount(rank, dr, n) / area  # mu20 / mu00 (rows)
+        del dr
+        dc *= dc
+        cc = np.bincount(rank, dc, n) / area  # mu02 / mu00 (columns)
+        del dc
         half_trace = (a + cc) / 2
         disc = np.sqrt(((cc - a) / 2) ** 2 + b**2)
         eig_major = np.clip(half_trace + disc, 0.0, None)
@@ -263,14 +278,17 @@ def _perimeter(o: _Objects) -> np.ndarray:
         return np.zeros(0)
     h, w = o.shape
     # border pixels: a 4-neighbour has another label, or the pixel is on the image edge
-    edge = o.neighbour_differs()[o.r, o.c] | (o.r == 0) | (o.r == h - 1) | (o.c == 0) | (o.c == w - 1)
-    padded = np.zeros((h + 2, w + 2), o.labels.dtype)  # border pixels keep their label, all else 0
-    br, bc = o.r[edge] + 1, o.c[edge] + 1
-    lab = o.labels[br - 1, bc - 1]
-    padded[br, bc] = lab
+    edge = o.on_edge() | (o.r == 0) | (o.r == h - 1) | (o.c == 0) | (o.c == w - 1)
+    border = np.zeros(o.shape, bool)  # a bool image of the border pixels (not a padded copy of the labels)
+    border.ravel()[o.idx[edge]] = True
+    br, bc = o.r[edge], o.c[edge]
+    lab = o.labels[br, bc]
     code = np.ones(br.size, np.int64)
     for (dy, dx), weight in [(d, 2) for d in _N4] + [(d, 10) for d in _DIAG]:
-        code += weight * (padded[br + dy, bc + dx] == lab)
+        y, x = br + dy, bc + dx
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        y, x = np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)
+        code += weight * (inside & border[y, x] & (o.labels[y, x] == lab))
     return np.bincount(o.rank[edge], _PERIMETER_WEIGHTS[code], o.n)
 
 
@@ -333,18 +351,23 @@ def _euler_number(o: _Objects) -> np.ndarray:
     """skimage ``euler_number`` (8-connectivity) of every object, from its 2x2 configurations."""
     if o.n == 0:
         return np.zeros(0)
-    p = np.zeros((o.shape[0] + 2, o.shape[1] + 2), o.labels.dtype)
-    p[1:-1, 1:-1] = o.labels
-    tl, t, lft, cr = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+    h, w = o.shape
     e = np.zeros(o.n)
-    # skimage's coefficients: +1 for a lone top-left pixel, -1 for the three-pixel corner
-    # missing the bottom-right one, -1 for the anti-diagonal pair (top-right, bottom-left).
-    alone = (tl > 0) & (t != tl) & (lft != tl) & (cr != tl)
-    corner = (tl > 0) & (t == tl) & (lft == tl) & (cr != tl)
-    anti = (t > 0) & (lft == t) & (tl != t) & (cr != t)
-    e += np.bincount(o.rank_of(tl[alone]), minlength=o.n)
-    e -= np.bincount(o.rank_of(tl[corner]), minlength=o.n)
-    e -= np.bincount(o.rank_of(t[anti]), minlength=o.n)
+    band = max(1, (1 << 20) // (w + 2))  # 2x2 windows in bands of rows: the padded copy is a band, not a field
+    for i0 in range(0, h + 1, band):  # window row i covers image rows i - 1 and i (zero outside)
+        i1 = min(i0 + band, h + 1)
+        p = np.zeros((i1 - i0 + 1, w + 2), o.labels.dtype)
+        r0, r1 = max(i0 - 1, 0), min(i1, h)
+        p[r0 - (i0 - 1) : r1 - (i0 - 1), 1:-1] = o.labels[r0:r1]
+        tl, t, lft, cr = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+        # skimage's coefficients: +1 for a lone top-left pixel, -1 for the three-pixel corner
+        # missing the bottom-right one, -1 for the anti-diagonal pair (top-right, bottom-left).
+        alone = (tl > 0) & (t != tl) & (lft != tl) & (cr != tl)
+        corner = (tl > 0) & (t == tl) & (lft == tl) & (cr != tl)
+        anti = (t > 0) & (lft == t) & (tl != t) & (cr != t)
+        e += np.bincount(o.rank_of(tl[alone]), minlength=o.n)
+        e -= np.bincount(o.rank_of(tl[corner]), minlength=o.n)
+        e -= np.bincount(o.rank_of(t[anti]), minlength=o.n)
     return e
 
 
@@ -380,9 +403,9 @@ def intensity_features(
 
 
 def _group_sort(rank: np.ndarray, values: np.ndarray, integral: bool) -> np.ndarray:
-    """``values`` sorted by (rank, value); ``rank`` must already be grouped (non-decreasing)."""
+    """``values`` sorted by (rank, value), as float64; ``rank`` must already be grouped (non-decreasing)."""
     if values.size == 0:
-        return values
+        return values.astype(np.float64)
     if integral:
         lo, hi = int(values.min()), int(values.max())
         bits = max(hi - lo, 1).bit_length()
@@ -390,10 +413,15 @@ def _group_sort(rank: np.ndarray, values: np.ndarray, integral: bool) -> np.ndar
         if total <= 62:
             # one integer key per pixel, (rank, value) packed; 32-bit keys sort ~2x faster than 64-bit
             kt = np.uint32 if total <= 32 else np.int64
-            key = (rank.astype(kt) << kt(bits)) | (values - lo).astype(kt)
+            key = rank.astype(kt) << kt(bits)
+            key |= (values.astype(np.int64) - lo).astype(kt)
             key.sort()
-            return (key & kt((1 << bits) - 1)).astype(np.int64) + lo
-    return values[np.lexsort((values, rank))]
+            key &= kt((1 << bits) - 1)
+            out = key.astype(np.float64)  # integers below 2**53: exact
+            del key
+            out += lo
+            return out
+    return values[np.lexsort((values, rank))].astype(np.float64, copy=False)
 
 
 def _quantile(s: np.ndarray, start: np.ndarray, n: np.ndarray, frac: float, legacy: bool) -> np.ndarray:
@@ -413,8 +441,10 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
     scale = _default_scale(image.dtype) if scale is None else float(scale)
     integral = image.dtype == bool or np.issubdtype(image.dtype, np.integer)
     n = o.n
+    # Per-pixel arrays are freed (del) or reused in place as soon as they are done with: a
+    # field's object pixels are millions at 4096², and each float64 copy is 8 bytes per pixel.
     idx, rank, r, c = o.idx, o.rank, o.r, o.c
-    raw = image.ravel()[idx]
+    raw = image.ravel()[idx]  # the image's own dtype
     finite = None
     if not integral:
         finite = np.isfinite(raw)
@@ -422,23 +452,26 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
             finite = None
         else:
             idx, rank, r, c, raw = idx[finite], rank[finite], r[finite], c[finite], raw[finite]
-    if integral:
-        raw = raw.astype(np.int64)
-    vals = raw.astype(np.float64) / scale
+    vals = raw.astype(np.float64)
+    vals /= scale
     cnt = o.counts if finite is None else np.bincount(rank, minlength=n)
     has = cnt > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         integ = np.bincount(rank, vals, n)
         mean = np.where(has, integ / cnt, 0.0)
-        dev = vals - mean[rank]
-        std = np.where(has, np.sqrt(np.bincount(rank, dev * dev, n) / cnt), 0.0)
+        dev = mean[rank]
+        np.subtract(vals, dev, out=dev)
+        dev *= dev
+        std = np.where(has, np.sqrt(np.bincount(rank, dev, n) / cnt), 0.0)
+        del dev
 
         # quartiles / median / MAD: every pixel sorted by (object, value) once
         start = np.cumsum(cnt) - cnt
         if integral:  # sort the raw integers, interpolate, then scale
-            s = _group_sort(rank, raw, True).astype(np.float64)
+            s = _group_sort(rank, raw, True)
         else:
             s = _group_sort(rank, vals, False)
+        del raw
         m = has
         st, nn = start[m], cnt[m]
         q = {}
@@ -449,18 +482,26 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
         ):
             q[name] = np.zeros(n)
             q[name][m] = _quantile(s, st, nn, frac, legacy)
-        srank = np.repeat(np.arange(n), cnt)
-        dev_abs = np.abs(s - q["MedianIntensity"][srank])
-        if integral:  # medians of integers are multiples of 1/2: sort 2|x - median| as integers
-            ds = _group_sort(srank, np.rint(2 * dev_abs).astype(np.int64), True) / 2.0
-        else:
-            ds = _group_sort(srank, dev_abs, False)
-        mad = np.zeros(n)
-        mad[m] = _quantile(ds, st, nn, 0.5, legacy)
+        srank = np.repeat(np.arange(n, dtype=rank.dtype), cnt)
+        dev_abs = q["MedianIntensity"][srank]
+        np.subtract(s, dev_abs, out=dev_abs)
+        np.abs(dev_abs, out=dev_abs)
         vmin = np.zeros(n)
         vmax = np.zeros(n)
         vmin[m] = s[st]
         vmax[m] = s[st + nn - 1]
+        del s
+        if integral:  # medians of integers are multiples of 1/2: sort 2|x - median| as integers
+            dev_abs *= 2
+            np.rint(dev_abs, out=dev_abs)
+            ds = _group_sort(srank, dev_abs.astype(np.int64), True)
+            ds /= 2.0
+        else:
+            ds = _group_sort(srank, dev_abs, False)
+        del dev_abs, srank
+        mad = np.zeros(n)
+        mad[m] = _quantile(ds, st, nn, 0.5, legacy)
+        del ds
         if integral:
             for k in q:
                 q[k] = q[k] / scale
@@ -468,8 +509,15 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
 
         # mass displacement: intensity-weighted centroid minus centroid (of the finite pixels)
         cr, ccol = o.centroid() if finite is None else (np.bincount(rank, r, n) / cnt, np.bincount(rank, c, n) / cnt)
-        dyw = np.bincount(rank, (r - cr[rank]) * vals, n) / integ
-        dxw = np.bincount(rank, (c - ccol[rank]) * vals, n) / integ
+        t = cr[rank]
+        np.subtract(r, t, out=t)
+        t *= vals
+        dyw = np.bincount(rank, t, n) / integ
+        t = ccol[rank]
+        np.subtract(c, t, out=t)
+        t *= vals
+        dxw = np.bincount(rank, t, n) / integ
+        del t
         mass = np.where(has, np.where(integ != 0, np.sqrt(dyw * dyw + dxw * dxw), np.nan), 0.0)
 
         # edge pixels: find_boundaries(labels, mode="inner")
@@ -551,13 +599,14 @@ def compartment_features(
     nuclei, cells = _check_labels(nuclei), _check_labels(cells)
     if nuclei.shape != cells.shape:
         raise ValueError(f"nuclei {nuclei.shape} and cells {cells.shape} differ in shape")
-    cyto = np.where(nuclei > 0, 0, cells)
     out: dict[str, dict[str, np.ndarray]] = {}
-    objs = {}
-    for name, lab in (("nuclei", nuclei), ("cells", cells), ("cytoplasm", cyto)):
-        o = objs[name] = _Objects(lab)
+    for name in ("nuclei", "cells", "cytoplasm"):  # one compartment's pixel lists alive at a time (+ the cells')
+        lab = np.where(nuclei > 0, 0, cells) if name == "cytoplasm" else {"nuclei": nuclei, "cells": cells}[name]
+        o = _Objects(lab)
         out[name] = _object_features(o, images, pixel_size_um, quantiles)
-    co = objs["cells"]
+        if name == "cells":
+            co = o
+        del o, lab
     in_nuc = nuclei.ravel()[co.idx] > 0
     for ch, img in images.items():
         v = np.asarray(img).ravel()[co.idx].astype(np.float64)  # the scale cancels in the ratio
