@@ -83,10 +83,14 @@ def _owned(labels: np.ndarray, tile: Tile) -> np.ndarray:
     if ids.size == 0 or (y0, y1, x0, x1) == tile.outer:
         return ids  # nothing to decide when the core is the whole tile (a field in one tile)
     flat = labels.ravel()
-    n = np.bincount(flat)[ids]
-    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
-    cy = np.bincount(flat, rows)[ids] / n + tile.outer[0]
-    cx = np.bincount(flat, cols)[ids] / n + tile.outer[2]
+    at = np.flatnonzero(flat)  # object pixels only, as int32 positions: ~5x less work than every pixel in int64
+    if flat.size < 2**31:
+        at = at.astype(np.int32)
+    lab = flat[at]
+    rows, cols = np.divmod(at, at.dtype.type(labels.shape[1]))
+    n = np.bincount(lab)[ids]
+    cy = np.bincount(lab, rows)[ids] / n + tile.outer[0]
+    cx = np.bincount(lab, cols)[ids] / n + tile.outer[2]
     inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
     return ids[inside]
 
