@@ -19,6 +19,7 @@ The public API, all of it here (docs/api.md walks through it)::
   :func:`export`, :func:`report`, :func:`query`;
 - models: :func:`engines`, :func:`train`, :func:`evaluate`;
 - acquisition in progress: :func:`watch`;
+- one Dask cluster for several calls: ``with hts.cluster(ws): ...``;
 - profiling: :func:`profile`, :func:`activity`, :func:`similar`, :func:`profiles`, :func:`export_profiles`;
 - browsing: :class:`Browser` (what ``hts serve`` shows, as calls; the web app is :mod:`hts.web`).
 
@@ -36,6 +37,7 @@ _API = {
     "Workspace": "hts.config",
     "Catalog": "hts.catalog",
     "Plate": "hts.api",
+    "cluster": "hts.api",
     "ingest": "hts.api",
     "segment": "hts.api",
     "measure": "hts.api",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from hts.api import (
         Plate,
         activity,
+        cluster,
         engines,
         evaluate,
         export,

@@ -18,7 +18,8 @@ are :class:`hts.errors.HtsError` subclasses with one-line messages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from hts.tasks.watch import WatchOptions, WatchReport
 
 __all__ = [
-    "Plate", "ingest", "segment", "measure", "qc", "export", "report", "evaluate", "train", "engines", "query",
+    "Plate", "cluster", "ingest", "segment", "measure", "qc", "export", "report", "evaluate", "train", "engines", "query",
     "profile", "activity", "similar", "profiles", "export_profiles", "watch",
 ]  # fmt: skip
 
@@ -177,6 +178,24 @@ class Plate:
 
 
 # ------------------------------------------------------------------------------------ the pipeline
+
+
+@contextmanager
+def cluster(workspace: WorkspaceLike, *, workers: int | None = None) -> Iterator[Any]:
+    """One Dask cluster (or client of ``workspace.scheduler``) for every call in the ``with`` block.
+
+    Each call otherwise starts and stops its own local cluster (about 3 s on a small
+    machine: the cluster, then the workers' imports). Yields the ``distributed.Client``
+    (None for the ``"sync"`` scheduler).
+
+    >>> with hts.cluster(ws):                                      # doctest: +SKIP
+    ...     plate = hts.ingest("plate.nd2", ws)
+    ...     hts.segment(plate, engine="classic")
+    """
+    from hts.orchestrate.dask import shared_client
+
+    with shared_client(_workspace(workspace).scheduler, workers=workers) as client:
+        yield client
 
 
 def ingest(

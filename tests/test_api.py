@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,33 @@ def test_a_classic_run_imports_no_deep_learning():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["classic", "False", "False"], out
+
+
+def test_one_cluster_for_every_call_in_a_cluster_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``with hts.cluster(ws)``: ingest and segment share one local cluster; the results equal separate calls."""
+    from hts.orchestrate import dask as orch
+    from hts.synth import make_plate
+
+    started = []
+    real = orch._local_cluster
+    monkeypatch.setattr(orch, "_local_cluster", lambda *a, **k: started.append(a[0]) or real(*a, **k))
+    raw = make_plate(tmp_path / "raw", format="nd2", wells="B02:B03", fields=2, shape=(160, 160), seed=5)
+
+    def run(name: str, shared: bool) -> int:
+        ws = hts.Workspace.at(tmp_path / name, scheduler="threads")
+        with hts.cluster(ws, workers=1) if shared else contextlib.nullcontext() as client:
+            assert (client is not None) == shared
+            plate = hts.ingest(raw.source, ws, workers=1)
+            rep = hts.segment(plate, engine="classic", workers=1)
+            # a call asking for another worker count starts its own cluster
+            hts.segment(plate, engine="classic", workers=2, label_suffix="two") if shared else None
+        return rep.cells
+
+    before = len(started)
+    separate = run("separate", False)
+    assert len(started) - before == 2  # one cluster per call
+    before = len(started)
+    together = run("together", True)
+    assert len(started) - before == 2  # the block's cluster + the 2-worker call's own
+    assert together == separate > 0
+    assert orch._SHARED.get() is None  # the block left nothing behind

@@ -9,6 +9,10 @@
 - ``"sync"``: no Dask, tasks run one after another in this process (debugging);
 - ``"tcp://host:port"`` (any address): an existing Dask cluster.
 
+:func:`shared_client` keeps one client (and its local cluster) for every call in a
+``with`` block: a notebook or script that ingests, segments and measures pays the
+cluster's start and the workers' imports once instead of once per call.
+
 :func:`map_fields` submits tasks with a bounded number in flight, so the client
 never holds more than a window of results, and yields results as they complete.
 Short items are grouped several to a task (:func:`items_per_task`), sized by the time
@@ -30,6 +34,7 @@ only there, one at a time per GPU, while CPU tasks run on any worker.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -41,6 +46,7 @@ from hts.errors import ClusterError, HtsError
 
 __all__ = [
     "dask_client",
+    "shared_client",
     "map_fields",
     "items_per_task",
     "Batcher",
@@ -73,17 +79,29 @@ def cuda_devices() -> int:
         return 0
 
 
+# (scheduler, workers, client) of the innermost shared_client block, if any
+_SHARED: contextvars.ContextVar[tuple[str, int | None, Any] | None] = contextvars.ContextVar(
+    "hts_shared_client", default=None
+)
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu: bool = False) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler`` (None for ``"sync"``), closed on exit.
 
     With ``gpu=True`` a local cluster has one worker per GPU: dask-cuda's
     ``LocalCUDACluster`` when installed (it pins each worker to its device),
-    else one single-threaded worker process per device.
+    else one single-threaded worker process per device. Inside a
+    :func:`shared_client` block for the same scheduler (and worker count, when one is
+    asked for), that block's client is used and left open.
     """
     scheduler = scheduler or "local"
     if scheduler == "sync":
         yield None
+        return
+    shared = _SHARED.get()
+    if shared is not None and not gpu and shared[0] == scheduler and workers in (None, shared[1]):
+        yield shared[2]
         return
     from distributed import Client
 
@@ -105,6 +123,22 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextmanager
+def shared_client(scheduler: str | None = None, *, workers: int | None = None) -> Iterator[Any]:
+    """One client for every hts call in the block that runs on ``scheduler``; closed at the end.
+
+    Calls asking for another scheduler, another worker count or GPU workers start their
+    own as before. ``"sync"`` has no client: the block changes nothing.
+    """
+    scheduler = scheduler or "local"
+    with dask_client(scheduler, workers=workers) as client:
+        token = _SHARED.set((scheduler, workers, client) if client is not None else None)
+        try:
+            yield client
+        finally:
+            _SHARED.reset(token)
 
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, to hand freed memory back to the
