@@ -241,11 +241,15 @@ def skimage_nuclei_pipeline(files: list[Path], out: Path) -> dict:
 
 
 def end_to_end(size: int, n_fields: int, objects: int | None, workers: int, workdir: Path) -> dict:
-    """Ingest + segment (classic, default features, into the catalog) on local Dask, against the scikit-image baseline."""
+    """Ingest + segment (classic, default features, into the catalog) on local Dask, against the scikit-image baseline.
+
+    Twice: as two calls that each start their own local cluster (what two ``hts`` commands do),
+    and inside one ``hts.cluster`` block (one cluster for both calls, the Python API).
+    """
     import tifffile
 
     from benchmarks._util import PeakRSS, timer
-    from hts.api import segment
+    from hts.api import cluster, segment
     from hts.config import Workspace
     from hts.tasks.ingest import ingest
 
@@ -269,12 +273,18 @@ def end_to_end(size: int, n_fields: int, objects: int | None, workers: int, work
         (seg,) = segment([rep.plate_id], engine="classic", workspace=ws, workers=workers, pixel_size_um=px)
     row["segment_features"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2), "cells": seg.cells,
                                "peak_rss_MB": round(rss.peak / 1e6), "peak_anon_rss_MB": round(rss.peak_anon / 1e6)}  # fmt: skip
+    ws1 = Workspace(db=workdir / f"e2e1_{size}_{objects}.duckdb", plates_dir=workdir / "plates1", scheduler="local")
+    with PeakRSS() as rss, timer() as t, cluster(ws1, workers=workers):
+        rep1 = ingest(src, workspace=ws1, workers=workers, overwrite=True, name=f"E2E{size}")
+        (seg1,) = segment([rep1.plate_id], engine="classic", workspace=ws1, workers=workers, pixel_size_um=px)
+    row["one_cluster"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2), "cells": seg1.cells}
     with PeakRSS() as rss, timer() as t:
         base = skimage_nuclei_pipeline(files, workdir / f"baseline_{size}.parquet")
     row["skimage"] = {"seconds": round(t["s"], 2), "cpu_s": round(rss.cpu, 2), "objects": base["objects"]}
     hts_s = row["ingest"]["seconds"] + row["segment_features"]["seconds"]
     row["hts_seconds"] = round(hts_s, 2)
     row["speedup_vs_skimage"] = round(row["skimage"]["seconds"] / hts_s, 2)
+    row["speedup_one_cluster_vs_skimage"] = round(row["skimage"]["seconds"] / row["one_cluster"]["seconds"], 2)
     row["cpu_ratio_hts_over_skimage"] = round(
         (row["ingest"]["cpu_s"] + row["segment_features"]["cpu_s"]) / row["skimage"]["cpu_s"], 2
     )
@@ -341,7 +351,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.e2e:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            for size, n in ((2048, 8), (512, 64)):
+            for size, n in args.e2e_fields:
                 rows.append(end_to_end(size, n, None, args.workers, Path(tmp)))
                 print(rows[-1], flush=True)
         return {"benchmark": "sweep-e2e", "runs": rows}
@@ -406,6 +416,12 @@ def add_parser(sub) -> None:
         help="instead: the whole pipeline on 8 x 2048² and 64 x 512² fields vs scikit-image",
     )
     p.add_argument("--workers", type=int, default=2, help="local Dask workers for --e2e")
+    p.add_argument(
+        "--e2e-fields",
+        type=lambda v: [tuple(int(x) for x in pair.split("x")) for pair in v.split(",")],
+        default=[(2048, 8), (512, 64)],
+        help="--e2e: SIZExFIELDS pairs (default 2048x8,512x64)",
+    )
     p.add_argument("--plot", default=None, help="also draw the sweep into this PNG (docs/sweep.png)")
     p.add_argument("--plot-before", default=None, help="an earlier sweep JSON drawn dashed beside it")
     p.add_argument("--memory", action="store_true", help="instead: peak memory of one field per size (tracemalloc)")
