@@ -56,6 +56,44 @@ def test_classic_without_cytoplasm_expands_nuclei():
     assert set(np.unique(cells)) == set(np.unique(nuc))
 
 
+def test_nucleus_only_cells_are_the_whole_field_expansion_and_tiles_need_only_a_nucleus_halo():
+    """Without a cytoplasm channel the cells are expanded once over the stitched field (in blocks),
+    so the tiles' halo is sized for nuclei: the same labels as one whole-field pass."""
+    from skimage.segmentation import expand_labels
+
+    f = synth_field(shape=(400, 400), seed=21, density=1.0, channels=("DAPI",))
+    eng = engine_class("classic")({"cell_max_distance_um": 12.0})
+    whole = segment_field(eng, {"nucleus": f.image[0]}, pixel_size_um=0.65, tile=1024)
+    seen = []
+    tile_fn = eng.segment_tile
+    eng.segment_tile = lambda images, maps, ctx: seen.append(images["nucleus"].shape) or tile_fn(images, maps, ctx)
+    tiled = segment_field(eng, {"nucleus": f.image[0]}, pixel_size_um=0.65, tile=128, halo=16)
+    assert max(seen) <= (128 + 2 * 47,) * 2  # halo 1.25 x 2 x 12 µm = 47 px, not the cells' 1.25 x 36 µm = 70 px
+    reach = 12.0 / 0.65
+    np.testing.assert_array_equal(whole.labels["cells"], expand_labels(whole.labels["nuclei"], reach))
+    # the same objects (ids are numbered in tile order, so compare the partitions), cells linked to nuclei
+    for name in ("nuclei", "cells"):
+        a, b = whole.labels[name].ravel(), tiled.labels[name].ravel()
+        pairs = np.unique(a.astype(np.int64) * (b.max() + 1) + b)
+        assert len(pairs) == len(np.unique(a)) == len(np.unique(b)), name
+    np.testing.assert_array_equal(tiled.labels["cells"], expand_labels(tiled.labels["nuclei"], reach))
+
+
+@pytest.mark.parametrize("block", [7, 50, 1000])
+def test_blockwise_expand_labels_equals_skimage(block):
+    from skimage.segmentation import expand_labels
+
+    from hts.compute.segment.postprocess import expand_labels as blockwise
+
+    rng = np.random.default_rng(block)
+    lab = np.zeros((300, 240), np.int32)
+    pts = rng.integers(0, [300, 240], (60, 2))
+    lab[pts[:, 0], pts[:, 1]] = np.arange(1, 61)
+    lab[::40, ::30] = 99  # a grid of equidistant seeds: ties everywhere
+    for d in (0.5, 3, 9.5, 40):
+        np.testing.assert_array_equal(blockwise(lab, d, block=block), expand_labels(lab, d), err_msg=f"distance {d}")
+
+
 def test_bad_parameters_are_rejected():
     with pytest.raises(Exception, match="nucleus_diameter_um"):
         engine_class("classic")({"nucleus_diameter_um": -1})

@@ -12,6 +12,10 @@ parameters as a pydantic model whose sizes are in µm.
    thresholds), so every tile of the field uses the same ones; whole-field arrays
    that only serve a tile covering the whole field go under ``ctx["whole_field"]``,
    which the driver drops when it tiles the field (memory bounded by a tile);
+   ``ctx["max_object_um"]``, when set, sizes the tiling halo for this field instead
+   of :meth:`Engine.max_object_um` (an engine that builds its largest objects in
+   ``finalize`` needs a halo for the others only); the driver sets ``ctx["tile"]``, the
+   block size field-level steps in ``finalize`` work in;
 2. ``predict`` (deep engines): network maps for the whole field, computed on
    halo-padded tiles batched through the backend and stitched by their cores;
 3. ``segment_tile``: instances per tile (with a halo wider than the largest
@@ -153,7 +157,9 @@ def segment_field(
     """Segment one 2-D field given as ``{role: (y, x) array}`` with ``engine``, tiled and stitched."""
     shape = next(iter(images.values())).shape
     ctx = engine.prepare(images, pixel_size_um)
-    halo_px = max(int(halo), math.ceil(1.25 * engine.max_object_um() / pixel_size_um))
+    ctx.setdefault("tile", tile)  # field-level steps in finalize work in blocks of this size too
+    largest = float(ctx.get("max_object_um", engine.max_object_um()))
+    halo_px = max(int(halo), math.ceil(1.25 * largest / pixel_size_um))
     maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
     tiles = tile_grid(shape, tile, halo_px)
     if len(tiles) > 1:

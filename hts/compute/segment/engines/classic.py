@@ -7,10 +7,17 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 from scipy import ndimage as ndi
-from skimage import filters, segmentation
+from skimage import filters
 
 from hts.compute.segment import postprocess as pp
-from hts.compute.segment.engines.base import CYTOPLASM_NAMES, NUCLEUS_NAMES, Engine, EngineParams, Role
+from hts.compute.segment.engines.base import (
+    CYTOPLASM_NAMES,
+    NUCLEUS_NAMES,
+    Engine,
+    EngineParams,
+    Role,
+    SegmentResult,
+)
 
 
 class ClassicParams(EngineParams):
@@ -82,6 +89,10 @@ class ClassicEngine(Engine):
         p = self.params
         sigma = pp.um_to_px(p.smoothing_um, pixel_size_um)
         ctx: dict[str, Any] = {"pixel_size_um": pixel_size_um, "sigma": sigma}
+        if "cytoplasm" not in images:
+            # cells are the nuclei expanded, done once over the stitched field (finalize): the tiles
+            # only need a halo for nuclei (up to twice the expected diameter), not for whole cells
+            ctx["max_object_um"] = 2 * p.nucleus_diameter_um
         nuc = images["nucleus"].astype(np.float32)
         lo, hi = np.percentile(nuc[::2, ::2], [0.5, 99.8])
         ctx["nuc_norm"] = (float(lo), float(hi))
@@ -139,8 +150,8 @@ class ClassicEngine(Engine):
     def cells(self, nuclei: np.ndarray, cytoplasm: np.ndarray | None, ctx: dict[str, Any]) -> np.ndarray:
         p, px = self.params, ctx["pixel_size_um"]
         reach = pp.um_to_px(p.cell_max_distance_um, px)
-        if cytoplasm is None:
-            return segmentation.expand_labels(nuclei, distance=reach).astype(np.int32)
+        if cytoplasm is None:  # Distance-N: the nuclei expanded (a field in blocks of the tile size)
+            return pp.expand_labels(nuclei, reach, block=ctx.get("tile", 1024)).astype(np.int32, copy=False)
         csm = self._smoothed("cytoplasm", cytoplasm, ctx, "cyt_norm")
         mask = pp.fill_holes(csm > ctx["cyt_threshold"])
         # CellProfiler "Propagation"-like: distance from the nearest nucleus plus a
@@ -151,4 +162,13 @@ class ClassicEngine(Engine):
 
     def segment_tile(self, images, maps, ctx) -> dict[str, np.ndarray]:
         nuclei = self.nuclei(images["nucleus"], ctx)
-        return {"nuclei": nuclei, "cells": self.cells(nuclei, images.get("cytoplasm"), ctx)}
+        if "cytoplasm" not in images:
+            return {"nuclei": nuclei}  # cells: finalize
+        return {"nuclei": nuclei, "cells": self.cells(nuclei, images["cytoplasm"], ctx)}
+
+    def finalize(
+        self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]
+    ) -> SegmentResult:
+        if "cells" not in labels:
+            labels = {**labels, "cells": self.cells(labels["nuclei"], None, ctx)}
+        return SegmentResult(labels)

@@ -60,6 +60,7 @@ class FociEngine(ClassicEngine):
     def finalize(
         self, labels: dict[str, np.ndarray], images: dict[str, np.ndarray], ctx: dict[str, Any]
     ) -> SegmentResult:
+        labels = super().finalize(labels, images, ctx).labels  # the cells of a run without a cytoplasm channel
         p, px = self.params, ctx["pixel_size_um"]
         cells = labels["cells"]
         img = pp.smooth(images["foci"].astype(np.float32), ctx["sigma"] / 2)
