@@ -171,4 +171,5 @@ def segment_field(
         return engine.segment_tile(region, None if maps is None else maps[(slice(None), *sl)], ctx)
 
     labels = tiled_instances(shape, run, tile=tile, halo=halo_px, primary=engine.outputs[0], tiles=tiles)
+    ctx.pop("whole_field", None)  # the tiles are done: not alive through finalize
     return engine.finalize(labels, images, ctx)
