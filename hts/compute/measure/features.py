@@ -201,20 +201,21 @@ def shape_features(labels: np.ndarray, *, pixel_size_um: float | None = None) ->
     return _shape(_Objects(labels), pixel_size_um)
 
 
-def _shape(o: _Objects, pixel_size_um: float | None) -> dict[str, np.ndarray]:
+def _shape(o: _Objects, pixel_size_um: float | None, row0: int = 0) -> dict[str, np.ndarray]:
+    """``row0``: the image row of ``o``'s first row (a band of a larger field); shifts the row coordinates."""
     n, rank, r, c = o.n, o.rank, o.r, o.c
     area = o.counts.astype(np.float64)
     obj, row, row_c0, row_c1 = o.rows()
     first = np.flatnonzero(np.r_[True, obj[1:] != obj[:-1]]) if obj.size else np.zeros(0, np.int64)
     last = np.append(first[1:], obj.size)[: first.size] - 1
-    rmin, rmax = row[first], row[last] + 1
+    rmin, rmax = row[first], row[last] + 1  # in o's rows (the moments are taken in the bbox frame)
     cmin = np.minimum.reduceat(row_c0, first) if n else np.zeros(0, np.int64)
     cmax = np.maximum.reduceat(row_c1, first) + 1 if n else np.zeros(0, np.int64)
     bbox_area = ((rmax - rmin) * (cmax - cmin)).astype(np.float64)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         # centroid: exact integer sums, as regionprops' coordinate mean
-        cy = np.bincount(rank, r, n) / area
+        cy = np.bincount(rank, r, n) / area + row0
         cx = np.bincount(rank, c, n) / area
         # central moments in the bounding-box frame (as cp-measure / regionprops); each
         # per-pixel array is shifted in place, so two of them are alive at a time
@@ -250,9 +251,9 @@ def _shape(o: _Objects, pixel_size_um: float | None) -> dict[str, np.ndarray]:
             "AreaShape_Center_X": cx,
             "AreaShape_Center_Y": cy,
             "AreaShape_BoundingBoxMinimum_X": cmin.astype(np.float64),
-            "AreaShape_BoundingBoxMinimum_Y": rmin.astype(np.float64),
+            "AreaShape_BoundingBoxMinimum_Y": (rmin + row0).astype(np.float64),
             "AreaShape_BoundingBoxMaximum_X": cmax.astype(np.float64),
-            "AreaShape_BoundingBoxMaximum_Y": rmax.astype(np.float64),
+            "AreaShape_BoundingBoxMaximum_Y": (rmax + row0).astype(np.float64),
             "AreaShape_BoundingBoxArea": bbox_area,
             "AreaShape_Extent": area / bbox_area,
             "AreaShape_MajorAxisLength": 4 * np.sqrt(eig_major),
@@ -567,17 +568,71 @@ def object_features(
     """``ObjectNumber``, :func:`shape_features` and :func:`intensity_features` of every channel in ``images``.
 
     The same values as calling those functions one by one, but the objects' pixel
-    lists, edges and centroids are computed once for all channels.
+    lists, edges and centroids are computed once for all channels. A large field is
+    measured in bands of rows (:func:`_in_bands`).
     """
-    return _object_features(_Objects(labels), images, pixel_size_um, quantiles)
+    labels = _check_labels(labels)
+
+    def measure(lab: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
+        return _object_features(
+            _Objects(lab), {ch: im[rows] for ch, im in images.items()}, pixel_size_um, quantiles, rows.start
+        )
+
+    return _in_bands(labels, measure)
 
 
-def _object_features(o: _Objects, images, pixel_size_um, quantiles) -> dict[str, np.ndarray]:
+def _object_features(o: _Objects, images, pixel_size_um, quantiles, row0: int = 0) -> dict[str, np.ndarray]:
     feats = {"ObjectNumber": o.ids}
-    feats.update(_shape(o, pixel_size_um))
+    feats.update(_shape(o, pixel_size_um, row0))
     for ch, img in images.items():
         feats.update(_intensity(o, img, ch, None, quantiles))
     return feats
+
+
+#: Fields with more pixels than this are measured in bands of rows.
+BAND_PIXELS = 1 << 20  # about a 1024² segmentation tile
+
+
+def _in_bands(labels: np.ndarray, measure, band_pixels: int | None = None) -> dict[str, np.ndarray]:
+    """``measure(labels, slice(None))`` of a field, or of bands of its rows, merged: the same per-object arrays.
+
+    Hand-written banding so a worker's memory is bounded by a band, not by a field's object
+    pixels (4096² fields hold millions): objects are grouped by the band of rows their top row
+    falls in; each group is measured on the rows from one above its top to one below its
+    lowest object (other objects zeroed, so edges and neighbours are as in the whole field);
+    ``measure(band_labels, rows)`` shifts its row coordinates by ``rows.start``. Values equal
+    the whole field's up to the rounding of row coordinates (~1e-16 relative).
+    """
+    band_pixels = BAND_PIXELS if band_pixels is None else band_pixels
+    h, w = labels.shape
+    step = max(64, band_pixels // max(w, 1))
+    if labels.size <= band_pixels or h <= 2 * step:
+        return measure(labels, slice(0, h))
+    mx = int(labels.max(initial=0))
+    top = np.full(mx + 1, -1, np.int64)
+    bottom = np.full(mx + 1, -1, np.int64)
+    for r0 in range(0, h, step):  # each object's first and last row, a band of rows at a time
+        blk = labels[r0 : r0 + step]
+        at = np.flatnonzero(blk)
+        lab, row = blk.ravel()[at], at // w + r0
+        new = np.unique(lab[top[lab] < 0])
+        if new.size:
+            top[new] = h
+            np.minimum.at(top, lab, row)
+        np.maximum.at(bottom, lab, row)
+    ids = np.flatnonzero(top >= 0)
+    group = top[ids] // step
+    parts = []
+    for g in np.unique(group):
+        own = ids[group == g]
+        a, z = max(int(g) * step - 1, 0), min(int(bottom[own].max()) + 2, h)
+        keep = np.zeros(mx + 1, bool)
+        keep[own] = True
+        sub = labels[a:z]
+        parts.append(measure(np.where(keep[sub], sub, 0), slice(a, z)))
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(out["ObjectNumber"], kind="stable")
+    return {k: v[order] for k, v in out.items()}
 
 
 def compartment_features(
@@ -600,22 +655,27 @@ def compartment_features(
     if nuclei.shape != cells.shape:
         raise ValueError(f"nuclei {nuclei.shape} and cells {cells.shape} differ in shape")
     out: dict[str, dict[str, np.ndarray]] = {}
-    for name in ("nuclei", "cells", "cytoplasm"):  # one compartment's pixel lists alive at a time (+ the cells')
-        lab = np.where(nuclei > 0, 0, cells) if name == "cytoplasm" else {"nuclei": nuclei, "cells": cells}[name]
-        o = _Objects(lab)
-        out[name] = _object_features(o, images, pixel_size_um, quantiles)
-        if name == "cells":
-            co = o
-        del o, lab
-    in_nuc = nuclei.ravel()[co.idx] > 0
-    for ch, img in images.items():
-        v = np.asarray(img).ravel()[co.idx].astype(np.float64)  # the scale cancels in the ratio
-        ok = np.isfinite(v)
-        nuc, cyt = ok & in_nuc, ok & ~in_nuc
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nuc_mean = np.bincount(co.rank[nuc], v[nuc], co.n) / np.bincount(co.rank[nuc], minlength=co.n)
-            cyt_mean = np.bincount(co.rank[cyt], v[cyt], co.n) / np.bincount(co.rank[cyt], minlength=co.n)
-            ratio = nuc_mean / cyt_mean
-        ratio[~np.isfinite(ratio)] = np.nan
-        out["cells"][f"Intensity_NucCytoRatio_{ch}"] = ratio
-    return out
+    out["nuclei"] = object_features(nuclei, images, pixel_size_um=pixel_size_um, quantiles=quantiles)
+
+    def cell_features(lab: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
+        co = _Objects(lab)
+        band = {ch: im[rows] for ch, im in images.items()}
+        feats = _object_features(co, band, pixel_size_um, quantiles, rows.start)
+        in_nuc = nuclei[rows].ravel()[co.idx] > 0
+        for ch, img in band.items():
+            v = np.asarray(img).ravel()[co.idx].astype(np.float64)  # the scale cancels in the ratio
+            ok = np.isfinite(v)
+            nuc, cyt = ok & in_nuc, ok & ~in_nuc
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nuc_mean = np.bincount(co.rank[nuc], v[nuc], co.n) / np.bincount(co.rank[nuc], minlength=co.n)
+                cyt_mean = np.bincount(co.rank[cyt], v[cyt], co.n) / np.bincount(co.rank[cyt], minlength=co.n)
+                ratio = nuc_mean / cyt_mean
+            ratio[~np.isfinite(ratio)] = np.nan
+            feats[f"Intensity_NucCytoRatio_{ch}"] = ratio
+        return feats
+
+    out["cells"] = _in_bands(cells, cell_features)
+    out["cytoplasm"] = object_features(
+        np.where(nuclei > 0, 0, cells), images, pixel_size_um=pixel_size_um, quantiles=quantiles
+    )
+    return {k: out[k] for k in ("nuclei", "cells", "cytoplasm")}
