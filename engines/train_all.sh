@@ -54,9 +54,12 @@ if want brightfield-unet; then
     --out engines/brightfield-unet --steps 2600 --time-limit 7200 --checkpoint "$STAGE/brightfield-unet-real.pt"
   "$PY" engines/tune_postprocess.py engines/brightfield-unet --data "$DATA" --write
 fi
-if want cytoplasm; then
-  nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $(extra usiigaci_tr prepare_usiigaci.py "${USIIGACI_GIT:-}") \
-    --out engines/cytoplasm --steps 1500 --time-limit 4500 --checkpoint "$STAGE/cytoplasm-real.pt"
+if want cytoplasm; then  # stage 1, then stage 2 fine-tunes it at a lower learning rate (--init)
+  X=$(extra usiigaci_tr prepare_usiigaci.py "${USIIGACI_GIT:-}")
+  nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $X --threads 1 \
+    --out "$STAGE/cytoplasm-stage1" --steps 1500 --time-limit 4500 --checkpoint "$STAGE/cytoplasm-real.pt"
+  nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $X --threads 1 --init "$STAGE/cytoplasm-stage1" \
+    --out engines/cytoplasm --steps 3000 --lr 6e-4 --time-limit 5400 --checkpoint "$STAGE/cytoplasm-ft.pt"
   "$PY" engines/tune_postprocess.py engines/cytoplasm --data "$DATA" --write
 fi
 

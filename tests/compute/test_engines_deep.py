@@ -35,7 +35,7 @@ NUCLEI_DSB_F1_FLOOR = 0.70
 BF_SYN_F1_FLOOR = 0.45
 BF_REAL_F1_FLOOR = {"brifiseg_hela_019": 0.80, "brifiseg_a549_054": 0.60}
 CYTO_CELL_F1_FLOOR = 0.40
-CYTO_REAL_F1_FLOOR = 0.65
+CYTO_REAL_F1_FLOOR = 0.75
 FPF_CELL_F1_FLOOR = 0.75
 FPF_NUC_F1_FLOOR = 0.90
 
@@ -111,7 +111,7 @@ def test_brightfield_unet_on_real_brightfield(name: str, torch_engines: dict):
 
 
 def test_cytoplasm_whole_cells_on_real_phase_contrast(torch_engines: dict):
-    """The Usiigaci crop of tests/data (set 41: the test split of engines/cytoplasm/manifest.json): F1@0.5 0.80 measured."""
+    """The Usiigaci crop of tests/data (set 41: the test split of engines/cytoplasm/manifest.json): F1@0.5 0.89 measured."""
     img = tifffile.imread(DATA / "phase_cells" / "usiigaci_set41_phase_crop512.tif")
     gt = tifffile.imread(DATA / "phase_cells" / "usiigaci_set41_cells_crop512.tif")
     out = segment_field(torch_engines["cytoplasm"], {"cytoplasm": img}, pixel_size_um=0.8708).labels
