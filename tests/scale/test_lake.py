@@ -223,7 +223,9 @@ def test_two_writers_on_different_plates_and_a_reader_give_the_sequential_catalo
 def test_a_writer_killed_mid_run_then_run_again_gives_the_uninterrupted_result(postgres, tmp_path):  # noqa: F811
     from hts.catalog.lake import LakeCatalog
 
-    source = _plate(tmp_path / "raw", "K1", seed=7, wells="A01:D12", fields=1, shape=(192, 192))
+    # a run long enough (~8 s in one process) for the client to record fields several times before it ends
+    # (it records every 2 s or slower): 48 fields of 192² took under 2 s once classic got faster
+    source = _plate(tmp_path / "raw", "K1", seed=7, wells="A01:H12", fields=1, shape=(384, 384))
     results = {}
     for mode in ("killed", "clean"):
         work = tmp_path / mode
@@ -246,7 +248,7 @@ def test_a_writer_killed_mid_run_then_run_again_gives_the_uninterrupted_result(p
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            assert 8 <= done < 48, f"killed after {done} of 48 fields"
+            assert 8 <= done < 96, f"killed after {done} of 96 fields"
             assert cat.query("SELECT status FROM runs")[0]["status"] == "running"
             cat.close()
             r = _hts("segment", "K1", "--engine", "classic", env=env, cwd=work)  # the dead holder's lock is taken over
@@ -255,7 +257,7 @@ def test_a_writer_killed_mid_run_then_run_again_gives_the_uninterrupted_result(p
             _hts("segment", "K1", "--engine", "classic", env=env, cwd=work)
         results[mode] = _canonical(Workspace(db=db, plates_dir=work / "plates", scheduler="sync", data_path=data))
     assert results["killed"] == results["clean"]
-    assert results["clean"]["runs"] == [{"name": "K1", "engine": "classic", "status": "complete", "done": 48}]
+    assert results["clean"]["runs"] == [{"name": "K1", "engine": "classic", "status": "complete", "done": 96}]
 
 
 def test_a_second_writer_of_the_same_plate_is_refused_in_one_line(postgres, tmp_path):  # noqa: F811
