@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights of the four deep engines and their held-out numbers.
 #
-#   engines/train_all.sh                 # all four, then the evaluation (about 4 h on 2 CPU cores)
+#   engines/train_all.sh                 # all four, then the evaluation (about 7 h on 2 CPU cores)
 #   engines/train_all.sh nuclei fpf      # some of them (then the evaluation of those)
 #   engines/train_all.sh eval            # only the evaluation of the shipped weights
 #
@@ -49,9 +49,12 @@ extra() {  # extra <name> <prepare script> <git dir>
   if [ -n "${3:-}" ] && [ ! -f "$CACHE/$1/manifest.csv" ]; then "$PY" "engines/$2" --repo "$3" --out "$CACHE/$1" >&2; fi
   if [ -f "$CACHE/$1/manifest.csv" ]; then echo "--extra $CACHE/$1"; fi
 }
-if want brightfield-unet; then
-  nice -n 5 "$PY" engines/train_label_free.py brightfield-unet --data "$DATA" $(extra brifiseg_tr prepare_brifiseg.py "${BRIFISEG_GIT:-}") \
-    --out engines/brightfield-unet --steps 2600 --time-limit 7200 --checkpoint "$STAGE/brightfield-unet-real.pt"
+if want brightfield-unet; then  # stage 1, then stage 2 fine-tunes it at a lower learning rate (--init)
+  X=$(extra brifiseg_tr prepare_brifiseg.py "${BRIFISEG_GIT:-}")
+  nice -n 5 "$PY" engines/train_label_free.py brightfield-unet --data "$DATA" $X \
+    --out "$STAGE/brightfield-unet-stage1" --steps 2600 --time-limit 7200 --checkpoint "$STAGE/brightfield-unet-real.pt"
+  nice -n 5 "$PY" engines/train_label_free.py brightfield-unet --data "$DATA" $X --threads 1 --init "$STAGE/brightfield-unet-stage1" \
+    --out engines/brightfield-unet --steps 6000 --lr 6e-4 --time-limit 6600 --checkpoint "$STAGE/brightfield-unet-ft.pt"
   "$PY" engines/tune_postprocess.py engines/brightfield-unet --data "$DATA" --write
 fi
 if want cytoplasm; then  # stage 1, then stage 2 fine-tunes it at a lower learning rate (--init)
