@@ -356,6 +356,7 @@ def run(args: argparse.Namespace) -> dict:
                 print(rows[-1], flush=True)
         return {"benchmark": "sweep-e2e", "runs": rows}
     rows = []
+    field_stages(512, None, args.engine, tile=args.tile, measure_all=args.measure_all)  # warm-up: first-call imports
     for size in args.sizes:
         rows.append(field_stages(size, None, args.engine, tile=args.tile, measure_all=args.measure_all))
         print(_line(rows[-1]), flush=True)
@@ -375,6 +376,9 @@ def run(args: argparse.Namespace) -> dict:
         "fields": rows,
     }
     out["flatness"] = _flatness(rows, args)
+    if args.plot:
+        before = Path(args.plot_before) if args.plot_before else None
+        print(f"drew {plot(out, before, Path(args.plot), args.plot_before_label)}", flush=True)
     return out
 
 
@@ -424,6 +428,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--plot", default=None, help="also draw the sweep into this PNG (docs/sweep.png)")
     p.add_argument("--plot-before", default=None, help="an earlier sweep JSON drawn dashed beside it")
+    p.add_argument("--plot-before-label", default="before", help="its legend label")
     p.add_argument("--memory", action="store_true", help="instead: peak memory of one field per size (tracemalloc)")
     p.add_argument(
         "--features", action="store_true", help="instead: features vs cp-measure on a dense --density-size field"
@@ -432,8 +437,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def plot(after: Path, before: Path | None, out: Path) -> Path:
-    """The sweep as a picture: CPU per megapixel vs field size, per object vs density (stacked by stage)."""
+def plot(after: Path | dict, before: Path | None, out: Path, before_label: str = "before") -> Path:
+    """The sweep as a picture: CPU per megapixel vs field size, per object vs density (stacked by stage).
+
+    ``after``: a sweep result (dict) or its JSON file; ``before``: an earlier one's JSON file.
+    """
     import json
 
     import matplotlib
@@ -441,9 +449,9 @@ def plot(after: Path, before: Path | None, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [("this round", json.loads(after.read_text()))]
+    runs = [("this round", after if isinstance(after, dict) else json.loads(after.read_text()))]
     if before is not None and before.exists():
-        runs.insert(0, ("before (measuring nucleus expansions, two-sort h-maxima)", json.loads(before.read_text())))
+        runs.insert(0, (before_label, json.loads(before.read_text())))
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for (label, data), style in zip(runs, ("--", "-")):
         sizes = [r for r in data["fields"] if "sweep" not in r]
