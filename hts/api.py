@@ -186,7 +186,9 @@ def cluster(workspace: WorkspaceLike, *, workers: int | None = None) -> Iterator
 
     Each call otherwise starts and stops its own local cluster (about 3 s on a small
     machine: the cluster, then the workers' imports). Yields the ``distributed.Client``
-    (None for the ``"sync"`` scheduler).
+    (None for the ``"sync"`` scheduler). The workers live for the whole block: a call
+    interrupted inside it (Ctrl-C) leaves the tasks already running to finish there;
+    leaving the block stops them.
 
     >>> with hts.cluster(ws):                                      # doctest: +SKIP
     ...     plate = hts.ingest("plate.nd2", ws)

@@ -140,3 +140,13 @@ def test_one_cluster_for_every_call_in_a_cluster_block(tmp_path: Path, monkeypat
     assert len(started) - before == 2  # the block's cluster + the 2-worker call's own
     assert together == separate > 0
     assert orch._SHARED.get() is None  # the block left nothing behind
+
+
+def test_a_worker_kept_across_calls_reloads_retrained_weights():
+    """Workers live across the calls of an ``hts.cluster`` block; their engine cache is keyed by the weights' checksum."""
+    from hts.tasks.plan import EngineSpec, _worker_engine
+
+    base = dict(name="classic", params={}, backend="auto", device="auto", channels={"nucleus": 0}, tile=1024, halo=64)
+    a = _worker_engine(EngineSpec(**base, model="aaa"))
+    assert _worker_engine(EngineSpec(**base, model="aaa")) is a
+    assert _worker_engine(EngineSpec(**base, model="bbb")) is not a

@@ -76,6 +76,7 @@ class EngineSpec:
     channels: dict[str, int]  # role -> channel index in the stored field
     tile: int
     halo: int
+    model: str | None = None  # the weights' checksum: a worker kept across calls reloads retrained weights
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ _engines_lock = threading.Lock()
 
 
 def _worker_engine(spec: EngineSpec) -> Engine:
-    key = json.dumps([spec.name, spec.params, spec.backend, spec.device], sort_keys=True)
+    key = json.dumps([spec.name, spec.params, spec.backend, spec.device, spec.model], sort_keys=True)
     with _engines_lock:
         eng = _engines.get(key)
         if eng is None:

@@ -401,6 +401,7 @@ def _plan(
             channels={role: channel_index[n] for role, n in mapping.items()},
             tile=o.tile,
             halo=o.halo,
+            model=probe.model_sha256,
         ),
         pixel_size_um=px,
         store_tile=rec.tile_size,

@@ -124,3 +124,38 @@ def test_measuring_in_bands_equals_the_whole_field(field, monkeypatch):
     exact = [k for k in whole["nuclei"] if "Center_Y" not in k and "MassDisplacement" not in k]
     for k in exact:
         np.testing.assert_array_equal(banded["nuclei"][k], whole["nuclei"][k], err_msg=k)
+
+
+def test_granularity_with_thousands_of_objects_on_int32_pixel_lists():
+    """Keys of (object, subsampled pixel) exceed int32 with thousands of objects: computed in int64."""
+    from hts.compute.measure.texture import granularity_features
+
+    lab = np.zeros((1024, 1024), np.int32)
+    ids = np.arange(1, 64 * 64 + 1, dtype=np.int32).reshape(64, 64)
+    lab[:] = np.kron(ids, np.ones((16, 16), np.int32))
+    lab[::16, :] = 0  # one-pixel gaps: 4096 objects of 15 x 16
+    img = (np.random.default_rng(0).random((1024, 1024)) * 4000).astype(np.uint16)
+    g = granularity_features(lab, img, channel="c", spectrum_length=2, subsample_size=1.0, image_sample_size=0.25)
+    assert all(v.shape == (4096,) and np.isfinite(v).all() for v in g.values())
+
+
+def test_banded_measurement_of_an_empty_field_and_of_sparse_huge_ids():
+    from hts.compute.measure.features import object_features
+
+    empty = object_features(np.zeros((2048, 1024), np.int32), {"c": np.ones((2048, 1024), np.uint16)})
+    assert all(len(v) == 0 for v in empty.values())
+    lab = np.zeros((2048, 1024), np.int64)
+    lab[10:20, 10:20], lab[1500:1510, 500:510] = 2**40, 7  # ids far above 4x the pixel count
+    tracemalloc.start()
+    f = object_features(lab, {"c": np.ones((2048, 1024), np.uint16)})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert f["ObjectNumber"].tolist() == [7, 2**40] and f["AreaShape_Area"].tolist() == [100, 100]
+    assert peak < 200e6  # no per-id table
+
+
+def test_images_must_have_the_labels_shape():
+    from hts.compute.measure.features import object_features
+
+    with pytest.raises(ValueError, match="image c: shape"):
+        object_features(np.ones((100, 100), np.int32), {"c": np.ones((200, 100), np.uint16)})

@@ -572,6 +572,9 @@ def object_features(
     measured in bands of rows (:func:`_in_bands`).
     """
     labels = _check_labels(labels)
+    for ch, im in images.items():
+        if np.shape(im) != labels.shape:
+            raise ValueError(f"image {ch}: shape {np.shape(im)} differs from labels shape {labels.shape}")
 
     def measure(lab: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
         return _object_features(
@@ -609,6 +612,8 @@ def _in_bands(labels: np.ndarray, measure, band_pixels: int | None = None) -> di
     if labels.size <= band_pixels or h <= 2 * step:
         return measure(labels, slice(0, h))
     mx = int(labels.max(initial=0))
+    if mx == 0 or mx > 4 * labels.size:  # no objects, or ids too sparse for per-id tables: one pass
+        return measure(labels, slice(0, h))
     top = np.full(mx + 1, -1, np.int64)
     bottom = np.full(mx + 1, -1, np.int64)
     for r0 in range(0, h, step):  # each object's first and last row, a band of rows at a time

@@ -215,7 +215,7 @@ def rod_features(
         img = np.asarray(img)
         v = img.ravel()[o.idx].astype(np.float64) / _default_scale(img.dtype)
         ok = np.isfinite(v)
-        key = rank[ok] * bins + b[ok]
+        key = rank[ok].astype(np.int64) * bins + b[ok]
         with np.errstate(divide="ignore", invalid="ignore"):
             prof = np.bincount(key, v[ok], n * bins) / np.bincount(key, minlength=n * bins)
         prof = prof.reshape(n, bins)

@@ -268,7 +268,7 @@ def granularity_features(
     sr = o.r * (float(new_shape[0] - 1) / float(orig_shape[0] - 1))
     sc = o.c * (float(new_shape[1] - 1) / float(orig_shape[1] - 1))
     inside = (sr <= new_shape[0] - 1) & (sc <= new_shape[1] - 1)
-    sr, sc, rank = sr[inside], sc[inside], o.rank[inside]
+    sr, sc, rank = sr[inside], sc[inside], o.rank[inside].astype(np.int64)  # keys below exceed int32
     r0, c0 = np.floor(sr).astype(np.int64), np.floor(sc).astype(np.int64)
     fr, fc = sr - r0, sc - c0
     r1, c1 = np.minimum(r0 + 1, new_shape[0] - 1), np.minimum(c0 + 1, new_shape[1] - 1)
