@@ -51,9 +51,12 @@ def browser():
 
 
 def wait(browser, condition, timeout=30):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    # the pages re-render parts of themselves: an element found a moment ago may be replaced; look again
+    waiter = WebDriverWait(browser, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    return waiter.until(lambda d: condition(d))
 
 
 def css(browser, selector):
