@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -74,6 +76,18 @@ class PeakRSS:
         #: CPU seconds (user + system) of this process and its children during the block; children
         #: that end between samples lose at most ``interval`` s each.
         self.cpu = own + children
+
+
+@contextmanager
+def scratch_dir(workdir: str | None, name: str):
+    """A benchmark's working folder: ``workdir`` when given (created, kept), else a temporary one removed at the end."""
+    root = Path(workdir or tempfile.mkdtemp(prefix=f"hts-bench-{name}-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        if not workdir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import PeakRSS, machine_info, mb, timer
+from benchmarks._util import PeakRSS, machine_info, mb, scratch_dir, timer
 
 SHAPE = (
     "Area", "Perimeter", "FormFactor", "Compactness", "Center_X", "Center_Y", "BoundingBoxMinimum_X",
@@ -187,17 +186,12 @@ def run_one(root: Path, rows: int, columns: int, part_rows: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import duckdb
 
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="hts-bench-cells-"))
-    root.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "cells", "date": time.strftime("%Y-%m-%d %H:%M"), "duckdb": duckdb.__version__, "machine_before": machine_info(),
               "params": {k: v for k, v in vars(args).items() if k != "func"}, "runs": []}  # fmt: skip
-    try:
+    with scratch_dir(args.workdir, "cells") as root:
         for rows in args.rows:
             result["runs"].append(run_one(root, rows, args.columns, args.part_rows))
             print(json.dumps({k: v for k, v in result["runs"][-1].items() if k != "steps"}), flush=True)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(root, ignore_errors=True)
     result["machine_after"] = machine_info()
     return result
 

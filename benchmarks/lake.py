@@ -20,12 +20,11 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from benchmarks._util import PeakRSS, create_database, machine_info, mb, postgres_server, timer
+from benchmarks._util import PeakRSS, create_database, machine_info, mb, postgres_server, scratch_dir, timer
 from benchmarks.cells import setup_catalog, write_parts
 
 
@@ -157,12 +156,10 @@ def run(args: argparse.Namespace) -> dict:
 
     global MEMORY_LIMIT, QUERY
     MEMORY_LIMIT, QUERY = args.memory_limit, args.query
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="hts-bench-lake-"))
-    root.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "lake", "date": time.strftime("%Y-%m-%d %H:%M"), "duckdb": duckdb.__version__,
               "machine_before": machine_info(), "params": {k: v for k, v in vars(args).items() if k != "func"},
               "scale": [], "writers": []}  # fmt: skip
-    try:
+    with scratch_dir(args.workdir, "lake") as root:
         with postgres_server() as port:
             for rows in [r for r in args.rows if r > 0]:  # --rows 0: the writers only
                 for backend in args.backends:
@@ -176,9 +173,6 @@ def run(args: argparse.Namespace) -> dict:
                             backend, root, port, w, args.writer_rows, args.columns, args.part_rows, args.batch_parts
                         )  # fmt: skip
                     )
-    finally:
-        if not args.workdir:
-            shutil.rmtree(root, ignore_errors=True)
     result["machine_after"] = machine_info()
     return result
 

@@ -22,7 +22,6 @@ import json
 import shutil
 import socket
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import machine_info
+from benchmarks._util import machine_info, scratch_dir
 
 
 def _free_port() -> int:
@@ -210,11 +209,9 @@ def field_tiles(ws, size: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import duckdb
 
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="hts-bench-serve-"))
-    root.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "serve", "date": time.strftime("%Y-%m-%d %H:%M"), "duckdb": duckdb.__version__,
               "machine_before": machine_info(), "params": {k: v for k, v in vars(args).items() if k != "func"}}  # fmt: skip
-    try:
+    with scratch_dir(args.workdir, "serve") as root:
         if not args.skip_catalog:
             t = time.perf_counter()
             ws, plate = build_catalog(root, int(args.cells), args.columns)
@@ -230,9 +227,6 @@ def run(args: argparse.Namespace) -> dict:
                                 "pixel_size_um": px, "build_s": round(time.perf_counter() - t, 1)}  # fmt: skip
             result["fields"] |= field_tiles(ws, args.size)
             print(json.dumps(result["fields"], indent=1), flush=True)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(root, ignore_errors=True)
     result["machine_after"] = machine_info()
     return result
 
