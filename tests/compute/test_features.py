@@ -354,3 +354,33 @@ def test_wide_integer_range_quantiles_match_numpy():
         assert feats["Intensity_MedianIntensity_x"][i] == np.median(v)
         assert feats["Intensity_LowerQuartileIntensity_x"][i] == np.quantile(v, 0.25)
         assert feats["Intensity_MADIntensity_x"][i] == np.median(np.abs(v - np.median(v)))
+
+
+def test_lines_have_exactly_zero_minor_axis():
+    """Second moments come from integer sums over runs of pixels: a one-pixel-wide line (horizontal,
+    vertical, diagonal) has exactly no width and eccentricity 1, as in regionprops."""
+    lab = np.zeros((40, 40), np.int32)
+    lab[3, 2:30] = 1  # horizontal
+    lab[8:35, 36] = 2  # vertical
+    for k in range(20):
+        lab[10 + k, 5 + k] = 3  # diagonal
+    feats = shape_features(lab)
+    np.testing.assert_array_equal(feats["AreaShape_MinorAxisLength"], 0.0)
+    np.testing.assert_array_equal(feats["AreaShape_Eccentricity"], 1.0)
+    for i, rp in enumerate(regionprops(lab)):
+        assert feats["AreaShape_MajorAxisLength"][i] == pytest.approx(rp.axis_major_length, rel=1e-12)
+        assert feats["AreaShape_MinorAxisLength"][i] == pytest.approx(rp.axis_minor_length, abs=1e-6)
+
+
+def test_moments_of_a_huge_object_match_regionprops():
+    """An object whose exact second-moment sums would overflow int64 takes the float path."""
+    lab = np.zeros((2600, 2500), np.int32)
+    lab[10:2590, 20:2480] = 1  # area 6.3 M pixels: area * sum(dr^2) ~ 9e19 > 2**62
+    lab[10:900, 20:700] = 0  # a notch: not symmetric
+    lab[2000:2100, 100:200] = 2  # and a small one beside it
+    feats = shape_features(lab)
+    for i, rp in enumerate(regionprops(lab)):
+        assert feats["AreaShape_MajorAxisLength"][i] == pytest.approx(rp.axis_major_length, rel=1e-9)
+        assert feats["AreaShape_MinorAxisLength"][i] == pytest.approx(rp.axis_minor_length, rel=1e-9)
+        assert feats["AreaShape_Eccentricity"][i] == pytest.approx(rp.eccentricity, rel=1e-9)
+        assert feats["AreaShape_Orientation"][i] == pytest.approx(np.degrees(rp.orientation), rel=1e-9)

@@ -65,7 +65,6 @@ _PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
 _PERIMETER_WEIGHTS[[21, 33]] = sqrt(2.0)
 _PERIMETER_WEIGHTS[[13, 23]] = (1.0 + sqrt(2.0)) / 2.0
 
-_N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
 _DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
@@ -105,31 +104,53 @@ class _Objects:
     """The object pixels of a label image in row-major order, with each pixel's object rank.
 
     The per-pixel arrays (:attr:`idx`, :attr:`rank`, :attr:`r`, :attr:`c`) are int32 when the
-    image has fewer than 2**31 pixels (half the memory of int64; arithmetic that could exceed
-    int32, such as a key of rank and row, casts first).
+    image has fewer than about 2**31 pixels (half the memory of int64; arithmetic that could exceed
+    int32, such as a key of rank and row, casts first); :attr:`lab` has the labels' dtype.
+    Neighbourhood tests (:meth:`neighbour`, :meth:`same_in_row`) and moments (:meth:`runs`) are
+    computed on the object pixels or their runs along rows, never on the whole image.
     """
 
-    def __init__(self, labels: np.ndarray):
+    def __init__(self, labels: np.ndarray, keep: np.ndarray | None = None):
+        """``keep``: a bool table by label; only those objects are taken (the others stay in
+        :attr:`labels` as neighbours: every test here is "the same label or not", so they count
+        as background would)."""
         labels = _check_labels(labels)
         self.labels = labels
         self.shape = labels.shape
-        self.ids = object_ids(labels)
-        self.n = len(self.ids)
-        itype = np.int32 if labels.size < 2**31 else np.int64
+        # int32 while a neighbour's flat index (one row and column past a pixel) fits too
+        itype = np.int32 if labels.size + 2 * labels.shape[1] + 2 < 2**31 else np.int64
         flat = labels.ravel()
         self.idx = np.flatnonzero(flat).astype(itype, copy=False)  # ascending = row-major
-        lab = flat[self.idx]
+        #: each object pixel's label (aligned with :attr:`idx`)
+        self.lab = flat[self.idx]
+        if keep is not None:
+            taken = keep[self.lab]
+            self.idx, self.lab = self.idx[taken], self.lab[taken]
+            del taken
+        # the ids from the object pixels (a presence table over them, not over the whole image)
+        mx = int(self.lab.max(initial=0))
+        if mx == 0:
+            self.ids = np.zeros(0, np.int64)
+        elif mx <= 4 * labels.size:
+            present = np.zeros(mx + 1, bool)
+            present[self.lab] = True
+            self.ids = np.flatnonzero(present).astype(np.int64)
+        else:
+            self.ids = np.unique(self.lab).astype(np.int64)
+        self.n = len(self.ids)
         self._lut = None
         if self.n and self.ids[-1] <= 4 * labels.size:
             self._lut = np.zeros(int(self.ids[-1]) + 1, np.int64)
             self._lut[self.ids] = np.arange(self.n)
-        self.rank = self.rank_of(lab).astype(itype, copy=False)
-        del lab
+        self.rank = self.rank_of(self.lab).astype(itype, copy=False)
         self.counts = np.bincount(self.rank, minlength=self.n)
         self.r, self.c = np.divmod(self.idx, itype(labels.shape[1]))
         self._diff = None
         self._on_edge = None
         self._centroid = None
+        self._nb: dict[tuple[int, int], np.ndarray] = {}
+        self._same_lr: tuple[np.ndarray, np.ndarray] | None = None
+        self._runs: tuple[np.ndarray, ...] | None = None
 
     def image(self, image: np.ndarray) -> np.ndarray:
         """``image`` as an array, checked to have the label image's shape."""
@@ -138,10 +159,55 @@ class _Objects:
             raise ValueError(f"image shape {image.shape} differs from labels shape {self.shape}")
         return image
 
+    def neighbour(self, dy: int, dx: int) -> np.ndarray:
+        """The label at (row + dy, column + dx) of every object pixel (|dy|, |dx| <= 1), 0 outside the image.
+
+        Gathered at the object pixels only (cached): the neighbourhood tests of the edge pixels and
+        of the Euler number cost the objects' area, not the image's.
+        """
+        key = (dy, dx)
+        if key not in self._nb:
+            h, w = self.shape
+            flat = self.labels.ravel()
+            at = self.idx + (dy * w + dx)
+            np.clip(at, 0, flat.size - 1, out=at)
+            v = flat[at]
+            if dy:
+                v[self.r == (0 if dy < 0 else h - 1)] = 0
+            if dx:
+                v[self.c == (0 if dx < 0 else w - 1)] = 0
+            self._nb[key] = v
+        return self._nb[key]
+
+    def same_in_row(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per object pixel: its left / right neighbour is in the image and has its label.
+
+        Read from the row-major order of the pixels (the previous / next object pixel is the
+        next one along the row with the same label), without gathering from the image.
+        """
+        if self._same_lr is None:
+            idx, lab = self.idx, self.lab
+            left = np.zeros(idx.size, bool)
+            if idx.size > 1:
+                left[1:] = (np.diff(idx) == 1) & (lab[1:] == lab[:-1])
+            left &= self.c != 0  # the previous pixel of a row's first one ends the row above
+            right = np.zeros(idx.size, bool)
+            right[:-1] = left[1:]
+            self._same_lr = (left, right)
+        return self._same_lr
+
     def on_edge(self) -> np.ndarray:
-        """Per object pixel (aligned with :attr:`idx`): on its object's inner boundary."""
+        """Per object pixel (aligned with :attr:`idx`): on its object's inner boundary (a 4-neighbour
+        inside the image has another label: find_boundaries' test)."""
         if self._on_edge is None:
-            self._on_edge = self.neighbour_differs().ravel()[self.idx]
+            h, w = self.shape
+            lab, r, c = self.lab, self.r, self.c
+            left, right = self.same_in_row()
+            e = (self.neighbour(-1, 0) != lab) & (r > 0)
+            e |= (self.neighbour(1, 0) != lab) & (r < h - 1)
+            e |= ~left & (c > 0)
+            e |= ~right & (c < w - 1)
+            self._on_edge = e
         return self._on_edge
 
     def centroid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -172,20 +238,28 @@ class _Objects:
             self._diff = d
         return self._diff
 
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Runs of one object's consecutive pixels along a row: object rank, row, first and last
+        column (int64), in row-major order."""
+        if self._runs is None:
+            if self.idx.size == 0:
+                z = np.zeros(0, np.int64)
+                self._runs = (z, z, z, z)
+            else:
+                left, right = self.same_in_row()
+                s, e = np.flatnonzero(~left), np.flatnonzero(~right)
+                self._runs = tuple(a.astype(np.int64) for a in (self.rank[s], self.r[s], self.c[s], self.c[e]))
+        return self._runs
+
     def rows(self):
         """Per (object, row) extent: object rank, row, first and last column; sorted by (object, row)."""
-        idx, r, c = self.idx, self.r, self.c
-        if idx.size == 0:
-            z = np.zeros(0, np.int64)
-            return z, z, z, z
-        # runs of consecutive pixels of one object on one row, then the runs grouped by (object, row)
-        start = np.ones(idx.size, bool)
-        start[1:] = (np.diff(idx) != 1) | (np.diff(self.rank) != 0) | (np.diff(r) != 0)
-        s = np.flatnonzero(start)
-        e = np.append(s[1:], idx.size) - 1
-        key = self.rank[s].astype(np.int64) * self.shape[0] + r[s]
+        rank, r, c0, c1 = self.runs()
+        if rank.size == 0:
+            return rank, r, c0, c1
+        # the runs grouped by (object, row)
+        key = rank * self.shape[0] + r
         order = np.argsort(key, kind="stable")
-        key, c0, c1 = key[order], c[s][order], c[e][order]
+        key, c0, c1 = key[order], c0[order], c1[order]
         g = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         obj, row = np.divmod(key[g], self.shape[0])
         return obj, row, np.minimum.reduceat(c0, g), np.maximum.reduceat(c1, g)
@@ -203,7 +277,7 @@ def shape_features(labels: np.ndarray, *, pixel_size_um: float | None = None) ->
 
 def _shape(o: _Objects, pixel_size_um: float | None, row0: int = 0) -> dict[str, np.ndarray]:
     """``row0``: the image row of ``o``'s first row (a band of a larger field); shifts the row coordinates."""
-    n, rank, r, c = o.n, o.rank, o.r, o.c
+    n = o.n
     area = o.counts.astype(np.float64)
     obj, row, row_c0, row_c1 = o.rows()
     first = np.flatnonzero(np.r_[True, obj[1:] != obj[:-1]]) if obj.size else np.zeros(0, np.int64)
@@ -213,23 +287,31 @@ def _shape(o: _Objects, pixel_size_um: float | None, row0: int = 0) -> dict[str,
     cmax = np.maximum.reduceat(row_c1, first) + 1 if n else np.zeros(0, np.int64)
     bbox_area = ((rmax - rmin) * (cmax - cmin)).astype(np.float64)
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # centroid: exact integer sums, as regionprops' coordinate mean
-        cy = np.bincount(rank, r, n) / area + row0
-        cx = np.bincount(rank, c, n) / area
-        # central moments in the bounding-box frame (as cp-measure / regionprops); each
-        # per-pixel array is shifted in place, so two of them are alive at a time
-        dr = (r - rmin[rank]).astype(np.float64)
-        dr -= (np.bincount(rank, dr, n) / area)[rank]
-        dc = (c - cmin[rank]).astype(np.float64)
-        dc -= (np.bincount(rank, dc, n) / area)[rank]
-        b = np.bincount(rank, dr * dc, n) / area  # mu11 / mu00
-        dr *= dr
-        a = np.bincount(rank, dr, n) / area  # mu20 / mu00 (rows)
-        del dr
-        dc *= dc
-        cc = np.bincount(rank, dc, n) / area  # mu02 / mu00 (columns)
-        del dc
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # Moments from the runs of pixels along rows (tens of thousands, not millions of pixels):
+        # the sums of a run's columns and squared columns have closed forms. Written here because
+        # no library sums moments per label this way; tested against regionprops and cp-measure.
+        rk, rr, a0, a1 = o.runs()
+        length = a1 - a0 + 1
+        sr, sc = np.bincount(rk, length * rr, n), np.bincount(rk, _sum_to(a1) - _sum_to(a0 - 1), n)
+        if o._centroid is None:
+            o._centroid = (sr / area, sc / area)
+        cy = sr / area + row0  # exact integer sums, as regionprops' coordinate mean
+        cx = sc / area
+        # central moments in the bounding-box frame (as cp-measure / regionprops), from the raw
+        # integer sums: mu20 * mu00 = mu00 * S(dr^2) - S(dr)^2 is an exact integer (int64 while it fits)
+        dr, ca, cb = rr - rmin[rk], a0 - cmin[rk], a1 - cmin[rk]
+        s1 = _sum_to(cb) - _sum_to(ca - 1)  # per run: sum of dc, sum of dc^2
+        s2 = _sum_sq_to(cb) - _sum_sq_to(ca - 1)
+        sums = [np.bincount(rk, w, n) for w in (length * dr, s1, length * dr * dr, s2, dr * s1)]
+        s_r, s_c, s_rr, s_cc, s_rc = sums  # float64: integers below 2**53, exact
+        exact = area * np.maximum(np.maximum(s_rr, s_cc), np.abs(s_rc)) < 2.0**62
+        mu2 = []
+        for s_xy, s_x, s_y in ((s_rr, s_r, s_r), (s_cc, s_c, s_c), (s_rc, s_r, s_c)):
+            k, x, y = area.astype(np.int64), s_x.astype(np.int64), s_y.astype(np.int64)
+            num = np.where(exact, (k * s_xy.astype(np.int64) - x * y).astype(np.float64), area * s_xy - s_x * s_y)
+            mu2.append(num / (area * area))
+        a, cc, b = mu2  # mu20 / mu00 (rows), mu02 / mu00 (columns), mu11 / mu00
         half_trace = (a + cc) / 2
         disc = np.sqrt(((cc - a) / 2) ** 2 + b**2)
         eig_major = np.clip(half_trace + disc, 0.0, None)
@@ -273,24 +355,44 @@ def _shape(o: _Objects, pixel_size_um: float | None, row0: int = 0) -> dict[str,
     return out
 
 
+def _sum_to(m: np.ndarray) -> np.ndarray:
+    """0 + 1 + ... + m (0 for m <= 0), integers."""
+    return m * (m + 1) // 2
+
+
+def _sum_sq_to(m: np.ndarray) -> np.ndarray:
+    """0 + 1 + 4 + ... + m**2 (0 for m <= 0), integers."""
+    return m * (m + 1) * (2 * m + 1) // 6
+
+
 def _perimeter(o: _Objects) -> np.ndarray:
     """skimage ``perimeter(neighborhood=4)`` of every object in one pass."""
     if o.n == 0:
         return np.zeros(0)
     h, w = o.shape
     # border pixels: a 4-neighbour has another label, or the pixel is on the image edge
-    edge = o.on_edge() | (o.r == 0) | (o.r == h - 1) | (o.c == 0) | (o.c == w - 1)
+    # (neighbour() reads 0 outside the image, and same_in_row() is False there)
+    left, right = o.same_in_row()
+    pe = (o.neighbour(-1, 0) != o.lab) | (o.neighbour(1, 0) != o.lab) | ~left | ~right
     border = np.zeros(o.shape, bool)  # a bool image of the border pixels (not a padded copy of the labels)
-    border.ravel()[o.idx[edge]] = True
-    br, bc = o.r[edge], o.c[edge]
-    lab = o.labels[br, bc]
-    code = np.ones(br.size, np.int64)
-    for (dy, dx), weight in [(d, 2) for d in _N4] + [(d, 10) for d in _DIAG]:
-        y, x = br + dy, bc + dx
-        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        y, x = np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)
-        code += weight * (inside & border[y, x] & (o.labels[y, x] == lab))
-    return np.bincount(o.rank[edge], _PERIMETER_WEIGHTS[code], o.n)
+    at = o.idx[pe]
+    border.ravel()[at] = True
+    br, bc = o.r[pe], o.c[pe]
+    lab = o.lab[pe]
+    flat_border, flat_labels = border.ravel(), o.labels.ravel()
+    # the left and right neighbours from the row order: the same object's pixel, itself a border pixel
+    side = np.zeros(pe.size, np.int64)
+    side[1:] += left[1:] & pe[:-1]
+    side[:-1] += right[:-1] & pe[1:]
+    code = 1 + 2 * side[pe]
+    for (dy, dx), weight in [((-1, 0), 2), ((1, 0), 2)] + [(d, 10) for d in _DIAG]:
+        inside = (br > 0) if dy < 0 else (br < h - 1)
+        if dx:
+            inside &= (bc > 0) if dx < 0 else (bc < w - 1)
+        nb = at + (dy * w + dx)
+        np.clip(nb, 0, flat_labels.size - 1, out=nb)
+        code += weight * (inside & flat_border[nb] & (flat_labels[nb] == lab))
+    return np.bincount(o.rank[pe], _PERIMETER_WEIGHTS[code], o.n)
 
 
 def _convex_area(o: _Objects, obj, row, c0, c1, rmin, rmax) -> np.ndarray:
@@ -309,18 +411,23 @@ def _convex_area(o: _Objects, obj, row, c0, c1, rmin, rmax) -> np.ndarray:
     stride = 2 * o.shape[0] + 3  # Y + 1 ranges over 0 .. 2h + 1
     y2 = 2 * row
     cols = []
+    # rows of the same object one apart (``rows()`` is sorted by object, row)
+    adjacent = (obj[1:] == obj[:-1]) & (row[1:] == row[:-1] + 1)
+    first_of_run = np.r_[True, ~adjacent]  # no row just above in the object
+    next_adj = np.r_[adjacent, False]
     for sign, x in ((1, c0), (-1, c1)):  # left side on X, right side on -X: both lower envelopes
-        xs = sign * 2 * x
-        yy = np.concatenate([y2 - 1, y2, y2 + 1])
-        xx = np.concatenate([xs, xs - 1, xs])
-        oo = np.concatenate([obj, obj, obj])
-        key = oo * stride + yy + 1
-        order = np.lexsort((xx, key))
-        key, xx = key[order], xx[order]
-        keep = np.r_[True, key[1:] != key[:-1]]  # smallest X for each (object, Y)
-        key, xx = key[keep], xx[keep]
-        ob, yy = np.divmod(key, stride)
-        yy = yy - 1
+        xs = sign * 2 * np.asarray(x, np.int64)
+        # each row's candidates (Y, X): (2r - 1, xs), (2r, xs - 1), (2r + 1, xs); Y = 2r + 1 is shared
+        # with the next row's 2(r + 1) - 1, so the smallest X there is the smaller of the two. Built in
+        # (object, Y) order: the same points as sorting all candidates and keeping the smallest X per Y.
+        below = np.where(next_adj, np.minimum(xs, np.r_[xs[1:], 0]), xs)
+        yy = np.stack([y2 - 1, y2, y2 + 1], axis=1)
+        xx = np.stack([xs, xs - 1, below], axis=1)
+        take = np.ones(yy.shape, bool)
+        take[:, 0] = first_of_run
+        ob = np.repeat(obj, 3).reshape(-1, 3)[take]
+        yy, xx = yy[take], xx[take]
+        key = ob * stride + yy + 1
         ob, yy, xx, key = _lower_envelope(ob, yy, xx, key)
         # query every row of each object's bounding box
         height = rmax - rmin
@@ -349,26 +456,25 @@ def _lower_envelope(ob, y, x, key):
 
 
 def _euler_number(o: _Objects) -> np.ndarray:
-    """skimage ``euler_number`` (8-connectivity) of every object, from its 2x2 configurations."""
+    """skimage ``euler_number`` (8-connectivity) of every object, from its 2x2 configurations.
+
+    skimage's coefficients over the 2x2 windows of the zero-padded image: +1 for a lone
+    top-left pixel, -1 for the three-pixel corner missing the bottom-right one, -1 for the
+    anti-diagonal pair (top-right, bottom-left). Every counted window has an object pixel in
+    its top-left (first two) or top-right (third) corner, so each object pixel is tested with
+    its right, lower, lower-right and lower-left neighbours (:meth:`_Objects.neighbour`).
+    """
     if o.n == 0:
         return np.zeros(0)
-    h, w = o.shape
-    e = np.zeros(o.n)
-    band = max(1, (1 << 20) // (w + 2))  # 2x2 windows in bands of rows: the padded copy is a band, not a field
-    for i0 in range(0, h + 1, band):  # window row i covers image rows i - 1 and i (zero outside)
-        i1 = min(i0 + band, h + 1)
-        p = np.zeros((i1 - i0 + 1, w + 2), o.labels.dtype)
-        r0, r1 = max(i0 - 1, 0), min(i1, h)
-        p[r0 - (i0 - 1) : r1 - (i0 - 1), 1:-1] = o.labels[r0:r1]
-        tl, t, lft, cr = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
-        # skimage's coefficients: +1 for a lone top-left pixel, -1 for the three-pixel corner
-        # missing the bottom-right one, -1 for the anti-diagonal pair (top-right, bottom-left).
-        alone = (tl > 0) & (t != tl) & (lft != tl) & (cr != tl)
-        corner = (tl > 0) & (t == tl) & (lft == tl) & (cr != tl)
-        anti = (t > 0) & (lft == t) & (tl != t) & (cr != t)
-        e += np.bincount(o.rank_of(tl[alone]), minlength=o.n)
-        e -= np.bincount(o.rank_of(tl[corner]), minlength=o.n)
-        e -= np.bincount(o.rank_of(t[anti]), minlength=o.n)
+    lab = o.lab
+    right, down, down_right = o.neighbour(0, 1), o.neighbour(1, 0), o.neighbour(1, 1)
+    differs_down = down != lab
+    alone = (right != lab) & differs_down & (down_right != lab)
+    corner = (right == lab) & ~differs_down & (down_right != lab)
+    anti = (o.neighbour(1, -1) == lab) & (o.neighbour(0, -1) != lab) & differs_down
+    e = np.bincount(o.rank[alone], minlength=o.n).astype(np.float64)
+    e -= np.bincount(o.rank[corner], minlength=o.n)
+    e -= np.bincount(o.rank[anti], minlength=o.n)
     return e
 
 
@@ -576,9 +682,9 @@ def object_features(
         if np.shape(im) != labels.shape:
             raise ValueError(f"image {ch}: shape {np.shape(im)} differs from labels shape {labels.shape}")
 
-    def measure(lab: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
+    def measure(lab: np.ndarray, rows: slice, keep: np.ndarray | None) -> dict[str, np.ndarray]:
         return _object_features(
-            _Objects(lab), {ch: im[rows] for ch, im in images.items()}, pixel_size_um, quantiles, rows.start
+            _Objects(lab, keep), {ch: im[rows] for ch, im in images.items()}, pixel_size_um, quantiles, rows.start
         )
 
     return _in_bands(labels, measure)
@@ -597,35 +703,34 @@ BAND_PIXELS = 1 << 20  # about a 1024² segmentation tile
 
 
 def _in_bands(labels: np.ndarray, measure, band_pixels: int | None = None) -> dict[str, np.ndarray]:
-    """``measure(labels, slice(None))`` of a field, or of bands of its rows, merged: the same per-object arrays.
+    """``measure(labels, slice(None), None)`` of a field, or of bands of its rows, merged: the same per-object arrays.
 
     Hand-written banding so a worker's memory is bounded by a band, not by a field's object
     pixels (4096² fields hold millions): objects are grouped by the band of rows their top row
     falls in; each group is measured on the rows from one above its top to one below its
-    lowest object (other objects zeroed, so edges and neighbours are as in the whole field);
-    ``measure(band_labels, rows)`` shifts its row coordinates by ``rows.start``. Values equal
+    lowest object (``measure(band_labels, rows, keep)`` takes only the objects ``keep`` marks; the
+    others stay as neighbours, so edges are as in the whole field) and shifts its row coordinates
+    by ``rows.start``. Values equal
     the whole field's up to the rounding of row coordinates (~1e-16 relative).
     """
     band_pixels = BAND_PIXELS if band_pixels is None else band_pixels
     h, w = labels.shape
     step = max(64, band_pixels // max(w, 1))
     if labels.size <= band_pixels or h <= 2 * step:
-        return measure(labels, slice(0, h))
+        return measure(labels, slice(0, h), None)
     mx = int(labels.max(initial=0))
     if mx == 0 or mx > 4 * labels.size:  # no objects, or ids too sparse for per-id tables: one pass
-        return measure(labels, slice(0, h))
-    top = np.full(mx + 1, -1, np.int64)
+        return measure(labels, slice(0, h), None)
+    top = np.full(mx + 1, h, np.int64)
     bottom = np.full(mx + 1, -1, np.int64)
     for r0 in range(0, h, step):  # each object's first and last row, a band of rows at a time
         blk = labels[r0 : r0 + step]
         at = np.flatnonzero(blk)
         lab, row = blk.ravel()[at], at // w + r0
-        new = np.unique(lab[top[lab] < 0])
-        if new.size:
-            top[new] = h
-            np.minimum.at(top, lab, row)
+        np.minimum.at(top, lab, row)
         np.maximum.at(bottom, lab, row)
-    ids = np.flatnonzero(top >= 0)
+    ids = np.flatnonzero(bottom >= 0)
+    ids = ids[ids > 0]
     group = top[ids] // step
     parts = []
     for g in np.unique(group):
@@ -633,8 +738,7 @@ def _in_bands(labels: np.ndarray, measure, band_pixels: int | None = None) -> di
         a, z = max(int(g) * step - 1, 0), min(int(bottom[own].max()) + 2, h)
         keep = np.zeros(mx + 1, bool)
         keep[own] = True
-        sub = labels[a:z]
-        parts.append(measure(np.where(keep[sub], sub, 0), slice(a, z)))
+        parts.append(measure(labels[a:z], slice(a, z), keep))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(out["ObjectNumber"], kind="stable")
     return {k: v[order] for k, v in out.items()}
@@ -662,8 +766,8 @@ def compartment_features(
     out: dict[str, dict[str, np.ndarray]] = {}
     out["nuclei"] = object_features(nuclei, images, pixel_size_um=pixel_size_um, quantiles=quantiles)
 
-    def cell_features(lab: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
-        co = _Objects(lab)
+    def cell_features(lab: np.ndarray, rows: slice, keep: np.ndarray | None) -> dict[str, np.ndarray]:
+        co = _Objects(lab, keep)
         band = {ch: im[rows] for ch, im in images.items()}
         feats = _object_features(co, band, pixel_size_um, quantiles, rows.start)
         in_nuc = nuclei[rows].ravel()[co.idx] > 0
