@@ -79,6 +79,31 @@ def test_nucleus_only_cells_are_the_whole_field_expansion_and_tiles_need_only_a_
     np.testing.assert_array_equal(tiled.labels["cells"], expand_labels(tiled.labels["nuclei"], reach))
 
 
+def test_tiles_of_a_small_field_are_cut_from_the_field_smoothed_once(monkeypatch):
+    """A field of a few tiles is smoothed once in prepare and its tiles cut from it (not smoothed
+    again each); the labels equal those of tiles smoothed on their own (the difference is confined
+    to the halo's outer pixels)."""
+    import hts.compute.segment.engines.base as base
+    from hts.compute.segment import postprocess as pp
+
+    f = synth_field(shape=(400, 400), seed=22, density=1.0, channels=("DAPI", "GFP"))
+    images = {"nucleus": f.image[0], "cytoplasm": f.image[1]}
+    eng = engine_class("classic")()
+    calls = []
+    smooth = pp.smooth
+    monkeypatch.setattr(pp, "smooth", lambda *a, **k: calls.append(a[0].shape) or smooth(*a, **k))
+    n_tiles = len(tile_grid((400, 400), 200, 80))
+    assert 1 < n_tiles <= base.KEEP_WHOLE_FIELD_TILES
+    kept = segment_field(eng, images, pixel_size_um=0.65, tile=200, halo=80)
+    assert calls == [(400, 400)] * 2  # the two channels, once each
+    calls.clear()
+    monkeypatch.setattr(base, "KEEP_WHOLE_FIELD_TILES", 1)
+    own = segment_field(eng, images, pixel_size_um=0.65, tile=200, halo=80)
+    assert len(calls) == 2 + 2 * n_tiles
+    for name in ("nuclei", "cells"):
+        np.testing.assert_array_equal(kept.labels[name], own.labels[name], err_msg=name)
+
+
 @pytest.mark.parametrize("block", [7, 50, 1000])
 def test_blockwise_expand_labels_equals_skimage(block):
     from skimage.segmentation import expand_labels

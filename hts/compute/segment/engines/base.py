@@ -10,8 +10,10 @@ parameters as a pydantic model whose sizes are in µm.
 
 1. ``prepare``: field-level statistics (normalization percentiles,
    thresholds), so every tile of the field uses the same ones; whole-field arrays
-   that only serve a tile covering the whole field go under ``ctx["whole_field"]``,
-   which the driver drops when it tiles the field (memory bounded by a tile);
+   the tiles may cut their region from (``ctx["tile_slices"]``, set before each tile)
+   go under ``ctx["whole_field"]``, which the driver keeps for fields of up to
+   :data:`KEEP_WHOLE_FIELD_TILES` tiles and drops for larger ones (memory bounded by
+   a tile there);
    ``ctx["max_object_um"]``, when set, sizes the tiling halo for this field instead
    of :meth:`Engine.max_object_um` (an engine that builds its largest objects in
    ``finalize`` needs a halo for the others only); the driver sets ``ctx["tile"]``, the
@@ -37,7 +39,11 @@ from hts.compute.measure.features import object_ids
 from hts.compute.segment.tiling import Tile, tile_grid, tiled_instances
 from hts.errors import EngineError
 
-__all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field"]
+__all__ = ["Engine", "EngineParams", "Role", "SegmentResult", "segment_field", "KEEP_WHOLE_FIELD_TILES"]
+
+#: ``ctx["whole_field"]`` is kept for fields of at most this many tiles (a 2048² field at the
+#: default 1024-px tile: one float32 copy per channel, 16 MB), and dropped above it.
+KEEP_WHOLE_FIELD_TILES = 4
 
 
 class EngineParams(BaseModel):
@@ -162,11 +168,12 @@ def segment_field(
     halo_px = max(int(halo), math.ceil(1.25 * largest / pixel_size_um))
     maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
     tiles = tile_grid(shape, tile, halo_px)
-    if len(tiles) > 1:
+    if len(tiles) > KEEP_WHOLE_FIELD_TILES:
         ctx.pop("whole_field", None)
 
     def run(t: Tile) -> dict[str, np.ndarray]:
         sl = t.outer_slices
+        ctx["tile_slices"] = sl
         region = {role: im[sl] for role, im in images.items()}
         return engine.segment_tile(region, None if maps is None else maps[(slice(None), *sl)], ctx)
 

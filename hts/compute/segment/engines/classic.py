@@ -99,8 +99,7 @@ class ClassicEngine(Engine):
         sm = pp.smooth(pp.normalize(nuc, lo, hi, copy=False), sigma)
         del nuc
         ctx["nuc_threshold"] = float(filters.threshold_otsu(sm)) * p.threshold_factor
-        # the smoothed field, reused by a tile that is the whole field (fields up to the tile size);
-        # segment_field drops ctx["whole_field"] when it tiles the field
+        # the smoothed field, cut into the tiles (segment_field drops it for fields of many tiles)
         ctx["whole_field"] = {"nucleus": sm}
         if "cytoplasm" in images:
             cyt = images["cytoplasm"].astype(np.float32)
@@ -121,11 +120,16 @@ class ClassicEngine(Engine):
 
     @staticmethod
     def _smoothed(role: str, tile: np.ndarray, ctx: dict[str, Any], norm: str) -> np.ndarray:
-        """The normalized, smoothed tile: from ``prepare`` when the tile is the whole field (a tile
-        smaller than the field in any direction has another shape), else computed."""
+        """The normalized, smoothed tile: cut from the field ``prepare`` smoothed while the driver keeps
+        it (the tile's region ``ctx["tile_slices"]``; a tile's own smoothing differs from it only in
+        the few pixels by the halo's outer edge), else computed."""
         full = ctx.get("whole_field", {}).get(role)
-        if full is not None and full.shape == tile.shape:
-            return full
+        if full is not None:
+            if full.shape == tile.shape:
+                return full
+            where = ctx.get("tile_slices")
+            if where is not None and full[where].shape == tile.shape:
+                return full[where]
         return pp.smooth(pp.normalize(tile, *ctx[norm]), ctx["sigma"])
 
     def nuclei(self, nucleus: np.ndarray, ctx: dict[str, Any]) -> np.ndarray:
