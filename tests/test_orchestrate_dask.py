@@ -104,3 +104,18 @@ def test_map_fields_groups_by_the_time_tasks_took():
     n_tasks = len(set(keys.values()))
     assert 6 < n_tasks < 40, n_tasks
     assert keys[6] == keys[7] == keys[6 + 74 // 8 - 1] != keys[6 + 74 // 8]
+
+
+def test_small_local_work_runs_in_threads_of_this_process(monkeypatch):
+    """A "local" cluster for work estimated under SMALL_WORK_S (a small ingest) is threads of this
+    process: no worker processes to start. Larger estimates start worker processes."""
+    import hts.orchestrate.dask as od
+
+    with dask_client("local", workers=2, work_s=od.SMALL_WORK_S / 2) as client:
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+        assert sum(client.nthreads().values()) == 2
+    started = []
+    monkeypatch.setattr(od, "_local_cluster", lambda scheduler, **kw: started.append(scheduler) or 1 / 0)
+    with pytest.raises(ZeroDivisionError), dask_client("local", workers=2, work_s=od.SMALL_WORK_S * 2):
+        pass
+    assert started == ["local"]

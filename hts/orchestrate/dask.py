@@ -3,7 +3,9 @@
 ``scheduler`` selects where tasks run:
 
 - ``"local"`` (default): a ``distributed.LocalCluster`` sized to the machine,
-  one single-threaded worker process per core;
+  one single-threaded worker process per core (for work its caller estimates
+  under :data:`SMALL_WORK_S`, such as the ingest of a few fields, threads of
+  this process: worker processes would cost more to start than they save);
 - ``"threads"``: a LocalCluster of threads inside this process (cheap to start;
   good for I/O-bound ingest of small plates and for tests);
 - ``"sync"``: no Dask, tasks run one after another in this process (debugging);
@@ -85,15 +87,26 @@ _SHARED: contextvars.ContextVar[tuple[str, int | None, Any] | None] = contextvar
 )
 
 
+#: Work estimated under this many CPU seconds runs a ``"local"`` cluster in threads
+#: (:func:`dask_client`'s ``work_s``): starting worker processes and their imports costs
+#: ~1.5 s on 2 cores, more than their parallelism wins back on I/O-bound work this small
+#: (ingest of 32 fields of 2048²: 2.2 s in threads, 3.1-3.7 s in processes).
+SMALL_WORK_S = 5.0
+
+
 @contextmanager
-def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu: bool = False) -> Iterator[Any]:
+def dask_client(
+    scheduler: str | None = None, *, workers: int | None = None, gpu: bool = False, work_s: float | None = None
+) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler`` (None for ``"sync"``), closed on exit.
 
     With ``gpu=True`` a local cluster has one worker per GPU: dask-cuda's
     ``LocalCUDACluster`` when installed (it pins each worker to its device),
     else one single-threaded worker process per device. Inside a
     :func:`shared_client` block for the same scheduler (and worker count, when one is
-    asked for), that block's client is used and left open.
+    asked for), that block's client is used and left open. ``work_s``: the caller's
+    estimate of the CPU seconds of I/O-bound work (ingest); under :data:`SMALL_WORK_S` a
+    ``"local"`` cluster is started in threads instead of processes.
     """
     scheduler = scheduler or "local"
     if scheduler == "sync":
@@ -103,6 +116,8 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpu
     if shared is not None and not gpu and shared[0] == scheduler and workers in (None, shared[1]):
         yield shared[2]
         return
+    if scheduler == "local" and not gpu and work_s is not None and work_s < SMALL_WORK_S:
+        scheduler = "threads"
     from distributed import Client
 
     local = scheduler in ("local", "processes", "threads")

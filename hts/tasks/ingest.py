@@ -361,7 +361,9 @@ def _write_fields(
         stats = [st for _, rows in items for st in rows]
         catalog.complete_fields(plate_id, pa.Table.from_pylist(fields), pa.Table.from_pylist(stats))
 
-    with dask_client(scheduler, workers=workers) as client:
+    per_field_s = _SECONDS_PER_PIXEL * math.prod(field_shape(desc, max_project=max_project))
+    # a small plate is ingested in threads of this process (worker processes cost more to start)
+    with dask_client(scheduler, workers=workers, work_s=per_field_s * len(todo)) as client:
         acq_future = client.submit(checksum, files, pure=False) if client is not None else None
         # whatever completed is recorded, also when interrupted (the batcher flushes on exit)
         with Batcher(record) as batch:
@@ -370,7 +372,7 @@ def _write_fields(
                 todo,
                 client=client,
                 args=(reader, light, str(store_path), max_project, levels),
-                seconds_per_item=_SECONDS_PER_PIXEL * math.prod(field_shape(desc, max_project=max_project)),
+                seconds_per_item=per_field_s,
             ):
                 well = field.well.name
                 batch.add(
