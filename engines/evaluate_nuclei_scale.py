@@ -8,7 +8,9 @@ its median true nucleus 12 µm (``px0``, an oracle scale). Here each image is
 segmented at ``k * px0`` for k in 0.5 ... 2: the engine then takes its nuclei for
 ``12 k`` µm nuclei imaged at the stated pixel size, exactly as a plate whose
 nuclei are 6 to 24 µm across reaches it (mouse ES cells at 0.24 µm/px, small
-lymphocytes at 0.65). ``classic`` is scored the same way beside it. Pooled AP@0.5
+lymphocytes at 0.65). The engine's ``adapt_scale`` (on by default) measures the nuclei it finds
+and runs again at the scale that makes them 12 µm; ``nuclei_fixed_scale`` is the same weights
+without it. ``classic`` is scored the same way beside it. Pooled AP@0.5
 (TP / (TP + FP + FN)) and F1@0.5 per k; with ``--write`` they go into the folder's
 ``metrics.json`` under ``scale_robustness``.
 """
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     items = _items(args.folder, args.data)
     factors = tuple(float(k) for k in args.factors.split(","))
+    nuclei = engine_class("nuclei").from_folder(args.folder)
     engines = {
-        "nuclei": engine_class("nuclei").from_folder(args.folder)(backend="torch"),
+        "nuclei": nuclei(backend="torch"),  # shipped defaults: adapt_scale on
+        "nuclei_fixed_scale": nuclei({"adapt_scale": False}, backend="torch"),
         "classic": engine_class("classic")(),
     }
     if args.compare:

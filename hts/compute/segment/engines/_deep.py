@@ -14,6 +14,12 @@ the model was trained at and the typical object diameter. At inference:
    also run flipped and rotated by 90° and the maps averaged;
 4. the maps are resized back to the field's pixel grid.
 
+With ``adapt_scale`` (an engine that can measure its objects, :meth:`DeepEngine.object_diameters`)
+step 2 is checked per field: when the median object found at the plate's pixel size is off the
+model's training size by more than :data:`ADAPT_FACTOR`, the network runs once more at the scale
+that gives that field's objects the training size (large mouse ES nuclei at 0.24 µm/px, small
+lymphocytes at 0.65), and the tiling halo follows the objects' real size.
+
 ``config.json`` may also hold ``postprocess``: post-processing parameter values
 tuned for the weights (e.g. the foreground threshold); they replace the
 engine's defaults, while parameters the caller passes explicitly win.
@@ -40,7 +46,13 @@ from hts.compute.segment.tiling import stitch_maps, tile_grid
 from hts.errors import EngineError
 from hts.resources import data_dir
 
-__all__ = ["DeepEngine", "DeepParams"]
+__all__ = ["DeepEngine", "DeepParams", "ADAPT_FACTOR"]
+
+#: ``adapt_scale`` runs the network again when a field's median object is larger or smaller than
+#: the training size by more than this factor (what :mod:`hts.compute.segment.scale` calls agreement).
+ADAPT_FACTOR = 1.25
+#: ... and when it found at least this many whole objects at the scale before.
+ADAPT_MIN_OBJECTS = 5
 
 
 class DeepParams(EngineParams):
@@ -49,6 +61,12 @@ class DeepParams(EngineParams):
     )
     batch_size: int = Field(8, ge=1, le=256, description="Tiles per backend call.")
     model_tile: int = Field(512, ge=64, le=4096, description="Tile size fed to the network, in model pixels.")
+    adapt_scale: bool = Field(
+        False,
+        description="Per field: when the objects found at the plate's pixel size are more than 1.25x larger or "
+        "smaller than the model's training size, run the network again at the scale that gives them that size "
+        "(up to 2x the compute on such fields).",
+    )
 
 
 _TTA = [
@@ -179,13 +197,32 @@ class DeepEngine(Engine):
             ]
         )
         scale = ctx["scale"]
-        if abs(scale - 1.0) > 0.02:
-            new = (max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale)))
-            x = resize(x, (x.shape[0], *new), order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-        maps = self._infer(x, halo=math.ceil(halo * scale))
+        maps = self._maps_at(x, scale, halo)
+        want = float(self.spec.extra.get("object_diameter_um", 0.0)) / self.train_pixel_um
+        d = self.object_diameters(maps) if self.params.adapt_scale and want > 0 else None
+        if d is not None and len(d) >= ADAPT_MIN_OBJECTS:
+            ratio = float(np.median(d)) / want
+            if not 1 / ADAPT_FACTOR <= ratio <= ADAPT_FACTOR:
+                new = scale / float(np.clip(ratio, 1 / 4, 4))
+                maps = self._maps_at(x, new, halo)
+                ctx["scale"] = new
+                # the objects' real size sizes the tiling halo of the instances (segment_field)
+                ctx["max_object_um"] = self.max_object_um() * scale / new
         if maps.shape[-2:] != shape:
             maps = resize(maps, (maps.shape[0], *shape), order=1, preserve_range=True).astype(np.float32)
         return maps
+
+    def _maps_at(self, x: np.ndarray, scale: float, halo: int) -> np.ndarray:
+        """The network's maps of the normalized field ``x`` rescaled by ``scale`` (model pixels)."""
+        if abs(scale - 1.0) > 0.02:
+            new = (max(8, round(x.shape[-2] * scale)), max(8, round(x.shape[-1] * scale)))
+            x = resize(x, (x.shape[0], *new), order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+        return self._infer(x, halo=math.ceil(halo * scale))
+
+    def object_diameters(self, maps: np.ndarray) -> np.ndarray | None:
+        """Equivalent diameters (model pixels) of the whole objects in maps at the model's scale, for
+        ``adapt_scale``; None for an engine that cannot tell (the default)."""
+        return None
 
     def _infer(self, x: np.ndarray, *, halo: int) -> np.ndarray:
         """Whole-image maps from halo-padded tiles batched through the runner."""

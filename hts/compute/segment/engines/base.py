@@ -16,7 +16,8 @@ parameters as a pydantic model whose sizes are in µm.
    a tile there);
    ``ctx["max_object_um"]``, when set, sizes the tiling halo for this field instead
    of :meth:`Engine.max_object_um` (an engine that builds its largest objects in
-   ``finalize`` needs a halo for the others only); the driver sets ``ctx["tile"]``, the
+   ``finalize`` needs a halo for the others only; ``predict`` may raise it when it finds the
+   field's objects larger than expected); the driver sets ``ctx["tile"]``, the
    block size field-level steps in ``finalize`` work in;
 2. ``predict`` (deep engines): network maps for the whole field, computed on
    halo-padded tiles batched through the backend and stitched by their cores;
@@ -167,6 +168,8 @@ def segment_field(
     largest = float(ctx.get("max_object_um", engine.max_object_um()))
     halo_px = max(int(halo), math.ceil(1.25 * largest / pixel_size_um))
     maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
+    if float(ctx.get("max_object_um", largest)) > largest:  # predict found this field's objects larger
+        halo_px = max(int(halo), math.ceil(1.25 * float(ctx["max_object_um"]) / pixel_size_um))
     tiles = tile_grid(shape, tile, halo_px)
     if len(tiles) > KEEP_WHOLE_FIELD_TILES:
         ctx.pop("whole_field", None)

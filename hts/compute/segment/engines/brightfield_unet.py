@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES, Role
-from hts.compute.segment.engines.nuclei import NucleiEngine
+from hts.compute.segment.engines.nuclei import NucleiEngine, NucleiParams
+
+
+class BrightfieldUNetParams(NucleiParams):
+    adapt_scale: bool = Field(
+        False,
+        description="Per field: when the nuclei found at the plate's pixel size are more than 1.25x larger or "
+        "smaller than the model's training size, run the network again at the scale that gives them that size "
+        "(off: not validated on transmitted light).",
+    )
 
 
 class BrightfieldUNetEngine(NucleiEngine):
@@ -21,3 +32,4 @@ class BrightfieldUNetEngine(NucleiEngine):
     summary = "U-Net finding nuclei in label-free brightfield (trained on stain-derived targets)"
     roles = {"brightfield": Role("brightfield / DIC / phase-contrast channel", guess=BRIGHTFIELD_NAMES)}
     model_name = "brightfield-unet"
+    Params = BrightfieldUNetParams

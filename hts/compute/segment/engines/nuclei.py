@@ -28,6 +28,12 @@ class NucleiParams(DeepParams):
         description="Depth of the saddle in the predicted (radius-normalized) distance map that separates touching nuclei.",
     )
     min_area_um2: float = Field(10.0, ge=0, description="Smaller objects are discarded.")
+    adapt_scale: bool = Field(
+        True,
+        description="Per field: when the nuclei found at the plate's pixel size are more than 1.25x larger or "
+        "smaller than the model's training size (12 µm), run the network again at the scale that gives them "
+        "that size (nuclei from 5 to 30 µm; up to 2x the compute on such fields).",
+    )
 
 
 class NucleiEngine(DeepEngine):
@@ -36,7 +42,9 @@ class NucleiEngine(DeepEngine):
     A U-Net predicts nucleus foreground and a distance-to-boundary map normalized
     by the typical nucleus radius; touching nuclei are split by a seeded watershed
     on that map (seeds: its h-maxima). Images are rescaled from the plate's pixel
-    size to the training scale, so no tuning is needed across magnifications.
+    size to the training scale, so no tuning is needed across magnifications; a field
+    whose nuclei are much larger or smaller than the training size (12 µm) is run again
+    at the scale that gives them that size (``adapt_scale``).
     """
 
     name = "nuclei"
@@ -48,6 +56,13 @@ class NucleiEngine(DeepEngine):
 
     def segment_tile(self, images, maps, ctx) -> dict[str, np.ndarray]:
         return {"nuclei": instances_from_fg_dist(self, maps, "foreground", "distance", ctx)}
+
+    def object_diameters(self, maps: np.ndarray) -> np.ndarray:
+        """The nuclei's diameters (model pixels), from the post-processing run on maps at the model's scale."""
+        from hts.compute.segment.scale import object_diameters_px
+
+        lab = instances_from_fg_dist(self, maps, "foreground", "distance", {"pixel_size_um": self.train_pixel_um})
+        return object_diameters_px(lab)
 
 
 def instances_from_fg_dist(engine: DeepEngine, maps: np.ndarray, fg: str, dist: str, ctx) -> np.ndarray:
