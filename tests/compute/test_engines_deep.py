@@ -172,7 +172,6 @@ def test_scale_normalization(torch_engines: dict):
     assert abs(n_objects(two) - n_objects(one)) <= max(2, 0.1 * n_objects(one))
 
 
-
 def test_adapt_scale_segments_nuclei_of_another_size(dsb):
     """The held-out DSB2018 sample at twice and half its oracle pixel size: the engine first sees its
     nuclei as 24 / 6 µm ones, measures them and runs again at the scale that makes them 12 µm
