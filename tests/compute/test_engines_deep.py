@@ -192,6 +192,23 @@ def test_adapt_scale_segments_nuclei_of_another_size(dsb):
     np.testing.assert_array_equal(same, segment_field(plain, {"nucleus": img}, pixel_size_um=px).labels["nuclei"])
 
 
+
+def test_network_halo_is_capped_for_upscaled_fields(dsb, torch_engines: dict):
+    """A coarse field (here 4x the model's pixel size) is upscaled for the network; its tiling halo in
+    model pixels stays at most a quarter of the network tile (a 64-px field halo became 256 model
+    pixels around 16-px tile cores: hundreds of network tiles for one small field)."""
+    img, _, px = dsb
+    eng = torch_engines["nuclei"]
+    halos = []
+    infer = eng._infer
+    eng._infer = lambda x, *, halo: halos.append(halo) or infer(x, halo=halo)
+    try:
+        segment_field(eng, {"nucleus": img[::4, ::4]}, pixel_size_um=eng.train_pixel_um * 4)
+    finally:
+        del eng._infer
+    assert halos and max(halos) <= eng.params.model_tile // 4
+
+
 # ---------------------------------------------------------------------------- training library
 
 

@@ -217,7 +217,9 @@ class DeepEngine(Engine):
         if abs(scale - 1.0) > 0.02:
             new = (max(8, round(x.shape[-2] * scale)), max(8, round(x.shape[-1] * scale)))
             x = resize(x, (x.shape[0], *new), order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-        return self._infer(x, halo=math.ceil(halo * scale))
+        # the halo in model pixels, at most a quarter of the network's tile: a field upscaled 4x would
+        # otherwise give every tile a few pixels of core inside 4x the halo (hundreds of tiles per field)
+        return self._infer(x, halo=min(math.ceil(halo * scale), self.params.model_tile // 4))
 
     def object_diameters(self, maps: np.ndarray) -> np.ndarray | None:
         """Equivalent diameters (model pixels) of the whole objects in maps at the model's scale, for
