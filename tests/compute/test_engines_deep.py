@@ -192,7 +192,6 @@ def test_adapt_scale_segments_nuclei_of_another_size(dsb):
     np.testing.assert_array_equal(same, segment_field(plain, {"nucleus": img}, pixel_size_um=px).labels["nuclei"])
 
 
-
 def test_network_halo_is_capped_for_upscaled_fields(dsb, torch_engines: dict):
     """A coarse field (here 4x the model's pixel size) is upscaled for the network; its tiling halo in
     model pixels stays at most a quarter of the network tile (a 64-px field halo became 256 model
