@@ -106,6 +106,20 @@ def test_estimate_pixel_size_of_real_nuclei_without_metadata(dsb):
     assert est2 is not None and est2.pixel_size_um == pytest.approx(2 * est.pixel_size_um, rel=0.15)
 
 
+
+def test_estimate_pixel_size_sees_each_candidate_at_its_own_scale(dsb):
+    """The nuclei engine's per-field adapt_scale is off while the pixel size is estimated (each
+    candidate must be judged at its own scale, in one network pass), and back on afterwards."""
+    img, gt = dsb
+    eng = engine_class("nuclei")(backend="torch")
+    passes = []
+    maps_at = eng._maps_at
+    eng._maps_at = lambda *a: passes.append(a[1]) or maps_at(*a)
+    est = estimate_pixel_size(eng, [{"nucleus": img[:256, :256]}], candidates=(0.25, 0.5, 1.0))
+    assert est is not None and eng.params.adapt_scale
+    assert len(passes) == 3 + 1  # one per candidate and the refinement
+
+
 def test_estimate_pixel_size_gives_up_on_an_empty_field():
     eng = engine_class("classic")()
     flat = np.full((256, 256), 100, np.uint16)

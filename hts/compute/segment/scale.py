@@ -119,6 +119,16 @@ def estimate_pixel_size(
     ScaleEstimate or None
         None when no candidate finds enough objects (an empty or unreadable plate).
     """
+    params = getattr(engine, "params", None)
+    if getattr(params, "adapt_scale", False):
+        # each candidate must be seen at its own scale (and the crop bound hold): no per-field rescaling
+        engine.params = params.model_copy(update={"adapt_scale": False})
+        try:
+            return estimate_pixel_size(
+                engine, fields, candidates=candidates, crop=crop, min_objects=min_objects, output=output
+            )
+        finally:
+            engine.params = params
     d_um = engine_nucleus_diameter_um(engine)
     tried = []
     for c in candidates:

@@ -204,9 +204,12 @@ class DeepEngine(Engine):
             ratio = float(np.median(d)) / want
             if not 1 / ADAPT_FACTOR <= ratio <= ADAPT_FACTOR:
                 new = scale / float(np.clip(ratio, 1 / 4, 4))
-                maps = self._maps_at(x, new, halo)
+                # the network's halo in model pixels as in the first pass (its context is in model pixels)
+                maps = self._maps_at(x, new, math.ceil(halo * scale / new))
                 ctx["scale"] = new
-                # the objects' real size sizes the tiling halo of the instances (segment_field)
+                # the objects' size against the training size: post-processing sizes (minimum areas)
+                # follow it, and so does the tiling halo of the instances (segment_field)
+                ctx["object_scale"] = scale / new
                 ctx["max_object_um"] = self.max_object_um() * scale / new
         if maps.shape[-2:] != shape:
             maps = resize(maps, (maps.shape[0], *shape), order=1, preserve_range=True).astype(np.float32)

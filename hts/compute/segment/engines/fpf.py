@@ -12,6 +12,7 @@ from hts.compute.segment.engines.nuclei import NucleiParams, instances_from_fg_d
 
 
 class FPFParams(NucleiParams):
+    adapt_scale: bool = Field(False, description="Not used by fpf (its nuclei and cells are sized together).")
     cell_foreground_threshold: float = Field(0.5, gt=0, lt=1, description="Cell foreground probability threshold.")
     cell_max_distance_um: float = Field(40.0, gt=0, description="A cell extends at most this far from its nucleus.")
 

@@ -32,7 +32,7 @@ class NucleiParams(DeepParams):
         True,
         description="Per field: when the nuclei found at the plate's pixel size are more than 1.25x larger or "
         "smaller than the model's training size (12 µm), run the network again at the scale that gives them "
-        "that size (nuclei from 5 to 30 µm; up to 2x the compute on such fields).",
+        "that size (nuclei of ~6 to ~24 µm measured; up to 2x the compute on such fields).",
     )
 
 
@@ -66,7 +66,12 @@ class NucleiEngine(DeepEngine):
 
 
 def instances_from_fg_dist(engine: DeepEngine, maps: np.ndarray, fg: str, dist: str, ctx) -> np.ndarray:
-    """Instances from a foreground head and a normalized-distance head (shared by the nucleus-type engines)."""
+    """Instances from a foreground head and a normalized-distance head (shared by the nucleus-type engines).
+
+    The minimum area is for nuclei of the training size: a field ``adapt_scale`` found to hold
+    larger or smaller ones (``ctx["object_scale"]``) scales it by the square of their size.
+    """
     p, px = engine.params, ctx["pixel_size_um"]
-    mask = pp.remove_small(engine.head(maps, fg) > p.foreground_threshold, p.min_area_um2 / px**2)
+    min_px = p.min_area_um2 / px**2 * float(ctx.get("object_scale", 1.0)) ** 2
+    mask = pp.remove_small(engine.head(maps, fg) > p.foreground_threshold, min_px)
     return pp.split_touching(mask, seeds="hmin", diameter_px=0, h_px=p.split_h, distance=engine.head(maps, dist))
