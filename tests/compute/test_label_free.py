@@ -106,7 +106,6 @@ def test_estimate_pixel_size_of_real_nuclei_without_metadata(dsb):
     assert est2 is not None and est2.pixel_size_um == pytest.approx(2 * est.pixel_size_um, rel=0.15)
 
 
-
 def test_estimate_pixel_size_sees_each_candidate_at_its_own_scale(dsb):
     """The nuclei engine's per-field adapt_scale is off while the pixel size is estimated (each
     candidate must be judged at its own scale, in one network pass), and back on afterwards."""
