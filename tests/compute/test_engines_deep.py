@@ -175,12 +175,12 @@ def test_scale_normalization(torch_engines: dict):
 def test_adapt_scale_segments_nuclei_of_another_size(dsb):
     """The held-out DSB2018 sample at twice and half its oracle pixel size: the engine first sees its
     nuclei as 24 / 6 µm ones, measures them and runs again at the scale that makes them 12 µm
-    (measured: F1 0.50 -> 0.88 at 2x, 0.71 -> 0.80 at 0.5x); at the right scale it runs once."""
+    (measured: F1 0.50 -> 0.90 at 2x, 0.71 -> 0.86 at 0.5x); at the right scale it runs once."""
     img, gt, px = dsb
     plain = engine_class("nuclei")({"adapt_scale": False}, backend="torch")
     adapt = engine_class("nuclei")(backend="torch")
     assert adapt.params.adapt_scale and not engine_class("brightfield-unet").Params().adapt_scale
-    for k, floor in ((2.0, 0.80), (0.5, 0.75)):
+    for k, floor in ((2.0, 0.80), (0.5, 0.78)):
         off = segment_field(plain, {"nucleus": img}, pixel_size_um=px * k).labels["nuclei"]
         on = segment_field(adapt, {"nucleus": img}, pixel_size_um=px * k).labels["nuclei"]
         assert f1(gt, on) > max(floor, f1(gt, off) + 0.05), (k, f1(gt, on), f1(gt, off))
