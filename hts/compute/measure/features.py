@@ -72,16 +72,21 @@ _DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 def object_ids(labels: np.ndarray) -> np.ndarray:
     """Sorted object ids (> 0) of a label image; every feature array is aligned with it."""
     labels = _check_labels(labels)
-    mx = int(labels.max(initial=0))
+    return _present_ids(labels, 4 * labels.size)
+
+
+def _present_ids(values: np.ndarray, limit: int) -> np.ndarray:
+    """The distinct values > 0 of non-negative integers, sorted, as int64: a presence table while the
+    largest is at most ``limit`` (bincount would first copy int32 labels as int64), else a sort."""
+    mx = int(values.max(initial=0))
     if mx == 0:
         return np.zeros(0, np.int64)
-    if mx <= 4 * labels.size:
-        # a presence table (bincount would first copy the labels as int64: 2x an int32 field)
+    if mx <= limit:
         present = np.zeros(mx + 1, bool)
-        present[labels] = True
+        present[values] = True
         ids = np.flatnonzero(present)
     else:
-        ids = np.unique(labels)
+        ids = np.unique(values)
     return ids[ids > 0].astype(np.int64)
 
 
@@ -127,16 +132,7 @@ class _Objects:
             taken = keep[self.lab]
             self.idx, self.lab = self.idx[taken], self.lab[taken]
             del taken
-        # the ids from the object pixels (a presence table over them, not over the whole image)
-        mx = int(self.lab.max(initial=0))
-        if mx == 0:
-            self.ids = np.zeros(0, np.int64)
-        elif mx <= 4 * labels.size:
-            present = np.zeros(mx + 1, bool)
-            present[self.lab] = True
-            self.ids = np.flatnonzero(present).astype(np.int64)
-        else:
-            self.ids = np.unique(self.lab).astype(np.int64)
+        self.ids = _present_ids(self.lab, 4 * labels.size)  # from the object pixels, not the whole image
         self.n = len(self.ids)
         self._lut = None
         if self.n and self.ids[-1] <= 4 * labels.size:
@@ -145,7 +141,6 @@ class _Objects:
         self.rank = self.rank_of(self.lab).astype(itype, copy=False)
         self.counts = np.bincount(self.rank, minlength=self.n)
         self.r, self.c = np.divmod(self.idx, itype(labels.shape[1]))
-        self._diff = None
         self._on_edge = None
         self._centroid = None
         self._nb: dict[tuple[int, int], np.ndarray] = {}
@@ -223,20 +218,6 @@ class _Objects:
     def rank_of(self, lab: np.ndarray) -> np.ndarray:
         """Position in :attr:`ids` of object labels ``lab`` (all > 0)."""
         return self._lut[lab] if self._lut is not None else np.searchsorted(self.ids, lab)
-
-    def neighbour_differs(self) -> np.ndarray:
-        """Bool image: a 4-neighbour inside the image has another label (find_boundaries' test)."""
-        if self._diff is None:
-            lab = self.labels
-            d = np.zeros(lab.shape, bool)
-            dv = lab[1:] != lab[:-1]
-            d[1:] |= dv
-            d[:-1] |= dv
-            dh = lab[:, 1:] != lab[:, :-1]
-            d[:, 1:] |= dh
-            d[:, :-1] |= dh
-            self._diff = d
-        return self._diff
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Runs of one object's consecutive pixels along a row: object rank, row, first and last
@@ -628,7 +609,7 @@ def _intensity(o: _Objects, image: np.ndarray, channel: str, scale, quantiles) -
         mass = np.where(has, np.where(integ != 0, np.sqrt(dyw * dyw + dxw * dxw), np.nan), 0.0)
 
         # edge pixels: find_boundaries(labels, mode="inner")
-        on_edge = o.on_edge() if finite is None else o.neighbour_differs().ravel()[idx]
+        on_edge = o.on_edge() if finite is None else o.on_edge()[finite]
         er, ev = rank[on_edge], vals[on_edge]
         ecnt = np.bincount(er, minlength=n)
         ehas = ecnt > 0
@@ -729,8 +710,7 @@ def _in_bands(labels: np.ndarray, measure, band_pixels: int | None = None) -> di
         lab, row = blk.ravel()[at], at // w + r0
         np.minimum.at(top, lab, row)
         np.maximum.at(bottom, lab, row)
-    ids = np.flatnonzero(bottom >= 0)
-    ids = ids[ids > 0]
+    ids = np.flatnonzero(bottom >= 0)  # label 0 is never an object pixel: bottom[0] stays -1
     group = top[ids] // step
     parts = []
     for g in np.unique(group):
