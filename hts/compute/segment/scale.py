@@ -23,7 +23,8 @@ scale, so what it finds there does not imply ``c`` back; near the truth it does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,11 +87,27 @@ def _measure(engine: Engine, fields: Sequence[dict[str, np.ndarray]], px: float,
     # keep a deep engine's own input within ``crop``² pixels whatever the candidate's upscaling
     side = crop if train_px is None else max(96, min(crop, int(crop * train_px / px)))
     ds = []
-    for images in fields:
-        sub = {role: _crop(np.asarray(im), side) for role, im in images.items()}
-        res = segment_field(engine, sub, pixel_size_um=px, tile=4096)
-        ds.append(object_diameters_px(res.labels[output]))
+    with _fixed_scale(engine):
+        for images in fields:
+            sub = {role: _crop(np.asarray(im), side) for role, im in images.items()}
+            res = segment_field(engine, sub, pixel_size_um=px, tile=4096)
+            ds.append(object_diameters_px(res.labels[output]))
     return np.concatenate(ds) if ds else np.zeros(0)
+
+
+@contextmanager
+def _fixed_scale(engine: Engine) -> Iterator[None]:
+    """``engine`` without per-field rescaling (``adapt_scale``) inside the block: a candidate pixel size
+    must be judged at its own scale, in one network pass on the crop."""
+    params = getattr(engine, "params", None)
+    if not getattr(params, "adapt_scale", False):
+        yield
+        return
+    engine.params = params.model_copy(update={"adapt_scale": False})
+    try:
+        yield
+    finally:
+        engine.params = params
 
 
 def estimate_pixel_size(
@@ -119,16 +136,6 @@ def estimate_pixel_size(
     ScaleEstimate or None
         None when no candidate finds enough objects (an empty or unreadable plate).
     """
-    params = getattr(engine, "params", None)
-    if getattr(params, "adapt_scale", False):
-        # each candidate must be seen at its own scale (and the crop bound hold): no per-field rescaling
-        engine.params = params.model_copy(update={"adapt_scale": False})
-        try:
-            return estimate_pixel_size(
-                engine, fields, candidates=candidates, crop=crop, min_objects=min_objects, output=output
-            )
-        finally:
-            engine.params = params
     d_um = engine_nucleus_diameter_um(engine)
     tried = []
     for c in candidates:

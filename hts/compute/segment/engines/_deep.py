@@ -55,18 +55,23 @@ ADAPT_FACTOR = 1.25
 ADAPT_MIN_OBJECTS = 5
 
 
+def adapt_scale_field(default: bool, note: str) -> Any:
+    """The ``adapt_scale`` parameter of an engine that measures its objects (:meth:`DeepEngine.object_diameters`),
+    with its own default and a note on it for ``hts engines``."""
+    return Field(
+        default,
+        description=f"Per field: when the objects found at the plate's pixel size are more than {ADAPT_FACTOR}x "
+        "larger or smaller than the model's training size, run the network again at the scale that gives them "
+        f"that size ({note}).",
+    )
+
+
 class DeepParams(EngineParams):
     tta: bool = Field(
         False, description="Test-time augmentation: average the maps over flips and 90° rotations (4× the compute)."
     )
     batch_size: int = Field(8, ge=1, le=256, description="Tiles per backend call.")
     model_tile: int = Field(512, ge=64, le=4096, description="Tile size fed to the network, in model pixels.")
-    adapt_scale: bool = Field(
-        False,
-        description="Per field: when the objects found at the plate's pixel size are more than 1.25x larger or "
-        "smaller than the model's training size, run the network again at the scale that gives them that size "
-        "(up to 2x the compute on such fields).",
-    )
 
 
 _TTA = [
@@ -199,7 +204,8 @@ class DeepEngine(Engine):
         scale = ctx["scale"]
         maps = self._maps_at(x, scale, halo)
         want = float(self.spec.extra.get("object_diameter_um", 0.0)) / self.train_pixel_um
-        d = self.object_diameters(maps) if self.params.adapt_scale and want > 0 else None
+        # adapt_scale is a parameter of the engines that can measure their objects (object_diameters)
+        d = self.object_diameters(maps) if getattr(self.params, "adapt_scale", False) and want > 0 else None
         if d is not None and len(d) >= ADAPT_MIN_OBJECTS:
             ratio = float(np.median(d)) / want
             if not 1 / ADAPT_FACTOR <= ratio <= ADAPT_FACTOR:

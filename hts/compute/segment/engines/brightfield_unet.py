@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
+from hts.compute.segment.engines._deep import adapt_scale_field
 from hts.compute.segment.engines.base import BRIGHTFIELD_NAMES, Role
 from hts.compute.segment.engines.nuclei import NucleiEngine, NucleiParams
 
 
 class BrightfieldUNetParams(NucleiParams):
-    adapt_scale: bool = Field(
-        False,
-        description="Per field: when the nuclei found at the plate's pixel size are more than 1.25x larger or "
-        "smaller than the model's training size, run the network again at the scale that gives them that size "
-        "(off by default: on this model's validation split it scored AP@0.5 0.664 against 0.668 without).",
+    adapt_scale: bool = adapt_scale_field(
+        False, "off by default: on this model's validation split it scored AP@0.5 0.664 against 0.668 without"
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from hts.compute.segment import postprocess as pp
-from hts.compute.segment.engines._deep import DeepEngine, DeepParams
+from hts.compute.segment.engines._deep import DeepEngine, DeepParams, adapt_scale_field
 from hts.compute.segment.engines.base import NUCLEUS_NAMES, Role
 
 
@@ -28,11 +28,8 @@ class NucleiParams(DeepParams):
         description="Depth of the saddle in the predicted (radius-normalized) distance map that separates touching nuclei.",
     )
     min_area_um2: float = Field(10.0, ge=0, description="Smaller objects are discarded.")
-    adapt_scale: bool = Field(
-        True,
-        description="Per field: when the nuclei found at the plate's pixel size are more than 1.25x larger or "
-        "smaller than the model's training size (12 µm), run the network again at the scale that gives them "
-        "that size (nuclei of ~6 to ~24 µm measured; up to 2x the compute on such fields).",
+    adapt_scale: bool = adapt_scale_field(
+        True, "training size 12 µm; nuclei of ~6 to ~24 µm measured; up to 2x the compute on such fields"
     )
 
 
