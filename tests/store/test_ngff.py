@@ -1,5 +1,6 @@
 """The NGFF plate store: structure validated by ome-zarr-models, pixel and pyramid values."""
 
+import json
 import warnings
 
 import numpy as np
@@ -199,3 +200,51 @@ def test_channel_windows_change_only_the_windows(tmp_path):
     untouched = root["A/01/1"].attrs["ome"]["omero"]["channels"][0]["window"]
     assert untouched["start"] == 0.0 and untouched["end"] == 65535.0
     Image.from_zarr(root["B/03/1"])
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_local_writes_are_byte_for_byte_what_zarr_writes(tmp_path, monkeypatch):
+    # in a local store, fields and label images are written on the calling thread (the fast path);
+    # the same writes through zarr itself (the path of object stores) must leave identical files:
+    # chunk keys, Blosc payloads, edge chunks padded with the fill value, and metadata documents
+    from hts.store import ngff
+
+    desc = _desc(shape=(2, 2, 1, 600, 520))  # 600 x 520 in 256² tiles: partial chunks at two edges
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 65535, size=desc.shape, dtype=np.uint16)
+    lab = np.zeros((600, 520), np.int32)
+    lab[10:60, 20:90], lab[300:599, 200:519] = 7, 123456
+
+    def write(root):
+        store = PlateStore.create(root, desc, plate_id="pid", fingerprint="fp", tile=256)
+        store.write_field(parse_well("A01"), 1, data)
+        levels = store.create_labels("A/01/1", ["nuclei", "cells"], n_t=2, overwrite=True)
+        store.write_labels("A/01/1", {"nuclei": lab, "cells": lab * 2}, 1, levels=levels)
+        store.create_labels("A/01/1", ["nuclei"], n_t=2, overwrite=True)  # replaced: emptied
+        store.write_labels("A/01/1", {"nuclei": lab[::-1].copy()}, 0, levels=levels)
+        return store
+
+    fast = write(tmp_path / "fast.zarr")
+    meta = fast._local_array_meta("A/01/1/labels/cells/0")
+    assert meta is not None and ngff._blosc_encoder(meta) is not None  # the fast path was taken
+    with monkeypatch.context() as m:
+        m.setattr(ngff, "_blosc_encoder", lambda meta: None)
+        m.setattr(PlateStore, "_local_nodes", lambda self, nodes, overwrite: None)
+        write(tmp_path / "zarr.zarr")
+    a, b = _tree(tmp_path / "fast.zarr"), _tree(tmp_path / "zarr.zarr")
+    assert a.keys() == b.keys()
+    assert any("labels/cells/0/c/1/0/0/2/" in k for k in a)  # the last row of chunks of time point 1
+    for key in a:
+        if key.endswith("zarr.json"):
+            assert json.loads(a[key]) == json.loads(b[key]), key
+        else:
+            assert a[key] == b[key], key
+    root = zarr.open_group(tmp_path / "fast.zarr", mode="r")
+    np.testing.assert_array_equal(root["A/01/1/0"][:], data)
+    np.testing.assert_array_equal(root["A/01/1/labels/cells/0"][1, 0, 0], lab * 2)
+    np.testing.assert_array_equal(root["A/01/1/labels/nuclei/0"][0, 0, 0], lab[::-1])
+    assert not root["A/01/1/labels/nuclei/0"][1].any()  # the replaced image lost time point 1
+    assert root["A/01/1/labels"].attrs["ome"]["labels"] == ["nuclei", "cells"]

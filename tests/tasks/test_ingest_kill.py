@@ -18,7 +18,8 @@ from hts.tasks.ingest import ingest
 
 @pytest.mark.slow
 def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
-    src = nd2_plate(wells="A01:H12", fields=1, shape=(384, 384), channels=("DAPI", "GFP", "BF"))
+    # enough fields that the ingest outlasts its first catalog batch (2 s) by a wide margin
+    src = nd2_plate(wells="A01:H12", fields=3, shape=(384, 384), channels=("DAPI", "GFP", "BF"))
     ref = ingest(src, out=tmp_path / "ref.zarr", tile=128, workspace=here(db=tmp_path / "ref.duckdb"))
     hts = Path(sys.executable).with_name("hts")
     env = dict(os.environ, HTS_SCHEDULER="sync")
@@ -40,14 +41,14 @@ def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
     assert proc.poll() is None, f"ingest finished before it could be killed: {proc.stderr.read()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 8 <= done < 96
+    assert 8 <= done < 288
     assert cat.query("SELECT status FROM plates")[0]["status"] == "ingesting"
 
     rep = ingest(src, tile=128, workspace=here())
-    assert rep.status == "resumed" and 0 < rep.fields_written <= 96 - 8
+    assert rep.status == "resumed" and 0 < rep.fields_written <= 288 - 8
     q = "SELECT well, field_index, status, checksum FROM fields ORDER BY ALL"
     assert cat.query(q) == Catalog(tmp_path / "ref.duckdb").query(q)
     q2 = "SELECT well, channel_index, min, max, mean, p01, p999 FROM field_channel_stats ORDER BY ALL"
     assert cat.query(q2) == Catalog(tmp_path / "ref.duckdb").query(q2)
     assert cat.query("SELECT status FROM plates")[0]["status"] == "complete"
-    assert ref.fields_written == 96
+    assert ref.fields_written == 288
