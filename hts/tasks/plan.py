@@ -222,7 +222,7 @@ def process_field(task: FieldTask, spec: FieldSpec) -> FieldResult:
     """
     t0 = time.perf_counter()
     store = PlateStore(spec.store)
-    arr = store.read_field(task.path.rsplit("/", 1)[0], task.field_index)
+    n_t = store.shape_of(f"{task.path}/0")[0]
     eng = _worker_engine(spec.engine) if task.mode == "segment" and spec.engine is not None else None
     counts: dict[str, int] = {}
     checks: list[dict[str, Any]] = []
@@ -231,14 +231,16 @@ def process_field(task: FieldTask, spec: FieldSpec) -> FieldResult:
         # The field's label images, created here (in parallel) rather than by the client up front,
         # and created afresh: this task writes every time point of them.
         levels = store.create_labels(
-            task.path, list(spec.labels.values()), n_t=arr.shape[0], tile=spec.store_tile, overwrite=True
+            task.path, list(spec.labels.values()), n_t=n_t, tile=spec.store_tile, overwrite=True
         )
-    for t in range(arr.shape[0]):
-        planes = np.asarray(arr[t]).max(axis=1)  # (c, y, x): maximum over z
+    for t in range(n_t):
+        planes = store.read_block(f"{task.path}/0", (t,)).max(axis=1)  # (c, y, x): maximum over z
         if eng is not None:
             labels = _segment_time_point(eng, spec, store, task, t, planes, levels, counts, checks)
         else:
-            labels = {out: np.asarray(store.read_labels(task.path, name)[t, 0, 0]) for out, name in spec.labels.items()}
+            labels = {
+                out: store.read_block(f"{task.path}/labels/{name}/0", (t, 0, 0)) for out, name in spec.labels.items()
+            }
         if spec.measure is not None:
             tables.append(_measure_time_point(spec, task, t, labels, planes))
     res = FieldResult(task.well, task.field_index, seconds=0.0, worker=f"{socket.gethostname()}:{os.getpid()}")

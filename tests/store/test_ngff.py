@@ -248,3 +248,39 @@ def test_local_writes_are_byte_for_byte_what_zarr_writes(tmp_path, monkeypatch):
     np.testing.assert_array_equal(root["A/01/1/labels/nuclei/0"][0, 0, 0], lab[::-1])
     assert not root["A/01/1/labels/nuclei/0"][1].any()  # the replaced image lost time point 1
     assert root["A/01/1/labels"].attrs["ome"]["labels"] == ["nuclei", "cells"]
+
+
+def test_read_block_reads_what_zarr_reads(tmp_path, monkeypatch):
+    # a local store reads blocks on the calling thread: the same values as zarr, edge chunks cut to
+    # the array, chunks never written as the fill value, a damaged chunk named in one line
+    from hts.store import ngff
+
+    desc = _desc(shape=(3, 2, 2, 600, 520))
+    store = PlateStore.create(tmp_path / "p.zarr", desc, plate_id="pid", fingerprint="fp", tile=256)
+    data = np.random.default_rng(4).integers(0, 65535, size=desc.shape, dtype=np.uint16)
+    store.write_field(parse_well("B03"), 0, data)
+    store.create_labels("B/03/0", ["nuclei"], n_t=3)
+    lab = np.arange(600 * 520, dtype=np.int32).reshape(600, 520)
+    store.write_labels("B/03/0", {"nuclei": lab}, 2)
+    root = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    fresh = PlateStore(tmp_path / "p.zarr")  # reads the documents from disk
+    assert fresh.shape_of("B/03/0/0") == (3, 2, 2, 600, 520)
+    for t in range(3):
+        np.testing.assert_array_equal(fresh.read_block("B/03/0/0", (t,)), data[t])
+        np.testing.assert_array_equal(fresh.read_block("B/03/0/1", (t,)), root["B/03/0/1"][t])
+    np.testing.assert_array_equal(fresh.read_block("B/03/0/labels/nuclei/0", (2, 0, 0)), lab)
+    never = fresh.read_block("B/03/0/labels/nuclei/0", (1, 0, 0))  # no chunk written at t = 1
+    assert never.dtype == np.int32 and never.shape == (600, 520) and not never.any()
+    np.testing.assert_array_equal(fresh.read_block("A/01/0/0", (0, 1)), np.zeros((2, 600, 520), np.uint16))
+    np.testing.assert_array_equal(fresh.read_block("B/03/0/0"), data)
+    with monkeypatch.context() as m:  # zarr's path reads the same
+        m.setattr(ngff, "_blosc_encoder", lambda meta: None)
+        np.testing.assert_array_equal(PlateStore(tmp_path / "p.zarr").read_block("B/03/0/0", (1,)), data[1])
+    with pytest.raises(StoreError, match="outside the array"):
+        fresh.read_block("B/03/0/0", (3,))
+    with pytest.raises(StoreError, match="no array here"):
+        fresh.read_block("B/03/0/labels/cells/0", (0, 0, 0))
+    chunk = tmp_path / "p.zarr" / "B" / "03" / "0" / "0" / "c" / "1" / "0" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    with pytest.raises(StoreError, match=r"chunk c/1/0/0/0/0 cannot be read"):
+        PlateStore(tmp_path / "p.zarr").read_block("B/03/0/0", (1,))
