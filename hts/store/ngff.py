@@ -249,13 +249,11 @@ class PlateStore:
         """The zarr metadata of the local array at ``path`` (made or read by this object before, else read)."""
         meta = self._meta.get(path)
         if meta is None:
-            doc = self._local_doc(path)
-            if doc is None or doc.get("node_type") != "array" or doc.get("zarr_format") != 3:
-                return None
             try:
-                meta = self._meta[path] = ArrayV3Metadata.from_dict(doc)
-            except Exception:  # noqa: BLE001 - not an array this module writes; zarr reports it
+                raw = (self.path / path / "zarr.json").read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
                 return None
+            meta = self._meta[path] = _array_meta_from_doc(raw)
         return meta
 
     def _write_arrays(self, writes: list[tuple[str, Any, np.ndarray]]) -> None:
@@ -722,6 +720,19 @@ def _write_local_chunks(folder: Path, meta: Any, sel: Any, data: np.ndarray, *, 
             block = whole
         payload = encoder.encode(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
         _write_file(folder / meta.encode_chunk_key(tuple(x.start // c for x, c in zip(s, chunks))), payload)
+
+
+@functools.lru_cache(maxsize=256)
+def _array_meta_from_doc(raw: bytes) -> Any | None:
+    """Zarr's metadata of an array document (None if it is not a Zarr v3 array's). Cached by the
+    document's bytes: a plate's fields share a handful of them, and parsing one costs ~1 ms."""
+    try:
+        doc = json.loads(raw)
+        if doc.get("node_type") != "array" or doc.get("zarr_format") != 3:
+            return None
+        return ArrayV3Metadata.from_dict(doc)
+    except Exception:  # noqa: BLE001 - not an array this module writes; zarr reports it
+        return None
 
 
 def _check_blosc_header(raw: bytes, nbytes: int) -> None:

@@ -129,3 +129,26 @@ def test_a_catalog_written_by_a_newer_duckdb_is_refused_in_one_line(tmp_path, mo
     monkeypatch.setattr(duckdb, "connect", newer)
     with pytest.raises(CatalogError, match=r"written by a newer DuckDB than this hts runs \(DuckDB 1\.5\.5\)"):
         Catalog(path).plates()
+
+
+def test_cells_load_adds_new_columns_once_per_schema(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from hts.catalog import cells as cells_db
+
+    cat = Catalog(tmp_path / "c.duckdb")
+    keys = {"plate_id": ["p"], "run_id": ["r"], "well": ["A01"], "field_index": pa.array([0], pa.int32()),
+            "t": pa.array([0], pa.int32()), "object_id": pa.array([1], pa.int64())}  # fmt: skip
+    a = pa.table({**keys, "Nuclei_Area": [10.0]})
+    b = pa.table({**keys, "Nuclei_Area": [20.0], "Nuclei_Solidity": [0.9]})
+    calls = []
+    real = cells_db._add_columns
+    monkeypatch.setattr(cells_db, "_add_columns", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    with cat.connect() as con:
+        assert cells_db.load_tables(con, [a, a, b, a, b], where=list("abcde")) == 5
+        rows = con.execute("SELECT Nuclei_Area, Nuclei_Solidity FROM cells ORDER BY Nuclei_Area").fetchall()
+        assert rows == [(10.0, None)] * 3 + [(20.0, 0.9)] * 2
+        assert calls == ["a", "c"]  # each distinct schema checked once
+        bad = pa.table({**keys, "Nuclei_Note": pa.array([[1]], pa.list_(pa.int64()))})
+        with pytest.raises(ValueError, match="e: column 'Nuclei_Note' has unsupported type"):
+            cells_db.load_tables(con, [a, bad], where=["d", "e"])
