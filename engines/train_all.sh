@@ -57,12 +57,14 @@ if want brightfield-unet; then  # stage 1, then stage 2 fine-tunes it at a lower
     --out engines/brightfield-unet --steps 6000 --lr 6e-4 --time-limit 6600 --checkpoint "$STAGE/brightfield-unet-ft.pt"
   "$PY" engines/tune_postprocess.py engines/brightfield-unet --data "$DATA" --write
 fi
-if want cytoplasm; then  # stage 1, then stage 2 fine-tunes it at a lower learning rate (--init)
+if want cytoplasm; then  # stage 1, then stages 2 and 3 fine-tune it at lower learning rates (--init)
   X=$(extra usiigaci_tr prepare_usiigaci.py "${USIIGACI_GIT:-}")
   nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $X --threads 1 \
     --out "$STAGE/cytoplasm-stage1" --steps 1500 --time-limit 4500 --checkpoint "$STAGE/cytoplasm-real.pt"
   nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $X --threads 1 --init "$STAGE/cytoplasm-stage1" \
-    --out engines/cytoplasm --steps 3000 --lr 6e-4 --time-limit 5400 --checkpoint "$STAGE/cytoplasm-ft.pt"
+    --out "$STAGE/cytoplasm-stage2" --steps 3000 --lr 6e-4 --time-limit 5400 --checkpoint "$STAGE/cytoplasm-ft.pt"
+  nice -n 5 "$PY" engines/train_label_free.py cytoplasm --data "$DATA" $X --threads 1 --init "$STAGE/cytoplasm-stage2" \
+    --out engines/cytoplasm --steps 3000 --lr 4e-4 --seed 1 --time-limit 5400 --checkpoint "$STAGE/cytoplasm-s3.pt"
   "$PY" engines/tune_postprocess.py engines/cytoplasm --data "$DATA" --write
 fi
 
