@@ -217,11 +217,11 @@ def main(argv=None) -> int:
             "grid": {k: list(v) for k, v in grid.items()},
             "objective": f"pooled AP@0.5 of {output}"
             + (
-                f" on the real images, keeping each synthetic modality at >= {GUARD:.0%} of its AP@0.5 at the defaults"
+                f" on the real images, keeping each synthetic modality at >= {GUARD:.0%} of its AP@0.5 at the defaults;"
+                " ties and validation_ap: mean AP@0.5:0.95 over the modalities"
                 if len(groups) > 1
-                else ""
-            )
-            + "; ties: mean AP@0.5:0.95",
+                else "; ties: mean AP@0.5:0.95"
+            ),
             "validation_ap50": round(b50, 4),
             **({"validation_ap50_by_modality": bgroups} if len(groups) > 1 else {}),
             "validation_ap": round(bap, 4),

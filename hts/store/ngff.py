@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import struct
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,12 @@ class PlateStore:
         """
         if not self.remote:
             metas = [self._local_array_meta(p) for p, _, _ in writes]
-            if all(m is not None and _blosc_encoder(m) is not None for m in metas):
-                for meta, (p, sel, data) in zip(metas, writes):
-                    _write_local_chunks(self.path / p, meta, sel, np.asarray(data), where=f"{self.path}/{p}")
+            if all(m is not None and _local_writable(m, sel) for m, (_, sel, _) in zip(metas, writes)):
+                data = [np.asarray(d) for _, _, d in writes]
+                for meta, (p, sel, _), d in zip(metas, writes, data):  # every shape and index first
+                    _check_write(meta, sel, d, where=f"{self.path}/{p}")
+                for meta, (p, sel, _), d in zip(metas, writes, data):
+                    _write_local_chunks(self.path / p, meta, sel, d)
                 return
         store = self._zarr_store()
 
@@ -703,12 +707,26 @@ def _blosc_encoder(meta: Any) -> Any | None:
     return getattr(codecs[1], "_blosc_codec", None)  # zarr's configured encoder (private: absent -> zarr writes)
 
 
-def _write_local_chunks(folder: Path, meta: Any, sel: Any, data: np.ndarray, *, where: str) -> None:
-    """``array[sel] = data`` for the local array at ``folder``, chunk by chunk, as zarr would store it."""
+def _local_writable(meta: Any, sel: Any) -> bool:
+    """Whether :func:`_write_local_chunks` writes ``array[sel]`` as zarr would: an array stored as hts makes
+    them, one chunk deep along the leading indices (a chunk is written whole, never merged)."""
     lead = sel if isinstance(sel, tuple) else ()
+    return _blosc_encoder(meta) is not None and all(c == 1 for c in meta.chunk_grid.chunk_shape[: len(lead)])
+
+
+def _check_write(meta: Any, sel: Any, data: np.ndarray, *, where: str) -> None:
+    lead = sel if isinstance(sel, tuple) else ()
+    if any(not 0 <= i < n for i, n in zip(lead, meta.shape)):
+        raise StoreError(f"{where}: index {lead} outside the array's shape {tuple(meta.shape)}")
     expect = tuple(meta.shape[len(lead) :])
     if expect != data.shape:
         raise StoreError(f"{where}: expects shape {expect}, got {data.shape}")
+
+
+def _write_local_chunks(folder: Path, meta: Any, sel: Any, data: np.ndarray) -> None:
+    """``array[sel] = data`` for the local array at ``folder`` (checked by :func:`_check_write`), chunk by
+    chunk, as zarr would store it."""
+    lead = sel if isinstance(sel, tuple) else ()
     chunks = tuple(meta.chunk_grid.chunk_shape)
     dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
     encoder = _blosc_encoder(meta)
@@ -781,12 +799,17 @@ def _write_local_nodes(root: Path, nodes: dict[str, Any], *, replace: list[str])
     from zarr.core.buffer import default_buffer_prototype
 
     for path in replace:
-        shutil.rmtree(root / path, ignore_errors=True)
+        try:
+            shutil.rmtree(root / path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # what is left of the old node would show through the new one
+            raise StoreError(f"{root / path}: cannot replace it ({e.strerror or e})") from None
     proto = default_buffer_prototype()
     for path, meta in nodes.items():
         doc = root / path / "zarr.json"
         os.makedirs(doc.parent, exist_ok=True)
-        tmp = doc.with_name(f".zarr.json.{os.getpid()}.tmp")
+        tmp = doc.with_name(f".zarr.json.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(meta.to_buffer_dict(proto)["zarr.json"].to_bytes())
         os.replace(tmp, doc)
 

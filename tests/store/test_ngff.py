@@ -284,3 +284,24 @@ def test_read_block_reads_what_zarr_reads(tmp_path, monkeypatch):
     chunk.write_bytes(chunk.read_bytes()[:40])
     with pytest.raises(StoreError, match=r"chunk c/1/0/0/0/0 cannot be read"):
         PlateStore(tmp_path / "p.zarr").read_block("B/03/0/0", (1,))
+
+
+def test_local_writes_check_everything_first_and_leave_other_chunkings_to_zarr(tmp_path):
+    from zarr.codecs import BloscCodec
+
+    root = tmp_path / "s"
+    kw = dict(dtype="int32", compressors=BloscCodec(cname="zstd", clevel=2, shuffle="shuffle"), fill_value=5)
+    zarr.create_array(root / "deep", shape=(4, 8, 8), chunks=(2, 4, 4), **kw)  # two time points per chunk
+    zarr.create_array(root / "m1", shape=(2, 4, 4), chunks=(1, 4, 4), **kw)
+    zarr.create_array(root / "m2", shape=(2, 3, 3), chunks=(1, 3, 3), **kw)
+    store = PlateStore(root)
+    # a chunk shared by two time points is merged by zarr, not overwritten whole
+    store._write_arrays([("deep", (1,), np.full((8, 8), 9, np.int32))])
+    deep = zarr.open_array(root / "deep", mode="r")[:]
+    assert (deep[1] == 9).all() and (deep[0] == 5).all() and (deep[2:] == 5).all()
+    # one bad shape or index in a batch: nothing of the batch is written
+    with pytest.raises(StoreError, match="m2: expects shape"):
+        store._write_arrays([("m1", (0,), np.ones((4, 4), np.int32)), ("m2", (0,), np.ones((4, 4), np.int32))])
+    with pytest.raises(StoreError, match="outside the array"):
+        store._write_arrays([("m1", (0,), np.ones((4, 4), np.int32)), ("m1", (2,), np.ones((4, 4), np.int32))])
+    assert not list((root / "m1").rglob("c/*/*/*")) and (zarr.open_array(root / "m1", mode="r")[:] == 5).all()
