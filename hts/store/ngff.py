@@ -239,23 +239,33 @@ class PlateStore:
                     out[parent] = GroupMetadata()
         return out
 
-    def _local_doc(self, path: str) -> dict[str, Any] | None:
+    def _local_doc_bytes(self, path: str) -> bytes | None:
         """The ``zarr.json`` document of the node at ``path`` of a local store (None when there is none)."""
         try:
-            return json.loads((self.path / path / "zarr.json").read_bytes())
+            return (self.path / path / "zarr.json").read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def _local_doc(self, path: str) -> dict[str, Any] | None:
+        raw = self._local_doc_bytes(path)
+        return None if raw is None else json.loads(raw)
 
     def _local_array_meta(self, path: str) -> Any | None:
         """The zarr metadata of the local array at ``path`` (made or read by this object before, else read)."""
         meta = self._meta.get(path)
         if meta is None:
-            try:
-                raw = (self.path / path / "zarr.json").read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
+            raw = self._local_doc_bytes(path)
+            if raw is None:
                 return None
             meta = self._meta[path] = _array_meta_from_doc(raw)
         return meta
+
+    def _zarr_array(self, array_path: str) -> zarr.Array:
+        """The array at ``array_path`` opened through zarr (:class:`StoreError` when there is none)."""
+        try:
+            return self._open_array(array_path)
+        except Exception:
+            raise StoreError(f"{self.path}/{array_path}: no array here") from None
 
     def _write_arrays(self, writes: list[tuple[str, Any, np.ndarray]]) -> None:
         """``array[selection] = data`` for every ``(array path, selection, data)``, concurrently.
@@ -267,12 +277,16 @@ class PlateStore:
         """
         if not self.remote:
             metas = [self._local_array_meta(p) for p, _, _ in writes]
-            if all(m is not None and _local_writable(m, sel) for m, (_, sel, _) in zip(metas, writes)):
+            leads = [_lead(sel) for _, sel, _ in writes]
+            if all(m is not None and _local_writable(m, lead) for m, lead in zip(metas, leads)):
                 data = [np.asarray(d) for _, _, d in writes]
-                for meta, (p, sel, _), d in zip(metas, writes, data):  # every shape and index first
-                    _check_write(meta, sel, d, where=f"{self.path}/{p}")
-                for meta, (p, sel, _), d in zip(metas, writes, data):
-                    _write_local_chunks(self.path / p, meta, sel, d)
+                for meta, (p, _, _), lead, d in zip(metas, writes, leads, data):  # every shape and index first
+                    _check_lead(meta, lead, where=f"{self.path}/{p}")
+                    expect = tuple(meta.shape[len(lead) :])
+                    if expect != d.shape:
+                        raise StoreError(f"{self.path}/{p}: expects shape {expect}, got {d.shape}")
+                for meta, (p, _, _), lead, d in zip(metas, writes, leads, data):
+                    _write_local_chunks(self.path / p, meta, lead, d)
                 return
         store = self._zarr_store()
 
@@ -283,7 +297,7 @@ class PlateStore:
             arrays = [a.with_config({"write_empty_chunks": True}) for a in arrays]
             chunk_writes = []
             for arr, (p, sel, data) in zip(arrays, writes):
-                lead = sel if isinstance(sel, tuple) else ()
+                lead = _lead(sel)
                 expect = arr.shape[len(lead) :]
                 if tuple(expect) != np.shape(data):
                     raise StoreError(f"{self.path}/{p}: expects shape {tuple(expect)}, got {np.shape(data)}")
@@ -492,12 +506,7 @@ class PlateStore:
     def shape_of(self, array_path: str) -> tuple[int, ...]:
         """The shape of the array at ``array_path`` (a local store's from its document)."""
         meta = self._local_array_meta(array_path) if not self.remote else None
-        if meta is not None:
-            return tuple(meta.shape)
-        try:
-            return tuple(self._open_array(array_path).shape)
-        except Exception:
-            raise StoreError(f"{self.path}/{array_path}: no array here") from None
+        return tuple(meta.shape) if meta is not None else tuple(self._zarr_array(array_path).shape)
 
     def read_block(self, array_path: str, lead: tuple[int, ...] = ()) -> np.ndarray:
         """``array[lead]`` as a numpy array: leading integer indices (``(t,)`` of a field's image,
@@ -509,11 +518,7 @@ class PlateStore:
         """
         meta = self._local_array_meta(array_path) if not self.remote else None
         if meta is None or _blosc_encoder(meta) is None:
-            try:
-                arr = self._open_array(array_path)
-            except Exception:
-                raise StoreError(f"{self.path}/{array_path}: no array here") from None
-            return np.asarray(arr[lead])
+            return np.asarray(self._zarr_array(array_path)[lead])
         return _read_local_chunks(self.path / array_path, meta, lead, where=f"{self.path}/{array_path}")
 
     def read_field(self, well: WellRef | str, index: int, level: int = 0) -> zarr.Array:
@@ -707,28 +712,33 @@ def _blosc_encoder(meta: Any) -> Any | None:
     return getattr(codecs[1], "_blosc_codec", None)  # zarr's configured encoder (private: absent -> zarr writes)
 
 
-def _local_writable(meta: Any, sel: Any) -> bool:
-    """Whether :func:`_write_local_chunks` writes ``array[sel]`` as zarr would: an array stored as hts makes
+def _lead(sel: Any) -> tuple[int, ...]:
+    """The leading integer indices of a selection (``...``, the whole array: none)."""
+    return sel if isinstance(sel, tuple) else ()
+
+
+def _local_writable(meta: Any, lead: tuple[int, ...]) -> bool:
+    """Whether :func:`_write_local_chunks` writes ``array[lead]`` as zarr would: an array stored as hts makes
     them, one chunk deep along the leading indices (a chunk is written whole, never merged)."""
-    lead = sel if isinstance(sel, tuple) else ()
     return _blosc_encoder(meta) is not None and all(c == 1 for c in meta.chunk_grid.chunk_shape[: len(lead)])
 
 
-def _check_write(meta: Any, sel: Any, data: np.ndarray, *, where: str) -> None:
-    lead = sel if isinstance(sel, tuple) else ()
-    if any(not 0 <= i < n for i, n in zip(lead, meta.shape)):
+def _check_lead(meta: Any, lead: tuple[int, ...], *, where: str) -> None:
+    """:class:`StoreError` unless ``lead`` indexes the array's leading axes."""
+    if len(lead) > len(meta.shape) or any(not 0 <= i < n for i, n in zip(lead, meta.shape)):
         raise StoreError(f"{where}: index {lead} outside the array's shape {tuple(meta.shape)}")
-    expect = tuple(meta.shape[len(lead) :])
-    if expect != data.shape:
-        raise StoreError(f"{where}: expects shape {expect}, got {data.shape}")
 
 
-def _write_local_chunks(folder: Path, meta: Any, sel: Any, data: np.ndarray) -> None:
-    """``array[sel] = data`` for the local array at ``folder`` (checked by :func:`_check_write`), chunk by
-    chunk, as zarr would store it."""
-    lead = sel if isinstance(sel, tuple) else ()
+def _stored_dtype(meta: Any) -> np.dtype:
+    """The dtype of the array's chunk bytes (the bytes codec's little-endian layout)."""
+    return np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
+
+
+def _write_local_chunks(folder: Path, meta: Any, lead: tuple[int, ...], data: np.ndarray) -> None:
+    """``array[lead] = data`` for the local array at ``folder`` (index and shape checked by the caller),
+    chunk by chunk, as zarr would store it."""
     chunks = tuple(meta.chunk_grid.chunk_shape)
-    dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
+    dtype = _stored_dtype(meta)
     encoder = _blosc_encoder(meta)
     for s, value in _by_chunk(lead, data, chunks):
         block = np.asarray(value, dtype=dtype)
@@ -765,12 +775,11 @@ def _check_blosc_header(raw: bytes, nbytes: int) -> None:
 
 def _read_local_chunks(folder: Path, meta: Any, lead: tuple[int, ...], *, where: str) -> np.ndarray:
     """``array[lead]`` of the local array at ``folder``, read chunk by chunk as zarr would."""
+    _check_lead(meta, lead, where=where)
     shape, chunks = tuple(meta.shape), tuple(meta.chunk_grid.chunk_shape)
-    if len(lead) > len(shape) or any(not 0 <= i < n for i, n in zip(lead, shape)):
-        raise StoreError(f"{where}: index {lead} outside the array's shape {shape}")
-    dtype = np.dtype(meta.dtype.to_native_dtype())
-    stored = dtype.newbyteorder("<")
-    out = np.full(shape[len(lead) :], meta.fill_value, dtype=dtype)
+    stored = _stored_dtype(meta)
+    nbytes = stored.itemsize * math.prod(chunks)  # of every decoded chunk (edge chunks are stored whole)
+    out = np.full(shape[len(lead) :], meta.fill_value, dtype=np.dtype(meta.dtype.to_native_dtype()))
     decoder = _blosc_encoder(meta)
     rest = [range(0, n, c) for n, c in zip(shape[len(lead) :], chunks[len(lead) :])]
     for corner in itertools.product(*rest):
@@ -783,7 +792,7 @@ def _read_local_chunks(folder: Path, meta: Any, lead: tuple[int, ...], *, where:
             continue
         try:
             # Blosc decodes a cut-off buffer without complaint (reading past it): check its header first
-            _check_blosc_header(raw, stored.itemsize * math.prod(chunks))
+            _check_blosc_header(raw, nbytes)
             block = np.frombuffer(decoder.decode(raw), dtype=stored).reshape(chunks)
         except Exception as e:  # noqa: BLE001 - a damaged chunk file, named
             raise StoreError(f"{where}: chunk {meta.encode_chunk_key(coords)} cannot be read ({e})") from None
