@@ -165,11 +165,14 @@ def segment_field(
     shape = next(iter(images.values())).shape
     ctx = engine.prepare(images, pixel_size_um)
     ctx.setdefault("tile", tile)  # field-level steps in finalize work in blocks of this size too
+
+    def halo_for(largest_um: float) -> int:  # the instance halo: 1.25 x the largest object, at least ``halo``
+        return max(int(halo), math.ceil(1.25 * largest_um / pixel_size_um))
+
     largest = float(ctx.get("max_object_um", engine.max_object_um()))
-    halo_px = max(int(halo), math.ceil(1.25 * largest / pixel_size_um))
-    maps = engine.predict(images, ctx, tile=tile, halo=halo_px)
-    if float(ctx.get("max_object_um", largest)) > largest:  # predict found this field's objects larger
-        halo_px = max(int(halo), math.ceil(1.25 * float(ctx["max_object_um"]) / pixel_size_um))
+    maps = engine.predict(images, ctx, tile=tile, halo=halo_for(largest))
+    # predict may have found this field's objects larger than expected (ctx["max_object_um"] raised)
+    halo_px = halo_for(max(largest, float(ctx.get("max_object_um", largest))))
     tiles = tile_grid(shape, tile, halo_px)
     if len(tiles) > KEEP_WHOLE_FIELD_TILES:
         ctx.pop("whole_field", None)
