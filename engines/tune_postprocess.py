@@ -185,25 +185,23 @@ def main(argv=None) -> int:
     ref.update(ds)
     print(f"default {default}: objective {d50:.4f} AP {dap:.4f} {ds if len(groups) > 1 else ''}", flush=True)
     results = []
+
+    def trial(p: dict, label: str = " ") -> None:
+        a50, a_, g = score(p)
+        results.append((a50, a_, p, g))
+        print(f"{label} {p}: objective {a50:.4f} AP {a_:.4f} {g if len(groups) > 1 else ''}", flush=True)
+
     current = {k: v for k, v in cfg.get("postprocess", {}).items() if k in grid}
     if current and current != default:  # what the folder uses now competes too
-        c50, c_, cg = score({**default, **current})
-        results.append((c50, c_, {**default, **current}, cg))
-        print(f"current {current}: objective {c50:.4f} AP {c_:.4f} {cg if len(groups) > 1 else ''}", flush=True)
+        trial({**default, **current}, "current")
     keys = list(grid)
     # stage 1: the first two parameters together at the defaults of the rest; then each other one at the best so far
     for a, b in itertools.product(grid[keys[0]], grid[keys[1]]):
-        p = {**default, keys[0]: a, keys[1]: b}
-        a50, a_, g = score(p)
-        results.append((a50, a_, p, g))
-        print(f"  {p}: objective {a50:.4f} AP {a_:.4f} {g if len(groups) > 1 else ''}", flush=True)
+        trial({**default, keys[0]: a, keys[1]: b})
     for k in keys[2:]:
         best = max(results, key=lambda r: (round(r[0], 4), r[1]))[2]
         for v in grid[k]:
-            p = {**best, k: v}
-            a50, a_, g = score(p)
-            results.append((a50, a_, p, g))
-            print(f"  {p}: objective {a50:.4f} AP {a_:.4f} {g if len(groups) > 1 else ''}", flush=True)
+            trial({**best, k: v})
     b50, bap, best, bgroups = max(results, key=lambda r: (round(r[0], 4), r[1]))
     print(
         f"best {best}: objective {b50:.4f} AP {bap:.4f} {bgroups} (default objective {d50:.4f} AP {dap:.4f} {ds})",
