@@ -114,8 +114,15 @@ def test_small_local_work_runs_in_threads_of_this_process(monkeypatch):
     with dask_client("local", workers=2, work_s=od.SMALL_WORK_S / 2) as client:
         assert set(client.run(os.getpid).values()) == {os.getpid()}
         assert sum(client.nthreads().values()) == 2
+    # compute that releases the GIL has its own, larger threshold (segment passes it)
+    with dask_client("local", workers=2, work_s=od.SMALL_COMPUTE_S / 2, small_s=od.SMALL_COMPUTE_S) as client:
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
     started = []
     monkeypatch.setattr(od, "_local_cluster", lambda scheduler, **kw: started.append(scheduler) or 1 / 0)
     with pytest.raises(ZeroDivisionError), dask_client("local", workers=2, work_s=od.SMALL_WORK_S * 2):
         pass
-    assert started == ["local"]
+    with pytest.raises(ZeroDivisionError), dask_client("local", workers=2, work_s=None, small_s=od.SMALL_COMPUTE_S):
+        pass  # no estimate: worker processes
+    with pytest.raises(ZeroDivisionError), dask_client("processes", workers=2, work_s=1.0):
+        pass  # asked for processes: processes
+    assert started == ["local", "local", "processes"]

@@ -54,7 +54,7 @@ SchedulerOpt = Annotated[
     Optional[str],
     typer.Option(
         "--scheduler",
-        help="Where to run: 'local' (default, a process per core), 'threads', 'sync', or a Dask scheduler address tcp://host:port.",
+        help="Where to run: 'local' (default: a process per core; small runs in threads of this process), 'processes' (always a process per core), 'threads', 'sync', or a Dask scheduler address tcp://host:port.",
         show_default=False,
     ),
 ]

@@ -4,8 +4,10 @@
 
 - ``"local"`` (default): a ``distributed.LocalCluster`` sized to the machine,
   one single-threaded worker process per core (for work its caller estimates
-  under :data:`SMALL_WORK_S`, such as the ingest of a few fields, threads of
-  this process: worker processes would cost more to start than they save);
+  small, such as the ingest of a few fields (:data:`SMALL_WORK_S`) or classic
+  segmentation of a few dozen fields (:data:`SMALL_COMPUTE_S`), threads of this
+  process: worker processes would cost more to start than they save);
+- ``"processes"``: always worker processes, whatever the estimate;
 - ``"threads"``: a LocalCluster of threads inside this process (cheap to start;
   good for I/O-bound ingest of small plates and for tests);
 - ``"sync"``: no Dask, tasks run one after another in this process (debugging);
@@ -93,10 +95,22 @@ _SHARED: contextvars.ContextVar[tuple[str, int | None, Any] | None] = contextvar
 #: (ingest of 32 fields of 2048²: 2.2 s in threads, 3.1-3.7 s in processes).
 SMALL_WORK_S = 5.0
 
+#: The same for CPU-bound field work whose kernels release the GIL (an engine's
+#: :meth:`~hts.compute.segment.engines.Engine.cpu_seconds_per_megapixel`): on 2 cores, classic
+#: segment + features ran 1.2-1.9 s faster in threads than in worker processes for 10-17 CPU-s of
+#: work (64 x 512², 8 x 2048²) and as fast at ~60 (32 x 2048²): a field thread holds the GIL ~10 %
+#: of its time, so threads cap near 10 cores' worth; below this estimate they lose little anywhere.
+SMALL_COMPUTE_S = 30.0
+
 
 @contextmanager
 def dask_client(
-    scheduler: str | None = None, *, workers: int | None = None, gpu: bool = False, work_s: float | None = None
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    gpu: bool = False,
+    work_s: float | None = None,
+    small_s: float = SMALL_WORK_S,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler`` (None for ``"sync"``), closed on exit.
 
@@ -105,8 +119,9 @@ def dask_client(
     else one single-threaded worker process per device. Inside a
     :func:`shared_client` block for the same scheduler (and worker count, when one is
     asked for), that block's client is used and left open. ``work_s``: the caller's
-    estimate of the CPU seconds of I/O-bound work (ingest); under :data:`SMALL_WORK_S` a
-    ``"local"`` cluster is started in threads instead of processes.
+    estimate of the CPU seconds of the work; under ``small_s`` (:data:`SMALL_WORK_S` for
+    I/O-bound work such as ingest, :data:`SMALL_COMPUTE_S` for GIL-releasing compute) a
+    ``"local"`` cluster is started in threads of this process instead of worker processes.
     """
     scheduler = scheduler or "local"
     if scheduler == "sync":
@@ -116,7 +131,7 @@ def dask_client(
     if shared is not None and not gpu and shared[0] == scheduler and workers in (None, shared[1]):
         yield shared[2]
         return
-    if scheduler == "local" and not gpu and work_s is not None and work_s < SMALL_WORK_S:
+    if scheduler == "local" and not gpu and work_s is not None and work_s < small_s:
         scheduler = "threads"
     from distributed import Client
 

@@ -37,7 +37,7 @@ from hts.compute.segment.engines import Engine, SegmentResult, engine_class, seg
 from hts.compute.segment.sanity import field_checks
 from hts.compute.segment.scale import engine_nucleus_diameter_um
 from hts.errors import EngineError, HtsError
-from hts.orchestrate.dask import Batcher, dask_client, gpu_resources, map_fields
+from hts.orchestrate.dask import SMALL_COMPUTE_S, Batcher, dask_client, gpu_resources, map_fields
 from hts.store import PlateStore
 from hts.store.tables import cells_part_path, from_ipc, to_ipc, write_part
 
@@ -160,12 +160,37 @@ def execute_plans(
         raise
 
 
+def work_estimate(plans: list[RunPlan]) -> float | None:
+    """CPU seconds the plans' tasks should take on one core, or None when an engine or task kind gives no
+    estimate (:meth:`~hts.compute.segment.engines.Engine.cpu_seconds_per_megapixel`; segment tasks with
+    the default features only: texture and granularity cost far more)."""
+    total = 0.0
+    for plan in plans:
+        if not plan.todo:
+            continue
+        spec = plan.spec
+        if spec.engine is None or any(t.mode != "segment" for t in plan.todo):
+            return None
+        if spec.measure is not None and (spec.measure.texture or spec.measure.granularity):
+            return None
+        try:
+            per_mp = engine_class(spec.engine.name).cpu_seconds_per_megapixel(dict(plan.run.channels))
+        except EngineError:
+            return None
+        if per_mp is None:
+            return None
+        n_t, _, _, size_y, size_x = plan.record.shape  # z planes are max-projected before segmenting
+        total += per_mp * len(plan.todo) * n_t * size_y * size_x / 1e6
+    return total
+
+
 def _execute(catalog: Catalog, plans: list[RunPlan], *, scheduler, workers, gpu, progress, lock) -> list[float]:
     todo_total = sum(len(p.todo) for p in plans)
     done = 0
     beat = time.monotonic()
     out = []
-    with dask_client(scheduler, workers=workers, gpu=gpu) if todo_total else nullcontext() as client:
+    small = {"work_s": work_estimate(plans), "small_s": SMALL_COMPUTE_S}
+    with dask_client(scheduler, workers=workers, gpu=gpu, **small) if todo_total else nullcontext() as client:
         # CUDA engine on an external cluster: only workers started with --resources GPU=1 take the tasks
         resources = gpu_resources(client, scheduler, gpu=gpu)
         for plan in plans:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -159,16 +160,53 @@ def test_no_plates_and_missing_pixel_size(tmp_path):
         segment(["blank"], engine="classic", workspace=here())
 
 
-def test_local_cluster_matches_in_process(plate):
-    segment(engine="classic", label_suffix="sync", workspace=here())
-    segment(engine="classic", label_suffix="dask", workers=2, workspace=here(scheduler="local"))
-    store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
-    a, b = _labels(store, "nuclei_sync"), _labels(store, "nuclei_dask")
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    workers = Catalog("hts.duckdb").query(
-        "SELECT DISTINCT worker FROM run_fields rf JOIN runs r USING (run_id) WHERE r.labels LIKE '%nuclei_dask%'"
+def _workers(suffix: str) -> list[str]:
+    rows = Catalog("hts.duckdb").query(
+        f"SELECT DISTINCT worker FROM run_fields rf JOIN runs r USING (run_id) WHERE r.labels LIKE '%nuclei_{suffix}%'"
     )
-    assert len(workers) == 2 and all(str(os.getpid()) not in w["worker"] for w in workers)
+    return [r["worker"] for r in rows]
+
+
+def test_local_cluster_matches_in_process(plate):
+    """Worker processes and threads of this process write the same labels as the tasks run in order here.
+
+    'local' runs this small classic plate (12 fields of 192², ~0.2 CPU-s estimated) in threads of this
+    process; 'processes' always starts worker processes."""
+    segment(engine="classic", label_suffix="sync", workspace=here())
+    segment(engine="classic", label_suffix="dask", workers=2, workspace=here(scheduler="processes"))
+    segment(engine="classic", label_suffix="local", workers=2, workspace=here(scheduler="local"))
+    store = PlateStore(Path("plates/DEMO-PLATE.zarr"))
+    a, b, c = (_labels(store, f"nuclei_{k}") for k in ("sync", "dask", "local"))
+    assert all(np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k]) for k in a)
+    workers = _workers("dask")
+    assert len(workers) == 2 and all(not w.endswith(f":{os.getpid()}") for w in workers)
+    assert _workers("local") == [f"{socket.gethostname()}:{os.getpid()}"]
+
+
+def test_the_work_estimate_picks_threads_only_for_small_classic_runs(plate, monkeypatch):
+    """The CPU-seconds estimate execute_plans gives dask_client: classic's per-megapixel cost times the
+    fields' megapixels; no estimate (worker processes) for deep engines, texture or measure-only runs."""
+    from hts.compute.segment.engines.classic import ClassicEngine
+
+    seen = []
+    real = seg_mod.dask_client
+
+    def spy(*a, **k):
+        seen.append((k.get("work_s"), k.get("small_s")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(seg_mod, "dask_client", spy)
+    segment(engine="classic", label_suffix="a", workspace=here(scheduler="threads"))
+    per_mp = ClassicEngine.cpu_seconds_per_megapixel({"nucleus": "DAPI", "cytoplasm": "GFP"})
+    assert per_mp == 1.0 and ClassicEngine.cpu_seconds_per_megapixel({"nucleus": "DAPI"}) == 0.5
+    assert seen[-1] == (pytest.approx(per_mp * 12 * 192 * 192 / 1e6), seg_mod.SMALL_COMPUTE_S)
+    segment(
+        engine="classic", label_suffix="b", features={"texture": True}, wells="B02", workspace=here(scheduler="threads")
+    )
+    assert seen[-1][0] is None
+    segment(engine="nuclei", label_suffix="c", wells="B02", workspace=here(scheduler="threads"))
+    assert seen[-1][0] is None
+    assert seg_mod.work_estimate([]) == 0.0
 
 
 def test_unreachable_scheduler_is_one_line(plate):

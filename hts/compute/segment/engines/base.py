@@ -140,6 +140,18 @@ class Engine:
         """
         return tuple(cls.outputs)
 
+    @classmethod
+    def cpu_seconds_per_megapixel(cls, channels: dict[str, str]) -> float | None:
+        """About the CPU seconds one core spends per megapixel of field to segment it and measure its
+        default features, for a run reading ``channels`` (role -> channel); None (the default): not known.
+
+        Only engines whose kernels spend most of their time in compiled code that releases the GIL
+        (numpy, scipy, scikit-image) give one: a local run estimated small enough then runs in threads
+        of the calling process instead of starting worker processes
+        (:data:`hts.orchestrate.dask.SMALL_COMPUTE_S`). Engines that load models give none.
+        """
+        return None
+
     # -- the four steps ------------------------------------------------------------
     def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
         return {"pixel_size_um": pixel_size_um}
