@@ -260,12 +260,12 @@ class PlateStore:
             meta = self._meta[path] = _array_meta_from_doc(raw)
         return meta
 
-    def _zarr_array(self, array_path: str) -> zarr.Array:
-        """The array at ``array_path`` opened through zarr (:class:`StoreError` when there is none)."""
+    def _zarr_array(self, array_path: str, missing: str = "no array here") -> zarr.Array:
+        """The array at ``array_path`` opened through zarr (:class:`StoreError` saying ``missing`` when there is none)."""
         try:
             return self._open_array(array_path)
         except Exception:
-            raise StoreError(f"{self.path}/{array_path}: no array here") from None
+            raise StoreError(f"{self.path}/{array_path}: {missing}") from None
 
     def _write_arrays(self, writes: list[tuple[str, Any, np.ndarray]]) -> None:
         """``array[selection] = data`` for every ``(array path, selection, data)``, concurrently.
@@ -508,17 +508,17 @@ class PlateStore:
         meta = self._local_array_meta(array_path) if not self.remote else None
         return tuple(meta.shape) if meta is not None else tuple(self._zarr_array(array_path).shape)
 
-    def read_block(self, array_path: str, lead: tuple[int, ...] = ()) -> np.ndarray:
+    def read_block(self, array_path: str, lead: tuple[int, ...] = (), *, missing: str = "no array here") -> np.ndarray:
         """``array[lead]`` as a numpy array: leading integer indices (``(t,)`` of a field's image,
         ``(t, 0, 0)`` of a label image), the remaining axes whole.
 
         In a local store an array stored as hts makes them is read on this thread (its chunks
         decoded by zarr's own Blosc object; chunks never written read as the fill value), else
-        through zarr.
+        through zarr. No array there: a :class:`StoreError` naming the path and saying ``missing``.
         """
         meta = self._local_array_meta(array_path) if not self.remote else None
         if meta is None or _blosc_encoder(meta) is None:
-            return np.asarray(self._zarr_array(array_path)[lead])
+            return np.asarray(self._zarr_array(array_path, missing)[lead])
         return _read_local_chunks(self.path / array_path, meta, lead, where=f"{self.path}/{array_path}")
 
     def read_field(self, well: WellRef | str, index: int, level: int = 0) -> zarr.Array:

@@ -264,7 +264,8 @@ def process_field(task: FieldTask, spec: FieldSpec) -> FieldResult:
             labels = _segment_time_point(eng, spec, store, task, t, planes, levels, counts, checks)
         else:
             labels = {
-                out: store.read_block(f"{task.path}/labels/{name}/0", (t, 0, 0)) for out, name in spec.labels.items()
+                out: store.read_block(f"{task.path}/labels/{name}/0", (t, 0, 0), missing=f"no label image {name!r}")
+                for out, name in spec.labels.items()
             }
         if spec.measure is not None:
             tables.append(_measure_time_point(spec, task, t, labels, planes))

@@ -104,6 +104,17 @@ def test_measure_an_unmeasured_run_then_skip_it(plate):
         measure(run="zzz", workspace=here())
 
 
+def test_measuring_a_run_whose_label_image_is_gone_names_it(plate):
+    import shutil
+
+    from hts.errors import StoreError
+
+    segment(engine="classic", features=False, workspace=here())
+    shutil.rmtree(next(Path("plates").glob("*.zarr")) / "A" / "01" / "0" / "labels" / "cells")
+    with pytest.raises(StoreError, match=r"A/01/0/labels/cells/0: no label image 'cells'"):
+        measure(workspace=here())
+
+
 def test_interrupted_measurement_resumes_to_the_same_table(plate, interrupt_field_task):
     segment(engine="classic", workspace=here())
     ref = _cells()
