@@ -20,7 +20,7 @@ from ome_zarr_models.v05 import HCS, Image
 
 from hts.api import segment
 from hts.catalog import Catalog
-from hts.compute.segment.engines import EngineError
+from hts.compute.segment.engines import EngineError, engine_class
 from hts.errors import ClusterError
 from hts.store import PlateStore
 from hts.synth import make_plate
@@ -199,6 +199,8 @@ def test_the_work_estimate_picks_threads_only_for_small_classic_runs(plate, monk
     segment(engine="classic", label_suffix="a", workspace=here(scheduler="threads"))
     per_mp = ClassicEngine.cpu_seconds_per_megapixel({"nucleus": "DAPI", "cytoplasm": "GFP"})
     assert per_mp == 1.0 and ClassicEngine.cpu_seconds_per_megapixel({"nucleus": "DAPI"}) == 0.5
+    # a subclass (foci, a plug-in) was not measured: no estimate, worker processes
+    assert engine_class("foci").cpu_seconds_per_megapixel({"nucleus": "DAPI"}) is None
     assert seen[-1] == (pytest.approx(per_mp * 12 * 192 * 192 / 1e6), seg_mod.SMALL_COMPUTE_S)
     segment(
         engine="classic", label_suffix="b", features={"texture": True}, wells="B02", workspace=here(scheduler="threads")

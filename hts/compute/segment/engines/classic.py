@@ -89,7 +89,9 @@ class ClassicEngine(Engine):
     def cpu_seconds_per_megapixel(cls, channels: dict[str, str]) -> float | None:
         """Measured (docs/benchmarks.md: ``sweep``, ``pipeline``): 0.43 CPU-s per MP for dense 2048² nuclei
         fields with their features, 0.9-1.0 with a cytoplasm channel (cells grown on it, three compartments
-        measured); rounded up."""
+        measured); rounded up. Subclasses (``foci``, plug-ins) were not measured: None, unless they say."""
+        if cls is not ClassicEngine:
+            return None
         return 1.0 if "cytoplasm" in channels else 0.5
 
     def prepare(self, images: dict[str, np.ndarray], pixel_size_um: float) -> dict[str, Any]:
