@@ -189,8 +189,11 @@ def _execute(catalog: Catalog, plans: list[RunPlan], *, scheduler, workers, gpu,
     done = 0
     beat = time.monotonic()
     out = []
-    small = {"work_s": work_estimate(plans), "small_s": SMALL_COMPUTE_S}
-    with dask_client(scheduler, workers=workers, gpu=gpu, **small) if todo_total else nullcontext() as client:
+    with (
+        dask_client(scheduler, workers=workers, gpu=gpu, work_s=work_estimate(plans), small_s=SMALL_COMPUTE_S)
+        if todo_total
+        else nullcontext()
+    ) as client:
         # CUDA engine on an external cluster: only workers started with --resources GPU=1 take the tasks
         resources = gpu_resources(client, scheduler, gpu=gpu)
         for plan in plans:
