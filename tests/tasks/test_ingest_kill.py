@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ def test_sigkilled_ingest_resumes_to_identical_plate(nd2_plate, tmp_path):
     # enough fields that the ingest outlasts its first catalog batch (2 s) by a wide margin
     src = nd2_plate(wells="A01:H12", fields=3, shape=(384, 384), channels=("DAPI", "GFP", "BF"))
     ref = ingest(src, out=tmp_path / "ref.zarr", tile=128, workspace=here(db=tmp_path / "ref.duckdb"))
+    shutil.rmtree(tmp_path / "ref.zarr")  # only its catalog is compared: 300 MB less on disk for the rest of the test
     hts = Path(sys.executable).with_name("hts")
     env = dict(os.environ, HTS_SCHEDULER="sync")
     proc = subprocess.Popen(

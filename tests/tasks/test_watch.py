@@ -171,7 +171,9 @@ def test_demo_live_writes_a_plate_watch_follows(tmp_path, monkeypatch):
         [sys.executable, "-m", "hts.cli.main", "demo", "live", "--live", "--rate", "8", "--wells", "A01:A06",
          "--fields", "1", "--size", "96"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # the demo's interpreter starts and makes the folder (slow on a busy machine)
+    while not (tmp_path / "live").is_dir() and demo.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     r = runner.invoke(app, ["watch", "live", "--platemap", "live/platemap.csv", "--poll", "0.2", "--idle", "0.5"])
     demo.wait(timeout=60)
     assert r.exit_code == 0, r.output
