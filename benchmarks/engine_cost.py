@@ -1,7 +1,7 @@
 """CPU cost of one deep engine (or several weight folders of it) on a real-sized field, in one process.
 
     python -m benchmarks engine-cost --engine brightfield-unet --folder engines/brightfield-unet \
-        --folder OLD_FOLDER --size 1024 --pixel-size 0.325 --repeat 3
+        --folder OLD_FOLDER --size 1024 --pixel-size 0.325 --repeat 3 [--backend onnxruntime] [-p model_tile=512]
 
 The field is a real image tiled to ``--size`` (the BriFiSeg HeLa test field of
 ``tests/data/brightfield`` for brightfield, the DSB2018 sample for nuclei, the
@@ -11,12 +11,16 @@ model's training pixel size, tiled inference, post-processing). Reported per
 folder: CPU seconds (``time.process_time``: this process, all its threads) and
 wall seconds, the median of ``--repeat`` runs after one warm-up, and the number of
 model pixels (the field rescaled to the model's training pixel size), which is
-what the network's cost follows.
+what the network's cost follows, and the process's peak resident memory
+(``ru_maxrss``: the peak of the whole run, so give one folder per run to
+compare memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -41,9 +45,18 @@ def run(args: argparse.Namespace) -> dict:
     reps = -(-args.size // min(tile.shape))
     field = np.tile(tile, (reps, reps))[: args.size, : args.size]
     rows = []
+    params = {}
+    for kv in args.param or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {kv!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
     for folder in args.folder or [None]:
         cls = engine_class(args.engine) if folder is None else engine_class(args.engine).from_folder(folder)
-        eng = cls(backend="torch")
+        eng = cls(params, backend=args.backend)
         segment_field(eng, {role: field}, pixel_size_um=args.pixel_size)  # warm-up
         cpu, wall = [], []
         for _ in range(args.repeat):
@@ -60,6 +73,7 @@ def run(args: argparse.Namespace) -> dict:
                 "cpu_s": round(statistics.median(cpu), 3),
                 "wall_s": round(statistics.median(wall), 3),
                 "objects": res.counts(),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         )
         print(rows[-1], flush=True)
@@ -69,6 +83,8 @@ def run(args: argparse.Namespace) -> dict:
         "size": args.size,
         "pixel_size_um": args.pixel_size,
         "repeat": args.repeat,
+        "backend": args.backend,
+        "params": params,
         "machine": machine_info(),
         "runs": rows,
     }
@@ -81,5 +97,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--pixel-size", type=float, default=0.325)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--backend", default="torch", help="torch (default, as in earlier rounds), onnxruntime or auto")
+    p.add_argument("-p", "--param", action="append", help="an engine parameter KEY=VALUE (repeatable)")
     p.add_argument("--json", default=None)
     p.set_defaults(func=run)

@@ -52,7 +52,12 @@ def test_engine_cost_measures_each_folder_on_a_real_field():
 
     from benchmarks.engine_cost import run
 
-    out = run(argparse.Namespace(engine="nuclei", folder=None, size=256, pixel_size=0.5, repeat=1))
+    args = dict(engine="nuclei", folder=None, size=256, pixel_size=0.5, repeat=1, backend="torch")
+    out = run(argparse.Namespace(**args, param=None))
     (row,) = out["runs"]
     assert row["folder"] == "engines/nuclei" and row["cpu_s"] > 0 and row["objects"]["nuclei"] > 5
-    assert row["model_pixels"] == round(256 * 0.5 / row["train_pixel_um"]) ** 2
+    assert row["model_pixels"] == round(256 * 0.5 / row["train_pixel_um"]) ** 2 and row["peak_rss_mb"] > 100
+    # engine parameters reach the engine: the same field in 64-px network tiles finds the same nuclei
+    small = run(argparse.Namespace(**args, param=["model_tile=64", "batch_size=2"]))
+    assert small["params"] == {"model_tile": 64, "batch_size": 2}
+    assert abs(small["runs"][0]["objects"]["nuclei"] - row["objects"]["nuclei"]) <= 2

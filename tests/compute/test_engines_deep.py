@@ -210,6 +210,34 @@ def test_network_halo_is_capped_for_upscaled_fields(dsb, torch_engines: dict):
     assert halos and max(halos) <= eng.params.model_tile // 4
 
 
+def test_network_tiles_and_batches_are_bounded_by_pixels(dsb, monkeypatch):
+    """A field that fits the network tile runs as one tile (no halo work); smaller tiles are batched up to
+    ``batch_size`` tiles or BATCH_PIXELS model pixels (with padding), whichever comes first, and the
+    maps of every tiling give the same nuclei."""
+    from hts.compute.segment.engines import _deep
+
+    img, _, px = dsb  # px: the nuclei's size is the training size; the field is ~0.78x in model pixels
+    field = np.tile(img, (3, 3))[:1024, :1024]
+    found = {}
+    for tile, budget in ((_deep.MODEL_TILE, _deep.BATCH_PIXELS), (512, 2 * 464**2), (256, _deep.BATCH_PIXELS)):
+        monkeypatch.setattr(_deep, "BATCH_PIXELS", budget)
+        eng = engine_class("nuclei")({"model_tile": tile}, backend="torch")
+        calls = []
+        run = eng.runner.__call__
+        eng.runner = lambda b, run=run, calls=calls: calls.append(b.shape) or run(b)
+        found[tile] = segment_field(eng, {"nucleus": field}, pixel_size_um=px).labels["nuclei"]
+        assert all(n <= eng.params.batch_size and (n == 1 or n * h * w <= budget) for n, _, h, w in calls)
+        if tile == _deep.MODEL_TILE:  # the whole 799² model field in one tile, padded to the stride
+            assert calls == [(1, 1, 800, 800)]
+        if tile == 512:  # four tiles of 464² (cores + halos), two per call by the pixel budget
+            assert calls == [(2, 1, 464, 464)] * 2
+        if tile == 256:  # 36 small tiles, 8 per call by the tile count
+            assert sum(n for n, *_ in calls) == 36 and max(n for n, *_ in calls) == eng.params.batch_size
+    ref = n_objects(found[_deep.MODEL_TILE])
+    assert ref > 400 and all(abs(n_objects(v) - ref) <= 0.02 * ref for v in found.values())
+    assert f1(found[512], found[_deep.MODEL_TILE]) > 0.97
+
+
 # ---------------------------------------------------------------------------- training library
 
 

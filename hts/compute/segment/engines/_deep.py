@@ -46,13 +46,21 @@ from hts.compute.segment.tiling import stitch_maps, tile_grid
 from hts.errors import EngineError
 from hts.resources import data_dir
 
-__all__ = ["DeepEngine", "DeepParams", "ADAPT_FACTOR"]
+__all__ = ["DeepEngine", "DeepParams", "ADAPT_FACTOR", "BATCH_PIXELS", "MODEL_TILE"]
 
 #: ``adapt_scale`` runs the network again when a field's median object is larger or smaller than
 #: the training size by more than this factor (what :mod:`hts.compute.segment.scale` calls agreement).
 ADAPT_FACTOR = 1.25
 #: ... and when it found at least this many whole objects at the scale before.
 ADAPT_MIN_OBJECTS = 5
+#: Most model pixels per backend call: tiles are batched up to ``batch_size`` of them or this many
+#: pixels together, whichever comes first (8 tiles of 512², or one of 1448²), which bounds the
+#: network's activations in memory whatever the tile size.
+BATCH_PIXELS = 8 * 512 * 512
+#: The default largest network tile (model pixels). 512 spent half the network's work on halos (a
+#: 1024² field at 0.65 µm/px is 1331² model pixels for brightfield-unet: 16 tiles, 2.0x its pixels); a
+#: tile as large as a typical field rescaled runs it whole (1.02x). Measured: docs/benchmarks.md.
+MODEL_TILE = 1536
 
 
 def adapt_scale_field(default: bool, note: str) -> Any:
@@ -70,8 +78,16 @@ class DeepParams(EngineParams):
     tta: bool = Field(
         False, description="Test-time augmentation: average the maps over flips and 90° rotations (4× the compute)."
     )
-    batch_size: int = Field(8, ge=1, le=256, description="Tiles per backend call.")
-    model_tile: int = Field(512, ge=64, le=4096, description="Tile size fed to the network, in model pixels.")
+    batch_size: int = Field(
+        8, ge=1, le=256, description=f"Most tiles per backend call (fewer when they hold over {BATCH_PIXELS:,} pixels)."
+    )
+    model_tile: int = Field(
+        MODEL_TILE,
+        ge=64,
+        le=4096,
+        description="Largest tile fed to the network, in model pixels: a field that fits is one tile; a larger one "
+        "is cut into near-equal tiles, each with a halo of context (smaller tiles spend more on halos).",
+    )
 
 
 _TTA = [
@@ -243,7 +259,8 @@ class DeepEngine(Engine):
         tiles = tile_grid((ny, nx), core, halo)
         transforms = _TTA if self.params.tta else _TTA[:1]
         outs: list[np.ndarray] = []
-        batch, metas = [], []
+        batch: list[np.ndarray] = []
+        metas: list[tuple[int, int]] = []
 
         def flush() -> None:
             if not batch:
@@ -267,6 +284,11 @@ class DeepEngine(Engine):
 
         for t in tiles:
             sub = x[(slice(None), *t.outer_slices)]
+            # the batch is padded to its largest tile: count every tile at that size
+            h = max([sub.shape[-2], *(b.shape[-2] for b in batch)])
+            w = max([sub.shape[-1], *(b.shape[-1] for b in batch)])
+            if batch and (len(batch) + 1) * h * w > BATCH_PIXELS:
+                flush()
             batch.append(sub)
             metas.append(sub.shape[-2:])
             if len(batch) >= self.params.batch_size:
