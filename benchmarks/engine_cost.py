@@ -19,7 +19,6 @@ compare memory).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
@@ -38,6 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     import tifffile
 
     from benchmarks._util import machine_info
+    from hts.cli.common import pairs, param_values
     from hts.compute.segment.engines import engine_class, segment_field
 
     role, src = SOURCES[args.engine]
@@ -45,15 +45,7 @@ def run(args: argparse.Namespace) -> dict:
     reps = -(-args.size // min(tile.shape))
     field = np.tile(tile, (reps, reps))[: args.size, : args.size]
     rows = []
-    params = {}
-    for kv in args.param or []:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--param {kv!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
+    params = param_values(pairs(",".join(args.param or []), "--param"))  # parsed as `hts segment -p` does
     for folder in args.folder or [None]:
         cls = engine_class(args.engine) if folder is None else engine_class(args.engine).from_folder(folder)
         eng = cls(params, backend=args.backend)
