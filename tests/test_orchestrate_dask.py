@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -106,17 +109,27 @@ def test_map_fields_groups_by_the_time_tasks_took():
     assert keys[6] == keys[7] == keys[6 + 74 // 8 - 1] != keys[6 + 74 // 8]
 
 
+def _pid_and_thread(_):
+    time.sleep(0.05)
+    return os.getpid(), threading.current_thread().name
+
+
 def test_small_local_work_runs_in_threads_of_this_process(monkeypatch):
-    """A "local" cluster for work estimated under SMALL_WORK_S (a small ingest) is threads of this
-    process: no worker processes to start. Larger estimates start worker processes."""
+    """A "local" scheduler for work estimated under SMALL_WORK_S (a small ingest) is a pool of threads
+    of this process: no worker processes, no Dask. Larger estimates start worker processes."""
     import hts.orchestrate.dask as od
 
     with dask_client("local", workers=2, work_s=od.SMALL_WORK_S / 2) as client:
-        assert set(client.run(os.getpid).values()) == {os.getpid()}
-        assert sum(client.nthreads().values()) == 2
+        assert isinstance(client, od.ThreadPool)
+        where = dict(map_fields(_pid_and_thread, range(8), client=client))
+        assert {pid for pid, _ in where.values()} == {os.getpid()}
+        assert len({name for _, name in where.values()}) == 2  # both threads took fields
     # compute that releases the GIL has its own, larger threshold (segment passes it)
     with dask_client("local", workers=2, work_s=od.SMALL_COMPUTE_S / 2, small_s=od.SMALL_COMPUTE_S) as client:
-        assert set(client.run(os.getpid).values()) == {os.getpid()}
+        assert isinstance(client, od.ThreadPool) and client.threads == 2
+    with pytest.raises(ClusterError, match="--workers 99"):
+        with dask_client("local", workers=99, work_s=1.0):
+            pass
     started = []
     monkeypatch.setattr(od, "_local_cluster", lambda scheduler, **kw: started.append(scheduler) or 1 / 0)
     with pytest.raises(ZeroDivisionError), dask_client("local", workers=2, work_s=od.SMALL_WORK_S * 2):
@@ -126,3 +139,60 @@ def test_small_local_work_runs_in_threads_of_this_process(monkeypatch):
     with pytest.raises(ZeroDivisionError), dask_client("processes", workers=2, work_s=1.0):
         pass  # asked for processes: processes
     assert started == ["local", "local", "processes"]
+
+
+_ran: list[str] = []
+
+
+def _slow_square(i):
+    _ran.append("start")
+    time.sleep(0.02)
+    _ran.append("end")
+    return i * i
+
+
+def test_thread_pool_groups_fails_and_closes_like_a_cluster():
+    """map_fields on the ThreadPool: every item once, a failing item named, and leaving the block waits
+    for the running tasks and drops the queued ones (nothing still writes after it)."""
+    import hts.orchestrate.dask as od
+
+    with od.ThreadPool(2) as pool:
+        assert dict(map_fields(_square_or_fail, range(12), client=pool, seconds_per_item=0.01)) == {
+            i: i * i for i in range(12)
+        }
+        with pytest.raises(ClusterError, match="task for 13 failed on a worker: ValueError: bad field"):
+            list(map_fields(_square_or_fail, range(10, 18), client=pool, seconds_per_item=0.2))
+        futures = [pool.submit(_slow_square, i) for i in range(50)]
+        time.sleep(0.1)
+    assert all(f.done() for f in futures)
+    ran = [i for i, f in enumerate(futures) if not f.cancelled()]
+    assert 2 <= len(ran) < 50  # the running ones finished, the queued ones were dropped
+    assert [futures[i].result() for i in ran] == [i * i for i in ran]
+    assert _ran.count("start") == _ran.count("end") == len(ran)
+
+
+def test_small_ingest_and_segment_never_import_distributed(tmp_path):
+    """The point of the ThreadPool: a small ingest and a small classic segmentation in a fresh
+    interpreter do not import ``distributed`` (0.7-0.9 s), yet each writes every field."""
+    script = f"""
+import sys, numpy as np, tifffile
+from pathlib import Path
+from skimage.draw import disk
+src = Path({str(tmp_path)!r}) / "tiffs"
+src.mkdir()
+img = np.full((128, 128), 100, np.uint16)
+for c in ((30, 30), (30, 90), (90, 60)):
+    img[disk(c, 12)] = 2000
+for i in range(4):
+    tifffile.imwrite(src / f"P_B0{{2 + i // 2}}_s{{i % 2 + 1}}_w1.tif", img)
+from hts.api import segment
+from hts.config import Workspace
+from hts.tasks.ingest import ingest
+ws = Workspace(db=src.parent / "c.duckdb", plates_dir=src.parent / "plates", scheduler="local")
+rep = ingest(src, workspace=ws, workers=2, name="P")
+(seg,) = segment([rep.plate_id], engine="classic", workspace=ws, workers=2, pixel_size_um=0.65)
+print(rep.fields_written, seg.fields_segmented, seg.objects["nuclei"], "distributed" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "4", "12", "False"]

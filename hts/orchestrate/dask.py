@@ -5,8 +5,9 @@
 - ``"local"`` (default): a ``distributed.LocalCluster`` sized to the machine,
   one single-threaded worker process per core (for work its caller estimates
   small, such as the ingest of a few fields (:data:`SMALL_WORK_S`) or classic
-  segmentation of a few dozen fields (:data:`SMALL_COMPUTE_S`), threads of this
-  process: worker processes would cost more to start than they save);
+  segmentation of a few dozen fields (:data:`SMALL_COMPUTE_S`), a pool of threads
+  of this process, :class:`ThreadPool`, without Dask: worker processes, or even
+  importing ``distributed``, would cost more than they save);
 - ``"processes"``: always worker processes, whatever the estimate;
 - ``"threads"``: a LocalCluster of threads inside this process (cheap to start;
   good for I/O-bound ingest of small plates and for tests);
@@ -37,6 +38,7 @@ only there, one at a time per GPU, while CPU tasks run on any worker.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import contextvars
 import logging
@@ -51,6 +53,7 @@ from hts.errors import ClusterError, HtsError
 __all__ = [
     "dask_client",
     "shared_client",
+    "ThreadPool",
     "map_fields",
     "items_per_task",
     "Batcher",
@@ -89,7 +92,7 @@ _SHARED: contextvars.ContextVar[tuple[str, int | None, Any] | None] = contextvar
 )
 
 
-#: Work estimated under this many CPU seconds runs a ``"local"`` cluster in threads
+#: Work estimated under this many CPU seconds runs a ``"local"`` scheduler in a :class:`ThreadPool`
 #: (:func:`dask_client`'s ``work_s``): starting worker processes and their imports costs
 #: ~1.5 s on 2 cores, more than their parallelism wins back on I/O-bound work this small
 #: (ingest of 32 fields of 2048²: 2.2 s in threads, 3.1-3.7 s in processes).
@@ -121,7 +124,8 @@ def dask_client(
     asked for), that block's client is used and left open. ``work_s``: the caller's
     estimate of the CPU seconds of the work; under ``small_s`` (:data:`SMALL_WORK_S` for
     I/O-bound work such as ingest, :data:`SMALL_COMPUTE_S` for GIL-releasing compute) a
-    ``"local"`` cluster is started in threads of this process instead of worker processes.
+    ``"local"`` scheduler yields a :class:`ThreadPool` of this process instead of a cluster
+    (what :func:`map_fields` needs of a client, and no more).
     """
     scheduler = scheduler or "local"
     if scheduler == "sync":
@@ -132,7 +136,10 @@ def dask_client(
         yield shared[2]
         return
     if scheduler == "local" and not gpu and work_s is not None and work_s < small_s:
-        scheduler = "threads"
+        check_workers(workers)
+        with ThreadPool(workers or default_workers()) as pool:
+            yield pool
+        return
     from distributed import Client
 
     local = scheduler in ("local", "processes", "threads")
@@ -153,6 +160,65 @@ def dask_client(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class ThreadPool:
+    """Threads of this process standing in for a Dask client where the work is small: the part of
+    ``distributed.Client`` that :func:`map_fields` and the tasks' callers use (``submit``,
+    ``scheduler_info``, ``close``), on :class:`concurrent.futures.ThreadPoolExecutor`.
+
+    Written because even a threads-only ``LocalCluster`` needs ``distributed``, whose import alone
+    took 0.87 s of a cold 8 x 2048² ingest's 3.5 s (profiled), and its event loop and scheduler
+    share the cores with the fields (docs/benchmarks.md, *Small runs without Dask*); the kernels
+    release the GIL, so threads are what the work needs. Closing waits for the running tasks and cancels
+    the queued ones, so nothing still writes to a store after the ``with`` block.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = max(1, int(threads))
+        self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="hts-field")
+
+    def submit(self, fn: Callable[..., R], *args: Any, pure: bool = False, **_options: Any) -> cf.Future:
+        """``fn(*args)`` on a pool thread (``pure`` and Dask's other options mean nothing here)."""
+        return self._pool.submit(fn, *args)
+
+    def scheduler_info(self) -> dict[str, Any]:
+        return {"workers": {"threads": {"nthreads": self.threads}}}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ThreadPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Completed:
+    """``distributed.as_completed`` for a :class:`ThreadPool`'s futures: iterate as they finish, ``add`` more."""
+
+    def __init__(self, futures: Iterable[cf.Future]):
+        self._pending = set(futures)
+
+    def add(self, fut: cf.Future) -> None:
+        self._pending.add(fut)
+
+    def __iter__(self) -> Iterator[cf.Future]:
+        while self._pending:
+            # waits on an Event: Ctrl-C interrupts it
+            done, _ = cf.wait(list(self._pending), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                self._pending.discard(fut)
+                yield fut
+
+
+def _as_completed(client: Any, futures: list[Any]) -> Any:
+    if isinstance(client, ThreadPool):
+        return _Completed(futures)
+    from distributed import as_completed
+
+    return as_completed(futures)
 
 
 @contextmanager
@@ -354,8 +420,6 @@ def map_fields(
         return
     from statistics import median
 
-    from distributed import as_completed
-
     # task slots: worker processes times their threads
     workers = client.scheduler_info().get("workers", {})
     n_workers = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
@@ -380,7 +444,7 @@ def map_fields(
     for _ in range(window):
         if submit_next() is None:
             break
-    ac = as_completed(list(futures))
+    ac = _as_completed(client, list(futures))
     try:
         for fut in ac:
             group = futures.pop(fut)
@@ -392,7 +456,8 @@ def map_fields(
                 what = getattr(e, "hts_item", group[0])
                 raise ClusterError(f"task for {what} failed on a worker: {type(e).__name__}: {e}") from e
             finally:
-                fut.release()
+                if hasattr(fut, "release"):  # a Dask future: let the cluster drop the result
+                    fut.release()
             taken.append(seconds / len(group))
             estimate = median(taken[-16:])
             nxt = submit_next()
