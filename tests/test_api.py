@@ -112,6 +112,18 @@ def test_a_classic_run_imports_no_deep_learning():
     assert out.split() == ["classic", "False", "False"], out
 
 
+def test_catalog_commands_import_no_zarr():
+    """The workspace and the catalog load without the plate store's zarr (0.3-0.5 s of every
+    ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use."""
+    code = (
+        "import sys; import hts.config, hts.catalog, hts.store.location; "
+        "z = 'zarr' in sys.modules; from hts.store import PlateStore; "
+        "print(z, 'zarr' in sys.modules, PlateStore.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "hts.store.ngff"], out
+
+
 def test_one_cluster_for_every_call_in_a_cluster_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``with hts.cluster(ws)``: ingest and segment share one local cluster; the results equal separate calls."""
     from hts.orchestrate import dask as orch
