@@ -101,27 +101,31 @@ def test_engines_lists_the_built_ins_with_their_package():
     assert "nucleus_diameter_um" in rows["classic"].parameters and rows["nuclei"].outputs == ["nuclei"]
 
 
+def _printed_by_fresh_interpreter(*statements: str) -> list[str]:
+    """What ``python -c`` of the statements prints, split into words: imports measured from a clean start."""
+    out = subprocess.run([sys.executable, "-c", "; ".join(statements)], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
 def test_a_classic_run_imports_no_deep_learning():
     """Workers resolve only the engine they run: a classic segmentation never pays for importing torch."""
-    code = (
-        "import sys; from hts.compute.segment.engines import engine_class, engine_package; "
-        "c = engine_class('classic'); engine_package('classic'); import hts.tasks.plan; "
-        "print(c.name, 'torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    out = _printed_by_fresh_interpreter(
+        "import sys; from hts.compute.segment.engines import engine_class, engine_package",
+        "c = engine_class('classic'); engine_package('classic'); import hts.tasks.plan",
+        "print(c.name, 'torch' in sys.modules, 'onnxruntime' in sys.modules)",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["classic", "False", "False"], out
+    assert out == ["classic", "False", "False"], out
 
 
 def test_catalog_commands_import_no_zarr():
     """The workspace and the catalog load without the plate store's zarr (0.3-0.5 s of every
     ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use."""
-    code = (
-        "import sys; import hts.config, hts.catalog, hts.store.location; "
-        "z = 'zarr' in sys.modules; from hts.store import PlateStore; "
-        "print(z, 'zarr' in sys.modules, PlateStore.__module__)"
+    out = _printed_by_fresh_interpreter(
+        "import sys; import hts.config, hts.catalog, hts.store.location",
+        "z = 'zarr' in sys.modules; from hts.store import PlateStore",
+        "print(z, 'zarr' in sys.modules, PlateStore.__module__)",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "True", "hts.store.ngff"], out
+    assert out == ["False", "True", "hts.store.ngff"], out
 
 
 def test_one_cluster_for_every_call_in_a_cluster_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
