@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,14 @@ def here(db=None, scheduler=None, plates_dir=None):
     from hts.config import load_workspace
 
     return load_workspace(db=db, scheduler=scheduler, plates_dir=plates_dir)
+
+
+def fresh_python(code: str, *, timeout: float = 180) -> str:
+    """What ``python -c code`` prints in a fresh interpreter (imports counted from a clean start); a
+    failure shows its stderr."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 @pytest.fixture(autouse=True)

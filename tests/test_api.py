@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import fresh_python
 
 import hts
 
@@ -17,7 +16,7 @@ def test_import_hts_is_cheap_and_declares_the_api():
         "import sys, hts; heavy = [m for m in ('torch', 'dask', 'distributed', 'duckdb', 'zarr') if m in sys.modules];"
         "print(heavy, sorted(hts.__all__))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = fresh_python(code)
     assert out.startswith("[] "), out
     for name in (
         "Workspace",
@@ -101,30 +100,24 @@ def test_engines_lists_the_built_ins_with_their_package():
     assert "nucleus_diameter_um" in rows["classic"].parameters and rows["nuclei"].outputs == ["nuclei"]
 
 
-def _printed_by_fresh_interpreter(*statements: str) -> list[str]:
-    """What ``python -c`` of the statements prints, split into words: imports measured from a clean start."""
-    out = subprocess.run([sys.executable, "-c", "; ".join(statements)], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
 def test_a_classic_run_imports_no_deep_learning():
     """Workers resolve only the engine they run: a classic segmentation never pays for importing torch."""
-    out = _printed_by_fresh_interpreter(
-        "import sys; from hts.compute.segment.engines import engine_class, engine_package",
-        "c = engine_class('classic'); engine_package('classic'); import hts.tasks.plan",
-        "print(c.name, 'torch' in sys.modules, 'onnxruntime' in sys.modules)",
-    )
+    out = fresh_python(
+        "import sys; from hts.compute.segment.engines import engine_class, engine_package; "
+        "c = engine_class('classic'); engine_package('classic'); import hts.tasks.plan; "
+        "print(c.name, 'torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    ).split()
     assert out == ["classic", "False", "False"], out
 
 
 def test_catalog_commands_import_no_zarr():
     """The workspace and the catalog load without the plate store's zarr (0.3-0.5 s of every
     ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use."""
-    out = _printed_by_fresh_interpreter(
-        "import sys; import hts.config, hts.catalog, hts.store.location",
-        "z = 'zarr' in sys.modules; from hts.store import PlateStore",
-        "print(z, 'zarr' in sys.modules, PlateStore.__module__)",
-    )
+    out = fresh_python(
+        "import sys; import hts.config, hts.catalog, hts.store.location; "
+        "z = 'zarr' in sys.modules; from hts.store import PlateStore; "
+        "print(z, 'zarr' in sys.modules, PlateStore.__module__)"
+    ).split()
     assert out == ["False", "True", "hts.store.ngff"], out
 
 

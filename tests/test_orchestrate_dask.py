@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+from conftest import fresh_python
 
 from hts.errors import ClusterError
 from hts.orchestrate.dask import WORKER_ENV, Batcher, dask_client, items_per_task, map_fields
@@ -193,6 +192,4 @@ rep = ingest(src, workspace=ws, workers=2, name="P")
 (seg,) = segment([rep.plate_id], engine="classic", workspace=ws, workers=2, pixel_size_um=0.65)
 print(rep.fields_written, seg.fields_segmented, seg.objects["nuclei"], "distributed" in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["4", "4", "12", "False"]
+    assert fresh_python(script).split() == ["4", "4", "12", "False"]

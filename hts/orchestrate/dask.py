@@ -169,7 +169,7 @@ class ThreadPool:
 
     Written because even a threads-only ``LocalCluster`` needs ``distributed``, whose import alone
     took 0.87 s of a cold 8 x 2048² ingest's 3.5 s (profiled), and its event loop and scheduler
-    share the cores with the fields (docs/benchmarks.md, *Small runs without Dask*); the kernels
+    share the cores with the fields (docs/benchmarks.md, *Where things stand*, sixth stop); the kernels
     release the GIL, so threads are what the work needs. Closing waits for the running tasks and cancels
     the queued ones, so nothing still writes to a store after the ``with`` block.
     """
