@@ -25,12 +25,18 @@ def here(db=None, scheduler=None, plates_dir=None):
     return load_workspace(db=db, scheduler=scheduler, plates_dir=plates_dir)
 
 
-def fresh_python(code: str, *, timeout: float = 180) -> str:
-    """What ``python -c code`` prints in a fresh interpreter (imports counted from a clean start); a
-    failure shows its stderr."""
+def _fresh_python(code: str, *, timeout: float = 180) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+@pytest.fixture
+def fresh_python():
+    """``fresh_python(code)``: what ``python -c code`` prints in a fresh interpreter (imports counted
+    from a clean start); a failure shows its stderr. A fixture, not an import: ``from conftest import``
+    in a test module can name another folder's conftest, and Dask workers import test modules too."""
+    return _fresh_python
 
 
 @pytest.fixture(autouse=True)

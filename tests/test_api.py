@@ -6,12 +6,11 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from conftest import fresh_python
 
 import hts
 
 
-def test_import_hts_is_cheap_and_declares_the_api():
+def test_import_hts_is_cheap_and_declares_the_api(fresh_python):
     code = (
         "import sys, hts; heavy = [m for m in ('torch', 'dask', 'distributed', 'duckdb', 'zarr') if m in sys.modules];"
         "print(heavy, sorted(hts.__all__))"
@@ -100,7 +99,7 @@ def test_engines_lists_the_built_ins_with_their_package():
     assert "nucleus_diameter_um" in rows["classic"].parameters and rows["nuclei"].outputs == ["nuclei"]
 
 
-def test_a_classic_run_imports_no_deep_learning():
+def test_a_classic_run_imports_no_deep_learning(fresh_python):
     """Workers resolve only the engine they run: a classic segmentation never pays for importing torch."""
     out = fresh_python(
         "import sys; from hts.compute.segment.engines import engine_class, engine_package; "
@@ -110,7 +109,7 @@ def test_a_classic_run_imports_no_deep_learning():
     assert out == ["classic", "False", "False"], out
 
 
-def test_catalog_commands_import_no_zarr():
+def test_catalog_commands_import_no_zarr(fresh_python):
     """The workspace and the catalog load without the plate store's zarr (0.3-0.5 s of every
     ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use."""
     out = fresh_python(

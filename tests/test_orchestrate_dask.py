@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from conftest import fresh_python
 
 from hts.errors import ClusterError
 from hts.orchestrate.dask import WORKER_ENV, Batcher, dask_client, items_per_task, map_fields
@@ -170,7 +169,7 @@ def test_thread_pool_groups_fails_and_closes_like_a_cluster():
     assert _ran.count("start") == _ran.count("end") == len(ran)
 
 
-def test_small_ingest_and_segment_never_import_distributed(tmp_path):
+def test_small_ingest_and_segment_never_import_distributed(tmp_path, fresh_python):
     """The point of the ThreadPool: a small ingest and a small classic segmentation in a fresh
     interpreter do not import ``distributed`` (0.7-0.9 s), yet each writes every field."""
     script = f"""
