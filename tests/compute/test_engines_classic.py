@@ -222,6 +222,50 @@ def test_packed_h_maxima_equals_per_object_and_whole_field(h):
     assert not h_maxima_in(dist, np.zeros_like(mask), h).any()
 
 
+def test_flood_components_equals_watershed_and_splits_each_object_on_its_own_pixels():
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from hts.compute.segment.postprocess import flood_components, hmax_seeds, split_touching
+
+    # real touching nuclei (DSB 2018 truth), the classic engine's seeds, plus a blob left without a seed
+    mask = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif") > 0
+    markers, dist = hmax_seeds(mask, h_px=0.5)
+    comp, n = ndi.label(mask)
+    markers[comp == comp[markers > 0][0]] = 0
+    labels, seeds = flood_components(-dist, markers, comp, n)
+    assert (seeds[1:] == 0).sum() >= 1 and (seeds == 1).sum() > 20 and (seeds >= 2).sum() > 5
+    seeded = seeds[comp] > 0
+    # where no two pixels tie, the same as one watershed over every seeded object
+    rng = np.random.default_rng(0)
+    surface = -dist + rng.random(dist.shape) * 1e-3
+    want = watershed(surface, markers, mask=seeded)
+    np.testing.assert_array_equal(flood_components(surface, markers, comp, n)[0], want)
+    # with ties (a distance transform is full of them), an object's split depends on its own pixels only;
+    # on this real field (the classic engine's foreground of a BBBC039 image) one watershed over the whole
+    # field splits one touching pair otherwise than the pair alone
+    field = tifffile.imread(DATA / "nuclei_gt" / "bbbc039_N11_s4_foreground.tif") > 0
+    markers, dist = hmax_seeds(field, h_px=1.0 / 0.65)
+    comp, n = ndi.label(field)
+    labels, seeds = flood_components(-dist, markers, comp, n)
+    whole = watershed(-dist, markers, mask=field)
+    differ = 0
+    for c in np.flatnonzero(seeds >= 2):
+        own = comp == c
+        alone, _ = flood_components(-dist, np.where(own, markers, 0), np.where(own, comp, 0), n)
+        np.testing.assert_array_equal(alone[own], labels[own])
+        assert len(np.unique(labels[own])) == seeds[c]
+        differ += not np.array_equal(whole[own], labels[own])
+    assert differ >= 1 and (seeds >= 2).sum() > 5  # (scikit-image 0.26: one pair)
+    # split_touching: a component without a seed (lower than h) is an object of its own, numbered last
+    blobs = np.zeros((40, 62), bool)
+    blobs[5:25, 5:25] = blobs[5:25, 30:50] = blobs[13:17, 25:30] = True  # two squares joined by a neck: two seeds
+    blobs[33:36, 55:58] = True  # 3 x 3: distance 2 at most, below h
+    out = split_touching(blobs, seeds="hmin", diameter_px=10, h_px=3)
+    assert out.max() == 3 and out[34, 56] == 3 and (out == 3).sum() == 9 and out[10, 8] != out[10, 45] > 0
+
+
 def test_distance_transform_on_packed_objects_equals_whole_field():
     import tifffile
     from scipy import ndimage as ndi
