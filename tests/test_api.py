@@ -111,13 +111,15 @@ def test_a_classic_run_imports_no_deep_learning(fresh_python):
 
 def test_catalog_commands_import_no_zarr(fresh_python):
     """The workspace and the catalog load without the plate store's zarr (0.3-0.5 s of every
-    ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use."""
+    ``hts plates`` / ``query`` / ``qc``): hts.store's names are imported on first use; and
+    without jsonschema (0.12 s), which only reading a platemap needs."""
     out = fresh_python(
         "import sys; import hts.config, hts.catalog, hts.store.location; "
-        "z = 'zarr' in sys.modules; from hts.store import PlateStore; "
-        "print(z, 'zarr' in sys.modules, PlateStore.__module__)"
+        "z, j = 'zarr' in sys.modules, 'jsonschema' in sys.modules; from hts.store import PlateStore; "
+        "hts.catalog.platemap._validator(); "
+        "print(z, j, 'zarr' in sys.modules, PlateStore.__module__, 'jsonschema' in sys.modules)"
     ).split()
-    assert out == ["False", "True", "hts.store.ngff"], out
+    assert out == ["False", "False", "True", "hts.store.ngff", "True"], out
 
 
 def test_one_cluster_for_every_call_in_a_cluster_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -12,15 +12,17 @@ import csv
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import pyarrow as pa
 
 from hts.catalog.db import Catalog, PlateRecord
 from hts.errors import PlatemapError
 from hts.resources import schema_path
 from hts.wells import PLATE_TYPES, parse_well
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["read_platemap", "annotate"]
 
@@ -47,6 +49,8 @@ _KNOWN = ("well", "compound", "concentration", "unit", "role")
 
 @cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # 0.12 s: imported when a platemap is read, not by every command that opens the catalog
+
     schema = json.loads(schema_path("platemap.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
