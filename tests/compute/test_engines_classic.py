@@ -222,12 +222,18 @@ def test_packed_h_maxima_equals_per_object_and_whole_field(h):
     assert not h_maxima_in(dist, np.zeros_like(mask), h).any()
 
 
-def test_flood_components_equals_watershed_and_splits_each_object_on_its_own_pixels():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-loop", "public-watershed"])
+def test_flood_components_equals_watershed_and_splits_each_object_on_its_own_pixels(compiled, monkeypatch):
     import tifffile
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
+    from hts.compute.segment import postprocess
     from hts.compute.segment.postprocess import flood_components, hmax_seeds, split_touching
+
+    assert postprocess._watershed_loop is not None  # this scikit-image has its compiled loop where expected
+    if not compiled:  # the fallback for a scikit-image without it
+        monkeypatch.setattr(postprocess, "_watershed_loop", None)
 
     # real touching nuclei (DSB 2018 truth), the classic engine's seeds, plus a blob left without a seed
     mask = tifffile.imread(DATA / "nuclei_gt" / "dsb2018_mask2d.tif") > 0
@@ -251,12 +257,18 @@ def test_flood_components_equals_watershed_and_splits_each_object_on_its_own_pix
     labels, seeds = flood_components(-dist, markers, comp, n)
     whole = watershed(-dist, markers, mask=field)
     differ = 0
+    boxes = ndi.find_objects(comp)
     for c in np.flatnonzero(seeds >= 2):
         own = comp == c
         alone, _ = flood_components(-dist, np.where(own, markers, 0), np.where(own, comp, 0), n)
         np.testing.assert_array_equal(alone[own], labels[own])
         assert len(np.unique(labels[own])) == seeds[c]
         differ += not np.array_equal(whole[own], labels[own])
+        # ... and is scikit-image's public watershed of the object's box alone
+        sl = boxes[c - 1]
+        box = comp[sl] == c
+        want = watershed(-dist[sl], np.where(box, markers[sl], 0), mask=box)
+        np.testing.assert_array_equal(labels[sl][box], want[box])
     assert differ >= 1 and (seeds >= 2).sum() > 5  # (scikit-image 0.26: one pair)
     # split_touching: a component without a seed (lower than h) is an object of its own, numbered last
     blobs = np.zeros((40, 62), bool)
