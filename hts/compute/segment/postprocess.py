@@ -272,9 +272,9 @@ def flood_components(
     ids = markers.ravel()[at].astype(np.int64)
     comps = comp.ravel()[at].astype(np.int64)
     inside = comps > 0
-    ids, comps = ids[inside], comps[inside]
-    pairs = np.unique(comps * (int(ids.max(initial=0)) + 1) + ids)  # distinct (component, marker)
-    pc, pm = np.divmod(pairs, int(ids.max(initial=0)) + 1)
+    at, ids, comps = at[inside], ids[inside], comps[inside]
+    base = int(ids.max(initial=0)) + 1
+    pc, pm = np.divmod(np.unique(comps * base + ids), base)  # the distinct (component, marker) pairs
     seeds = np.bincount(pc, minlength=n + 1)
     lut = np.zeros(n + 1, np.int32)
     one = seeds[pc] == 1
@@ -297,6 +297,7 @@ def flood_components(
     # padded once, and the compiled loop runs once per component on its own markers, in raster order
     # as on its box, with the 4 neighbours in scikit-image's order; the mask keeps each flood in its
     # component, so the heap holds that component's pixels only (tested equal to the public function).
+    # (the marker pixels and their components are those found above: ``at``, ``ids``, ``comps``)
     is_many = np.zeros(n + 1, bool)
     is_many[many] = True
     flood = is_many[comp]
@@ -305,17 +306,19 @@ def flood_components(
     image[1:-1, 1:-1] = surface
     mask = np.zeros((h + 2, w + 2), np.int8)
     mask[1:-1, 1:-1] = flood
+    take = is_many[comps]
+    row, col = np.divmod(at[take], w)
+    padded = (row + 1) * (w + 2) + col + 1  # raster order, as the field's
+    owner = comps[take]
     out = np.zeros((h + 2, w + 2), np.int32)
-    out[1:-1, 1:-1] = np.where(flood, markers, 0)
-    at = np.flatnonzero(out)
-    owner = np.pad(comp, 1).ravel()[at]
+    out.reshape(-1)[padded] = ids[take]
     order = np.argsort(owner, kind="stable")
-    groups = np.split(at[order], np.flatnonzero(np.diff(owner[order])) + 1)
+    groups = np.split(padded[order], np.flatnonzero(np.diff(owner[order])) + 1)
     structure = np.array([-(w + 2), -1, 1, w + 2], np.intp)
     strides = np.array([w + 2, 1], np.intp)
     flat_image, flat_mask, flat_out = image.reshape(-1), mask.reshape(-1), out.reshape(-1)
     for locations in groups:
-        _watershed_loop(flat_image, locations.astype(np.intp), structure, flat_mask, strides, 0.0, flat_out, False)
+        _watershed_loop(flat_image, locations, structure, flat_mask, strides, 0.0, flat_out, False)
     return np.where(flood, out[1:-1, 1:-1], labels), seeds
 
 
