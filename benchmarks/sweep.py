@@ -122,9 +122,16 @@ def _cumulative(stats: pstats.Stats, entries) -> dict[str, float]:
 
 
 def field_stages(
-    size: int, objects: int | None, engine: str = "classic", *, tile: int = 1024, measure_all: bool = False
+    size: int,
+    objects: int | None,
+    engine: str = "classic",
+    *,
+    tile: int = 1024,
+    measure_all: bool = False,
+    baseline: bool = True,
 ) -> dict:
-    """Per-stage CPU seconds of one field, as a worker runs it (store read, segment, features, writes, catalog load)."""
+    """Per-stage CPU seconds of one field, as a worker runs it (store read, segment, features, writes, catalog load);
+    with ``baseline``, also the scikit-image pipeline's CPU seconds on the same field."""
     import pyarrow as pa
 
     from hts.catalog import Catalog
@@ -196,6 +203,13 @@ def field_stages(
     mp, n = row["megapixels"], max(row["objects"], 1)
     row["per_megapixel_s"] = {s.removesuffix("_s"): round(row[s] / mp, 4) for s in (*stages, "worker_total_s")}
     row["per_object_ms"] = {s.removesuffix("_s"): round(1000 * row[s] / n, 4) for s in (*stages, "worker_total_s")}
+    if baseline:
+        # the same field through the issue's single-process scikit-image pipeline (already in memory: no read)
+        t0 = time.process_time()
+        row["skimage_objects"] = skimage_nuclei_field(img).num_rows
+        row["skimage_s"] = round(time.process_time() - t0, 4)
+        row["per_megapixel_s"]["skimage"] = round(row["skimage_s"] / mp, 4)
+        row["per_object_ms"]["skimage"] = round(1000 * row["skimage_s"] / max(row["skimage_objects"], 1), 4)
     return row
 
 
@@ -211,29 +225,37 @@ def _description(img: np.ndarray, px: float):
     )  # fmt: skip
 
 
+SKIMAGE_PROPS = ("label", "area", "perimeter", "eccentricity", "solidity", "axis_major_length", "axis_minor_length",
+                 "orientation", "centroid", "intensity_mean", "intensity_max", "intensity_min")  # fmt: skip
+
+
+def skimage_nuclei_field(img: np.ndarray):
+    """The issue's baseline on one image: Gaussian, Otsu, distance watershed, ``regionprops_table`` (an Arrow table)."""
+    import pyarrow as pa
+    from scipy import ndimage as ndi
+    from skimage import feature, filters, measure, segmentation
+
+    sm = filters.gaussian(img, 2, preserve_range=True)
+    mask = sm > filters.threshold_otsu(sm)
+    dist = ndi.distance_transform_edt(mask)
+    comps, _ = ndi.label(mask)
+    peaks = feature.peak_local_max(dist, min_distance=6, labels=comps, exclude_border=False)
+    markers = np.zeros(img.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = segmentation.watershed(-dist, markers, mask=mask)
+    return pa.table(measure.regionprops_table(labels, img, properties=SKIMAGE_PROPS))
+
+
 def skimage_nuclei_pipeline(files: list[Path], out: Path) -> dict:
     """The issue's single-process baseline: read, Gaussian, Otsu, distance watershed, ``regionprops_table``
     (area, perimeter, eccentricity, solidity, axes, orientation, centroid, mean/max/min intensity); one Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tifffile
-    from scipy import ndimage as ndi
-    from skimage import feature, filters, measure, segmentation
 
-    props = ("label", "area", "perimeter", "eccentricity", "solidity", "axis_major_length", "axis_minor_length",
-             "orientation", "centroid", "intensity_mean", "intensity_max", "intensity_min")  # fmt: skip
     tables, n = [], 0
     for i, path in enumerate(files):
-        img = tifffile.imread(path)
-        sm = filters.gaussian(img, 2, preserve_range=True)
-        mask = sm > filters.threshold_otsu(sm)
-        dist = ndi.distance_transform_edt(mask)
-        comps, _ = ndi.label(mask)
-        peaks = feature.peak_local_max(dist, min_distance=6, labels=comps, exclude_border=False)
-        markers = np.zeros(img.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = segmentation.watershed(-dist, markers, mask=mask)
-        t = pa.table(measure.regionprops_table(labels, img, properties=props))
+        t = skimage_nuclei_field(tifffile.imread(path))
         tables.append(t.append_column("field", pa.array([i] * t.num_rows, pa.int32())))
         n += t.num_rows
     pq.write_table(pa.concat_tables(tables), out)
@@ -386,11 +408,18 @@ def _line(r: dict) -> str:
     return (f"{r['size']}² {r['objects']:>5} objects: worker {r['worker_total_s']:.2f} CPU-s "
             f"({r['per_megapixel_s']['worker_total']:.3f}/MP, {r['per_object_ms']['worker_total']:.2f} ms/object); "
             f"segment {r['segment_s']:.2f}, features {r['features_s']:.2f}, read {r['read_s']:.2f}, "
-            f"labels {r['store_write_labels_s']:.2f}, catalog {r['catalog_load_s']:.3f}")  # fmt: skip
+            f"labels {r['store_write_labels_s']:.2f}, catalog {r['catalog_load_s']:.3f}"
+            + (f"; scikit-image {r['skimage_s']:.2f} CPU-s ({r['skimage_objects']} objects, "
+               f"{r['per_object_ms']['skimage']:.2f} ms/object)" if "skimage_s" in r else ""))  # fmt: skip
+
+
+FLAT = 1.25 / 0.75  # "within ±25 %": the largest value at most 1.25 / 0.75 times the smallest
 
 
 def _flatness(rows: list[dict], args) -> dict:
-    """Max/min of cost per megapixel over the size sweep and per object over the density sweep, per stage."""
+    """Max/min of cost per megapixel over the size sweep and per object over the density sweep, per stage;
+    and, over the density sweep, the fit ``CPU = floor + per_object × objects`` of the worker total and of the
+    scikit-image baseline (the floor is what a field's pixels cost whatever its nuclei)."""
     size_rows = [r for r in rows if "sweep" not in r]
     dens_rows = [r for r in rows if r.get("sweep") == "density"]
     out = {}
@@ -399,7 +428,25 @@ def _flatness(rows: list[dict], args) -> dict:
         if len(group) > 1:
             out[what] = {s: round(max(r[key][s] for r in group) / max(min(r[key][s] for r in group), 1e-12), 2)
                          for s in group[0][key]}  # fmt: skip
+            out[what + "_within_25pct"] = {s: v <= FLAT for s, v in out[what].items()}
+    if len(dens_rows) > 2:
+        fits = {"worker_total": ("objects", "worker_total_s")}
+        if "skimage_s" in dens_rows[0]:
+            fits["skimage"] = ("skimage_objects", "skimage_s")
+        out["linear_fit_over_densities"] = {
+            name: _linear_fit([r[n_key] for r in dens_rows], [r[s_key] for r in dens_rows])
+            for name, (n_key, s_key) in fits.items()
+        }
     return out
+
+
+def _linear_fit(n: list[int], cpu: list[float]) -> dict:
+    """Least squares ``cpu = floor + per_object × n``; the largest residual relative to the fitted value."""
+    slope, floor = np.polyfit(np.asarray(n, float), np.asarray(cpu, float), 1)
+    fitted = floor + slope * np.asarray(n, float)
+    worst = float(np.max(np.abs(np.asarray(cpu) - fitted) / fitted))
+    return {"floor_s": round(float(floor), 4), "per_object_ms": round(1000 * float(slope), 4),
+            "max_residual": round(worst, 3)}  # fmt: skip
 
 
 def _ints(s: str) -> list[int]:
@@ -464,6 +511,15 @@ def plot(after: Path | dict, before: Path | None, out: Path, before_label: str =
                label=f"{label}: worker total")  # fmt: skip
         b.plot([r["objects"] for r in dens], [r["per_object_ms"]["features"] for r in dens], "^" + style,
                label=f"{label}: features", alpha=0.7)  # fmt: skip
+    data = runs[-1][1]
+    sizes = [r for r in data["fields"] if "sweep" not in r and "skimage_s" in r]
+    dens = [r for r in data["fields"] if r.get("sweep") == "density" and "skimage_s" in r]
+    if sizes:
+        a.plot([r["size"] for r in sizes], [r["per_megapixel_s"]["skimage"] for r in sizes], "x:", color="0.4",
+               label="single-process scikit-image pipeline, same fields")  # fmt: skip
+    if dens:
+        b.plot([r["skimage_objects"] for r in dens], [r["per_object_ms"]["skimage"] for r in dens], "x:",
+               color="0.4", label="single-process scikit-image pipeline, same fields")  # fmt: skip
     a.set(xscale="log", xlabel="field side (pixels; tiled DSB2018 nuclei, ~480 per MP)",
           ylabel="CPU seconds per megapixel", title="cost per megapixel vs field size", ylim=(0, None))  # fmt: skip
     a.set_xscale("log", base=2)
