@@ -147,6 +147,10 @@ def test_sparse_expand_labels_equals_skimage_window_by_window():
     dense = np.zeros((300, 300), np.int32)
     dense[::6, ::6] = np.arange(1, 2501).reshape(50, 50)
     assert not pp._expand_sparse(dense, 5, 7, np.zeros_like(dense))  # a dense field goes to the blocks
+    sparse = np.zeros((300, 300), np.int32)
+    sparse[100, 100] = 1
+    assert pp._expand_sparse(sparse, 5, 7, np.zeros_like(sparse))
+    assert not pp._expand_sparse(sparse, 5, 7, np.zeros_like(sparse), largest=100)  # a window above a block's: blocks
 
 
 def test_relabel_equals_relabel_sequential():
