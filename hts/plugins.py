@@ -86,7 +86,10 @@ def entry_specs(group: str, builtins: Mapping[str, str]) -> list[tuple[str, str,
     # a package's name is read from its METADATA (parsed whole, README included: ~5 ms each time):
     # once per package, not once per entry point and use
     by_dist: dict[int, str] = {}
-    dist_of = {id(ep): by_dist.setdefault(id(getattr(ep, "dist", None)), _dist_name(ep)) for ep in eps}
+    for ep in eps:
+        if id(getattr(ep, "dist", None)) not in by_dist:
+            by_dist[id(getattr(ep, "dist", None))] = _dist_name(ep)
+    dist_of = {id(ep): by_dist[id(getattr(ep, "dist", None))] for ep in eps}
     ours = {ep.name: ep.value for ep in eps if _normalized(dist_of[id(ep)]) == BUILTIN_PACKAGE}
     theirs = sorted(
         (ep for ep in eps if _normalized(dist_of[id(ep)]) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, dist_of[id(ep)])
