@@ -85,18 +85,18 @@ def entry_specs(group: str, builtins: Mapping[str, str]) -> list[tuple[str, str,
         eps = []
     # a package's name is read from its METADATA (parsed whole, README included: ~5 ms each time):
     # once per package, not once per entry point and use
-    by_dist: dict[int, str] = {}
+    names: dict[int, str] = {}
+    named = []
     for ep in eps:
-        if id(getattr(ep, "dist", None)) not in by_dist:
-            by_dist[id(getattr(ep, "dist", None))] = _dist_name(ep)
-    dist_of = {id(ep): by_dist[id(getattr(ep, "dist", None))] for ep in eps}
-    ours = {ep.name: ep.value for ep in eps if _normalized(dist_of[id(ep)]) == BUILTIN_PACKAGE}
-    theirs = sorted(
-        (ep for ep in eps if _normalized(dist_of[id(ep)]) != BUILTIN_PACKAGE), key=lambda ep: (ep.name, dist_of[id(ep)])
-    )
+        key = id(getattr(ep, "dist", None))
+        if key not in names:
+            names[key] = _dist_name(ep)
+        named.append((ep, names[key]))
+    ours = {ep.name: ep.value for ep, package in named if _normalized(package) == BUILTIN_PACKAGE}
+    theirs = sorted(((ep, p) for ep, p in named if _normalized(p) != BUILTIN_PACKAGE), key=lambda e: (e[0].name, e[1]))
     specs = [(name, ours.get(name, value), BUILTIN_PACKAGE) for name, value in builtins.items()]
     specs += [(name, value, BUILTIN_PACKAGE) for name, value in ours.items() if name not in builtins]
-    specs += [(ep.name, ep.value, dist_of[id(ep)]) for ep in theirs]
+    specs += [(ep.name, ep.value, package) for ep, package in theirs]
     reserved = {name for name, _, package in specs if package == BUILTIN_PACKAGE}
     taken: dict[str, str] = {}
     out = []

@@ -385,9 +385,8 @@ def _expand_sparse(
     n = int(labels.max(initial=0))
     if n == 0 or n * (2 * ctx + 1) ** 2 > h * w:  # surely not sparse: the grown boxes alone would cover the field
         return False
-    found = [(i, sl) for i, sl in enumerate(ndi.find_objects(labels), start=1) if sl is not None]
     grown = np.array([(max(a.start - ctx, 0), min(a.stop + ctx, h), max(b.start - ctx, 0), min(b.stop + ctx, w))
-                      for _, (a, b) in found], np.int64).reshape(-1, 4)  # fmt: skip
+                      for a, b in filter(None, ndi.find_objects(labels))], np.int64).reshape(-1, 4)  # fmt: skip
     if not len(grown) or np.sum((grown[:, 1] - grown[:, 0]) * (grown[:, 3] - grown[:, 2])) > h * w // 2:
         return False
     cell = max(ctx, 16)  # group the grown boxes through the grid cells they touch (touching cells join: safe)
